@@ -1,0 +1,55 @@
+# The commands the README gives. Each target builds its own virtualenv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Debian packages the tests, the demo and the benchmarks drive.
+SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base
+SYSBINS := ip ipset nft dig dnsperf dnsmasq
+
+.PHONY: all venv sysdeps test test-unit test-integration test-netns bench demo lint clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[fast,test,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# Installs the Debian tools when one is missing (needs root; CI is root).
+sysdeps:
+	@missing=""; for b in $(SYSBINS); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; run 'make sysdeps' as root" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS) >/dev/null; \
+	fi
+
+test: venv sysdeps
+	$(PY) -m pytest tests/unit tests/integration tests/netns -q
+
+test-unit: venv
+	$(PY) -m pytest tests/unit -q -m unit
+
+test-integration: venv
+	$(PY) -m pytest tests/integration -q -m integration
+
+test-netns: venv sysdeps
+	$(PY) -m pytest tests/netns -q -m netns
+
+bench: venv sysdeps
+	$(PY) -m pytest tests/bench -q -s -m bench
+
+demo: venv sysdeps
+	$(PY) -m tests.demo
+
+lint: venv
+	$(VENV)/bin/ruff check policy resolver tests
+	$(VENV)/bin/ruff format --check policy resolver tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
