@@ -25,7 +25,8 @@ class Rule:
     cidrs: tuple[str, ...] = ()
     ports: tuple[str, ...] = ()
     expressroute: bool | None = None
-    category: str | None = None  # Optimize, Allow or Default for web-service rules; None for seed rows
+    # Optimize, Allow or Default for rules from the web service; None for seed rows.
+    category: str | None = None
     notes: str = ""
 
 

@@ -7,6 +7,7 @@ kernel, so `resolverctl` can import it cheaply.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -227,7 +228,8 @@ class _Reader:
 
 
 def _kind(value: object) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+    kinds: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _int(lo: int, hi: int) -> Callable[[Any], int]:
@@ -331,10 +333,10 @@ def parse_config(data: Any, base_dir: str = ".", source: str = "") -> Config:
         r.errors.append("/listen: at least one address is required")
     allow = r.items(data, "allow", "", _network)
 
-    def sub(key: str, known: type) -> Mapping[str, Any]:
+    def sub(key: str, known: Any) -> Mapping[str, Any]:
         sec = r.section(data, key, "")
         if sec is not None:
-            r.check_keys(sec, set(known.__dataclass_fields__), f"/{key}")
+            r.check_keys(sec, {f.name for f in dataclasses.fields(known)}, f"/{key}")
         return sec or {}
 
     c = sub("control", ControlConfig)

@@ -1,0 +1,103 @@
+"""The endpoint web service: JSON -> Policy, and the client against a local HTTP server."""
+
+from __future__ import annotations
+
+import pytest
+
+from policy.endpoints import (
+    policy_from_endpoints_json,
+)
+from policy.loader import PolicyError
+from policy.matcher import Matcher
+from policy.model import Rule
+from tests.endpoints_sample import SAMPLE
+
+pytestmark = pytest.mark.unit
+
+
+
+def test_sets_become_rules() -> None:
+    warnings: list[str] = []
+    policy = policy_from_endpoints_json(
+        SAMPLE, "2024103100", {"Optimize", "Allow"}, source="ws", warnings=warnings
+    )
+    assert policy.version == "2024103100"
+    assert policy.source == "ws"
+    assert [r.row for r in policy.rules] == [1, 11, 31, 46]  # 95 is Default: left out
+    assert policy.rules[0] == Rule(
+        row=1,
+        purpose="Exchange Online",
+        required=True,
+        patterns=("outlook.office.com", "outlook.office365.com"),
+        cidrs=("13.107.6.152/31", "2603:1006::/40"),
+        ports=("tcp/80", "tcp/443"),
+        expressroute=True,
+        category="Optimize",
+    )
+    skype = policy.rules[1]
+    assert skype.patterns == ()
+    assert skype.ports == ("udp/3478", "udp/3479", "udp/3480", "udp/3481")
+    sharepoint = policy.rules[2]
+    assert sharepoint.patterns == ("*.sharepoint.com",)
+    assert sharepoint.cidrs == ("13.107.136.0/22",)
+    assert sharepoint.ports == ("tcp/80", "tcp/443", "udp/3478-3481")
+    assert sharepoint.notes == "Hybrid search"
+    common = policy.rules[3]
+    assert common.purpose == "Common"
+    assert (common.required, common.expressroute, common.category) == (False, False, "Allow")
+    assert warnings == [
+        "ws: /2/urls/1: '<tenant>-my.sharepoint.com': invalid character '<'; skipped",
+        "ws: /2/ips/1: '10.0.0.1/8': 10.0.0.1/8 has host bits set; skipped",
+        "ws: /2/udpPorts: '0': port 0 is outside 1-65535; skipped",
+    ]
+
+
+def test_web_service_rules_in_the_matcher() -> None:
+    policy = policy_from_endpoints_json(SAMPLE, "v", {"Optimize", "Allow", "Default"})
+    matcher = Matcher(policy.rules)
+    found = matcher.match("contoso.sharepoint.com")
+    assert found is not None
+    assert found.to_json() == {
+        "row": 31,
+        "pattern": "*.sharepoint.com",
+        "required": True,
+        "category": "Optimize",
+        "ports": ["tcp/80", "tcp/443", "udp/3478-3481"],
+    }
+    office = matcher.match("www.office.com")
+    assert office is not None and office.rule.category == "Default"
+    assert matcher.match("sharepoint.com") is None
+
+
+def test_structural_problems_are_all_reported() -> None:
+    data: list[object] = [
+        "not an object",
+        {"id": "x", "serviceArea": "A", "category": "Allow", "required": True},
+        {"id": 2, "serviceArea": 5, "category": "Allow", "required": "yes", "expressRoute": 1},
+        {"id": 3, "serviceArea": "A", "category": "Allow", "required": True, "expressRoute": True},
+        {"id": 3, "serviceArea": "A", "category": "Allow", "required": True, "expressRoute": True},
+        {
+            "id": 4,
+            "serviceArea": "A",
+            "category": "Allow",
+            "required": True,
+            "expressRoute": True,
+            "urls": "a.example",
+            "tcpPorts": 443,
+        },
+    ]
+    with pytest.raises(PolicyError) as caught:
+        policy_from_endpoints_json(data, "v", {"Allow"})
+    assert caught.value.errors == [
+        "endpoints: /0: expected an object, got str",
+        "endpoints: /1: missing key 'expressRoute'",
+        "endpoints: /1/id: expected a positive integer, got 'x'",
+        "endpoints: /2/required: expected true or false, got 'yes'",
+        "endpoints: /2/expressRoute: expected true or false, got 1",
+        "endpoints: /2/serviceArea: expected a string, got 5",
+        "endpoints: /4/id: duplicate id 3",
+        "endpoints: /5/urls: expected a list of strings",
+    ]
+    with pytest.raises(PolicyError) as caught:
+        policy_from_endpoints_json({"not": "a list"}, "v", {"Allow"})
+    assert caught.value.errors == ["endpoints: /: expected a list of endpoint sets"]
