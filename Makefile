@@ -4,8 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests, the demo and the benchmarks drive.
-SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base
-SYSBINS := ip ipset nft dig dnsperf dnsmasq
+SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd
+SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze
 
 .PHONY: all venv sysdeps test test-unit test-integration test-netns bench demo lint clean
 

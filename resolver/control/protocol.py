@@ -1,0 +1,287 @@
+"""The control protocol: JSON lines over a Unix stream socket, apart from any socket.
+
+A client sends one JSON object per line and reads one JSON object per line back, in order; a
+connection may carry several requests::
+
+    {"version": 1, "command": "status", "args": {}}
+    {"version": 1, "ok": true, "result": {...}}
+    {"version": 1, "ok": false, "error": {"name": "PermissionDenied", "message": "..."}}
+
+Read commands (``status``, ``routes``, ``ping``, ``version``) are open to anyone who can connect
+to the socket. Commands that change state (``flush``, ``reload``, ``policy_update``) need root,
+the daemon's own user (so that ``ExecReload=resolverctl reload`` works), or membership of the
+socket file's group, as the peer's primary or a supplementary group.
+
+This module is stdlib only and imports no asyncio: ``resolverctl`` uses it too. `Dispatcher`
+holds the parse/validate/authorize/dispatch logic; `resolver.control.server` only moves lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, NamedTuple, Protocol
+
+from resolver import __version__
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+MAX_REQUEST_BYTES = 64 * 1024  # one request line, newline included
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # what a client accepts (routes can be long)
+
+# Error names: the "name" of an error response.
+BAD_REQUEST = "BadRequest"
+UNSUPPORTED_VERSION = "UnsupportedVersion"
+UNKNOWN_COMMAND = "UnknownCommand"
+PERMISSION_DENIED = "PermissionDenied"
+RELOAD_FAILED = "ReloadFailed"
+UPDATE_FAILED = "UpdateFailed"
+BUSY = "Busy"
+INTERNAL = "Internal"
+
+READ_COMMANDS = frozenset({"status", "routes", "ping", "version"})
+ADMIN_COMMANDS = frozenset({"flush", "reload", "policy_update"})
+COMMANDS = READ_COMMANDS | ADMIN_COMMANDS
+
+
+class ControlError(Exception):
+    """An error a request ends with; sent to the client as ``{"name", "message"}``."""
+
+    name = INTERNAL
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if name is not None:
+            self.name = name
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "message": self.message}
+
+
+class BadRequest(ControlError):
+    name = BAD_REQUEST
+
+
+class UnsupportedVersion(ControlError):
+    name = UNSUPPORTED_VERSION
+
+
+class UnknownCommand(ControlError):
+    name = UNKNOWN_COMMAND
+
+
+class PermissionDenied(ControlError):
+    name = PERMISSION_DENIED
+
+
+class ReloadFailed(ControlError):
+    """Raised by `ControlHandlers.reload` when the new config is bad; the old one stays."""
+
+    name = RELOAD_FAILED
+
+
+class UpdateFailed(ControlError):
+    """Raised by `ControlHandlers.policy_update` when the endpoint service cannot be used."""
+
+    name = UPDATE_FAILED
+
+
+class ControlHandlers(Protocol):
+    """What the daemon provides to the control socket.
+
+    A handler signals an expected failure by raising a `ControlError` subclass (`ReloadFailed`,
+    `UpdateFailed`); the client sees its name and message. Any other exception is a bug: it is
+    logged with its traceback and answered with an ``Internal`` error.
+    """
+
+    def status(self) -> dict[str, Any]: ...
+
+    def routes(self) -> list[dict[str, Any]]: ...
+
+    async def flush(self) -> dict[str, Any]: ...
+
+    async def reload(self) -> dict[str, Any]:
+        """Return only once the new config is in force (or raise ReloadFailed)."""
+        ...
+
+    async def policy_update(self) -> dict[str, Any]: ...
+
+
+class Request(NamedTuple):
+    command: str
+    args: dict[str, Any]
+
+
+class Peer(NamedTuple):
+    """The credentials of a connected client, from SO_PEERCRED (and SO_PEERGROUPS)."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int] = frozenset()  # supplementary groups, where known
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One JSON line, compact, ASCII-safe."""
+    return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def encode_request(command: str, args: Mapping[str, Any] | None = None) -> bytes:
+    return encode({"version": VERSION, "command": command, "args": dict(args or {})})
+
+
+def ok_response(result: Any) -> dict[str, Any]:
+    return {"version": VERSION, "ok": True, "result": result}
+
+
+def error_response(name: str, message: str) -> dict[str, Any]:
+    return {"version": VERSION, "ok": False, "error": {"name": name, "message": message}}
+
+
+def _loads(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"not a JSON line: {exc}") from None
+    except RecursionError:
+        raise BadRequest("not a JSON line: nested too deeply") from None
+
+
+def parse_request(line: bytes) -> Request:
+    """Validate one request line; raise a ControlError saying what is wrong."""
+    if len(line) > MAX_REQUEST_BYTES:
+        raise BadRequest(f"request longer than {MAX_REQUEST_BYTES} bytes")
+    data = _loads(line)
+    if not isinstance(data, dict):
+        raise BadRequest("a request is a JSON object")
+    unknown = sorted(set(data) - {"version", "command", "args"})
+    if unknown:
+        raise BadRequest(f"unknown request keys: {', '.join(unknown)}")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BadRequest(f'"version" must be an integer (this daemon speaks {VERSION})')
+    if version != VERSION:
+        raise UnsupportedVersion(f"protocol version {version} is not supported (only {VERSION})")
+    command = data.get("command")
+    if not isinstance(command, str) or not command:
+        raise BadRequest('"command" must be a non-empty string')
+    args = data.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise BadRequest('"args" must be a JSON object')
+    if command not in COMMANDS:
+        raise UnknownCommand(
+            f"unknown command {command[:64]!r} (known: {', '.join(sorted(COMMANDS))})"
+        )
+    if args:
+        raise BadRequest(f"{command} takes no arguments, got: {', '.join(sorted(args))}")
+    return Request(command, args)
+
+
+def parse_response(line: bytes) -> Any:
+    """The result of a response line (client side); an error response raises ControlError."""
+    data = json.loads(line)  # ValueError for a broken daemon; the client reports it
+    if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
+        raise ValueError("response is not a control protocol object")
+    if data["ok"]:
+        return data.get("result")
+    error = data.get("error")
+    if not isinstance(error, dict):
+        raise ValueError("error response without an error object")
+    raise ControlError(str(error.get("message", "")), str(error.get("name", INTERNAL)))
+
+
+def may_run(command: str, peer: Peer, admin_gid: int, daemon_uid: int) -> bool:
+    """Whether `peer` may run `command`; `admin_gid` is the socket file's group."""
+    if command not in ADMIN_COMMANDS:
+        return True
+    if peer.uid in (0, daemon_uid):
+        return True
+    return peer.gid == admin_gid or admin_gid in peer.groups
+
+
+class Dispatcher:
+    """Turns request lines into response objects: parse, authorize, call the handler."""
+
+    def __init__(
+        self,
+        handlers: ControlHandlers,
+        admin_gid: int,
+        daemon_uid: int,
+        admin_group_name: str = "",
+    ) -> None:
+        self.handlers = handlers
+        self.admin_gid = admin_gid
+        self.daemon_uid = daemon_uid
+        self.admin_group_name = admin_group_name or str(admin_gid)
+
+    def _table(self) -> dict[str, Callable[[], Any]]:
+        h = self.handlers
+        return {
+            "status": h.status,
+            "routes": h.routes,
+            "ping": lambda: {"pong": True},
+            "version": lambda: {"version": __version__, "protocol": VERSION},
+            "flush": h.flush,
+            "reload": h.reload,
+            "policy_update": h.policy_update,
+        }
+
+    async def handle_line(self, line: bytes, peer: Peer) -> bytes:
+        """The encoded response line for one request line; never raises."""
+        command = "?"
+        try:
+            request = parse_request(line)
+            command = request.command
+            if not may_run(command, peer, self.admin_gid, self.daemon_uid):
+                log.warning(
+                    "control: %s denied to uid %d gid %d pid %d",
+                    command,
+                    peer.uid,
+                    peer.gid,
+                    peer.pid,
+                )
+                raise PermissionDenied(
+                    f"{command} needs root or membership of group {self.admin_group_name}"
+                )
+            if command in ADMIN_COMMANDS:
+                log.info("control: %s by uid %d pid %d", command, peer.uid, peer.pid)
+            result = self._table()[command]()
+            if isinstance(result, Awaitable):
+                result = await result
+            return encode(ok_response(result))  # a result JSON cannot carry is a bug: below
+        except ControlError as exc:
+            if command in ADMIN_COMMANDS and not isinstance(exc, PermissionDenied):
+                log.info("control: %s failed: %s: %s", command, exc.name, exc.message)
+            return encode(error_response(exc.name, exc.message))
+        except Exception as exc:
+            log.exception("control: %s: internal error", command)
+            return encode(error_response(INTERNAL, f"{command}: {type(exc).__name__}: {exc}"))
+
+
+def parse_proc_groups(status_text: str) -> frozenset[int]:
+    """The ``Groups:`` line of /proc/<pid>/status as a set of gids."""
+    for line in status_text.splitlines():
+        if line.startswith("Groups:"):
+            return frozenset(int(g) for g in line[len("Groups:") :].split())
+    return frozenset()
+
+
+def groups_of(pid: int, known: Collection[int] | None = None) -> frozenset[int]:
+    """Supplementary groups: `known` (from SO_PEERGROUPS) if given, else /proc/<pid>/status.
+
+    Under ``ProtectProc=invisible`` another user's /proc entry is hidden; then the set is empty
+    and only the peer's primary gid counts.
+    """
+    if known is not None:
+        return frozenset(known)
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            return parse_proc_groups(fh.read())
+    except OSError as exc:
+        log.debug("control: cannot read groups of pid %d: %s", pid, exc)
+        return frozenset()

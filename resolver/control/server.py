@@ -1,0 +1,323 @@
+"""The control socket: a Unix stream socket speaking `resolver.control.protocol`.
+
+The socket file is created mode 0660, owned by the daemon's user and the configured group (or
+the daemon's own group), atomically: it is bound under a temporary name, given its mode and group,
+then renamed over the final path, so no client ever sees it with looser permissions. A stale
+socket left by a crashed daemon is replaced; a live one (another daemon answering) is an error.
+`stop()` removes the file, if it is still ours.
+
+Each connection may carry several requests, one line each, answered in order. A request line is
+at most `protocol.MAX_REQUEST_BYTES`; a connection idle for `idle_timeout` seconds is closed.
+Commands that change state run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import grp
+import logging
+import os
+import platform
+import socket
+import stat
+import struct
+from typing import Any
+
+from resolver.control.protocol import (
+    BUSY,
+    MAX_REQUEST_BYTES,
+    BadRequest,
+    ControlHandlers,
+    Dispatcher,
+    Peer,
+    encode,
+    error_response,
+    groups_of,
+)
+
+log = logging.getLogger(__name__)
+
+_UCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
+# SO_PEERGROUPS (Linux 4.13) is not in Python's socket module. Its number is 59 in
+# asm-generic/socket.h, which these architectures use; others fall back to /proc.
+_SO_PEERGROUPS = 59
+_GENERIC_SOCKET_ABI = frozenset(
+    {"x86_64", "i386", "i686", "aarch64", "arm64", "armv7l", "armv6l", "riscv64", "s390x"}
+    | {"ppc64le", "ppc64", "loongarch64"}
+)
+_MAX_PATH = 107  # sun_path is 108 bytes, NUL included
+
+
+def peer_credentials(sock: Any) -> Peer:
+    """SO_PEERCRED (pid, uid, gid) of a connected Unix socket, plus its supplementary groups."""
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    return Peer(pid, uid, gid, groups_of(pid, _peer_groups(sock)))
+
+
+def _peer_groups(sock: Any) -> list[int] | None:
+    """SO_PEERGROUPS: the peer's supplementary groups at connect time; None when unavailable."""
+    if platform.machine() not in _GENERIC_SOCKET_ABI:
+        return None
+    try:
+        data: bytes = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)
+    except OSError as exc:  # ENOPROTOOPT on old kernels, ERANGE beyond 256 groups
+        log.debug("control: SO_PEERGROUPS unavailable (%s); reading /proc", exc)
+        return None
+    count = len(data) // 4
+    return list(struct.unpack(f"{count}I", data[: count * 4]))
+
+
+def resolve_group(group: str | None) -> tuple[int, str]:
+    """The gid and name for ``control.group``: a name, a number, or None (the daemon's group)."""
+    if group is None:
+        gid = os.getegid()
+    elif group.isdigit():
+        gid = int(group)
+    else:
+        try:
+            return grp.getgrnam(group).gr_gid, group
+        except KeyError:
+            raise ValueError(f"control.group: no such group {group!r}") from None
+    try:
+        return gid, grp.getgrgid(gid).gr_name
+    except KeyError:
+        return gid, str(gid)
+
+
+class _Connection:
+    __slots__ = ("busy",)
+
+    def __init__(self) -> None:
+        self.busy = False
+
+
+class _Serialized:
+    """The daemon's handlers, with the state-changing ones run one at a time."""
+
+    def __init__(self, handlers: ControlHandlers) -> None:
+        self._handlers = handlers
+        self._lock = asyncio.Lock()
+
+    def status(self) -> dict[str, Any]:
+        return self._handlers.status()
+
+    def routes(self) -> list[dict[str, Any]]:
+        return self._handlers.routes()
+
+    async def flush(self) -> dict[str, Any]:
+        async with self._lock:
+            return await self._handlers.flush()
+
+    async def reload(self) -> dict[str, Any]:
+        async with self._lock:
+            return await self._handlers.reload()
+
+    async def policy_update(self) -> dict[str, Any]:
+        async with self._lock:
+            return await self._handlers.policy_update()
+
+
+class ControlServer:
+    """Serves `handlers` on the Unix socket `path`; `group` may run flush/reload/policy_update.
+
+    `start()` raises OSError when the socket cannot be set up (the message names the path) and
+    ValueError for an unknown group.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        handlers: ControlHandlers,
+        group: str | None,
+        *,
+        idle_timeout: float = 30.0,
+        max_connections: int = 32,
+        stop_grace: float = 5.0,
+    ) -> None:
+        self.path = os.path.abspath(path)
+        self.handlers = handlers
+        self.group = group
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.stop_grace = stop_grace
+        self.gid = -1
+        self._dispatcher: Dispatcher | None = None
+        self._server: asyncio.Server | None = None
+        self._identity: tuple[int, int] | None = None  # st_dev, st_ino of our socket file
+        self._conns: dict[asyncio.Task[Any], _Connection] = {}
+
+    async def start(self) -> None:
+        gid, group_name = resolve_group(self.group)
+        self.gid = gid
+        self._dispatcher = Dispatcher(_Serialized(self.handlers), gid, os.geteuid(), group_name)
+        sock = self._bind(gid)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._client, sock=sock, limit=MAX_REQUEST_BYTES
+            )
+        except BaseException:
+            sock.close()
+            self._remove_file()
+            raise
+        log.info("control: listening on %s (group %s)", self.path, group_name)
+
+    def _bind(self, gid: int) -> socket.socket:
+        path = self.path
+        if len(os.fsencode(path)) > _MAX_PATH:
+            raise OSError(errno.ENAMETOOLONG, f"control socket path longer than {_MAX_PATH}", path)
+        parent = os.path.dirname(path)
+        self._make_parent(parent, gid)
+        self._check_existing(path)
+        tmp = os.path.join(parent, f".control.{os.getpid()}.tmp")
+        if len(os.fsencode(tmp)) > _MAX_PATH:
+            tmp = path + "~"  # a shorter temporary name; the final path fitted
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(tmp)
+            if gid != os.getegid():
+                os.chown(tmp, -1, gid)
+            os.chmod(tmp, 0o660)
+            sock.listen(64)
+            os.rename(tmp, path)
+            st = os.stat(path)
+            self._identity = (st.st_dev, st.st_ino)
+        except OSError as exc:
+            sock.close()
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise OSError(exc.errno, f"control socket {path}: {exc.strerror}") from exc
+        sock.setblocking(False)
+        return sock
+
+    def _make_parent(self, parent: str, gid: int) -> None:
+        """Create the socket's directory if missing: 0750 and the group if one is set, else 0755."""
+        if os.path.isdir(parent):
+            return
+        os.makedirs(os.path.dirname(parent), exist_ok=True)
+        if self.group is None:
+            os.mkdir(parent, 0o755)
+            os.chmod(parent, 0o755)  # whatever the umask
+        else:
+            os.mkdir(parent, 0o750)
+            os.chown(parent, -1, gid)
+            os.chmod(parent, 0o750)
+        log.info("control: created %s", parent)
+
+    @staticmethod
+    def _check_existing(path: str) -> None:
+        """Refuse a live socket or a non-socket at `path`; a stale socket will be replaced."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket; not replacing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("control: replacing stale socket %s", path)
+            return
+        except OSError as exc:
+            log.warning("control: cannot probe existing socket %s (%s); replacing it", path, exc)
+            return
+        finally:
+            probe.close()
+        raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on it")
+
+    async def stop(self) -> None:
+        """Stop accepting, let running commands finish (up to `stop_grace`), remove the file."""
+        if self._server is not None:
+            self._server.close()
+        idle = [task for task, conn in self._conns.items() if not conn.busy]
+        busy = [task for task, conn in self._conns.items() if conn.busy]
+        for task in idle:
+            task.cancel()
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=self.stop_grace)
+            for task in late:
+                log.warning("control: cancelling a command still running at stop")
+                task.cancel()
+        if self._conns:
+            await asyncio.wait(list(self._conns), timeout=self.stop_grace)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        self._remove_file()
+
+    def _remove_file(self) -> None:
+        if self._identity is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._identity:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            log.debug("control: %s already gone", self.path)
+        except OSError as exc:
+            log.warning("control: cannot remove %s: %s", self.path, exc)
+        self._identity = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None and self._dispatcher is not None
+        conn = _Connection()
+        try:
+            if len(self._conns) >= self.max_connections:
+                log.warning("control: too many connections (%d); refusing one", len(self._conns))
+                writer.write(encode(error_response(BUSY, "too many control connections")))
+                await writer.drain()
+                return
+            self._conns[task] = conn
+            peer = peer_credentials(writer.get_extra_info("socket"))
+            await self._serve(reader, writer, conn, peer)
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("control: connection ended: %s", exc)
+        except OSError as exc:
+            log.warning("control: connection failed: %s", exc)
+        finally:
+            self._conns.pop(task, None)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError as exc:
+                log.debug("control: close: %s", exc)
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: _Connection,
+        peer: Peer,
+    ) -> None:
+        assert self._dispatcher is not None
+        while True:
+            last = False
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), self.idle_timeout)
+            except asyncio.IncompleteReadError as exc:  # EOF: a last line without a newline
+                line, last = exc.partial, True
+            except asyncio.LimitOverrunError:
+                too_long = BadRequest(f"request longer than {MAX_REQUEST_BYTES} bytes")
+                writer.write(encode(error_response(too_long.name, too_long.message)))
+                await writer.drain()
+                return
+            except TimeoutError:
+                log.debug("control: closing a connection idle for %.0fs", self.idle_timeout)
+                return
+            if line.strip():
+                conn.busy = True
+                try:
+                    response = await self._dispatcher.handle_line(line, peer)
+                finally:
+                    conn.busy = False
+                writer.write(response)
+                await writer.drain()
+            if last:
+                return

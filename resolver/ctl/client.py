@@ -1,0 +1,190 @@
+"""resolverctl's side of the control socket: blocking, stdlib only, one request per call.
+
+Where the socket is: ``--socket``, else ``control.socket`` from the config file (``--config``, or
+the default config file when it exists), else the built-in default. Errors become `CtlError`,
+whose `code` is resolverctl's exit status: 3 when the daemon is not running, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import grp
+import json
+import os
+import socket
+import sys
+from typing import Any, NamedTuple
+
+from resolver.control.protocol import (
+    MAX_RESPONSE_BYTES,
+    PERMISSION_DENIED,
+    RELOAD_FAILED,
+    UPDATE_FAILED,
+    ControlError,
+    encode_request,
+    parse_response,
+)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NOT_RUNNING = 3
+
+READ_TIMEOUT = 10.0  # seconds for status, routes
+ADMIN_TIMEOUT = 300.0  # flush, reload, policy update: the daemon answers when it is done
+
+_EXPECTED_FAILURES = frozenset({RELOAD_FAILED, UPDATE_FAILED})
+
+
+class CtlError(Exception):
+    """An error resolverctl reports on stderr and exits with `code` for."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteError(CtlError):
+    """The daemon answered with an error response.
+
+    Reads ``reload failed: MESSAGE``; the error's name is shown too unless it is the one the
+    command is expected to fail with (ReloadFailed, UpdateFailed). A message of several lines
+    (one per config error) starts on the next line, indented.
+    """
+
+    def __init__(self, command: str, name: str, message: str, hint: str = "") -> None:
+        head = f"{command} failed" if name in _EXPECTED_FAILURES else f"{command} failed ({name})"
+        lines = [line for line in message.splitlines() if line.strip()] or ["(no message)"]
+        if hint:
+            lines[-1] += f"; {hint}"
+        if len(lines) == 1:
+            text = f"{head}: {lines[0]}"
+        else:
+            text = f"{head}:" + "".join(f"\n  {line}" for line in lines)
+        super().__init__(text)
+        self.name = name
+        self.remote_message = message
+
+
+class SocketPath(NamedTuple):
+    path: str
+    origin: str  # "--socket", "config FILE" or "default"
+
+
+def warn(message: str) -> None:
+    print(f"resolverctl: warning: {message}", file=sys.stderr)
+
+
+def socket_path(socket_opt: str | None, config_opt: str | None) -> SocketPath:
+    """Find the control socket; a config that cannot be read is warned about, not fatal."""
+    if socket_opt:
+        return SocketPath(socket_opt, "--socket")
+    # Imported here: with --socket, resolverctl never needs the config code (or PyYAML).
+    from resolver.config import DEFAULT_CONFIG, DEFAULT_SOCKET
+
+    config = config_opt or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if config is not None:
+        path = _socket_from_config(config)
+        if path is not None:
+            return SocketPath(path, f"config {config}")
+    return SocketPath(DEFAULT_SOCKET, "default")
+
+
+def _socket_from_config(config: str) -> str | None:
+    from resolver.config import ConfigError, load_config
+
+    try:
+        return load_config(config).control.socket
+    except ConfigError as exc:
+        first = exc.errors[0] if exc.errors else str(exc)
+        more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
+        lenient = _socket_from_bad_config(config)
+        using = f"using control.socket {lenient}" if lenient else "using the default socket"
+        warn(f"{config}: {first}{more}; {using}")
+        return lenient
+
+
+def _socket_from_bad_config(config: str) -> str | None:
+    """control.socket from a config that fails validation (the daemon may still run)."""
+    import yaml
+
+    try:
+        with open(config, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return None
+    control = data.get("control") if isinstance(data, dict) else None
+    path = control.get("socket") if isinstance(control, dict) else None
+    return path if isinstance(path, str) and path else None
+
+
+def call(path: str, command: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+    """Send one request and return its result.
+
+    Raises OSError for socket errors (TimeoutError when no answer comes in time), ControlError
+    for an error response and ValueError for an answer that is not the protocol.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(encode_request(command, args))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionResetError(errno.ECONNRESET, "the daemon closed the connection")
+            chunks.append(chunk)
+            size += len(chunk)
+            if b"\n" in chunk:
+                break
+            if size > MAX_RESPONSE_BYTES:
+                raise ValueError(f"answer longer than {MAX_RESPONSE_BYTES} bytes")
+    line = b"".join(chunks).split(b"\n", 1)[0]
+    return parse_response(line)
+
+
+def request(args: argparse.Namespace, command: str, timeout: float = READ_TIMEOUT) -> Any:
+    """Run `command` on the daemon named by the command line; errors become CtlError."""
+    where = socket_path(getattr(args, "socket", None), getattr(args, "config", None))
+    timeout = getattr(args, "timeout", None) or timeout
+    path = where.path
+    try:
+        return call(path, command, timeout=timeout)
+    except (FileNotFoundError, NotADirectoryError):
+        raise CtlError(
+            f"resolverd is not running (no socket at {path}, from {where.origin})",
+            EXIT_NOT_RUNNING,
+        ) from None
+    except ConnectionRefusedError:
+        raise CtlError(
+            f"resolverd is not running (nothing listens on {path}, from {where.origin})",
+            EXIT_NOT_RUNNING,
+        ) from None
+    except PermissionError:
+        raise CtlError(f"cannot connect to {path}: permission denied; {_hint(path)}") from None
+    except TimeoutError:
+        raise CtlError(f"no answer from resolverd at {path} within {timeout:g}s") from None
+    except OSError as exc:
+        raise CtlError(f"cannot talk to resolverd at {path}: {exc.strerror or exc}") from None
+    except ControlError as exc:
+        hint = _hint(path) if exc.name == PERMISSION_DENIED else ""
+        raise RemoteError(command.replace("_", " "), exc.name, exc.message, hint) from None
+    except ValueError as exc:
+        raise CtlError(f"garbled answer from resolverd at {path}: {exc}") from None
+
+
+def _hint(path: str) -> str:
+    try:
+        gid = os.stat(path).st_gid
+    except OSError:
+        return "run as root or as a member of the socket's group"
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return f"run as root or as a member of group {group}"
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))

@@ -1,0 +1,247 @@
+"""``resolverctl status [--json]``: the daemon's state, in resolvectl-style ``Key: value`` blocks.
+
+``--json`` prints the daemon's status object exactly as it sent it. The text form reads the
+object defensively: a missing or unexpected field shows as ``-``, never as a traceback, so an
+older or newer daemon can still be inspected.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from resolver.ctl import client
+
+Block = tuple[str, list[tuple[str, str]]]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("status", help="show the daemon's state", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print the status object as JSON")
+    parser.add_argument("--config", metavar="FILE", help="find the socket from this config")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    status = client.request(args, "status")
+    if args.json:
+        client.print_json(status)
+    else:
+        print(render_status(status), end="")
+    return client.EXIT_OK
+
+
+# --- formatting helpers, shared by the other commands ------------------------------------------
+
+
+def format_duration(seconds: Any) -> str:
+    """systemd's style: ``1d 2h 3min 4s``; ``-`` for anything that is not a number."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        return "-"
+    left = int(seconds)
+    if left == 0:
+        return f"{seconds:.1f}s" if 0 < seconds < 1 else "0s"
+    parts = []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts)
+
+
+def text(value: Any) -> str:
+    """A scalar as text: ``-`` for None, yes/no for booleans, lists comma-separated."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(text(item) for item in value) or "-"
+    return str(value)
+
+
+def label(key: str) -> str:
+    """``cidr_routes`` -> ``Cidr routes``: the label for a field this module does not know."""
+    return key.replace("_", " ").capitalize()
+
+
+def render_blocks(blocks: Sequence[Block]) -> str:
+    """Titled blocks of ``Key: value`` lines, keys right-aligned within each block."""
+    out: list[str] = []
+    for title, pairs in blocks:
+        if out:
+            out.append("")
+        out.append(title)
+        width = max((len(key) for key, _ in pairs), default=0)
+        out.extend(f"{key.rjust(width + 2)}: {value}" for key, value in pairs)
+    return "\n".join(out) + "\n"
+
+
+def mapping_pairs(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """A result object as ``Key: value`` pairs; nested objects one level deep."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in data.items():
+        name = f"{prefix} {key.replace('_', ' ')}" if prefix else label(key)
+        if isinstance(value, Mapping) and not prefix:
+            pairs.extend(mapping_pairs(value, name))
+        elif isinstance(value, Mapping):
+            pairs.append((name, ", ".join(f"{k}={text(v)}" for k, v in value.items()) or "-"))
+        else:
+            pairs.append((name, text(value)))
+    return pairs
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def _section(status: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = status.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _address(value: Any) -> str:
+    """``"1.2.3.4:53"`` as is; ``["::1", 53]`` as ``[::1]:53``."""
+    if isinstance(value, list | tuple) and len(value) == 2:
+        host, port = value
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return text(value)
+
+
+def _extras(data: Mapping[str, Any], known: set[str]) -> list[tuple[str, str]]:
+    """Scalar fields a newer daemon added, so that they show up without a new resolverctl."""
+    return [
+        (label(key), text(value))
+        for key, value in data.items()
+        if key not in known and (value is None or isinstance(value, str | int | float | bool))
+    ]
+
+
+def _ratio(hits: Any, misses: Any) -> str:
+    h, m = _count(hits), _count(misses)
+    if h is None or m is None or h + m == 0:
+        return "-"
+    return f"{100.0 * h / (h + m):.1f}%"
+
+
+def _pair(v4: Any, v6: Any) -> str:
+    return f"{text(v4)} IPv4, {text(v6)} IPv6"
+
+
+def _global(status: Mapping[str, Any]) -> Block:
+    listen = status.get("listen")
+    listen_text = (
+        ", ".join(_address(a) for a in listen) if isinstance(listen, list) else text(listen)
+    )
+    return (
+        "Global",
+        [
+            ("Uptime", format_duration(status.get("uptime_s"))),
+            ("Listen", listen_text or "-"),
+            ("Config", text(status.get("config"))),
+            ("Version", text(status.get("version"))),
+        ],
+    )
+
+
+def _upstreams(status: Mapping[str, Any]) -> Block:
+    pairs: list[tuple[str, str]] = []
+    upstreams = status.get("upstreams")
+    for up in upstreams if isinstance(upstreams, list) else []:
+        if not isinstance(up, Mapping):
+            continue
+        healthy = up.get("healthy")
+        state = "healthy" if healthy is True else "unhealthy" if healthy is False else "unknown"
+        rtt = up.get("rtt_ms")
+        if isinstance(rtt, int | float) and not isinstance(rtt, bool):
+            state += f", rtt {rtt:.1f} ms"
+        pairs.append((_address(up.get("address")), state))
+    return "Upstreams", pairs or [("Servers", "none")]
+
+
+def _cache(status: Mapping[str, Any]) -> Block:
+    cache = _section(status, "cache")
+    known = {"entries", "hits", "misses"}
+    return (
+        "Cache",
+        [
+            ("Entries", text(cache.get("entries"))),
+            ("Hits", text(cache.get("hits"))),
+            ("Misses", text(cache.get("misses"))),
+            ("Hit ratio", _ratio(cache.get("hits"), cache.get("misses"))),
+            *_extras(cache, known),
+        ],
+    )
+
+
+def _queries(status: Mapping[str, Any]) -> Block:
+    q = _section(status, "queries")
+    known = {"total", "tagged", "refused", "servfail"}
+    return (
+        "Queries",
+        [
+            ("Total", text(q.get("total"))),
+            ("Tagged", text(q.get("tagged"))),
+            ("Refused", text(q.get("refused"))),
+            ("SERVFAIL", text(q.get("servfail"))),
+            *_extras(q, known),
+        ],
+    )
+
+
+def _policy(status: Mapping[str, Any]) -> Block:
+    p = _section(status, "policy")
+    known = {"source", "version", "rules"}
+    return (
+        "Policy",
+        [
+            ("Source", text(p.get("source"))),
+            ("Version", text(p.get("version") or None)),
+            ("Rules", text(p.get("rules"))),
+            *_extras(p, known),
+        ],
+    )
+
+
+def _breakout(status: Mapping[str, Any]) -> Block:
+    if status.get("breakout") is None:
+        return "Breakout", [("Mode", "off")]
+    b = _section(status, "breakout")
+    link = b.get("link_up")
+    known = {"interface", "link_up", "table", "routes_v4", "routes_v6", "cidr_routes"}
+    known |= {"ipset_v4", "ipset_v6", "errors"}
+    return (
+        "Breakout",
+        [
+            ("Interface", text(b.get("interface"))),
+            ("Link", "up" if link is True else "down" if link is False else "-"),
+            ("Table", text(b.get("table"))),
+            ("Routes", _pair(b.get("routes_v4"), b.get("routes_v6"))),
+            ("CIDR routes", text(b.get("cidr_routes"))),
+            ("IPset entries", _pair(b.get("ipset_v4"), b.get("ipset_v6"))),
+            ("Errors", text(b.get("errors"))),
+            *_extras(b, known),
+        ],
+    )
+
+
+def render_status(status: Any) -> str:
+    """The text form of a status object."""
+    if not isinstance(status, Mapping):
+        status = {}
+    return render_blocks(
+        [
+            _global(status),
+            _upstreams(status),
+            _cache(status),
+            _queries(status),
+            _policy(status),
+            _breakout(status),
+        ]
+    )

@@ -1,0 +1,726 @@
+"""The control socket end to end: ControlServer on a Unix socket in a temporary directory, driven
+by raw JSON lines, by resolverctl in-process, and by resolverctl in a subprocess (imports and
+start-up time). As root, also by child processes that drop to nobody (SO_PEERCRED paths)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import socket
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+import resolver.config
+from resolver.control import server as control_server
+from resolver.control.protocol import MAX_REQUEST_BYTES, ReloadFailed, UpdateFailed
+from resolver.control.server import ControlServer
+from resolver.ctl.main import main
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+STATUS: dict[str, Any] = {
+    "uptime_s": 3661,
+    "listen": ["127.0.0.1:53"],
+    "upstreams": [{"address": "192.0.2.53:53", "healthy": True, "rtt_ms": 3.5}],
+    "cache": {"entries": 1, "hits": 3, "misses": 1},
+    "queries": {"total": 4, "tagged": 1, "refused": 0, "servfail": 0},
+    "policy": {"source": "builtin:microsoft365", "version": "v1", "rules": 16},
+    "breakout": {
+        "interface": "wan0",
+        "link_up": True,
+        "table": 365,
+        "routes_v4": 1,
+        "routes_v6": 0,
+        "cidr_routes": 0,
+        "ipset_v4": 1,
+        "ipset_v6": 0,
+        "errors": 0,
+    },
+}
+ROUTES = [
+    {"address": "52.96.1.2", "family": 4, "names": ["outlook.office365.com"], "row": 2, "hold_s": 7}
+]
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to setuid() a child")
+
+
+class FakeDaemon:
+    """ControlHandlers with knobs: delays, failures, and a record of what ran concurrently."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.delay = 0.0
+        self.status_delay = 0.0
+        self.reload_error: Exception | None = None
+        self.update_error: Exception | None = None
+        self.running = 0
+        self.most_running = 0
+
+    def status(self) -> dict[str, Any]:
+        self.calls.append("status")
+        if self.status_delay:
+            time.sleep(self.status_delay)  # blocks the server's loop: the client must time out
+        return STATUS
+
+    def routes(self) -> list[dict[str, Any]]:
+        self.calls.append("routes")
+        return ROUTES
+
+    async def _admin(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(name)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.running -= 1
+        return result
+
+    async def flush(self) -> dict[str, Any]:
+        return await self._admin("flush", {"routes_removed": 1, "set_entries_removed": 1})
+
+    async def reload(self) -> dict[str, Any]:
+        if self.reload_error is not None:
+            raise self.reload_error
+        return await self._admin("reload", {"config": "/etc/resolverd/resolverd.yaml"})
+
+    async def policy_update(self) -> dict[str, Any]:
+        if self.update_error is not None:
+            raise self.update_error
+        return await self._admin("policy_update", {"version": "2024060100", "changed": True})
+
+
+class ServerThread:
+    """A ControlServer on its own event loop in a thread, so blocking clients can use it."""
+
+    def __init__(self, path: str, daemon: FakeDaemon, group: str | None, **options: Any) -> None:
+        self.path = path
+        self.daemon = daemon
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = ControlServer(path, daemon, group, **options)
+
+    def run(self, coro: Any, timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        try:
+            self.run(self.server.start())
+        except BaseException:
+            self._end()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.run(self.server.stop())
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def tmpdir_short() -> Iterator[Path]:
+    """A temporary directory with a short path: sun_path holds 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon() -> FakeDaemon:
+    return FakeDaemon()
+
+
+@pytest.fixture
+def served(tmpdir_short: Path, daemon: FakeDaemon) -> Iterator[ServerThread]:
+    with ServerThread(str(tmpdir_short / "control.sock"), daemon, None) as thread:
+        yield thread
+
+
+def request_line(command: str) -> bytes:
+    return json.dumps({"version": 1, "command": command, "args": {}}).encode() + b"\n"
+
+
+def talk(path: str, data: bytes, answers: int = 1, half_close: bool = False) -> list[Any]:
+    """Send raw bytes, read `answers` response lines."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        reader = sock.makefile("rb")
+        return [json.loads(reader.readline()) for _ in range(answers)]
+
+
+# --- the socket file --------------------------------------------------------------------------
+
+
+def test_socket_file_mode_group_and_removal(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+    path = tmpdir_short / "run" / "resolverd" / "control.sock"
+    with ServerThread(str(path), daemon, None):
+        st = path.stat()
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == os.getegid()
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755  # created: no group given
+        assert [p.name for p in path.parent.iterdir()] == ["control.sock"]  # no temporary left
+    assert not path.exists()
+
+
+@needs_root
+def test_group_owns_the_socket_and_a_created_directory(
+    tmpdir_short: Path, daemon: FakeDaemon
+) -> None:
+    path = tmpdir_short / "resolverd" / "control.sock"
+    with ServerThread(str(path), daemon, "4242") as thread:
+        assert path.stat().st_gid == 4242
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        assert path.parent.stat().st_gid == 4242
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+        assert thread.server.gid == 4242
+
+
+def test_unknown_group_is_an_error(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+    with pytest.raises(ValueError, match="no such group 'no-such-group-x'"):  # noqa: SIM117
+        with ServerThread(str(tmpdir_short / "c.sock"), daemon, "no-such-group-x"):
+            pass
+
+
+def test_stale_socket_is_replaced(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+    path = tmpdir_short / "control.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: a crashed daemon's leftover
+    with ServerThread(str(path), daemon, None):
+        assert talk(str(path), request_line("ping")) == [
+            {"version": 1, "ok": True, "result": {"pong": True}}
+        ]
+
+
+def test_live_socket_is_not_taken_over(served: ServerThread, daemon: FakeDaemon) -> None:
+    with pytest.raises(OSError) as info:  # noqa: SIM117
+        with ServerThread(served.path, daemon, None):
+            pass
+    assert info.value.errno == errno.EADDRINUSE
+    assert talk(served.path, request_line("ping"))[0]["ok"] is True  # the first one still serves
+
+
+def test_a_file_that_is_not_a_socket_is_left_alone(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+    path = tmpdir_short / "control.sock"
+    path.write_text("precious")
+    with pytest.raises(OSError, match="not a socket"):  # noqa: SIM117
+        with ServerThread(str(path), daemon, None):
+            pass
+    assert path.read_text() == "precious"
+
+
+def test_stop_removes_only_its_own_socket(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+    path = tmpdir_short / "control.sock"
+    with ServerThread(str(path), daemon, None):
+        path.unlink()
+        path.write_text("someone else's")
+    assert path.read_text() == "someone else's"
+
+
+def test_path_too_long(daemon: FakeDaemon) -> None:
+    with pytest.raises(OSError) as info:  # noqa: SIM117
+        with ServerThread("/tmp/" + "x" * 120, daemon, None):
+            pass
+    assert info.value.errno == errno.ENAMETOOLONG
+
+
+# --- the protocol on the socket ---------------------------------------------------------------
+
+
+def test_several_requests_per_connection(served: ServerThread, daemon: FakeDaemon) -> None:
+    answers = talk(
+        served.path,
+        request_line("status") + b"\n" + request_line("routes") + request_line("ping"),
+        answers=3,
+    )
+    assert [a["result"] for a in answers] == [STATUS, ROUTES, {"pong": True}]
+    assert daemon.calls == ["status", "routes"]
+
+
+def test_last_line_without_newline_is_answered(served: ServerThread) -> None:
+    answers = talk(served.path, request_line("ping").rstrip(b"\n"), half_close=True)
+    assert answers[0]["result"] == {"pong": True}
+
+
+def test_errors_keep_the_connection(served: ServerThread) -> None:
+    answers = talk(served.path, b"nonsense\n" + request_line("reboot") + request_line("ping"), 3)
+    assert [a.get("error", {}).get("name") for a in answers] == [
+        "BadRequest",
+        "UnknownCommand",
+        None,
+    ]
+
+
+def test_over_long_request_is_refused_and_closed(served: ServerThread) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(served.path)
+        with contextlib.suppress(ConnectionResetError):  # the server may close before taking all
+            sock.sendall(b"x" * (MAX_REQUEST_BYTES + 10))
+        reader = sock.makefile("rb")
+        try:
+            answer = json.loads(reader.readline())
+        except ConnectionResetError:
+            pytest.skip("the kernel reset the connection before the answer could be read")
+        assert answer["error"]["name"] == "BadRequest"
+        assert "longer than" in answer["error"]["message"]
+        assert reader.read() == b""  # closed
+    assert talk(served.path, request_line("ping"))[0]["ok"] is True
+
+
+def test_idle_connection_is_closed(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+    with ServerThread(str(tmpdir_short / "c.sock"), daemon, None, idle_timeout=0.2) as thread:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(thread.path)
+            started = time.monotonic()
+            assert sock.recv(100) == b""
+            assert 0.1 < time.monotonic() - started < 4
+        assert talk(thread.path, request_line("ping"))[0]["ok"] is True
+
+
+def test_connection_limit(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+    with ServerThread(str(tmpdir_short / "c.sock"), daemon, None, max_connections=1) as thread:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
+            first.connect(thread.path)
+            first.sendall(request_line("ping"))
+            first.settimeout(5)
+            assert json.loads(first.makefile("rb").readline())["ok"] is True  # is counted now
+            answer = talk(thread.path, request_line("ping"))[0]
+            assert answer["error"]["name"] == "Busy"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the first connection's end is noticed
+            if talk(thread.path, request_line("ping"))[0]["ok"]:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the connection slot was never released")
+
+
+def test_handler_bug_is_internal_and_the_server_survives(
+    served: ServerThread, daemon: FakeDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    daemon.reload_error = ZeroDivisionError("division by zero")
+    answer = talk(served.path, request_line("reload"))[0]
+    assert answer["error"]["name"] == "Internal"
+    assert "ZeroDivisionError" in answer["error"]["message"]
+    assert any(r.exc_info for r in caplog.records if "internal error" in r.getMessage())
+    assert talk(served.path, request_line("status"))[0]["result"] == STATUS
+
+
+def test_admin_commands_run_one_at_a_time(served: ServerThread, daemon: FakeDaemon) -> None:
+    daemon.delay = 0.1
+    results: list[Any] = []
+    clients = [
+        threading.Thread(target=lambda c=c: results.extend(talk(served.path, request_line(c))))
+        for c in ("reload", "flush", "reload", "policy_update")
+    ]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(10)
+    assert [r["ok"] for r in results] == [True] * 4
+    assert daemon.most_running == 1
+
+
+def test_stop_lets_a_running_command_finish(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+    daemon.delay = 0.3
+    path = str(tmpdir_short / "c.sock")
+    thread = ServerThread(path, daemon, None).__enter__()
+    answers: list[Any] = []
+    client = threading.Thread(target=lambda: answers.extend(talk(path, request_line("flush"))))
+    client.start()
+    while "flush" not in daemon.calls:
+        time.sleep(0.01)
+    thread.__exit__(None, None, None)  # stop() while flush runs
+    client.join(5)
+    assert answers and answers[0]["result"]["routes_removed"] == 1
+    assert not os.path.exists(path)
+
+
+# --- resolverctl against the server -----------------------------------------------------------
+
+
+def ctl(
+    capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str, str]:  # exit code, stdout, stderr
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ctl_status_text_and_json(served: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = ctl(capsys, "--socket", served.path, "status")
+    assert (code, err) == (0, "")
+    assert out.startswith("Global\n   Uptime: 1h 1min 1s\n")
+    assert "  192.0.2.53:53: healthy, rtt 3.5 ms\n" in out
+    code, out, _ = ctl(capsys, "--socket", served.path, "status", "--json")
+    assert code == 0 and json.loads(out) == STATUS
+
+
+def test_ctl_routes(served: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = ctl(capsys, "--socket", served.path, "routes", "--json")
+    assert code == 0 and json.loads(out) == ROUTES
+    code, out, _ = ctl(capsys, "--socket", served.path, "routes")
+    assert code == 0 and "52.96.1.2  ipv4    2    7s    outlook.office365.com\n" in out
+
+
+def test_ctl_flush_reload_policy_update(
+    served: ServerThread, daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = ctl(capsys, "--socket", served.path, "flush")
+    assert code == 0 and "Routes removed: 1" in out
+    code, out, _ = ctl(capsys, "--socket", served.path, "reload", "--json")
+    assert code == 0 and json.loads(out) == {"config": "/etc/resolverd/resolverd.yaml"}
+    code, out, _ = ctl(capsys, "--socket", served.path, "policy", "update")
+    assert code == 0 and "Version: 2024060100" in out and "Changed: yes" in out
+    assert daemon.calls == ["flush", "reload", "policy_update"]
+
+
+def test_ctl_reload_failure_exits_1_with_the_daemons_message(
+    served: ServerThread, daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.reload_error = ReloadFailed("/etc/r.yaml: /upstreams: at least one upstream is required")
+    code, out, err = ctl(capsys, "--socket", served.path, "reload")
+    assert (code, out) == (1, "")
+    assert err == (
+        "resolverctl: reload failed: /etc/r.yaml: /upstreams: at least one upstream is required\n"
+    )
+    daemon.reload_error = ReloadFailed("/etc/r.yaml: /upstreams: bad\n/etc/r.yaml: /tcp: bad\n")
+    code, _, err = ctl(capsys, "--socket", served.path, "reload")
+    assert code == 1
+    assert err == (
+        "resolverctl: reload failed:\n  /etc/r.yaml: /upstreams: bad\n  /etc/r.yaml: /tcp: bad\n"
+    )
+
+
+def test_ctl_policy_update_failure(
+    served: ServerThread, daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.update_error = UpdateFailed("endpoints.office.com: timed out")
+    code, _, err = ctl(capsys, "--socket", served.path, "policy", "update")
+    assert err == "resolverctl: policy update failed: endpoints.office.com: timed out\n"
+    assert code == 1
+    daemon.update_error = RuntimeError("feed is None")
+    code, _, err = ctl(capsys, "--socket", served.path, "policy", "update")
+    assert code == 1
+    assert err == (
+        "resolverctl: policy update failed (Internal): policy_update: RuntimeError: feed is None\n"
+    )
+
+
+def test_ctl_timeout(
+    served: ServerThread, daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.status_delay = 0.5
+    code, _, err = ctl(capsys, "--socket", served.path, "--timeout", "0.1", "status")
+    assert code == 1 and f"no answer from resolverd at {served.path} within 0.1s" in err
+
+
+def test_ctl_socket_from_config(
+    tmpdir_short: Path, daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmpdir_short / "c.sock")
+    config = tmpdir_short / "resolverd.yaml"
+    config.write_text(f"upstreams: ['192.0.2.53']\ncontrol: {{socket: {path}}}\n")
+    with ServerThread(path, daemon, None):
+        code, out, _ = ctl(capsys, "--config", str(config), "status", "--json")
+        assert code == 0 and json.loads(out) == STATUS
+    code, _, err = ctl(capsys, "status", "--config", str(config))
+    assert code == 3
+    assert err == (
+        f"resolverctl: resolverd is not running (no socket at {path}, from config {config})\n"
+    )
+
+
+def test_ctl_not_running(tmpdir_short: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmpdir_short / "none.sock"
+    for command in (["status"], ["routes", "--json"], ["flush"], ["reload"], ["policy", "update"]):
+        code, out, err = ctl(capsys, "--socket", str(missing), *command)
+        assert (code, out) == (3, "")
+        assert err == (
+            f"resolverctl: resolverd is not running (no socket at {missing}, from --socket)\n"
+        )
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(missing))
+    stale.close()
+    code, _, err = ctl(capsys, "--socket", str(missing), "status")
+    assert code == 3 and "resolverd is not running (nothing listens on" in err
+
+
+def test_ctl_not_running_default_socket(
+    tmpdir_short: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(resolver.config, "DEFAULT_CONFIG", str(tmpdir_short / "absent.yaml"))
+    monkeypatch.setattr(resolver.config, "DEFAULT_SOCKET", str(tmpdir_short / "default.sock"))
+    code, _, err = ctl(capsys, "routes")
+    assert code == 3
+    assert err == (
+        "resolverctl: resolverd is not running "
+        f"(no socket at {tmpdir_short / 'default.sock'}, from default)\n"
+    )
+
+
+def fake_raw_daemon(path: str, reply: bytes) -> threading.Thread:
+    """A daemon that answers one connection with `reply`, whatever was asked."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1000)
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "garbled answer from resolverd"),
+        (b'{"ok": "maybe"}\n', "garbled answer from resolverd"),
+        (b"", "the daemon closed the connection"),
+    ],
+)
+def test_ctl_bad_answers_exit_1(
+    tmpdir_short: Path, capsys: pytest.CaptureFixture[str], reply: bytes, message: str
+) -> None:
+    path = str(tmpdir_short / "odd.sock")
+    thread = fake_raw_daemon(path, reply)
+    code, _, err = ctl(capsys, "--socket", path, "status")
+    thread.join(5)
+    assert code == 1 and message in err and path in err
+
+
+# --- resolverctl in a subprocess: what it imports, how fast it starts ------------------------
+
+PROBE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+from resolver.ctl.main import main
+try:
+    code = main(json.loads(sys.argv[2]))
+except SystemExit as exc:
+    code = exc.code
+seconds = time.perf_counter() - t0
+banned = ("asyncio", "dnslib", "pyroute2", "uvloop")
+bad = sorted(m for m in sys.modules if m.split(".")[0] in banned)
+sys.stderr.write("\n@@" + json.dumps({"code": code, "seconds": seconds, "forbidden": bad}))
+"""
+
+
+def probe(*argv: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", PROBE, str(REPO), json.dumps(list(argv))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    report: dict[str, Any] = json.loads(result.stderr.rpartition("@@")[2])
+    report["wall"] = time.perf_counter() - started
+    report["stdout"] = result.stdout
+    return report
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["status"],
+        ["status", "--json"],
+        ["routes"],
+        ["flush"],
+        ["reload"],
+        ["policy", "update"],
+        ["policy", "export", "--format", "pac", "--proxy", "p:1"],
+        ["explain", "outlook.office365.com"],
+    ],
+)
+def test_ctl_imports_no_asyncio_dnslib_or_pyroute2(served: ServerThread, argv: list[str]) -> None:
+    report = probe("--socket", served.path, *argv)
+    assert report["code"] == 0, report
+    assert report["forbidden"] == []
+
+
+def test_ctl_starts_fast(served: ServerThread) -> None:
+    probe("--socket", served.path, "status")  # warm-up: bytecode caches, page cache
+    runs = [probe("--socket", served.path, "status") for _ in range(5)]
+    assert all(r["code"] == 0 and r["stdout"].startswith("Global\n") for r in runs)
+    inside = statistics.median(r["seconds"] for r in runs)
+    wall = statistics.median(r["wall"] for r in runs)
+    print(f"resolverctl status: import+main {inside * 1000:.1f} ms, process {wall * 1000:.1f} ms")
+    assert inside < 0.100, f"import + main took {inside * 1000:.1f} ms (median of 5)"
+
+
+# --- SO_PEERCRED with real non-root peers (root only: children setuid() to nobody) ------------
+
+CHILD = r"""
+import json, os, socket, sys
+uid, gid, groups, path, commands = json.loads(sys.argv[1])
+os.setgroups(groups)
+os.setgid(gid)
+os.setuid(uid)
+out = {}
+for command in commands:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(json.dumps({"version": 1, "command": command}).encode() + b"\n")
+            out[command] = json.loads(s.makefile("rb").readline())
+    except OSError as exc:
+        out[command] = {"oserror": exc.errno}
+print(json.dumps(out))
+"""
+
+NOBODY = 65534
+ADMIN = 4242
+
+
+def as_user(path: str, uid: int, gid: int, groups: list[int], *commands: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", CHILD, json.dumps([uid, gid, groups, path, commands])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    answers: dict[str, Any] = json.loads(result.stdout)
+    return answers
+
+
+def outcome(answer: dict[str, Any]) -> str:
+    if "oserror" in answer:
+        return errno.errorcode[answer["oserror"]]
+    return "ok" if answer["ok"] else answer["error"]["name"]
+
+
+@pytest.fixture
+def admin_served(tmpdir_short: Path, daemon: FakeDaemon) -> Iterator[ServerThread]:
+    tmpdir_short.chmod(0o755)  # nobody must reach the socket
+    with ServerThread(str(tmpdir_short / "control.sock"), daemon, str(ADMIN)) as thread:
+        yield thread
+
+
+@needs_root
+def test_nobody_reads_but_may_not_flush(admin_served: ServerThread, daemon: FakeDaemon) -> None:
+    os.chmod(admin_served.path, 0o666)  # looser than the server makes it, to reach the check
+    answers = as_user(admin_served.path, NOBODY, NOBODY, [], "status", "routes", "flush", "reload")
+    assert {c: outcome(a) for c, a in answers.items()} == {
+        "status": "ok",
+        "routes": "ok",
+        "flush": "PermissionDenied",
+        "reload": "PermissionDenied",
+    }
+    assert daemon.calls == ["status", "routes"]
+
+
+@needs_root
+def test_socket_mode_keeps_others_out(admin_served: ServerThread) -> None:
+    answers = as_user(admin_served.path, NOBODY, NOBODY, [], "status")
+    assert outcome(answers["status"]) == "EACCES"
+
+
+@needs_root
+def test_group_member_by_primary_gid_may_flush(admin_served: ServerThread) -> None:
+    answers = as_user(admin_served.path, NOBODY, ADMIN, [], "flush", "status")
+    assert outcome(answers["flush"]) == "ok" and outcome(answers["status"]) == "ok"
+
+
+@needs_root
+def test_group_member_by_supplementary_gid_may_reload(admin_served: ServerThread) -> None:
+    answers = as_user(admin_served.path, NOBODY, NOBODY, [27, ADMIN], "reload")
+    assert outcome(answers["reload"]) == "ok"
+
+
+@needs_root
+def test_supplementary_groups_from_proc_when_so_peergroups_is_missing(
+    admin_served: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control_server, "_peer_groups", lambda sock: None)
+    answers = as_user(admin_served.path, NOBODY, NOBODY, [ADMIN], "flush")
+    assert outcome(answers["flush"]) == "ok"
+    answers = as_user(admin_served.path, NOBODY, NOBODY, [27], "status")
+    assert outcome(answers["status"]) == "EACCES"  # the mode, before any credential check
+
+
+CTL_CHILD = r"""
+import json, locale, os, sys  # locale: argparse needs it, and nobody cannot read the stdlib
+sys.path.insert(0, sys.argv[1])
+from resolver.ctl.main import main
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+sys.exit(main(json.loads(sys.argv[2])))
+"""
+
+
+@needs_root
+def test_ctl_as_nobody_permission_errors(admin_served: ServerThread) -> None:
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-I", "-c", CTL_CHILD, str(REPO), json.dumps(list(argv))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    denied = run("--socket", admin_served.path, "status")
+    assert denied.returncode == 1
+    assert denied.stderr == (
+        f"resolverctl: cannot connect to {admin_served.path}: permission denied; "
+        f"run as root or as a member of group {ADMIN}\n"
+    )
+    os.chmod(admin_served.path, 0o666)
+    assert run("--socket", admin_served.path, "status").returncode == 0
+    flush = run("--socket", admin_served.path, "flush")
+    assert flush.returncode == 1
+    assert flush.stderr == (
+        f"resolverctl: flush failed (PermissionDenied): flush needs root or membership of group "
+        f"{ADMIN}; run as root or as a member of group {ADMIN}\n"
+    )

@@ -1,0 +1,177 @@
+"""resolverctl policy export: YAML that loads back, and a PAC file that routes the right hosts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from policy.loader import load_policy, load_policy_text
+from policy.model import Policy, Rule
+from resolver.ctl import client
+from resolver.ctl.main import main
+from resolver.ctl.policy import proxy_result, to_pac, to_yaml
+
+pytestmark = pytest.mark.unit
+
+POLICY = Policy(
+    rules=(
+        Rule(
+            row=2,
+            purpose="Microsoft 365 portal",
+            required=True,
+            patterns=("*.office365.com", "admin.microsoft.com"),
+            ports=("tcp/443",),
+            expressroute=False,
+        ),
+        Rule(
+            row=11,
+            purpose="Teams media",
+            required=True,
+            patterns=("*.teams.microsoft.com",),
+            cidrs=("13.107.64.0/18", "52.112.0.0/14", "2603:1063::/39"),
+            ports=("udp/3478-3481",),
+            category="Optimize",
+            notes="media: needs low latency",
+        ),
+    ),
+    source="test",
+    version="2024-01",
+)
+
+
+def test_yaml_export_loads_back_as_the_same_rules() -> None:
+    text = to_yaml(POLICY)
+    assert text.startswith("# Policy exported by resolverctl from test\n")
+    again = load_policy_text(text, "export.yaml")
+    assert again.rules == POLICY.rules
+    assert again.version == "2024-01"
+
+
+def test_builtin_policy_export_loads_back() -> None:
+    builtin = load_policy("microsoft365", (), include_optional=True)
+    again = load_policy_text(to_yaml(builtin), "export.yaml")
+    assert again.rules == builtin.rules
+    assert len(again.rules) == 16
+
+
+def test_export_command_prints_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "export", "--format", "yaml"]) == 0
+    out = capsys.readouterr().out
+    assert load_policy_text(out, "stdout").rules == load_policy("microsoft365", (), True).rules
+
+
+def test_export_takes_the_policy_from_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(to_yaml(POLICY))
+    config = tmp_path / "resolverd.yaml"
+    config.write_text("upstreams: ['192.0.2.53']\npolicy: {builtin: none, files: [extra.yaml]}\n")
+    assert main(["--config", str(config), "policy", "export"]) == 0
+    assert load_policy_text(capsys.readouterr().out, "x").rules == POLICY.rules
+    # --config after the command works too.
+    assert main(["policy", "export", "--config", str(config), "--format", "pac"]) == 0
+    captured = capsys.readouterr()
+    assert '"*.teams.microsoft.com"' in captured.out
+    assert "office.com" not in captured.out
+    assert "no --proxy given" in captured.err
+
+
+def test_export_with_a_bad_config_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("upstreams: []\npolicy: {files: [missing.yaml]}\n")
+    assert main(["--config", str(config), "policy", "export"]) == 1
+    err = capsys.readouterr().err
+    assert "/upstreams: at least one upstream is required" in err
+
+
+def test_pac_structure() -> None:
+    pac = to_pac(POLICY, "PROXY proxy.example:3128")
+    assert pac.count("function FindProxyForURL(url, host) {") == 1
+    assert 'shExpMatch(host, "*.office365.com")' in pac
+    assert 'host == "admin.microsoft.com"' in pac
+    assert 'isInNet(host, "13.107.64.0", "255.255.192.0")' in pac
+    assert 'isInNet(host, "52.112.0.0", "255.252.0.0")' in pac
+    assert "1 IPv6 prefixes left out" in pac
+    assert pac.rstrip().endswith('return "PROXY proxy.example:3128";\n}')
+
+
+@pytest.mark.parametrize(
+    ("spec", "result"),
+    [
+        (None, "DIRECT"),
+        ("proxy.example:3128", "PROXY proxy.example:3128"),
+        ("PROXY a:1; DIRECT", "PROXY a:1; DIRECT"),
+        ("SOCKS5 [2001:db8::1]:1080", "SOCKS5 [2001:db8::1]:1080"),
+    ],
+)
+def test_proxy_result(spec: str | None, result: str) -> None:
+    assert proxy_result(spec) == result
+
+
+@pytest.mark.parametrize("spec", ['a:1"; alert(1); "', "proxy", "FTP x:1", "DIRECT x", ""])
+def test_proxy_result_rejects(spec: str) -> None:
+    with pytest.raises(client.CtlError):
+        proxy_result(spec)
+
+
+# A PAC host environment: the helper functions browsers give FindProxyForURL.
+PAC_RUNTIME = r"""
+function shExpMatch(str, pattern) {
+  var re = new RegExp("^" + pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&")
+      .replace(/\*/g, ".*").replace(/\?/g, ".") + "$");
+  return re.test(str);
+}
+function isInNet(host, pattern, mask) {
+  function n(a) { return a.split(".").reduce(function (x, o) { return x * 256 + (+o); }, 0); }
+  var m = n(mask);
+  return ((n(host) & m) >>> 0) === ((n(pattern) & m) >>> 0);
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed to run the PAC")
+def test_pac_routes_hosts_as_the_policy_says() -> None:
+    pac = to_pac(POLICY, "PROXY proxy.example:3128")
+    hosts = [
+        "admin.microsoft.com",
+        "ADMIN.microsoft.com.",
+        "outlook.office365.com",
+        "a.b.office365.com",
+        "office365.com",
+        "x.admin.microsoft.com",
+        "eu.teams.microsoft.com",
+        "13.107.64.9",
+        "13.107.128.1",
+        "52.115.255.255",
+        "example.com",
+    ]
+    script = (
+        PAC_RUNTIME
+        + pac
+        + f"console.log(JSON.stringify({json.dumps(hosts)}.map(function (h) "
+        + '{ return FindProxyForURL("https://" + h + "/", h); })));'
+    )
+    out = subprocess.run(
+        ["node", "-e", script], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    proxy = "PROXY proxy.example:3128"
+    assert dict(zip(hosts, json.loads(out), strict=True)) == {
+        "admin.microsoft.com": "DIRECT",
+        "ADMIN.microsoft.com.": "DIRECT",
+        "outlook.office365.com": "DIRECT",
+        "a.b.office365.com": "DIRECT",
+        "office365.com": proxy,  # a wildcard never matches its base name
+        "x.admin.microsoft.com": proxy,
+        "eu.teams.microsoft.com": "DIRECT",
+        "13.107.64.9": "DIRECT",
+        "13.107.128.1": proxy,
+        "52.115.255.255": "DIRECT",
+        "example.com": proxy,
+    }

@@ -1,0 +1,151 @@
+"""resolverctl status and routes: the text rendering of the daemon's objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from resolver.ctl.routes import render_routes
+from resolver.ctl.status import format_duration, mapping_pairs, render_blocks, render_status
+
+pytestmark = pytest.mark.unit
+
+STATUS: dict[str, Any] = {
+    "uptime_s": 3725.4,
+    "listen": ["127.0.0.1:53", ["::1", 53]],
+    "config": "/etc/resolverd/resolverd.yaml",
+    "version": "0.1.0",
+    "upstreams": [
+        {"address": "192.0.2.53:53", "healthy": True, "rtt_ms": 12.25},
+        {"address": "198.51.100.53:53", "healthy": False, "rtt_ms": None},
+    ],
+    "cache": {"entries": 120, "hits": 300, "misses": 100},
+    "queries": {"total": 400, "tagged": 50, "refused": 2, "servfail": 1, "dropped": 7},
+    "policy": {"source": "builtin:microsoft365", "version": "seed-000", "rules": 16},
+    "breakout": {
+        "interface": "wan0",
+        "link_up": True,
+        "table": 365,
+        "routes_v4": 12,
+        "routes_v6": 3,
+        "cidr_routes": 0,
+        "ipset_v4": 12,
+        "ipset_v6": 3,
+        "errors": 0,
+    },
+}
+
+EXPECTED = """\
+Global
+   Uptime: 1h 2min 5s
+   Listen: 127.0.0.1:53, [::1]:53
+   Config: /etc/resolverd/resolverd.yaml
+  Version: 0.1.0
+
+Upstreams
+     192.0.2.53:53: healthy, rtt 12.2 ms
+  198.51.100.53:53: unhealthy
+
+Cache
+    Entries: 120
+       Hits: 300
+     Misses: 100
+  Hit ratio: 75.0%
+
+Queries
+     Total: 400
+    Tagged: 50
+   Refused: 2
+  SERVFAIL: 1
+   Dropped: 7
+
+Policy
+   Source: builtin:microsoft365
+  Version: seed-000
+    Rules: 16
+
+Breakout
+      Interface: wan0
+           Link: up
+          Table: 365
+         Routes: 12 IPv4, 3 IPv6
+    CIDR routes: 0
+  IPset entries: 12 IPv4, 3 IPv6
+         Errors: 0
+"""
+
+
+def test_status_text_in_aligned_blocks() -> None:
+    assert render_status(STATUS) == EXPECTED
+
+
+def test_status_text_survives_missing_and_odd_fields() -> None:
+    text = render_status({"uptime_s": "soon", "cache": [], "upstreams": "x", "breakout": None})
+    assert "   Uptime: -\n" in text
+    assert "Upstreams\n  Servers: none\n" in text
+    assert "  Hit ratio: -\n" in text
+    assert "Breakout\n  Mode: off\n" in text
+    assert render_status(None).startswith("Global\n")
+
+
+def test_status_text_without_traffic_has_no_ratio() -> None:
+    text = render_status({**STATUS, "cache": {"entries": 0, "hits": 0, "misses": 0}})
+    assert "  Hit ratio: -\n" in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.25, "0.2s"),
+        (59, "59s"),
+        (60, "1min"),
+        (3600, "1h"),
+        (90061, "1d 1h 1min 1s"),
+        (None, "-"),
+        (-1, "-"),
+        (True, "-"),
+    ],
+)
+def test_format_duration(seconds: Any, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_mapping_pairs_flatten_one_level() -> None:
+    pairs = mapping_pairs(
+        {"config": "/x.yaml", "policy": {"rules": 16, "changed": True}, "deep": {"a": {"b": 1}}}
+    )
+    assert pairs == [
+        ("Config", "/x.yaml"),
+        ("Policy rules", "16"),
+        ("Policy changed", "yes"),
+        ("Deep a", "b=1"),
+    ]
+    assert render_blocks([("Reloaded", pairs[:2])]) == (
+        "Reloaded\n        Config: /x.yaml\n  Policy rules: 16\n"
+    )
+
+
+def test_routes_table() -> None:
+    routes = [
+        {
+            "address": "52.96.1.2",
+            "family": 4,
+            "names": ["outlook.office365.com", "x.office365.com"],
+            "row": 2,
+            "hold_s": 290,
+        },
+        {"address": "2603:1026::2", "family": "inet6", "names": [], "row": 12, "hold_s": 5},
+    ]
+    assert render_routes(routes) == (
+        "ADDRESS       FAMILY  ROW  HOLD      NAMES\n"
+        "52.96.1.2     ipv4    2    4min 50s  outlook.office365.com,x.office365.com\n"
+        "2603:1026::2  ipv6    12   5s        -\n"
+        "\n"
+        "2 routes (1 IPv4, 1 IPv6)\n"
+    )
+
+
+def test_routes_table_empty() -> None:
+    assert render_routes([]) == "ADDRESS  FAMILY  ROW  HOLD  NAMES\n\n0 routes (0 IPv4, 0 IPv6)\n"

@@ -1,0 +1,124 @@
+"""The Prometheus text exposition format (0.0.4) as `resolver.metrics.render` writes it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from resolver.metrics import Metric, format_value, render
+
+pytestmark = pytest.mark.unit
+
+
+def test_render_help_type_and_samples() -> None:
+    text = render(
+        [
+            Metric(
+                "resolverd_queries_total",
+                "counter",
+                "DNS queries answered, by result.",
+                [({"result": "noerror"}, 10), ({"result": "servfail"}, 2)],
+            ),
+            Metric("resolverd_cache_entries", "gauge", "Answers in the cache.", [({}, 42)]),
+            Metric(
+                "resolverd_upstream_rtt_seconds",
+                "gauge",
+                "Smoothed round-trip time per upstream.",
+                [({"upstream": "192.0.2.53:53"}, 0.0125)],
+            ),
+        ]
+    )
+    assert text == (
+        "# HELP resolverd_queries_total DNS queries answered, by result.\n"
+        "# TYPE resolverd_queries_total counter\n"
+        'resolverd_queries_total{result="noerror"} 10\n'
+        'resolverd_queries_total{result="servfail"} 2\n'
+        "# HELP resolverd_cache_entries Answers in the cache.\n"
+        "# TYPE resolverd_cache_entries gauge\n"
+        "resolverd_cache_entries 42\n"
+        "# HELP resolverd_upstream_rtt_seconds Smoothed round-trip time per upstream.\n"
+        "# TYPE resolverd_upstream_rtt_seconds gauge\n"
+        'resolverd_upstream_rtt_seconds{upstream="192.0.2.53:53"} 0.0125\n'
+    )
+
+
+def test_counter_names_end_in_total() -> None:
+    text = render([Metric("resolverd_routes_installed", "counter", "Routes.", [({}, 3)])])
+    assert text.splitlines() == [
+        "# HELP resolverd_routes_installed_total Routes.",
+        "# TYPE resolverd_routes_installed_total counter",
+        "resolverd_routes_installed_total 3",
+    ]
+
+
+def test_gauge_names_are_left_alone() -> None:
+    assert "\nresolverd_up 1\n" in render([Metric("resolverd_up", "gauge", "Up.", [({}, 1)])])
+
+
+def test_label_values_and_help_are_escaped() -> None:
+    text = render(
+        [
+            Metric(
+                "m",
+                "gauge",
+                "Back\\slash and\nnewline.",
+                [({"name": 'say "hi"\\now\nthen', "row": "2"}, 1.5)],
+            )
+        ]
+    )
+    assert text.splitlines() == [
+        "# HELP m Back\\\\slash and\\nnewline.",
+        "# TYPE m gauge",
+        'm{name="say \\"hi\\"\\\\now\\nthen",row="2"} 1.5',
+    ]
+
+
+def test_a_family_without_samples_still_has_help_and_type() -> None:
+    assert render([Metric("resolverd_errors", "counter", "Errors.", [])]) == (
+        "# HELP resolverd_errors_total Errors.\n# TYPE resolverd_errors_total counter\n"
+    )
+
+
+def test_nothing_renders_as_an_empty_body() -> None:
+    assert render([]) == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0, "0"),
+        (7, "7"),
+        (True, "1"),
+        (3.0, "3"),
+        (0.25, "0.25"),
+        (1e20, "1e+20"),
+        (-2.5, "-2.5"),
+        (math.inf, "+Inf"),
+        (-math.inf, "-Inf"),
+        (math.nan, "NaN"),
+        (2**60, str(2**60)),
+    ],
+)
+def test_format_value(value: float, text: str) -> None:
+    assert format_value(value) == text
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        Metric("0bad", "gauge", "x", []),
+        Metric("bad-name", "gauge", "x", []),
+        Metric("ok", "gauge", "x", [({"bad-label": "v"}, 1)]),
+        Metric("ok", "gauge", "x", [({"__reserved": "v"}, 1)]),
+        Metric("ok", "histogram", "x", []),  # type: ignore[arg-type]
+    ],
+)
+def test_invalid_names_are_errors(metric: Metric) -> None:
+    with pytest.raises(ValueError):
+        render([metric])
+
+
+def test_a_repeated_family_is_an_error() -> None:
+    with pytest.raises(ValueError, match="given twice"):
+        render([Metric("a", "counter", "x", []), Metric("a_total", "counter", "y", [])])

@@ -1,0 +1,154 @@
+"""systemd/: the unit passes systemd-analyze verify and security; the example config is complete.
+
+`systemd-analyze verify` needs the ExecStart= and ExecReload= binaries to exist, so the test
+points a copy of the unit at stub executables in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from resolver.config import Config, load_config
+
+pytestmark = pytest.mark.unit
+
+SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
+UNIT = SYSTEMD_DIR / "resolverd.service"
+EXAMPLE = SYSTEMD_DIR / "resolverd.yaml"
+ANALYZE = shutil.which("systemd-analyze")
+# No skip when it is missing: `make test` installs it (Debian package systemd), so its absence
+# is a broken set-up that must show.
+
+
+def directives(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key, []).append(value)
+    return found
+
+
+@pytest.fixture
+def stub_unit(tmp_path: Path) -> Path:
+    """The unit with /opt/resolverd/bin rewritten to a directory of stub executables."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("resolverd", "resolverctl"):
+        stub = bindir / name
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+    unit = tmp_path / "resolverd.service"
+    unit.write_text(UNIT.read_text().replace("/opt/resolverd/bin", str(bindir)))
+    return unit
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    assert ANALYZE is not None, "systemd-analyze is missing: run make sysdeps (package systemd)"
+    env = {**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0", "LC_ALL": "C.UTF-8"}
+    return subprocess.run(
+        [ANALYZE, *args], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+
+
+def test_unit_has_the_required_settings() -> None:
+    d = directives(UNIT.read_text())
+    assert d["Type"] == ["notify"]
+    assert d["NotifyAccess"] == ["main"]
+    assert d["ExecStart"] == ["/opt/resolverd/bin/resolverd --config /etc/resolverd/resolverd.yaml"]
+    assert d["ExecReload"][0].startswith("/opt/resolverd/bin/resolverctl ")
+    assert d["ExecReload"][0].endswith(" reload")
+    assert d["Restart"] == ["on-failure"]
+    assert d["WatchdogSec"] == ["30s"]
+    assert d["RuntimeDirectory"] == ["resolverd"] and d["RuntimeDirectoryMode"] == ["0750"]
+    assert d["StateDirectory"] == ["resolverd"]
+    assert d["ConfigurationDirectory"] == ["resolverd"]
+    caps = {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}
+    assert set(d["CapabilityBoundingSet"][0].split()) == caps
+    assert set(d["AmbientCapabilities"][0].split()) == caps
+    assert set(d["RestrictAddressFamilies"][0].split()) == {
+        "AF_UNIX",
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+    }
+    assert d["User"] == ["resolverd"]
+    assert d["UMask"] == ["0027"]
+
+
+def test_sysusers_file_creates_the_units_user() -> None:
+    d = directives(UNIT.read_text())
+    entries = [
+        line.split()
+        for line in (SYSTEMD_DIR / "resolverd.sysusers").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert [e[:2] for e in entries] == [["u", d["User"][0]]]
+
+
+def test_systemd_analyze_verify_passes(stub_unit: Path) -> None:
+    result = analyze("verify", str(stub_unit))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "resolverd" not in output, output
+
+
+def test_systemd_analyze_verify_catches_a_broken_unit(stub_unit: Path) -> None:
+    # The check above is only worth something if verify does complain about a bad unit.
+    stub_unit.write_text(stub_unit.read_text().replace("UMask=0027", "UMaks=0027"))
+    output = analyze("verify", str(stub_unit))
+    assert "UMaks" in output.stdout + output.stderr
+
+
+def test_security_exposure_is_at_most_3(stub_unit: Path) -> None:
+    result = analyze("security", "--offline=true", "--no-pager", str(stub_unit))
+    output = result.stdout + result.stderr
+    match = re.search(r"Overall exposure level for resolverd\.service: (\d+\.\d+) (\w+)", output)
+    assert match is not None, output
+    assert float(match.group(1)) <= 3.0, output
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(str(EXAMPLE))
+    assert config.breakout.mode == "kernel"
+    assert config.metrics.listen == ("127.0.0.1", 9365)
+    assert config.control.socket == "/run/resolverd/control.sock"
+
+
+def _keys(cls: type) -> set[str]:
+    """Every config key, as "section" or "section.key", from the dataclasses."""
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if f.name == "path":
+            continue
+        keys.add(f.name)
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            keys |= {f"{f.name}.{k}" for k in _keys(sub)}
+    return keys
+
+
+def test_example_config_documents_every_key() -> None:
+    text = EXAMPLE.read_text()
+    missing = sorted(
+        key
+        for key in _keys(Config)
+        if not re.search(rf"^\s*#?\s*{key.split('.')[-1]}:", text, re.M)
+    )
+    assert not missing, f"keys not shown in {EXAMPLE.name}: {missing}"
+    # Every key line is explained: a comment above it, at its indentation, or at its end.
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^\s*[a-z_0-9]+:", line) and not line.rstrip().endswith(":"):
+            above = lines[i - 1].strip()
+            assert (
+                above.startswith("#") or "#" in line or re.match(r"^\s*[a-z_0-9]+:", lines[i - 1])
+            ), f"line {i + 1} has no comment: {line!r}"
