@@ -368,7 +368,9 @@ def parse_config(data: Any, base_dir: str = ".", source: str = "") -> Config:
     breakout = _breakout(r, data)
     policy = _policy(r, data, base_dir)
     c = sub("metrics", MetricsConfig)
-    metrics = MetricsConfig(listen=r.get(c, "listen", "/metrics", _address, None))
+    metrics = MetricsConfig(
+        listen=r.get(c, "listen", "/metrics", lambda v: parse_address(_str(v), 9365), None)
+    )
 
     if r.errors:
         raise ConfigError(r.errors, source)

@@ -1,7 +1,8 @@
 """``resolverctl explain [--config FILE] NAME... [--json]``: which policy rule covers each name.
 
-Works without the daemon: it loads the policy itself, from the config file's ``policy`` section
-or, without ``--config``, the built-in table with the optional rows included.
+Works without the daemon: it loads the policy itself, as resolverd would (see policysource):
+from ``--config``, else the default config file if there is one, else the built-in table.
+The policy code is imported when the command runs, so other commands do not pay for it.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from policy.loader import PolicyError, load_policy, normalise_name
-from policy.matcher import Matcher
-from policy.model import Match, Policy
+if TYPE_CHECKING:
+    from policy.model import Match
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,24 +27,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list")
     parser.add_argument("names", nargs="+", metavar="NAME", help="DNS name to look up")
     parser.set_defaults(func=run)
-
-
-def _policy(config: str | None) -> Policy:
-    """The policy to explain with; a bad config file is reported as a PolicyError."""
-    if config is None:
-        return load_policy("microsoft365", (), include_optional=True)
-    # Imported here so that explain without --config never depends on the daemon's settings.
-    from resolver.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        where = f"{exc.source}: " if exc.source else ""
-        raise PolicyError([where + line for line in exc.errors] or [str(exc)]) from None
-    except OSError as exc:
-        raise PolicyError([f"{config}: cannot read: {exc.strerror or exc}"]) from None
-    settings = cfg.policy
-    return load_policy(settings.builtin, settings.files, settings.include_optional)
 
 
 def _text_lines(rows: list[tuple[str, Match | None, str | None]]) -> list[str]:
@@ -75,8 +58,12 @@ def _text_lines(rows: list[tuple[str, Match | None, str | None]]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Print the winning rule for each name; 1 if the policy or any name is bad."""
+    from policy.loader import PolicyError, normalise_name
+    from policy.matcher import Matcher
+    from resolver.ctl import policysource
+
     try:
-        policy = _policy(args.config)
+        policy = policysource.load(args.config)
     except PolicyError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)

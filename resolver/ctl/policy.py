@@ -80,19 +80,11 @@ def _update(args: argparse.Namespace) -> int:
 
 def load(config: str | None) -> Policy:
     """The policy as the daemon would load it; errors become CtlError listing every problem."""
-    from policy.loader import PolicyError, load_policy
+    from policy.loader import PolicyError
+    from resolver.ctl import policysource
 
     try:
-        if config is None:
-            return load_policy("microsoft365", (), include_optional=True)
-        from resolver.config import ConfigError, load_config
-
-        try:
-            settings = load_config(config).policy
-        except ConfigError as exc:
-            where = f"{exc.source}: " if exc.source else ""
-            raise client.CtlError("\n".join(where + line for line in exc.errors)) from None
-        return load_policy(settings.builtin, settings.files, settings.include_optional)
+        return policysource.load(config)
     except PolicyError as exc:
         raise client.CtlError("\n".join([*exc.errors, "cannot load the policy"])) from None
 

@@ -1,0 +1,29 @@
+"""The policy the CLI works with: the same one the daemon would load.
+
+`--config FILE` if given, else the default config file if it exists, else the built-in table
+with the optional rows. From a config: built-in + extra files (include_optional applied) + the
+endpoint web service's cached sets, exactly as resolverd merges them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from policy.loader import PolicyError, load_policy
+from policy.model import Policy
+from resolver.config import DEFAULT_CONFIG, ConfigError, load_config
+from resolver.policyfeed import effective_policy
+
+
+def load(config: str | None) -> Policy:
+    """Raises PolicyError listing every problem (config errors included, with their file)."""
+    if config is None and os.path.exists(DEFAULT_CONFIG):
+        config = DEFAULT_CONFIG
+    if config is None:
+        return load_policy("microsoft365", (), include_optional=True)
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        where = f"{exc.source}: " if exc.source else ""
+        raise PolicyError([where + line for line in exc.errors]) from None
+    return effective_policy(cfg)
