@@ -14,6 +14,7 @@ Commands that change state run one at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import grp
 import logging
@@ -271,6 +272,10 @@ class ControlServer:
         try:
             if len(self._conns) >= self.max_connections:
                 log.warning("control: too many connections (%d); refusing one", len(self._conns))
+                # Read the request first (briefly): closing before the client has written
+                # would hand it EPIPE instead of this answer.
+                with contextlib.suppress(TimeoutError, ValueError):
+                    await asyncio.wait_for(reader.readline(), 1.0)
                 writer.write(encode(error_response(BUSY, "too many control connections")))
                 await writer.drain()
                 return

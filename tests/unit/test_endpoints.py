@@ -15,7 +15,6 @@ from tests.endpoints_sample import SAMPLE
 pytestmark = pytest.mark.unit
 
 
-
 def test_sets_become_rules() -> None:
     warnings: list[str] = []
     policy = policy_from_endpoints_json(

@@ -1,0 +1,234 @@
+"""The router's links, addresses and device routes, read at start and kept current from netlink.
+
+Two uses: whether the breakout interface can carry routes (up, running, with an address of the
+family), and which networks the router is connected to (never routed, see neverroute).
+`Monitor` listens to the link, address and route multicast groups and hands decoded events to a
+callback; route events are decoded with struct because resolverd's own route changes echo back
+through the same groups, thousands per second when a batch goes in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from resolver.net import netlink, routes
+from resolver.net.netlink import NLM_F_DUMP, NLM_F_REQUEST, Buffer
+from resolver.net.routes import RT_SCOPE_LINK, RT_TABLE_MAIN, RTN_UNICAST, Route
+
+log = logging.getLogger(__name__)
+
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
+IFLA_IFNAME = 3
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+GROUPS = (
+    RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+)
+
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    index: int
+    name: str
+    up: bool  # administratively up and running (carrier)
+
+
+@dataclass(frozen=True, slots=True)
+class Addr:
+    index: int
+    family: int
+    local: str
+    network: str  # the connected prefix, e.g. 192.0.2.0/25
+    link_local: bool
+
+
+def parse_link(body: Buffer, start: int, end: int) -> Link:
+    _fam, _type, index, flags, _change = IFINFOMSG.unpack_from(body, start)
+    attrs = netlink.parse_attrs(body, start + IFINFOMSG.size, end)
+    name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
+    return Link(index, name, bool(flags & IFF_UP) and bool(flags & IFF_RUNNING))
+
+
+def parse_addr(body: Buffer, start: int, end: int) -> list[Addr]:
+    """An address message as the prefixes it connects: the peer's network and the local address."""
+    fam, plen, _flags, _scope, index = IFADDRMSG.unpack_from(body, start)
+    family = routes.FAMILY.get(fam)
+    if family is None:
+        return []
+    attrs = netlink.parse_attrs(body, start + IFADDRMSG.size, end)
+    af = routes.AF[family]
+    local_b = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    if local_b is None:
+        return []
+    local = socket.inet_ntop(af, local_b)
+    peer_b = attrs.get(IFA_ADDRESS, local_b)
+    net = ipaddress.ip_network(f"{socket.inet_ntop(af, peer_b)}/{plen}", strict=False)
+    out = [Addr(index, family, local, str(net), net.is_link_local)]
+    if peer_b != local_b:  # point-to-point: the peer's network, and our own address
+        host = ipaddress.ip_network(local)
+        out.append(Addr(index, family, local, str(host), host.is_link_local))
+    return out
+
+
+class NetView:
+    """Links, addresses and main-table device routes: what the router is connected to."""
+
+    def __init__(self) -> None:
+        self.links: dict[int, Link] = {}
+        self.addrs: set[Addr] = set()
+        self.device_routes: set[tuple[int, str, int]] = set()  # (family, cidr, oif)
+
+    def apply_link(self, new: bool, link: Link) -> None:
+        if new:
+            self.links[link.index] = link
+        else:
+            self.links.pop(link.index, None)
+            self.addrs = {a for a in self.addrs if a.index != link.index}
+            self.device_routes = {r for r in self.device_routes if r[2] != link.index}
+
+    def apply_addr(self, new: bool, addrs: list[Addr]) -> None:
+        for a in addrs:
+            if new:
+                self.addrs.add(a)
+            else:
+                self.addrs.discard(a)
+
+    def apply_route(self, new: bool, route: Route) -> bool:
+        """Track main-table device routes (scope link, no gateway); True if it was one."""
+        if route.table != RT_TABLE_MAIN or route.type != RTN_UNICAST or route.gateway is not None:
+            return False
+        if route.family == 4 and route.scope != RT_SCOPE_LINK:
+            return False
+        if route.dst_len == 0 or route.oif is None:
+            return False
+        key = (route.family, f"{route.dst}/{route.dst_len}", route.oif)
+        if new:
+            self.device_routes.add(key)
+        else:
+            self.device_routes.discard(key)
+        return True
+
+    def connected(self) -> list[tuple[str, str]]:
+        """(cidr, interface name) of every connected network, link-local ones left out."""
+        out: dict[str, str] = {}
+        for a in self.addrs:
+            if not a.link_local:
+                out.setdefault(a.network, self._name(a.index))
+        for family, cidr, oif in self.device_routes:
+            net = ipaddress.ip_network(cidr)
+            if not net.is_link_local and not (family == 6 and net.is_multicast):
+                out.setdefault(cidr, self._name(oif))
+        return sorted(out.items())
+
+    def _name(self, index: int) -> str:
+        link = self.links.get(index)
+        return link.name if link is not None else f"if{index}"
+
+    def find(self, name: str | None) -> Link | None:
+        if name is None:
+            return None
+        for link in self.links.values():
+            if link.name == name:
+                return link
+        return None
+
+    def has_address(self, index: int, family: int, global_only: bool = False) -> bool:
+        return any(
+            a.index == index and a.family == family and not (global_only and a.link_local)
+            for a in self.addrs
+        )
+
+    async def load(self, channel: netlink.Channel) -> None:
+        """Replace the view with a fresh dump of links, addresses and main-table routes."""
+        links: dict[int, Link] = {}
+        body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        for reply in await channel.request(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, body):
+            link = parse_link(reply, 0, len(reply))
+            links[link.index] = link
+        addrs: set[Addr] = set()
+        body = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        for reply in await channel.request(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, body):
+            addrs.update(parse_addr(reply, 0, len(reply)))
+        self.links, self.addrs, self.device_routes = links, addrs, set()
+        for route in await routes.dump_routes(channel, RT_TABLE_MAIN):
+            self.apply_route(True, route)
+
+
+EventHandler = Callable[[int, bool, object], None]  # (RTM_* base kind, new?, Link|list[Addr]|Route)
+KIND_LINK = RTM_NEWLINK
+KIND_ADDR = RTM_NEWADDR
+KIND_ROUTE = routes.RTM_NEWROUTE
+
+
+class Monitor:
+    """Netlink multicast listener for links, addresses and routes, on the event loop."""
+
+    def __init__(self, handler: EventHandler, overrun: Callable[[], None]) -> None:
+        self.sock = netlink.open_socket(netlink.NETLINK_ROUTE, groups=GROUPS)
+        self._handler = handler
+        self._overrun = overrun
+        self._buf = bytearray(1 << 18)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.events = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self.read)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+        self.sock.close()
+
+    def read(self) -> None:
+        buf = self._buf
+        while True:
+            try:
+                size = self.sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:
+                    log.warning("netlink monitor overrun: events were lost, re-reading the kernel")
+                    self._overrun()
+                    continue
+                raise
+            for kind, _flags, _seq, start, end in netlink.iter_messages(buf, size):
+                self.events += 1
+                try:
+                    self._dispatch(kind, buf, start, end)
+                except Exception:
+                    log.exception("cannot handle netlink event type %d", kind)
+
+    def _dispatch(self, kind: int, buf: bytearray, start: int, end: int) -> None:
+        if kind in (routes.RTM_NEWROUTE, routes.RTM_DELROUTE):
+            route = routes.parse_route(buf, start, end)
+            if route is not None:
+                self._handler(KIND_ROUTE, kind == routes.RTM_NEWROUTE, route)
+        elif kind in (RTM_NEWLINK, RTM_DELLINK):
+            self._handler(KIND_LINK, kind == RTM_NEWLINK, parse_link(buf, start, end))
+        elif kind in (RTM_NEWADDR, RTM_DELADDR):
+            self._handler(KIND_ADDR, kind == RTM_NEWADDR, parse_addr(buf, start, end))

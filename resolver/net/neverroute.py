@@ -1,0 +1,84 @@
+"""Addresses never routed: the configured `never_route` prefixes and every connected network.
+
+A DNS answer must not be able to steer the router's own traffic: an answer under a Microsoft
+365 wildcard that hands out the LAN's own address (or the router's, or a link network's) is not
+routed. The connected part is rebuilt from the kernel's addresses and device routes whenever
+they change (see links.NetView).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+BITS = {4: 32, 6: 128}
+
+
+class PrefixIndex:
+    """Longest-prefix match over a few prefixes: one dict lookup per distinct prefix length."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        # family -> [(prefix length, {network >> host bits: (cidr, label)})], longest first
+        tables: dict[int, dict[int, dict[int, tuple[str, str]]]] = {4: {}, 6: {}}
+        self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+        for cidr, label in items:
+            net = ipaddress.ip_network(cidr, strict=False)
+            self._nets.append((net, label))
+            shift = BITS[net.version] - net.prefixlen
+            by_len = tables[net.version].setdefault(net.prefixlen, {})
+            by_len.setdefault(int(net.network_address) >> shift, (str(net), label))
+        self._tables = {
+            fam: sorted(((plen, t) for plen, t in by.items()), key=lambda x: -x[0])
+            for fam, by in tables.items()
+        }
+
+    def __len__(self) -> int:
+        return len(self._nets)
+
+    def find(self, family: int, packed: bytes) -> tuple[str, str] | None:
+        """The longest prefix holding the address, as (cidr, label), or None."""
+        value = int.from_bytes(packed, "big")
+        bits = BITS[family]
+        for plen, table in self._tables[family]:
+            hit = table.get(value >> (bits - plen))
+            if hit is not None:
+                return hit
+        return None
+
+    def overlapping(self, cidr: str) -> tuple[str, str] | None:
+        """A prefix that overlaps `cidr` (holds it or lies inside it), or None."""
+        net = ipaddress.ip_network(cidr, strict=False)
+        for other, label in self._nets:
+            if other.version == net.version and other.overlaps(net):
+                return str(other), label
+        return None
+
+
+class NeverRoute:
+    """Why an address must not be routed (a reason string), or None when it may be."""
+
+    def __init__(self, never_route: Iterable[str]) -> None:
+        self.static = PrefixIndex((c, "never_route") for c in never_route)
+        self.connected = PrefixIndex()
+
+    def set_connected(self, networks: Iterable[tuple[str, str]]) -> None:
+        """(cidr, interface name) of every network the router is connected to."""
+        self.connected = PrefixIndex(networks)
+
+    def reason(self, family: int, packed: bytes) -> str | None:
+        hit = self.connected.find(family, packed)
+        if hit is not None:
+            return f"connected network {hit[0]} on {hit[1]}"
+        hit = self.static.find(family, packed)
+        if hit is not None:
+            return f"never_route {hit[0]}"
+        return None
+
+    def reason_cidr(self, cidr: str) -> str | None:
+        hit = self.connected.overlapping(cidr)
+        if hit is not None:
+            return f"overlaps connected network {hit[0]} on {hit[1]}"
+        hit = self.static.overlapping(cidr)
+        if hit is not None:
+            return f"overlaps never_route {hit[0]}"
+        return None

@@ -1,0 +1,200 @@
+"""Route programming benchmarks, in a namespace of their own (root; `make bench`).
+
+Prints, from one run on the same kernel:
+- host routes programmed per second by resolverd's netlink.Channel (batched sendmsg),
+  next to `ip -batch` and pyroute2's AsyncIPRoute.route("replace");
+- the latency on_answer adds on the miss path for answers with 1, 2 and 8 new addresses
+  (from the call to the awaitable's completion: the queue flush, the routes, the ipset
+  entries and their acks), p50 and p99; and the cost of a cache hit.
+
+The measuring half runs inside the namespace: ``python -m tests.bench.test_routes_bench
+--inside``; the test builds the namespace, runs it, prints the figures and removes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+N_ROUTES = 20_000
+N_PYROUTE2 = 2_000
+N_ANSWERS = 400
+
+
+def _addr(i: int) -> bytes:
+    return (0xC6120000 + i).to_bytes(4, "big")  # 198.18.0.0/15 (benchmarking range) as bytes
+
+
+def _text(i: int) -> str:
+    return socket.inet_ntoa(_addr(i))
+
+
+async def _channel_rate() -> float:
+    from resolver.net import netlink
+    from resolver.net.routes import RouteEncoder
+
+    loop = asyncio.get_running_loop()
+    ch = netlink.Channel(netlink.NETLINK_ROUTE)
+    ch.attach(loop)
+    enc = RouteEncoder(1001, 245, socket.if_nametoindex("wan0"), "192.0.2.1", None)
+    errors: list[list[int]] = []
+    t0 = time.perf_counter()
+    ch.submit([enc.add(4, _addr(i), 32) for i in range(N_ROUTES)], errors.append)
+    dt = time.perf_counter() - t0
+    assert errors and not any(errors[0]), "route programming failed"
+    ch.close()
+    return N_ROUTES / dt
+
+
+def _ip_batch_rate() -> float:
+    lines = "".join(f"route add {_text(i)}/32 via 192.0.2.1 table 1002\n" for i in range(N_ROUTES))
+    t0 = time.perf_counter()
+    subprocess.run(["ip", "-batch", "-"], input=lines, text=True, check=True)
+    return N_ROUTES / (time.perf_counter() - t0)
+
+
+def _pyroute2_rate() -> float:
+    from pyroute2 import AsyncIPRoute
+
+    async def run() -> float:
+        async with AsyncIPRoute() as ipr:
+            idx = socket.if_nametoindex("wan0")
+            t0 = time.perf_counter()
+            for i in range(N_PYROUTE2):
+                await ipr.route(
+                    "replace", dst=f"{_text(i)}/32", gateway="192.0.2.1", oif=idx, table=1003
+                )
+            return N_PYROUTE2 / (time.perf_counter() - t0)
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+async def _on_answer_latency(state_dir: str) -> dict[str, Any]:
+    from policy.matcher import Matcher
+    from policy.model import Policy, Rule
+    from resolver.config import BreakoutConfig
+    from resolver.dns.hook import Tagged
+    from resolver.net.breakout import Breakout
+
+    rule = Rule(row=1, purpose="bench", required=True, patterns=("*.office.com",))
+    matcher = Matcher([rule])
+    cfg = BreakoutConfig(
+        mode="kernel", interface="wan0", gateway4="192.0.2.1", table=365, ipset4="bench-v4",
+        ipset6="bench-v6", max_entries=1_000_000, never_route=(),  # 198.18/15 is special
+    )  # fmt: skip
+    b = Breakout(cfg, state_dir, matcher, Policy((rule,)))
+    await b.start()
+    match = matcher.match("x.office.com")
+    out: dict[str, Any] = {}
+    base = 100_000
+    for n in (1, 2, 8):
+        samples = []
+        for k in range(N_ANSWERS):
+            addrs = tuple(_text(base + j) for j in range(n))
+            base += n
+            t = Tagged("x.office.com", "x.office.com", match, addrs)  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            wait = b.on_answer(t, 300)
+            assert wait is not None
+            await wait
+            samples.append(time.perf_counter() - t0)
+            if k % 50 == 0:
+                await asyncio.sleep(0)
+        samples.sort()
+        out[f"miss_{n}"] = {
+            "p50_us": round(samples[len(samples) // 2] * 1e6, 1),
+            "p99_us": round(samples[int(len(samples) * 0.99)] * 1e6, 1),
+        }
+    hit = Tagged("x.office.com", "x.office.com", match, (_text(100_000),))  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    for _ in range(100_000):
+        assert b.on_answer(hit, 300) is None
+    out["hit_us"] = round((time.perf_counter() - t0) / 100_000 * 1e6, 2)
+    out["errors"] = b.counters["netlink_errors"]
+    out["ack_timeouts"] = b.counters["ack_timeouts"]
+    await b.flush()
+    await b.stop()
+    return out
+
+
+def inside() -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    figures["channel_routes_per_s"] = round(asyncio.run(_channel_rate()))
+    figures["ip_batch_routes_per_s"] = round(_ip_batch_rate())
+    figures["pyroute2_replace_per_s"] = round(_pyroute2_rate())
+    with tempfile.TemporaryDirectory(prefix="r365-bench-") as state_dir:
+        figures["on_answer"] = asyncio.run(_on_answer_latency(state_dir))
+    return figures
+
+
+@pytest.fixture
+def bench_ns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.fail("the route benchmark builds a network namespace: run it as root", pytrace=False)
+    ns = f"r365b-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        ex = ["ip", "netns", "exec", ns]
+        subprocess.run(
+            [*ex, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+             "net.ipv6.conf.default.accept_dad=0"], check=True,
+        )  # fmt: skip
+        for cmd in (
+            "link set lo up",
+            "link add wan0 type veth peer name peer0",
+            "addr add 192.0.2.2/24 dev wan0",
+            "link set wan0 up",
+            "link set peer0 up",
+        ):
+            subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
+        yield ns
+    finally:
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.mark.bench
+def test_route_programming_and_on_answer_latency(bench_ns: str) -> None:
+    env = {**os.environ, "PYTHONPATH": REPO}
+    res = subprocess.run(
+        ["ip", "netns", "exec", bench_ns, sys.executable, "-m", "tests.bench.test_routes_bench",
+         "--inside"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    figures = json.loads(res.stdout.splitlines()[-1])
+    a = figures["on_answer"]
+    print()
+    print(f"routes/s  resolverd Channel (batched): {figures['channel_routes_per_s']:>9,}")
+    print(f"routes/s  ip -batch                  : {figures['ip_batch_routes_per_s']:>9,}")
+    print(f"routes/s  pyroute2 route('replace')  : {figures['pyroute2_replace_per_s']:>9,}")
+    for n in (1, 2, 8):
+        m = a[f"miss_{n}"]
+        print(
+            f"on_answer miss, {n} new address(es): p50 {m['p50_us']:>7} us  p99 {m['p99_us']:>7} us"
+        )
+    print(f"on_answer cache hit: {a['hit_us']} us")
+    assert a["errors"] == 0 and a["ack_timeouts"] == 0
+    assert figures["channel_routes_per_s"] > figures["pyroute2_replace_per_s"]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--inside"]:
+        print(json.dumps(inside()))

@@ -1,0 +1,267 @@
+"""A namespace lab: a branch router with a breakout link, a tunnel, a LAN client, two servers.
+
+    client (C) --lan0-- router (R) --wan0-- breakout server (B)   "the local internet link"
+                                   --tun0-- tunnel server (T)     "the tunnel to head office"
+
+The router's default route (v4 and v6) goes through the tunnel. B and T both own the same
+service addresses (SERVICE4/SERVICE6, on their loopback) and each runs an identity server on
+PORT that answers "breakout" or "tunnel": a test connects and learns which path the connection
+took. Everything is built in namespaces with names unique to this run (``r365t-<pid>-<n>-``)
+and removed on exit, failure included: the processes in the namespaces are killed first.
+
+    with Lab() as lab:
+        lab.run(lab.router, "ip", "route")
+        assert lab.connect("203.0.113.10") == "tunnel"
+
+Run ``python -m tests.netns.lab`` (root) to build the lab and print it, or ``--keep`` to keep
+it until Enter is pressed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, TextIO
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Addressing (documentation ranges only).
+WAN_NET4, ROUTER_WAN4, BREAKOUT_GW4 = "192.0.2.0/25", "192.0.2.2", "192.0.2.1"
+WAN_NET6, ROUTER_WAN6, BREAKOUT_GW6 = "2001:db8:b::/64", "2001:db8:b::2", "2001:db8:b::1"
+TUN_NET4, ROUTER_TUN4, TUNNEL_GW4 = "198.51.100.0/25", "198.51.100.2", "198.51.100.1"
+TUN_NET6, ROUTER_TUN6, TUNNEL_GW6 = "2001:db8:a::/64", "2001:db8:a::2", "2001:db8:a::1"
+LAN_NET4, ROUTER_LAN4, CLIENT4 = "192.0.2.128/25", "192.0.2.129", "192.0.2.130"
+LAN_NET6, ROUTER_LAN6, CLIENT6 = "2001:db8:c::/64", "2001:db8:c::1", "2001:db8:c::2"
+SERVICE4 = tuple(f"203.0.113.{i}" for i in range(10, 60))
+SERVICE6 = tuple(f"2001:db8:365::{i:x}" for i in range(0x10, 0x40))
+PORT = 8080
+WAN_IF, TUN_IF, LAN_IF = "wan0", "tun0", "lan0"
+
+_counter = itertools.count(1)
+
+
+class LabError(RuntimeError):
+    pass
+
+
+class Lab:
+    """The namespaces, their processes, and helpers to run things inside them."""
+
+    def __init__(self, tag: str = "") -> None:
+        self.prefix = f"r365t-{os.getpid()}-{next(_counter)}{'-' + tag if tag else ''}-"
+        self.router = self.prefix + "r"
+        self.client = self.prefix + "c"
+        self.breakout = self.prefix + "b"
+        self.tunnel = self.prefix + "t"
+        self.namespaces = (self.router, self.client, self.breakout, self.tunnel)
+        self.procs: list[subprocess.Popen[str]] = []
+        self._created: list[str] = []
+
+    # -- running things ---------------------------------------------------------------------
+
+    def run(
+        self, ns: str, *cmd: str, check: bool = True, timeout: float = 20, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `cmd` in namespace `ns` and wait for it."""
+        res = subprocess.run(
+            ["ip", "netns", "exec", ns, *cmd],
+            capture_output=True, text=True, timeout=timeout, cwd=REPO, input=input,
+            env=_env(),
+        )  # fmt: skip
+        if check and res.returncode != 0:
+            raise LabError(f"[{ns}] {' '.join(cmd)}: exit {res.returncode}: {res.stderr.strip()}")
+        return res
+
+    def ip(self, ns: str, *args: str, check: bool = True) -> str:
+        res = subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True, timeout=20)
+        if check and res.returncode != 0:
+            raise LabError(f"[{ns}] ip {' '.join(args)}: {res.stderr.strip()}")
+        return res.stdout
+
+    def batch(self, ns: str, commands: Sequence[str]) -> None:
+        """Run many `ip` commands in one process (`ip -batch`)."""
+        res = subprocess.run(
+            ["ip", "-n", ns, "-batch", "-"], input="\n".join(commands) + "\n",
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise LabError(f"[{ns}] ip -batch: {res.stderr.strip()}")
+
+    def spawn(
+        self, ns: str, *cmd: str, stdout: int | TextIO | None = subprocess.PIPE,
+        stderr: int | TextIO | None = None, stdin: int | None = subprocess.DEVNULL,
+    ) -> subprocess.Popen[str]:  # fmt: skip
+        """Start `cmd` in `ns`; it is killed when the lab is torn down."""
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *cmd],
+            stdout=stdout, stderr=stderr, stdin=stdin, text=True, cwd=REPO, env=_env(),
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def python(self, ns: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.run(ns, sys.executable, *args, **kw)
+
+    def connect(self, host: str, port: int = PORT, timeout: float = 2.0) -> str:
+        """Connect from the client to host:port; the identity of the server that answered."""
+        res = self.python(
+            self.client, "-m", "tests.netns.agents", "connect", host, str(port), str(timeout),
+            check=False,
+        )  # fmt: skip
+        return res.stdout.strip() or f"error: {res.stderr.strip()}"
+
+    def table(self, table: int | str, family: int = 4) -> list[str]:
+        """The routes of `table` in the router, one line each."""
+        out = self.ip(self.router, f"-{family}", "route", "show", "table", str(table), check=False)
+        return [line for line in out.splitlines() if line.strip()]
+
+    # -- building ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _build(self) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the namespace lab needs root (ip netns add)")
+        for ns in self.namespaces:
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+            self._created.append(ns)
+            # Before any link exists: no duplicate address detection, no reverse-path drops.
+            self.run(
+                ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0", "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                # Static addresses survive a link flap (as ifupdown/networkd would re-add
+                # them); without this the kernel drops IPv6 addresses when a link goes down.
+                "net.ipv6.conf.all.keep_addr_on_down=1",
+                "net.ipv6.conf.default.keep_addr_on_down=1",
+            )  # fmt: skip
+            self.ip(ns, "link", "set", "lo", "up")
+        r, c, b, t = self.router, self.client, self.breakout, self.tunnel
+        self.run(r, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        for ifname, peer in ((WAN_IF, b), (TUN_IF, t), (LAN_IF, c)):
+            self.ip(r, "link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", peer)
+        plan = [
+            (r, WAN_IF, f"{ROUTER_WAN4}/25", f"{ROUTER_WAN6}/64"),
+            (r, TUN_IF, f"{ROUTER_TUN4}/25", f"{ROUTER_TUN6}/64"),
+            (r, LAN_IF, f"{ROUTER_LAN4}/25", f"{ROUTER_LAN6}/64"),
+            (b, "eth0", f"{BREAKOUT_GW4}/25", f"{BREAKOUT_GW6}/64"),
+            (t, "eth0", f"{TUNNEL_GW4}/25", f"{TUNNEL_GW6}/64"),
+            (c, "eth0", f"{CLIENT4}/25", f"{CLIENT6}/64"),
+        ]
+        for ns, ifname, a4, a6 in plan:
+            self.ip(ns, "addr", "add", a4, "dev", ifname)
+            self.ip(ns, "-6", "addr", "add", a6, "dev", ifname, "nodad")
+            self.ip(ns, "link", "set", ifname, "up")
+        # The router: everything through the tunnel unless told otherwise.
+        self.ip(r, "route", "add", "default", "via", TUNNEL_GW4)
+        self.ip(r, "-6", "route", "add", "default", "via", TUNNEL_GW6)
+        self.ip(c, "route", "add", "default", "via", ROUTER_LAN4)
+        self.ip(c, "-6", "route", "add", "default", "via", ROUTER_LAN6)
+        for ns in (b, t):
+            self.server_routes(ns)
+            batch = [f"addr add {a}/32 dev lo" for a in SERVICE4]
+            batch += [f"addr add {a}/128 dev lo nodad" for a in SERVICE6]
+            self.batch(ns, batch)
+        for ns, name in ((b, "breakout"), (t, "tunnel")):
+            proc = self.spawn(
+                ns, sys.executable, "-m", "tests.netns.agents", "serve", name, str(PORT)
+            )
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            if line != "ready":
+                raise LabError(f"identity server {name} did not start: {line!r}")
+        self.warm()
+
+    def server_routes(self, ns: str) -> None:
+        """A server's routes back to the LAN (the kernel drops them when its link goes down)."""
+        gw4, gw6 = (ROUTER_WAN4, ROUTER_WAN6) if ns == self.breakout else (ROUTER_TUN4, ROUTER_TUN6)
+        self.ip(ns, "route", "replace", LAN_NET4, "via", gw4)
+        self.ip(ns, "-6", "route", "replace", LAN_NET6, "via", gw6)
+
+    def set_link(self, ns: str, ifname: str, up: bool) -> None:
+        """Take a link down or up; a server's routes are put back when its link returns."""
+        self.ip(ns, "link", "set", ifname, "up" if up else "down")
+        if up and ns in (self.breakout, self.tunnel):
+            self.server_routes(ns)
+
+    def warm(self) -> None:
+        """A round trip each way on every link, so first packets find their neighbours."""
+        targets = {
+            self.client: (ROUTER_LAN4, ROUTER_LAN6),
+            self.router: (CLIENT4, CLIENT6, BREAKOUT_GW4, BREAKOUT_GW6, TUNNEL_GW4, TUNNEL_GW6),
+            self.breakout: (ROUTER_WAN4, ROUTER_WAN6),
+            self.tunnel: (ROUTER_TUN4, ROUTER_TUN6),
+        }
+        for ns, hosts in targets.items():
+            res = self.python(ns, "-m", "tests.netns.agents", "reach", *hosts, check=False)
+            if res.returncode != 0:
+                raise LabError(f"[{ns}] {res.stderr.strip()}")
+
+    def kill_ns_processes(self, ns: str) -> None:
+        """Kill every process in `ns` (all were started by this lab or by a test in it)."""
+        res = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+        for pid in res.stdout.split():
+            with suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        for ns in self._created:
+            self.kill_ns_processes(ns)
+        for ns in reversed(self._created):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self._created.clear()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+@contextmanager
+def lab(tag: str = "") -> Iterator[Lab]:
+    with Lab(tag) as built:
+        yield built
+
+
+def leftovers() -> list[str]:
+    """Namespaces of this process's labs still present (should be none)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    mine = f"r365t-{os.getpid()}-"
+    return [line.split()[0] for line in out.splitlines() if line.startswith(mine)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    with Lab("demo") as built:
+        print("namespaces:", " ".join(built.namespaces))
+        print(built.ip(built.router, "addr"))
+        print("connect 203.0.113.10 ->", built.connect(SERVICE4[0]))
+        if "--keep" in args:
+            input("lab is up; press Enter to remove it ")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Fakes for the breakout's unit tests: a kernel that records, a clock, a network view."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from policy.matcher import Matcher
+from policy.model import Policy, Rule
+from resolver.config import BreakoutConfig
+from resolver.dns.hook import Tagged
+from resolver.net.links import Addr, Link, NetView
+from resolver.net.routes import AF, HOST_LEN, Route
+
+Settled = Callable[[list[int]], None]
+
+RULES = (
+    Rule(row=1, purpose="Exchange", required=True, patterns=("outlook.office.com", "*.office.com")),
+    Rule(row=2, purpose="SharePoint", required=True, patterns=("*.sharepoint.com",)),
+    Rule(
+        row=14,
+        purpose="Connectivity analyzer",
+        required=False,
+        patterns=("testconnectivity.microsoft.com",),
+        cidrs=("13.67.59.89/32", "40.69.150.142/32"),
+    ),
+)
+POLICY = Policy(rules=RULES)
+MATCHER = Matcher(RULES)
+WAN, LAN = 2, 3
+
+
+class Clock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeKernel:
+    """Records every batch; settles at once unless `defer` (then `settle_all()` does)."""
+
+    def __init__(self, has_sets: bool = True) -> None:
+        self._has_sets = has_sets
+        self.calls: list[tuple[str, list[Any]]] = []
+        self.routes: dict[tuple[int, bytes, int], bool] = {}
+        self.entries: dict[tuple[int, bytes], int] = {}
+        self.fail: dict[bytes, int] = {}
+        self.defer = False
+        self.deferred: list[tuple[Settled, list[int]]] = []
+        self.rules = 0
+        self.extra_routes: list[Route] = []
+        self.oif: int | None = None
+        self.started = False
+
+    @property
+    def has_sets(self) -> bool:
+        return self._has_sets
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.started = True
+
+    def close(self) -> None:
+        pass
+
+    def set_link(self, oif: int | None) -> None:
+        self.oif = oif
+
+    def _settle(self, settled: Settled, errors: list[int]) -> None:
+        if self.defer:
+            self.deferred.append((settled, errors))
+        else:
+            settled(errors)
+
+    def settle_all(self) -> None:
+        deferred, self.deferred = self.deferred, []
+        for settled, errors in deferred:
+            settled(errors)
+
+    def add_routes(self, items: Sequence[tuple[int, bytes, int]], settled: Settled) -> None:
+        self.calls.append(("add_routes", list(items)))
+        errors = []
+        for item in items:
+            code = self.fail.get(item[1], 0)
+            if not code:
+                self.routes[item] = True
+            errors.append(code)
+        self._settle(settled, errors)
+
+    def del_routes(self, items: Sequence[tuple[int, bytes, int]], settled: Settled) -> None:
+        self.calls.append(("del_routes", list(items)))
+        errors = []
+        for item in items:
+            errors.append(0 if self.routes.pop(item, None) else 3)  # ESRCH
+        self._settle(settled, errors)
+
+    def add_entries(self, items: Sequence[tuple[int, bytes, int]], settled: Settled) -> None:
+        self.calls.append(("add_entries", list(items)))
+        for fam, packed, timeout in items:
+            self.entries[(fam, packed)] = timeout
+        self._settle(settled, [0] * len(items))
+
+    def del_entries(self, items: Sequence[tuple[int, bytes, int]], settled: Settled) -> None:
+        self.calls.append(("del_entries", list(items)))
+        for fam, packed, _ in items:
+            self.entries.pop((fam, packed), None)
+        self._settle(settled, [0] * len(items))
+
+    async def dump_routes(self) -> list[Route]:
+        out = list(self.extra_routes)
+        for fam, packed, plen in self.routes:
+            out.append(
+                Route(fam, socket.inet_ntop(AF[fam], packed), plen, 365, 245, 0, 1, WAN,
+                      "192.0.2.1" if fam == 4 else "2001:db8:b::1")
+            )  # fmt: skip
+        return out
+
+    async def ensure_rules(self) -> int:
+        self.rules = 1
+        return 1
+
+    async def remove_rules(self) -> int:
+        n, self.rules = self.rules, 0
+        return n
+
+    def ops(self, name: str) -> list[list[Any]]:
+        return [items for op, items in self.calls if op == name]
+
+    def has_route(self, address: str) -> bool:
+        fam = 6 if ":" in address else 4
+        return (fam, socket.inet_pton(AF[fam], address), HOST_LEN[fam]) in self.routes
+
+
+def make_view(wan_up: bool = True) -> NetView:
+    view = NetView()
+    view.apply_link(True, Link(1, "lo", True))
+    view.apply_link(True, Link(WAN, "wan0", wan_up))
+    view.apply_link(True, Link(LAN, "lan0", True))
+    view.apply_addr(
+        True,
+        [
+            Addr(WAN, 4, "192.0.2.2", "192.0.2.0/25", False),
+            Addr(WAN, 6, "2001:db8:b::2", "2001:db8:b::/64", False),
+            Addr(LAN, 4, "192.0.2.129", "192.0.2.128/25", False),
+            Addr(LAN, 6, "2001:db8:c::1", "2001:db8:c::/64", False),
+        ],
+    )
+    return view
+
+
+def make_cfg(**kw: Any) -> BreakoutConfig:
+    base: dict[str, Any] = {
+        "mode": "kernel",
+        "interface": "wan0",
+        "gateway4": "192.0.2.1",
+        "gateway6": "2001:db8:b::1",
+        "ipset4": "m365-v4",
+        "ipset6": "m365-v6",
+        "min_hold": 300,
+        "grace": 30,
+        "ack_timeout": 0.05,
+    }
+    base.update(kw)
+    return BreakoutConfig(**base)
+
+
+def tagged(name: str, *addresses: str, qname: str | None = None) -> Tagged:
+    match = MATCHER.match(name)
+    assert match is not None, name
+    return Tagged(qname or name, name, match, addresses)

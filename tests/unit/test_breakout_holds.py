@@ -1,0 +1,525 @@
+"""Breakout logic with a fake kernel and an injected clock: holds, batching, expiry, events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from resolver.dns.hook import Tagged
+from resolver.net.breakout import Breakout
+from resolver.net.holds import Hold
+from resolver.net.links import KIND_ADDR, KIND_LINK, KIND_ROUTE, Addr, Link
+from resolver.net.routes import Route
+from tests.unit.breakout_fakes import (
+    MATCHER,
+    POLICY,
+    RULES,
+    WAN,
+    Clock,
+    FakeKernel,
+    make_cfg,
+    make_view,
+    tagged,
+)
+
+pytestmark = pytest.mark.unit
+
+CONTRACT = {
+    "interface", "link_up", "table", "routes_v4", "routes_v6", "cidr_routes", "ipset_v4",
+    "ipset_v6", "errors",
+}  # fmt: skip
+
+
+def run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(body())  # type: ignore[arg-type]
+
+
+async def answer(b: Breakout, t: Tagged, ttl: int) -> None:
+    wait = b.on_answer(t, ttl)
+    if wait is not None:
+        await wait
+
+
+async def started(
+    tmp_path: Any, kernel: FakeKernel | None = None, clock: Clock | None = None, **cfg: Any
+) -> tuple[Breakout, FakeKernel, Clock]:
+    kernel = kernel or FakeKernel()
+    clock = clock or Clock()
+    b = Breakout(
+        make_cfg(**cfg), str(tmp_path), MATCHER, POLICY,
+        clock=clock, wall=lambda: clock.now + 1_700_000_000.0, kernel=kernel, view=make_view(),
+        sweep_interval=3600, save_interval=3600,
+    )  # fmt: skip
+    await b.start()
+    kernel.calls.clear()
+    return b, kernel, clock
+
+
+def test_new_addresses_are_installed_before_the_awaitable_completes(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        wait = b.on_answer(tagged("outlook.office.com", "203.0.113.10", "2001:db8:365::10"), 60)
+        assert wait is not None
+        assert not k.has_route("203.0.113.10")  # queued, sent at the next loop iteration
+        await wait
+        assert k.has_route("203.0.113.10") and k.has_route("2001:db8:365::10")
+        assert len(k.ops("add_routes")) == 1  # both addresses in one batch
+        (entries,) = k.ops("add_entries")
+        assert sorted(t for _, _, t in entries) == [330, 330]  # max(60, 300) + 30
+        s = b.status()
+        assert set(s) >= CONTRACT
+        assert (s["routes_v4"], s["routes_v6"], s["ipset_v4"], s["ipset_v6"]) == (1, 1, 1, 1)
+        assert b.counters["installed"] == 2
+        await b.stop()
+
+    run(body)
+
+
+def test_cache_hit_returns_none_and_only_extends_the_hold(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, clock = await started(tmp_path)
+        wait = b.on_answer(tagged("outlook.office.com", "203.0.113.10"), 60)
+        assert wait is not None
+        await wait
+        k.calls.clear()
+        clock.now += 10
+        assert b.on_answer(tagged("outlook.office.com", "203.0.113.10"), 1000) is None
+        (r,) = b.routes()
+        assert r["hold_s"] == 1030 and r["names"] == ["outlook.office.com"] and r["row"] == 1
+        assert k.calls == []  # nothing on the reply path
+        await b.stop()
+
+    run(body)
+
+
+def test_concurrent_answers_share_one_batch(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        waits = [
+            b.on_answer(tagged("a.office.com", "203.0.113.1", "203.0.113.2"), 60),
+            b.on_answer(tagged("b.sharepoint.com", "203.0.113.3"), 60),
+            b.on_answer(tagged("c.office.com", "203.0.113.2"), 60),  # joins the queued install
+        ]
+        await asyncio.gather(*[w for w in waits if w is not None])
+        assert all(w is not None for w in waits)
+        (batch,) = k.ops("add_routes")
+        assert len(batch) == 3
+        assert sorted(b.routes()[1]["names"]) == ["a.office.com", "c.office.com"]
+        await b.stop()
+
+    run(body)
+
+
+def test_slow_kernel_releases_the_answer_after_ack_timeout(tmp_path: Any) -> None:
+    async def body() -> None:
+        k = FakeKernel()
+        b, k, _ = await started(tmp_path, kernel=k, ack_timeout=0.02)
+        k.defer = True
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        wait = b.on_answer(tagged("outlook.office.com", "203.0.113.10"), 60)
+        assert wait is not None
+        await wait
+        assert 0.015 <= loop.time() - t0 < 0.5
+        assert b.counters["ack_timeouts"] == 1
+        assert b.status()["routes_v4"] == 0  # not acknowledged yet
+        k.settle_all()
+        assert b.status()["routes_v4"] == 1
+        assert b.on_answer(tagged("outlook.office.com", "203.0.113.10"), 60) is None
+        await b.stop()
+
+    run(body)
+
+
+def test_hold_is_max_of_ttl_and_min_hold_plus_grace(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, _, _ = await started(tmp_path, min_hold=100, grace=5)
+        await answer(b, tagged("x.office.com", "203.0.113.1"), 10)
+        await answer(b, tagged("y.office.com", "203.0.113.2"), 500)
+        holds = {r["address"]: r["hold_s"] for r in b.routes()}
+        assert holds == {"203.0.113.1": 105, "203.0.113.2": 505}
+        await b.stop()
+
+    run(body)
+
+
+def test_expiry_removes_routes_and_entries_in_one_batch(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, clock = await started(tmp_path, min_hold=10, grace=0)
+        await answer(b, tagged("x.office.com", "203.0.113.1", "203.0.113.2"), 5)
+        await answer(b, tagged("y.office.com", "203.0.113.3"), 50)
+        k.calls.clear()
+        clock.now += 11
+        assert b.sweep() == 2
+        (dels,) = k.ops("del_routes")
+        assert len(dels) == 2
+        assert k.ops("del_entries") == []  # the set entries timed out in the kernel already
+        assert [r["address"] for r in b.routes()] == ["203.0.113.3"]
+        assert b.counters["removed"] == 2
+        # The next answer for a removed address installs it again and waits.
+        assert b.on_answer(tagged("x.office.com", "203.0.113.1"), 5) is not None
+        await b.stop()
+
+    run(body)
+
+
+def test_shared_address_lives_as_long_as_its_longest_name(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, _, clock = await started(tmp_path, min_hold=10, grace=0)
+        await answer(b, tagged("a.office.com", "203.0.113.7"), 100)
+        await answer(b, tagged("b.sharepoint.com", "203.0.113.7"), 10)
+        (r,) = b.routes()
+        assert r["names"] == ["a.office.com", "b.sharepoint.com"] and r["hold_s"] == 100
+        assert r["row"] == 2  # the latest answer's row
+        clock.now += 20
+        assert b.sweep() == 0
+        (r,) = b.routes()
+        assert r["names"] == ["a.office.com"] and r["hold_s"] == 80
+        clock.now += 81
+        assert b.sweep() == 1
+        await b.stop()
+
+    run(body)
+
+
+def test_cname_chain_records_query_name_and_matched_name(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, _, _ = await started(tmp_path)
+        t = tagged("x.office.com", "203.0.113.9", qname="mail.example.net")
+        await answer(b, t, 60)
+        assert b.routes()[0]["names"] == ["mail.example.net", "x.office.com"]
+        await b.stop()
+
+    run(body)
+
+
+def test_max_entries_caps_logs_once_and_counts(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> None:
+        b, _, _ = await started(tmp_path, max_entries=2)
+        with caplog.at_level(logging.WARNING):
+            for i in range(5):
+                w = b.on_answer(tagged("x.office.com", f"203.0.113.{i + 1}"), 60)
+                if w is not None:
+                    await w
+        assert len(b.holds) == 2
+        assert b.counters["capped"] == 3
+        assert sum("max_entries" in r.getMessage() for r in caplog.records) == 1
+        await b.stop()
+
+    run(body)
+
+
+def test_never_route_and_connected_networks_are_skipped(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        t = tagged(
+            "x.blob.office.com",
+            "192.0.2.130",  # a LAN client's address: connected network of lan0
+            "192.0.2.2",  # the router's own WAN address
+            "10.1.2.3",  # never_route (RFC 1918)
+            "2001:db8:c::42",  # the LAN's IPv6 network
+            "fe80::1",  # link-local
+            "not-an-address",
+        )
+        assert b.on_answer(t, 60) is None
+        assert b.holds == {} and k.calls == []
+        assert b.counters["skipped"] == 6
+        assert b.on_answer(t, 60) is None  # cached reasons: still counted, still cheap
+        assert b.counters["skipped"] == 12
+        await b.stop()
+
+    run(body)
+
+
+def test_route_deleted_by_someone_else_is_reinstalled_by_the_next_answer(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        await answer(b, tagged("x.office.com", "203.0.113.10"), 60)
+        k.routes.clear()  # `ip route del` by hand
+        b._on_event(KIND_ROUTE, False, Route(4, "203.0.113.10", 32, 365, 245, 0, 1, WAN, None))
+        assert b.counters["route_lost"] == 1
+        wait = b.on_answer(tagged("x.office.com", "203.0.113.10"), 60)
+        assert wait is not None  # a cache hit now waits for the re-install
+        await wait
+        assert k.has_route("203.0.113.10")
+        await b.stop()
+
+    run(body)
+
+
+def test_own_deletions_are_not_mistaken_for_foreign_ones(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, _, clock = await started(tmp_path, min_hold=10, grace=0)
+        await answer(b, tagged("x.office.com", "203.0.113.10"), 5)
+        clock.now += 11
+        b.sweep()
+        await answer(b, tagged("x.office.com", "203.0.113.10"), 5)
+        # The monitor now reads the RTM_DELROUTE of the sweep's own deletion.
+        b._on_event(KIND_ROUTE, False, Route(4, "203.0.113.10", 32, 365, 245, 0, 1, WAN, None))
+        assert b.holds["203.0.113.10"].installed
+        assert b.counters["route_lost"] == 0
+        await b.stop()
+
+    run(body)
+
+
+def test_set_refresh_only_when_meaningful_and_batched(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, clock = await started(tmp_path, min_hold=100, grace=0)
+        await answer(b, tagged("x.office.com", "203.0.113.1", "203.0.113.2"), 60)
+        k.calls.clear()
+        clock.now += 10  # 90 s left on the entries, a new hold of 100 s: not worth it
+        assert b.on_answer(tagged("x.office.com", "203.0.113.1", "203.0.113.2"), 60) is None
+        await asyncio.sleep(0.6)
+        assert k.ops("add_entries") == []
+        clock.now += 50  # 40 s left < half of 100 s
+        assert b.on_answer(tagged("x.office.com", "203.0.113.1", "203.0.113.2"), 60) is None
+        assert k.ops("add_entries") == []  # not on the reply path
+        await asyncio.sleep(0.6)
+        (refresh,) = k.ops("add_entries")
+        assert sorted(t for _, _, t in refresh) == [100, 100]
+        assert b.counters["refreshed"] == 2
+        await b.stop()
+
+    run(body)
+
+
+def test_link_down_withdraws_and_link_up_restores(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
+        assert b.status()["link_up"] is True
+        b._on_event(KIND_LINK, True, Link(WAN, "wan0", False))
+        await asyncio.sleep(0)
+        assert b.status()["link_up"] is False
+        assert k.routes == {}
+        assert (b.status()["routes_v4"], b.status()["routes_v6"]) == (0, 0)
+        # While down, answers go out at once; the holds stay.
+        assert b.on_answer(tagged("x.office.com", "203.0.113.1", "203.0.113.5"), 60) is None
+        assert len(b.holds) == 3
+        b._on_event(KIND_LINK, True, Link(WAN, "wan0", True))
+        await asyncio.sleep(0.01)
+        assert b.status()["link_up"] is True
+        for a in ("203.0.113.1", "203.0.113.5", "2001:db8:365::1"):
+            assert k.has_route(a)
+        await b.stop()
+
+    run(body)
+
+
+def test_losing_the_address_withdraws_that_family(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
+        b._on_event(KIND_ADDR, False, [Addr(WAN, 4, "192.0.2.2", "192.0.2.0/25", False)])
+        await asyncio.sleep(0)
+        assert not k.has_route("203.0.113.1") and k.has_route("2001:db8:365::1")
+        assert b.status()["ready_v4"] is False and b.status()["link_up"] is True
+        b._on_event(KIND_ADDR, True, [Addr(WAN, 4, "192.0.2.2", "192.0.2.0/25", False)])
+        await asyncio.sleep(0.01)
+        assert k.has_route("203.0.113.1")
+        await b.stop()
+
+    run(body)
+
+
+def test_a_network_that_becomes_connected_is_no_longer_routed(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        await answer(b, tagged("x.office.com", "198.51.100.77"), 60)
+        b._on_event(KIND_ADDR, True, [Addr(5, 4, "198.51.100.1", "198.51.100.0/24", False)])
+        await asyncio.sleep(0)
+        assert b.holds == {} and not k.has_route("198.51.100.77")
+        assert b.on_answer(tagged("x.office.com", "198.51.100.77"), 60) is None
+        await b.stop()
+
+    run(body)
+
+
+def test_kernel_errors_are_counted_and_retried(tmp_path: Any) -> None:
+    async def body() -> None:
+        k = FakeKernel()
+        k.fail[socket.inet_pton(socket.AF_INET, "203.0.113.1")] = 101  # ENETUNREACH
+        b, k, _ = await started(tmp_path, kernel=k)
+        await answer(b, tagged("x.office.com", "203.0.113.1"), 60)
+        assert b.status()["errors"] == 1 and b.status()["routes_v4"] == 0
+        k.fail.clear()
+        wait = b.on_answer(tagged("x.office.com", "203.0.113.1"), 60)
+        assert wait is not None
+        await wait
+        assert b.status()["routes_v4"] == 1
+        await b.stop()
+
+    run(body)
+
+
+def test_policy_prefixes_are_routes_too_and_flush_removes_everything(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        assert b.status()["cidr_routes"] == 2
+        await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
+        counts = await b.flush()
+        assert counts == {"routes": 2, "cidr_routes": 2, "rules": 1, "set_entries": 2}
+        assert k.routes == {} and k.entries == {} and k.rules == 0
+        s = b.status()
+        assert (s["routes_v4"], s["cidr_routes"], s["ipset_v4"]) == (0, 0, 0)
+        assert b.routes() == []
+        # The next answer installs again, and puts the rules back first.
+        await answer(b, tagged("x.office.com", "203.0.113.1"), 60)
+        assert k.has_route("203.0.113.1") and k.rules == 1
+        await b.stop()
+
+    run(body)
+
+
+def test_reconfigure_with_a_changed_policy_keeps_what_still_matches(tmp_path: Any) -> None:
+    async def body() -> None:
+        from policy.matcher import Matcher
+        from policy.model import Policy
+
+        b, k, _ = await started(tmp_path)
+        await answer(b, tagged("x.office.com", "203.0.113.1"), 60)
+        await answer(b, tagged("y.sharepoint.com", "203.0.113.2"), 60)
+        k.calls.clear()
+        rules = (RULES[0],)  # SharePoint and row 14 are gone
+        await b.reconfigure(b.cfg, Matcher(rules), Policy(rules=rules))
+        assert [r["address"] for r in b.routes()] == ["203.0.113.1"]
+        assert k.ops("add_routes") == []  # no gap: what stays is not touched
+        removed = [item for batch in k.ops("del_routes") for item in batch]
+        assert len(removed) == 3  # 203.0.113.2 and the two prefixes of row 14
+        assert b.status()["cidr_routes"] == 0
+        await b.stop()
+
+    run(body)
+
+
+def test_state_file_round_trip_and_reconcile(tmp_path: Any) -> None:
+    async def body() -> None:
+        clock = Clock()
+        b, k, _ = await started(tmp_path, clock=clock)
+        await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
+        await b.stop()  # saves; routes stay in the (fake) kernel
+
+        # A route we own but have no state for, and one that is not ours.
+        k.extra_routes = [
+            Route(4, "203.0.113.99", 32, 365, 245, 0, 1, WAN, "192.0.2.1"),
+            Route(4, "203.0.113.50", 32, 365, 4, 0, 1, WAN, "192.0.2.1"),
+        ]
+        clock.now += 100
+        b2 = Breakout(
+            make_cfg(), str(tmp_path), MATCHER, POLICY, clock=clock,
+            wall=lambda: clock.now + 1_700_000_000.0, kernel=k, view=make_view(),
+            sweep_interval=3600, save_interval=3600,
+        )  # fmt: skip
+        k.calls.clear()
+        await b2.start()
+        assert sorted(r["address"] for r in b2.routes()) == ["2001:db8:365::1", "203.0.113.1"]
+        assert all(r["hold_s"] == 230 for r in b2.routes())
+        assert b2.counters["adopted"] == 2
+        deleted = [item for batch in k.ops("del_routes") for item in batch]
+        assert deleted == [(4, socket.inet_pton(socket.AF_INET, "203.0.113.99"), 32)]
+        assert not any(  # the adopted routes were not re-sent
+            item[1] == socket.inet_pton(socket.AF_INET, "203.0.113.1")
+            for batch in k.ops("add_routes")
+            for item in batch
+        )
+        # The foreign route's address is never taken over.
+        assert b2.on_answer(tagged("x.office.com", "203.0.113.50"), 60) is None
+        await b2.stop()
+
+    run(body)
+
+
+def test_lapsed_state_is_dropped_on_start(tmp_path: Any) -> None:
+    async def body() -> None:
+        clock = Clock()
+        b, k, _ = await started(tmp_path, clock=clock, min_hold=10, grace=0)
+        await answer(b, tagged("x.office.com", "203.0.113.1"), 5)
+        await b.stop()
+        clock.now += 60
+        b2 = Breakout(
+            make_cfg(min_hold=10, grace=0), str(tmp_path), MATCHER, POLICY, clock=clock,
+            wall=lambda: clock.now + 1_700_000_000.0, kernel=k, view=make_view(),
+        )  # fmt: skip
+        await b2.start()
+        assert b2.routes() == [] and not k.has_route("203.0.113.1")
+        await b2.stop()
+
+    run(body)
+
+
+def test_capability_check_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resolver.net import kernel as kernel_mod
+    from resolver.net.errors import BreakoutError
+
+    monkeypatch.setattr(kernel_mod, "has_net_admin", lambda: False)
+
+    async def body() -> None:
+        k = kernel_mod.Kernel(make_cfg())
+        with pytest.raises(BreakoutError, match="needs CAP_NET_ADMIN"):
+            await k.start(asyncio.get_running_loop())
+
+    run(body)
+
+
+def test_hold_refresh_rule() -> None:
+    h = Hold("203.0.113.1", 4, b"\xcb\x00q\x01", expires=400.0, set_expires=300.0)
+    assert not h.wants_set_refresh(150.0)  # 150 s left of 250
+    assert h.wants_set_refresh(250.0)  # 50 s left of 150
+
+
+def test_a_cancelled_answer_does_not_cancel_the_others(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        k.defer = True
+        w1 = b.on_answer(tagged("x.office.com", "203.0.113.1"), 60)
+        w2 = b.on_answer(tagged("y.office.com", "203.0.113.1"), 60)
+        assert w1 is not None and w2 is not None
+        t1 = asyncio.ensure_future(w1)
+        t2 = asyncio.ensure_future(w2)
+        await asyncio.sleep(0)
+        t1.cancel()
+        await asyncio.sleep(0)
+        k.settle_all()
+        await t2
+        assert t1.cancelled() and b.status()["routes_v4"] == 1
+        await b.stop()
+
+    run(body)
+
+
+def test_a_new_gateway_reinstalls_in_place_and_a_new_table_moves_everything(
+    tmp_path: Any,
+) -> None:
+    async def body() -> None:
+        old, new = FakeKernel(), FakeKernel()
+        clock = Clock()
+        b = Breakout(
+            make_cfg(), str(tmp_path), MATCHER, POLICY, clock=clock, kernel=old,
+            kernel_factory=lambda cfg: new, view=make_view(),
+        )  # fmt: skip
+        await b.start()
+        await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
+        old.calls.clear()
+        await b.reconfigure(make_cfg(gateway4="192.0.2.3"), MATCHER, POLICY)
+        assert old.ops("del_routes") == []  # replaced in place: no gap
+        installed = [item for batch in new.ops("add_routes") for item in batch]
+        assert len(installed) == 2 + 2  # the two hosts and row 14's two prefixes
+        assert b.status()["routes_v4"] == 1 and b.status()["cidr_routes"] == 2
+
+        newer = FakeKernel()
+        b._kernel_factory = lambda cfg: newer
+        await b.reconfigure(make_cfg(gateway4="192.0.2.3", table=366), MATCHER, POLICY)
+        assert new.routes == {} and new.rules == 0  # everything left the old table
+        assert newer.rules == 1 and newer.has_route("203.0.113.1")
+        assert b.status()["table"] == 366
+        await b.stop()
+
+    run(body)

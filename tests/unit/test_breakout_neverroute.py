@@ -1,0 +1,116 @@
+"""Never-routed prefixes, connected networks, and the netlink message codecs (no sockets)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from resolver.config import DEFAULT_NEVER_ROUTE
+from resolver.net import netlink
+from resolver.net.ipsets import IpsetEncoder
+from resolver.net.links import Link, NetView, parse_addr
+from resolver.net.neverroute import NeverRoute, PrefixIndex
+from resolver.net.routes import RTM_DELROUTE, RTM_NEWROUTE, Route, RouteEncoder, parse_route
+from tests.unit.breakout_fakes import make_view
+
+pytestmark = pytest.mark.unit
+
+
+def packed(a: str) -> tuple[int, bytes]:
+    fam = 6 if ":" in a else 4
+    return fam, socket.inet_pton(socket.AF_INET6 if fam == 6 else socket.AF_INET, a)
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("10.1.2.3", "never_route 10.0.0.0/8"),
+        ("127.0.0.1", "never_route 127.0.0.0/8"),
+        ("169.254.1.1", "never_route 169.254.0.0/16"),
+        ("224.0.0.251", "never_route 224.0.0.0/4"),
+        ("::1", "never_route ::1/128"),
+        ("fe80::1", "never_route fe80::/10"),
+        ("fd00::1", "never_route fc00::/7"),
+        ("::ffff:10.0.0.1", "never_route ::ffff:0:0/96"),
+        ("203.0.113.10", None),
+        ("2001:db8:365::10", None),
+        ("13.107.6.152", None),
+    ],
+)
+def test_default_never_route(address: str, reason: str | None) -> None:
+    assert NeverRoute(DEFAULT_NEVER_ROUTE).reason(*packed(address)) == reason
+
+
+def test_connected_networks_win_and_name_the_interface() -> None:
+    n = NeverRoute(DEFAULT_NEVER_ROUTE)
+    n.set_connected(make_view().connected())
+    assert n.reason(*packed("192.0.2.130")) == "connected network 192.0.2.128/25 on lan0"
+    assert n.reason(*packed("2001:db8:c::99")) == "connected network 2001:db8:c::/64 on lan0"
+    assert n.reason(*packed("192.0.2.1")) == "connected network 192.0.2.0/25 on wan0"
+    assert n.reason(*packed("203.0.113.10")) is None
+    assert n.reason_cidr("192.0.2.0/24") is not None  # overlaps both link networks
+    assert n.reason_cidr("13.67.59.89/32") is None
+
+
+def test_prefix_index_longest_match() -> None:
+    idx = PrefixIndex([("203.0.113.0/24", "wide"), ("203.0.113.8/29", "narrow")])
+    assert idx.find(*packed("203.0.113.9")) == ("203.0.113.8/29", "narrow")
+    assert idx.find(*packed("203.0.113.200")) == ("203.0.113.0/24", "wide")
+    assert idx.find(*packed("198.51.100.1")) is None
+
+
+def test_device_routes_count_as_connected() -> None:
+    view = make_view()
+    route = Route(4, "198.51.100.0", 24, 254, 3, 253, 1, 3, None)
+    assert view.apply_route(True, route)
+    assert ("198.51.100.0/24", "lan0") in view.connected()
+    via = Route(4, "198.18.0.0", 15, 254, 3, 0, 1, 3, "192.0.2.1")
+    assert not view.apply_route(True, via)  # a route via a gateway is not a connected network
+
+
+def test_parse_addr_gives_network_and_host() -> None:
+    body = struct.pack("=BBBBI", socket.AF_INET, 25, 0, 0, 3)
+    body += netlink.attr(1, socket.inet_pton(socket.AF_INET, "192.0.2.129"))
+    body += netlink.attr(2, socket.inet_pton(socket.AF_INET, "192.0.2.129"))
+    nets = {a.network for a in parse_addr(body, 0, len(body))}
+    assert nets == {"192.0.2.128/25"}
+    p2p = struct.pack("=BBBBI", socket.AF_INET, 32, 0, 0, 4)
+    p2p += netlink.attr(1, socket.inet_pton(socket.AF_INET, "198.51.100.9"))  # the peer
+    p2p += netlink.attr(2, socket.inet_pton(socket.AF_INET, "198.51.100.10"))
+    assert {a.network for a in parse_addr(p2p, 0, len(p2p))} == {
+        "198.51.100.9/32",
+        "198.51.100.10/32",
+    }
+    view = NetView()
+    view.apply_link(True, Link(3, "lan0", True))
+    view.apply_addr(True, parse_addr(body, 0, len(body)))
+    assert view.has_address(3, 4)
+
+
+def test_route_messages_round_trip() -> None:
+    enc = RouteEncoder(365, 245, 7, "192.0.2.1", None)
+    kind, flags, body = enc.add(4, socket.inet_pton(socket.AF_INET, "203.0.113.10"), 32)
+    assert kind == RTM_NEWROUTE and flags & netlink.NLM_F_REPLACE
+    r = parse_route(body)
+    assert r == Route(4, "203.0.113.10", 32, 365, 245, 0, 1, 7, "192.0.2.1")
+    kind, _, body = enc.add(6, socket.inet_pton(socket.AF_INET6, "2001:db8::1"), 128)
+    r6 = parse_route(body)
+    assert r6 is not None and r6.gateway is None and r6.oif == 7  # device-only route
+    kind, _, body = enc.delete(4, socket.inet_pton(socket.AF_INET, "203.0.113.10"), 32)
+    deleted = parse_route(body)
+    assert kind == RTM_DELROUTE and deleted is not None
+    assert (deleted.protocol, deleted.table, deleted.gateway) == (245, 365, None)
+
+
+def test_ipset_add_carries_net_order_address_and_timeout() -> None:
+    kind, _, body = IpsetEncoder("m365-v4", 4).add(
+        socket.inet_pton(socket.AF_INET, "203.0.113.1"), 0
+    )
+    assert kind == (6 << 8) | 9
+    top = netlink.parse_attrs(body, 4)
+    assert top[2] == b"m365-v4\0"
+    data = netlink.parse_attrs(top[7])
+    assert struct.unpack(">I", data[6])[0] == 1  # a zero hold would mean "forever": at least 1 s
+    assert netlink.parse_attrs(data[1])[1] == bytes([203, 0, 113, 1])
