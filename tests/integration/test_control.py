@@ -689,7 +689,7 @@ def test_supplementary_groups_from_proc_when_so_peergroups_is_missing(
 
 
 CTL_CHILD = r"""
-import json, locale, os, shutil, sys  # argparse needs locale and shutil; nobody cannot read the stdlib here
+import json, locale, os, shutil, sys  # argparse needs these; nobody cannot read the stdlib
 sys.path.insert(0, sys.argv[1])
 from resolver.ctl.main import main
 os.setgroups([])

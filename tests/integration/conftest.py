@@ -1,0 +1,280 @@
+"""Integration tier: the real DnsServer on loopback against the in-process fake upstream.
+
+No pytest plugin is needed for asyncio: `async def test_...` functions are run with
+asyncio.run by the hook below (with a time limit). Each test builds its world with
+`async with DnsEnv(...) as env:` and queries it with dnslib on the client side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any
+
+import pytest
+from dnslib import EDNS0, QTYPE, DNSRecord
+
+from policy.model import Match, Rule
+from resolver.config import (
+    CacheConfig,
+    Config,
+    ForwardConfig,
+    RateLimitConfig,
+    TcpConfig,
+)
+from resolver.dns.hook import Tagged
+from resolver.dns.server import DnsServer
+from tests.fakeupstream import FakeUpstream
+
+TEST_TIME_LIMIT = 30.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), TEST_TIME_LIMIT))
+    return True
+
+
+def _big_txt(count: int) -> list[dict[str, Any]]:
+    return [{"type": "TXT", "value": f"{i:02d}-" + "x" * 56, "ttl": 300} for i in range(count)]
+
+
+ZONE: dict[str, list[dict[str, Any]]] = {
+    "www.example.test": [
+        {"type": "A", "value": "192.0.2.10", "ttl": 60},
+        {"type": "AAAA", "value": "2001:db8::10", "ttl": 60},
+    ],
+    "two.example.test": [
+        {"type": "A", "value": "192.0.2.21", "ttl": 100},
+        {"type": "A", "value": "192.0.2.22", "ttl": 40},
+    ],
+    "alias.example.test": [{"type": "CNAME", "value": "edge.cdn.test", "ttl": 300}],
+    "edge.cdn.test": [{"type": "CNAME", "value": "node.cdn.test", "ttl": 120}],
+    "node.cdn.test": [{"type": "A", "value": "198.51.100.7", "ttl": 30}],
+    "loop1.example.test": [{"type": "CNAME", "value": "loop2.example.test", "ttl": 60}],
+    "loop2.example.test": [{"type": "CNAME", "value": "loop1.example.test", "ttl": 60}],
+    "zero.example.test": [{"type": "A", "value": "192.0.2.30", "ttl": 0}],
+    "long.example.test": [{"type": "A", "value": "192.0.2.31", "ttl": 999_999}],
+    "medium.example.test": _big_txt(12),  # about 800 bytes: fits 1232, not 512
+    "big.example.test": _big_txt(30),  # about 2000 bytes: TCP only
+    "mail.example.test": [{"type": "MX", "value": "10 www.example.test", "ttl": 60}],
+}
+for _i in range(40):
+    ZONE[f"n{_i}.example.test"] = [{"type": "A", "value": f"203.0.113.{_i + 1}", "ttl": 60}]
+
+
+class FakeClock:
+    """An injectable monotonic clock."""
+
+    def __init__(self, start: float = 10_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class StubMatcher:
+    """policy.matcher.Matcher's match_any over a fixed {name: row} table (exact names)."""
+
+    def __init__(self, rows: Mapping[str, int]) -> None:
+        self.rows = dict(rows)
+
+    def match_any(self, names: Iterable[str]) -> tuple[str, Match] | None:
+        for name in names:
+            row = self.rows.get(name)
+            if row is not None:
+                rule = Rule(row=row, purpose="test", required=True, patterns=(name,))
+                return name, Match(rule, name)
+        return None
+
+
+class RecordingHook:
+    """A breakout hook that records its calls; with `delay` it returns an awaitable."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls: list[tuple[Tagged, int]] = []
+        self.finished: list[float] = []  # time.monotonic() when each awaited call completed
+
+    def on_answer(self, tagged: Tagged, ttl: int) -> Awaitable[None] | None:
+        self.calls.append((tagged, ttl))
+        if not self.delay:
+            return None
+        return self._wait()
+
+    async def _wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.finished.append(time.monotonic())
+
+
+def make_config(upstreams: list[tuple[str, int]], **over: Any) -> Config:
+    """A Config for tests: loopback listen on a free port, short timeouts, no rate limit."""
+    listen = over.pop("listen", (("127.0.0.1", 0), ("::1", 0)))
+    sections: dict[str, Any] = {
+        "cache": CacheConfig(**over.pop("cache", {})),
+        "forward": ForwardConfig(**{"timeout": 0.25, **over.pop("forward", {})}),
+        "tcp": TcpConfig(**over.pop("tcp", {})),
+        "ratelimit": RateLimitConfig(**{"qps": 0.0, **over.pop("ratelimit", {})}),
+    }
+    return dataclasses.replace(
+        Config(upstreams=tuple(upstreams), listen=tuple(listen)), **sections, **over
+    )
+
+
+class DnsEnv:
+    """Fake upstream(s) + a started DnsServer; query helpers with dnslib."""
+
+    def __init__(
+        self,
+        zone: Mapping[str, Any] | None = None,
+        *,
+        upstreams: int = 1,
+        hook: Any = None,
+        matcher: Any = None,
+        clock: Any = None,
+        probe_interval: float = 5.0,
+        upstream_host: str = "127.0.0.1",
+        **config: Any,
+    ) -> None:
+        self.zone = ZONE if zone is None else zone
+        self.n_upstreams = upstreams
+        self.hook = hook if hook is not None else RecordingHook()
+        self.matcher = matcher if matcher is not None else StubMatcher({})
+        self.clock = clock
+        self.probe_interval = probe_interval
+        self.upstream_host = upstream_host
+        self.config_over = config
+        self.fakes: list[FakeUpstream] = []
+        self.server: DnsServer | None = None
+
+    async def __aenter__(self) -> DnsEnv:
+        for _ in range(self.n_upstreams):
+            self.fakes.append(await FakeUpstream(self.zone, host=self.upstream_host).start())
+        self.config = make_config([f.address for f in self.fakes], **self.config_over)
+        kwargs: dict[str, Any] = {"probe_interval": self.probe_interval}
+        if self.clock is not None:
+            kwargs["clock"] = self.clock
+        self.server = DnsServer(self.config, self.matcher, self.hook, **kwargs)
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.server is not None:
+            await self.server.stop(0.5)
+        for fake in self.fakes:
+            await fake.stop()
+
+    @property
+    def fake(self) -> FakeUpstream:
+        return self.fakes[0]
+
+    @property
+    def srv(self) -> DnsServer:
+        assert self.server is not None
+        return self.server
+
+    def address(self, v6: bool = False) -> tuple[str, int]:
+        for host, port in self.srv.bound:
+            if (":" in host) == v6:
+                return host, port
+        raise LookupError("no such listen address")
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.srv.counters
+
+    # -- clients ---------------------------------------------------------------------------
+    async def udp(self, data: bytes, *, v6: bool = False, timeout: float = 2.0) -> bytes | None:
+        """Send raw bytes over UDP; the reply, or None if none came within `timeout`."""
+        loop = asyncio.get_running_loop()
+        host, port = self.address(v6)
+        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (host, port))
+            await loop.sock_sendall(sock, data)
+            try:
+                return await asyncio.wait_for(loop.sock_recv(sock, 65535), timeout)
+            except TimeoutError:
+                return None
+        finally:
+            sock.close()
+
+    async def tcp(
+        self, messages: list[bytes], *, v6: bool = False, timeout: float = 2.0
+    ) -> list[bytes]:
+        """Send several messages on one TCP connection (in one write); the replies in the
+        order they arrive."""
+        host, port = self.address(v6)
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(b"".join(struct.pack("!H", len(m)) + m for m in messages))
+            out = []
+            async with asyncio.timeout(timeout):
+                for _ in messages:
+                    size = struct.unpack("!H", await reader.readexactly(2))[0]
+                    out.append(await reader.readexactly(size))
+            return out
+        finally:
+            writer.close()
+
+    async def ask(
+        self,
+        name: str,
+        qtype: str = "A",
+        *,
+        tcp: bool = False,
+        v6: bool = False,
+        edns: int | None = None,
+        do: bool = False,
+        cd: bool = False,
+        rd: bool = True,
+        timeout: float = 2.0,
+    ) -> DNSRecord:
+        """One query; the parsed reply (AssertionError if none came)."""
+        data = query_bytes(name, qtype, edns=edns, do=do, cd=cd, rd=rd)
+        if tcp:
+            reply: bytes | None = (await self.tcp([data], v6=v6, timeout=timeout))[0]
+        else:
+            reply = await self.udp(data, v6=v6, timeout=timeout)
+        assert reply is not None, f"no answer for {name} {qtype}"
+        parsed = DNSRecord.parse(reply)
+        assert parsed.header.id == DNSRecord.parse(data).header.id
+        return parsed
+
+
+def query_bytes(
+    name: str,
+    qtype: str = "A",
+    *,
+    edns: int | None = None,
+    do: bool = False,
+    cd: bool = False,
+    rd: bool = True,
+) -> bytes:
+    q = DNSRecord.question(name, qtype)
+    q.header.rd = 1 if rd else 0
+    q.header.cd = 1 if cd else 0
+    if edns is not None or do:
+        q.add_ar(EDNS0(udp_len=edns or 1232, flags="do" if do else ""))
+    return bytes(q.pack())
+
+
+def opt_of(reply: DNSRecord) -> Any:
+    return next((r for r in reply.ar if r.rtype == QTYPE.OPT), None)
+
+
+def rcode(reply: DNSRecord) -> int:
+    return int(reply.header.rcode)

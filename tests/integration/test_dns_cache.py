@@ -1,0 +1,127 @@
+"""The cache through the server: countdown, negative caching, LRU bound, letter case."""
+
+from __future__ import annotations
+
+import pytest
+from dnslib import QTYPE
+
+from tests.integration.conftest import DnsEnv, FakeClock, query_bytes, rcode
+
+pytestmark = pytest.mark.integration
+
+NXDOMAIN, SERVFAIL = 3, 2
+
+
+async def test_positive_answer_cached_with_ttl_counting_down() -> None:
+    clock = FakeClock()
+    async with DnsEnv(clock=clock) as env:
+        first = await env.ask("two.example.test")
+        assert sorted(r.ttl for r in first.rr) == [40, 100]
+        clock.advance(10.4)
+        second = await env.ask("two.example.test")
+        assert sorted(r.ttl for r in second.rr) == [30, 90]
+        clock.advance(0.5)  # same whole second of age: same TTLs
+        assert sorted(r.ttl for r in (await env.ask("two.example.test")).rr) == [30, 90]
+        assert len(env.fake.received) == 1
+        assert env.srv.status()["cache"] == {"entries": 1, "hits": 2, "misses": 1}
+        clock.advance(30)  # the smallest TTL (40) has run out: asked again
+        third = await env.ask("two.example.test")
+        assert sorted(r.ttl for r in third.rr) == [40, 100]
+        assert len(env.fake.received) == 2
+
+
+async def test_positive_ttl_is_capped_at_max_ttl() -> None:
+    clock = FakeClock()
+    async with DnsEnv(clock=clock, cache={"max_ttl": 300}) as env:
+        assert [r.ttl for r in (await env.ask("long.example.test")).rr] == [300]
+        clock.advance(299)
+        assert [r.ttl for r in (await env.ask("long.example.test")).rr] == [1]
+        clock.advance(1)
+        await env.ask("long.example.test")
+        assert len(env.fake.received) == 2
+
+
+async def test_nxdomain_cached_for_soa_negative_ttl() -> None:
+    clock = FakeClock()
+    async with DnsEnv(clock=clock) as env:
+        reply = await env.ask("nope.example.test")
+        assert rcode(reply) == NXDOMAIN
+        assert [r.rtype for r in reply.auth] == [QTYPE.SOA]
+        assert reply.auth[0].ttl == 30  # the fake's negative TTL
+        clock.advance(20)
+        again = await env.ask("nope.example.test")
+        assert rcode(again) == NXDOMAIN and again.auth[0].ttl == 10
+        assert len(env.fake.received) == 1
+        clock.advance(10)
+        await env.ask("nope.example.test")
+        assert len(env.fake.received) == 2
+        assert env.counters["nxdomain"] == 3
+
+
+async def test_nodata_cached_and_capped_by_max_negative_ttl() -> None:
+    clock = FakeClock()
+    async with DnsEnv(clock=clock, cache={"max_negative_ttl": 5}) as env:
+        reply = await env.ask("www.example.test", "TXT")  # the name exists, no TXT
+        assert rcode(reply) == 0 and not reply.rr and reply.auth[0].ttl == 5
+        clock.advance(4)
+        assert (await env.ask("www.example.test", "TXT")).auth[0].ttl == 1
+        assert len(env.fake.received) == 1
+        clock.advance(1)
+        await env.ask("www.example.test", "TXT")
+        assert len(env.fake.received) == 2
+
+
+async def test_servfail_and_ttl_zero_are_not_cached() -> None:
+    async with DnsEnv() as env:
+        env.fake.mode = "servfail"
+        assert rcode(await env.ask("www.example.test")) == SERVFAIL
+        env.fake.mode = "normal"
+        assert (await env.ask("www.example.test")).rr
+        for _ in range(2):
+            reply = await env.ask("zero.example.test")
+            assert [r.ttl for r in reply.rr] == [0]
+        zero_queries = [r for r in env.fake.received if r.qname == "zero.example.test"]
+        assert len(zero_queries) == 2
+        assert len(env.srv.handler.cache) == 1
+
+
+async def test_lru_bound() -> None:
+    async with DnsEnv(cache={"max_entries": 3}) as env:
+        for i in range(3):
+            await env.ask(f"n{i}.example.test")
+        await env.ask("n0.example.test")  # n0 is now the most recently used
+        await env.ask("n3.example.test")  # evicts n1, the least recently used
+        assert len(env.srv.handler.cache) == 3
+        before = len(env.fake.received)
+        await env.ask("n0.example.test")
+        await env.ask("n2.example.test")
+        assert len(env.fake.received) == before
+        await env.ask("n1.example.test")
+        assert len(env.fake.received) == before + 1
+        assert len(env.srv.handler.cache) == 3
+
+
+async def test_client_letter_case_echoed_on_miss_and_hit() -> None:
+    async with DnsEnv() as env:
+        for name in ("wWw.ExAmPlE.tEsT", "WWW.EXAMPLE.TEST", "www.example.test"):
+            reply = await env.ask(name)
+            assert str(reply.q.qname) == name + "."
+            assert [str(r.rdata) for r in reply.rr] == ["192.0.2.10"]
+        assert len(env.fake.received) == 1
+
+
+async def test_rd_bit_echoed_from_the_client() -> None:
+    async with DnsEnv() as env:
+        assert (await env.ask("www.example.test", rd=False)).header.rd == 0
+        assert (await env.ask("www.example.test", rd=True)).header.rd == 1
+        assert (await env.ask("www.example.test", rd=False)).header.rd == 0
+
+
+async def test_hit_reply_is_byte_identical_apart_from_id() -> None:
+    async with DnsEnv() as env:
+        data = query_bytes("alias.example.test", edns=1232)
+        first = await env.udp(data)
+        second = await env.udp(data)
+        assert first is not None and second is not None
+        assert first[2:] == second[2:]
+        assert first[:2] == second[:2] == data[:2]

@@ -1,0 +1,150 @@
+"""ACL, rate limit, malformed queries, pending-table bound, no tracebacks for client input."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+
+import pytest
+from dnslib import EDNS0, DNSRecord
+
+from tests.integration.conftest import DnsEnv, query_bytes, rcode
+
+pytestmark = pytest.mark.integration
+
+NOERROR, FORMERR, NOTIMP, REFUSED = 0, 1, 4, 5
+
+
+def _header(qid: int, flags: int, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
+    return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
+
+
+QUESTION = b"\x03www\x07example\x04test\x00\x00\x01\x00\x01"
+OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+
+FORMERR_CASES = {
+    "qdcount 0": _header(0x1111, 0x0100, qd=0),
+    "qdcount 2": _header(0x1111, 0x0100, qd=2) + QUESTION + QUESTION,
+    "truncated question": _header(0x1111, 0x0100) + QUESTION[:-3],
+    "label runs past end": _header(0x1111, 0x0100) + b"\x3fabc",
+    "pointer in question": _header(0x1111, 0x0100) + b"\x03www\xc0\x0c\x00\x01\x00\x01",
+    "extended label": _header(0x1111, 0x0100) + b"\x41abc\x00\x00\x01\x00\x01",
+    "name over 255": _header(0x1111, 0x0100) + b"\x3f" + b"a" * 63 + b"\x3f" + b"b" * 63
+    + b"\x3f" + b"c" * 63 + b"\x3f" + b"d" * 63 + b"\x00\x00\x01\x00\x01",
+    "two OPT": _header(0x1111, 0x0100, ar=2) + QUESTION + OPT + OPT,
+    "OPT not at root": _header(0x1111, 0x0100, ar=1) + QUESTION + b"\x01x" + OPT[1:],
+    "OPT in answer": _header(0x1111, 0x0100, an=1) + QUESTION + OPT,
+    "trailing garbage": _header(0x1111, 0x0100) + QUESTION + b"junk",
+    "trailing after OPT": _header(0x1111, 0x0100, ar=1) + QUESTION + OPT + b"x",
+    "record truncated": _header(0x1111, 0x0100, ar=1) + QUESTION + OPT[:7],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+async def test_clients_outside_allow_are_refused(tcp: bool) -> None:
+    async with DnsEnv(allow=("10.0.0.0/8", "2001:db8::/32")) as env:
+        data = query_bytes("www.example.test", edns=1232)
+        raw = (await env.tcp([data]))[0] if tcp else await env.udp(data)
+        assert raw is not None
+        reply = DNSRecord.parse(raw)
+        assert rcode(reply) == REFUSED and reply.header.id == DNSRecord.parse(data).header.id
+        assert str(reply.q.qname) == "www.example.test."
+        assert env.fake.received == []
+        assert env.counters["refused"] == 1
+
+
+async def test_acl_allows_ipv6_loopback_by_default() -> None:
+    async with DnsEnv() as env:
+        assert (await env.ask("www.example.test", v6=True)).rr
+        assert (await env.ask("www.example.test", v6=True, tcp=True)).rr
+
+
+async def test_rate_limit_drops_and_counts() -> None:
+    async with DnsEnv(ratelimit={"qps": 1.0, "burst": 3}) as env:
+        await env.ask("www.example.test")
+        answered = 1
+        for _ in range(5):
+            if await env.udp(query_bytes("www.example.test"), timeout=0.2) is not None:
+                answered += 1
+        assert answered == 3
+        assert env.counters["ratelimited"] == 3
+
+
+@pytest.mark.parametrize("case", sorted(FORMERR_CASES))
+async def test_malformed_query_gets_formerr_with_its_id(case: str) -> None:
+    async with DnsEnv() as env:
+        raw = await env.udp(FORMERR_CASES[case])
+        assert raw is not None, case
+        assert struct.unpack("!H", raw[:2])[0] == 0x1111
+        assert raw[2] & 0x80 and raw[3] & 0x0F == FORMERR
+        assert env.counters["formerr"] == 1
+        assert (await env.ask("www.example.test")).rr
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x12", b"\x00" * 11, _header(0x2222, 0x8100) + QUESTION], ids=str
+)
+async def test_short_or_response_packets_are_dropped(data: bytes) -> None:
+    async with DnsEnv() as env:
+        assert await env.udp(data, timeout=0.2) is None
+        assert env.counters["dropped"] == 1
+        assert (await env.ask("www.example.test")).rr
+
+
+async def test_other_opcodes_get_notimp() -> None:
+    async with DnsEnv() as env:
+        notify = _header(0x3333, 4 << 11) + QUESTION
+        raw = await env.udp(notify)
+        assert raw is not None and raw[:2] == b"\x33\x33"
+        assert raw[3] & 0x0F == NOTIMP and (raw[2] >> 3) & 0x0F == 4
+        assert env.counters["notimp"] == 1
+
+
+@pytest.mark.parametrize("qtype", ["AXFR", "IXFR"])
+@pytest.mark.parametrize("tcp", [False, True])
+async def test_zone_transfers_refused(qtype: str, tcp: bool) -> None:
+    async with DnsEnv() as env:
+        reply = await env.ask("example.test", qtype, tcp=tcp)
+        assert rcode(reply) == REFUSED
+        assert env.fake.received == []
+
+
+async def test_pending_table_full_drops_and_counts() -> None:
+    async with DnsEnv(forward={"max_pending": 2}) as env:
+        env.fake.delay = 0.15
+        results = await asyncio.gather(
+            *(env.udp(query_bytes(f"n{i}.example.test"), timeout=0.6) for i in range(5))
+        )
+        answered = [r for r in results if r is not None]
+        assert len(answered) == 2
+        assert env.counters["pending_full"] == 3
+        assert len(env.fake.received) == 2
+        assert env.srv.status()["queries"]["pending_full"] == 3
+        env.fake.delay = 0.0
+        assert (await env.ask("n4.example.test")).rr  # room again
+
+
+async def test_compression_loop_from_upstream_is_rejected() -> None:
+    async with DnsEnv() as env:
+        env.fake.mode = "loop"
+        assert rcode(await env.ask("www.example.test")) == 2
+        assert env.srv.upstream_stats()[0]["malformed"] == 1
+        env.fake.mode = "normal"
+        assert (await env.ask("www.example.test")).rr
+
+
+async def test_no_traceback_is_logged_for_client_input(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with DnsEnv() as env:
+        env.srv.handler.refresh_log_level()
+        for data in FORMERR_CASES.values():
+            await env.udp(data)
+        for data in (b"\x00", _header(1, 0x8000) + QUESTION, _header(1, 5 << 11) + QUESTION):
+            await env.udp(data, timeout=0.1)
+        q = DNSRecord.question("www.example.test")
+        q.add_ar(EDNS0(version=3))
+        await env.udp(bytes(q.pack()))
+        assert (await env.ask("www.example.test")).rr
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert any("query www.example.test A" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,187 @@
+"""resolver.dns.cache: entries from replies (TTL rules, variants, TC), the LRU cache, retag."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+from dnslib import CNAME, EDNS0, QTYPE, RR, SOA, TXT, A, DNSRecord
+
+from policy.model import Match, Rule
+from resolver.dns import wire
+from resolver.dns.cache import Cache, Entry, build_entry
+
+pytestmark = pytest.mark.unit
+
+
+class Rows:
+    def __init__(self, rows: dict[str, int]) -> None:
+        self.rows = rows
+
+    def match_any(self, names: Iterable[str]) -> tuple[str, Match] | None:
+        for name in names:
+            if name in self.rows:
+                return name, Match(Rule(row=self.rows[name], purpose="", required=True), name)
+        return None
+
+
+def _query(name: str, qtype: str = "A", edns: bool = False, do: bool = False) -> bytes:
+    q = DNSRecord.question(name, qtype)
+    if edns:
+        q.add_ar(EDNS0(udp_len=1232, flags="do" if do else ""))
+    return bytes(q.pack())
+
+
+def _entry(
+    reply: DNSRecord,
+    now: float = 100.0,
+    max_ttl: int = 86400,
+    max_neg: int = 3600,
+    rows: dict[str, int] | None = None,
+    do: bool = False,
+) -> Entry:
+    data = bytes(reply.pack())
+    layout = wire.scan_reply(data)
+    key = wire.question_key(data, layout.qend, wire.DO_BIT if do else 0)
+    return build_entry(key, data, layout, now, do, max_ttl, max_neg, Rows(rows or {}))
+
+
+def _positive(name: str = "www.example.test") -> DNSRecord:
+    r = DNSRecord.parse(_query(name, edns=True)).reply()
+    r.add_answer(RR(name, QTYPE.A, rdata=A("192.0.2.1"), ttl=120))
+    r.add_answer(RR(name, QTYPE.A, rdata=A("192.0.2.2"), ttl=60))
+    r.add_ar(EDNS0(udp_len=4096))
+    return r
+
+
+def _negative(rcode: int, soa_ttl: int = 900, minimum: int = 300) -> DNSRecord:
+    r = DNSRecord.parse(_query("nope.example.test")).reply()
+    r.header.rcode = rcode
+    times = (1, 2, 3, 4, minimum)
+    r.add_auth(RR("example.test", QTYPE.SOA, rdata=SOA("ns.t", "h.t", times), ttl=soa_ttl))
+    return r
+
+
+def test_positive_ttl_is_smallest_answer_ttl() -> None:
+    entry = _entry(_positive())
+    assert entry.ttl == 60 and entry.expires == 160.0 and entry.result == "noerror"
+    assert entry.addresses == ("192.0.2.1", "192.0.2.2") and entry.addr_ttl(0) == 60
+
+
+def test_ttls_count_down_and_are_patched_once_per_second() -> None:
+    entry = _entry(_positive())
+    query = _query("WWW.example.test")
+    first = DNSRecord.parse(entry.reply(query, len(query), False, 512, 100.0))
+    assert [r.ttl for r in first.rr] == [120, 60]
+    plain = entry.plain
+    assert entry.reply(query, len(query), False, 512, 100.9) and entry.plain is plain
+    later = DNSRecord.parse(entry.reply(query, len(query), False, 512, 130.2))
+    assert [r.ttl for r in later.rr] == [90, 30]
+    assert str(later.q.qname) == "WWW.example.test."
+    assert entry.addr_ttl(30) == 30
+    assert [r.ttl for r in DNSRecord.parse(entry.reply(query, len(query), False, 512, 500)).rr] == [
+        0,
+        0,
+    ]
+
+
+def test_positive_ttl_capped_at_max_ttl() -> None:
+    entry = _entry(_positive(), max_ttl=30)
+    assert entry.ttl == 30 and entry.bases == [30, 30]
+
+
+def test_both_variants_and_rd_echo() -> None:
+    entry = _entry(_positive())
+    edns_q = _query("www.example.test", edns=True)
+    plain_q = _query("www.example.test")
+    edns_r = DNSRecord.parse(entry.reply(edns_q, len(edns_q) - 11, True, 1232, 100.0))
+    plain_r = DNSRecord.parse(entry.reply(plain_q, len(plain_q), False, 512, 100.0))
+    assert [r.rtype for r in edns_r.ar] == [QTYPE.OPT] and edns_r.ar[0].rclass == 1232
+    assert plain_r.ar == []
+    no_rd = bytearray(plain_q)
+    no_rd[2] &= 0xFE
+    assert DNSRecord.parse(entry.reply(bytes(no_rd), len(no_rd), False, 512, 100.0)).header.rd == 0
+
+
+def test_too_big_becomes_minimal_tc() -> None:
+    r = DNSRecord.parse(_query("big.example.test", "TXT")).reply()
+    for i in range(20):
+        r.add_answer(RR("big.example.test", QTYPE.TXT, rdata=TXT("x" * 60 + str(i)), ttl=60))
+    entry = _entry(r)
+    query = _query("big.example.test", "TXT")
+    raw = entry.reply(query, len(query), False, 512, 100.0)
+    tc = DNSRecord.parse(raw)
+    assert tc.header.tc == 1 and tc.rr == [] and tc.ar == [] and len(raw) == len(query)
+    edns_q = _query("big.example.test", "TXT", edns=True)
+    tc = DNSRecord.parse(entry.reply(edns_q, len(edns_q) - 11, True, 1232, 100.0))
+    assert tc.header.tc == 1 and [x.rtype for x in tc.ar] == [QTYPE.OPT]
+    full = DNSRecord.parse(entry.reply(query, len(query), False, 65535, 100.0))
+    assert len(full.rr) == 20 and full.header.tc == 0
+
+
+@pytest.mark.parametrize("rcode", [0, 3])
+def test_negative_ttl_rules(rcode: int) -> None:
+    assert _entry(_negative(rcode, 900, 300)).ttl == 300
+    assert _entry(_negative(rcode, 200, 300)).ttl == 200
+    assert _entry(_negative(rcode, 900, 300), max_neg=50).ttl == 50
+    entry = _entry(_negative(rcode, 900, 300))
+    assert entry.bases == [300]  # the SOA handed out never outlives the negative entry
+    no_soa = DNSRecord.parse(_query("nope.example.test")).reply()
+    no_soa.header.rcode = rcode
+    assert _entry(no_soa).ttl == 0
+
+
+def test_servfail_and_ttl_zero_not_cacheable() -> None:
+    r = DNSRecord.parse(_query("x.test")).reply()
+    r.header.rcode = 2
+    assert _entry(r).ttl == 0
+    zero = DNSRecord.parse(_query("x.test")).reply()
+    zero.add_answer(RR("x.test", QTYPE.A, rdata=A("192.0.2.1"), ttl=0))
+    assert _entry(zero).ttl == 0
+
+
+def test_tag_from_chain_and_retag() -> None:
+    r = DNSRecord.parse(_query("alias.test")).reply()
+    r.add_answer(RR("alias.test", QTYPE.CNAME, rdata=CNAME("edge.test"), ttl=300))
+    r.add_answer(RR("edge.test", QTYPE.A, rdata=A("198.51.100.7"), ttl=30))
+    r.add_answer(RR("other.test", QTYPE.A, rdata=A("203.0.113.1"), ttl=5))
+    entry = _entry(r, rows={"edge.test": 5, "other.test": 6})
+    assert entry.tag is not None
+    assert (entry.tag.qname, entry.tag.name, entry.tag.match.rule.row) == (
+        "alias.test",
+        "edge.test",
+        5,
+    )
+    assert entry.addresses == ("198.51.100.7",) and entry.addr_base == 30
+    cache = Cache(10)
+    cache.put(entry)
+    assert cache.retag(Rows({"alias.test": 9})) == 1
+    assert entry.tag is not None and entry.tag.match.rule.row == 9
+    assert cache.retag(Rows({})) == 0 and entry.tag is None
+
+
+def test_cache_lru_and_expiry() -> None:
+    cache = Cache(2)
+    a, b, c = (_entry(_positive(f"{n}.test")) for n in "abc")
+    cache.put(a)
+    cache.put(b)
+    assert cache.get(a.key, 100.0) is a  # a is now the most recent
+    cache.put(c)
+    assert cache.get(b.key, 100.0) is None and b.expires == -1.0
+    assert len(cache) == 2 and cache.evicted == 1
+    assert cache.get(a.key, 160.0) is None  # expired: dropped
+    assert len(cache) == 1
+    cache.resize(0)
+    assert len(cache) == 0 and c.expires == -1.0
+
+
+def test_cache_replaces_same_key() -> None:
+    cache = Cache(5)
+    old, new = _entry(_positive()), _entry(_positive(), now=110.0)
+    cache.put(old)
+    cache.put(new)
+    assert len(cache) == 1 and old.expires == -1.0 and cache.get(new.key, 111.0) is new
+    cache.touch(new.key)
+    cache.touch(b"missing")
+    cache.clear()
+    assert len(cache) == 0 and new.expires == -1.0
