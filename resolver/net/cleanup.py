@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Collection
 
 from resolver.config import BreakoutConfig
 from resolver.net import state
@@ -24,8 +25,13 @@ from resolver.net.routes import AF, HOST_LEN
 log = logging.getLogger(__name__)
 
 
-async def cleanup(cfg: BreakoutConfig, state_dir: str) -> dict[str, int]:
-    """Remove the routes, rules and set entries resolverd owns; return what was removed."""
+async def cleanup(
+    cfg: BreakoutConfig, state_dir: str, cidrs: Collection[str] = ()
+) -> dict[str, int]:
+    """Remove the routes, rules and set entries resolverd owns; return what was removed.
+
+    `cidrs` are the policy's prefixes: they are counted apart from the host routes learnt from
+    DNS (a /32 prefix looks like a host route otherwise) and have no set entries."""
     counts = {"routes": 0, "cidr_routes": 0, "rules": 0, "set_entries": 0, "state_file": 0}
     if not has_net_admin():
         raise needs_net_admin("remove routes, rules and set entries")
@@ -39,13 +45,20 @@ async def cleanup(cfg: BreakoutConfig, state_dir: str) -> dict[str, int]:
             [(r.family, socket.inet_pton(AF[r.family], r.dst), r.dst_len) for r in owned],
             fut.set_result,
         )
+        prefixes = set(cidrs)
+        learnt = [
+            r
+            for r in owned
+            if r.dst_len == HOST_LEN[r.family] and f"{r.dst}/{r.dst_len}" not in prefixes
+        ]
+        learnt_ids = {id(r) for r in learnt}
         for r, code in zip(owned, await fut, strict=True):
             if code == 0:
-                counts["routes" if r.dst_len == HOST_LEN[r.family] else "cidr_routes"] += 1
+                counts["routes" if id(r) in learnt_ids else "cidr_routes"] += 1
         counts["rules"] = await kernel.remove_rules()
         if kernel.has_sets:
             addresses = {s.address for s in state.load(state_dir)}
-            addresses.update(r.dst for r in owned if r.dst_len == HOST_LEN[r.family])
+            addresses.update(r.dst for r in learnt)
             entries = []
             for a in sorted(addresses):
                 family = 6 if ":" in a else 4

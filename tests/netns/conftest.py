@@ -18,8 +18,8 @@ import pytest
 from tests.netns import lab as lab_mod
 from tests.netns.driver import DriverProcess
 from tests.netns.lab import BREAKOUT_GW4, BREAKOUT_GW6, WAN_IF, Lab
+from tests.netns.scenario import PRIORITY, PROTOCOL, TABLE
 
-TABLE, PRIORITY, PROTOCOL = 365, 1000, 245
 TOOLS = ("ip", "ipset", "nft")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.netns.conftest import PRIORITY, PROTOCOL, TABLE, Router, breakout_cfg
+from tests.netns.conftest import Router, breakout_cfg
 from tests.netns.lab import (
     BREAKOUT_GW4,
     CLIENT4,
@@ -24,6 +24,7 @@ from tests.netns.lab import (
     SERVICE6,
     WAN_IF,
 )
+from tests.netns.scenario import PRIORITY, PROTOCOL, TABLE
 
 pytestmark = pytest.mark.netns
 

@@ -1,0 +1,125 @@
+"""The metrics resolverd exports: built from the DNS server's and the breakout's counters.
+
+Read at scrape time from the live counters; nothing here is on the query path.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from resolver.dns.server import DnsServer
+from resolver.metrics import Metric
+
+RESULTS = ("noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "other")
+DROPS = ("dropped", "ratelimited", "pending_full")
+
+
+class BreakoutCounters(Protocol):
+    counters: dict[str, int]
+
+    def status(self) -> dict[str, object]: ...
+
+    def latency(self) -> tuple[int, float]: ...
+
+
+def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
+    c = dns.counters
+    out = [
+        Metric(
+            "resolverd_queries",
+            "counter",
+            "DNS queries answered, by response code",
+            [({"result": r}, c[r]) for r in RESULTS],
+        ),
+        Metric(
+            "resolverd_queries_dropped",
+            "counter",
+            "DNS queries dropped without an answer, by reason",
+            [({"reason": r}, c[r]) for r in DROPS],
+        ),
+        Metric(
+            "resolverd_cache_hits", "counter", "Answers served from the cache", [({}, c["hits"])]
+        ),
+        Metric(
+            "resolverd_cache_misses", "counter", "Queries forwarded upstream", [({}, c["misses"])]
+        ),
+        Metric(
+            "resolverd_cache_entries",
+            "gauge",
+            "Answers in the cache",
+            [({}, dns.status()["cache"]["entries"])],
+        ),
+        Metric(
+            "resolverd_tagged_answers",
+            "counter",
+            "Microsoft 365 answers, by policy row",
+            [({"row": str(row)}, n) for row, n in sorted(dns.tagged_by_row.items())],
+        ),
+    ]
+    upstreams = dns.upstream_stats()
+    out.append(
+        Metric(
+            "resolverd_upstream_rtt_seconds",
+            "gauge",
+            "Smoothed round-trip time of each upstream",
+            [
+                ({"upstream": u["address"]}, u["rtt_ms"] / 1000.0)
+                for u in upstreams
+                if u["rtt_ms"] is not None
+            ],
+        )
+    )
+    out.append(
+        Metric(
+            "resolverd_upstream_healthy",
+            "gauge",
+            "1 when the upstream answers, 0 while it is probed as dead",
+            [({"upstream": u["address"]}, 1.0 if u["healthy"] else 0.0) for u in upstreams],
+        )
+    )
+    if breakout is not None:
+        out.extend(_breakout(breakout))
+    return out
+
+
+def _breakout(breakout: BreakoutCounters) -> list[Metric]:
+    k = breakout.counters
+    status = breakout.status()
+    count, seconds = breakout.latency()
+
+    def counter(name: str, key: str, help_text: str) -> Metric:
+        return Metric(name, "counter", help_text, [({}, k.get(key, 0))])
+
+    return [
+        counter("resolverd_routes_installed", "installed", "Host routes installed"),
+        counter("resolverd_routes_removed", "removed", "Host routes removed (lapsed or flushed)"),
+        counter("resolverd_routes_skipped", "skipped", "Addresses not routed (never_route, LAN)"),
+        counter("resolverd_netlink_errors", "netlink_errors", "Netlink requests that failed"),
+        counter("resolverd_ack_timeouts", "ack_timeouts", "Replies sent before the kernel acked"),
+        Metric(
+            "resolverd_routes",
+            "gauge",
+            "Host routes resolverd holds now, by family",
+            [
+                ({"family": "4"}, _num(status["routes_v4"])),
+                ({"family": "6"}, _num(status["routes_v6"])),
+            ],
+        ),
+        Metric(
+            "resolverd_breakout_link_up",
+            "gauge",
+            "1 when the breakout interface is up with an address",
+            [({}, 1.0 if status["link_up"] else 0.0)],
+        ),
+        Metric("resolverd_netlink_requests", "counter", "Netlink batches acked", [({}, count)]),
+        Metric(
+            "resolverd_netlink_seconds",
+            "counter",
+            "Time spent waiting for netlink acks (divide by the requests for the mean)",
+            [({}, seconds)],
+        ),
+    ]
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

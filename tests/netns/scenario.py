@@ -1,0 +1,172 @@
+"""The end-to-end scenario shared by tests/netns/test_e2e.py and the demo (tests/demo.py).
+
+A zone of Microsoft 365-like names (CNAME chains, an answer too big for UDP, the LAN's own
+addresses under a routed wildcard) served by the fake upstream in the router namespace,
+resolverd's config for the lab, the daemon as a process in the router, and the client's
+resolve-then-connect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from tests.netns.lab import (
+    BREAKOUT_GW4,
+    BREAKOUT_GW6,
+    CLIENT4,
+    PORT,
+    REPO,
+    ROUTER_LAN4,
+    ROUTER_LAN6,
+    SERVICE4,
+    SERVICE6,
+    WAN_IF,
+    Lab,
+)
+
+TABLE, PRIORITY, PROTOCOL = 365, 1000, 245
+
+BIG = SERVICE4[2:42]  # 40 A records: more than 512 bytes, so the UDP answer is truncated
+ZONE: dict[str, list[dict[str, Any]]] = {
+    "outlook.office.com": [
+        {"type": "A", "value": SERVICE4[0], "ttl": 60},
+        {"type": "AAAA", "value": SERVICE6[0], "ttl": 60},
+    ],
+    # A chain from a name outside the policy into *.office365.com (row 1).
+    "mail.contoso.test": [{"type": "CNAME", "value": "outlook.office365.com", "ttl": 300}],
+    "outlook.office365.com": [{"type": "CNAME", "value": "outlook.ha.office365.com", "ttl": 300}],
+    "outlook.ha.office365.com": [
+        {"type": "A", "value": SERVICE4[1], "ttl": 30},
+        {"type": "AAAA", "value": SERVICE6[1], "ttl": 30},
+    ],
+    "big.office365.com": [{"type": "A", "value": a, "ttl": 60} for a in BIG],
+    "www.example.test": [
+        {"type": "A", "value": SERVICE4[45], "ttl": 60},
+        {"type": "AAAA", "value": SERVICE6[45], "ttl": 60},
+    ],
+    "short.office.com": [{"type": "A", "value": SERVICE4[46], "ttl": 1}],
+    "kill.office.com": [{"type": "A", "value": SERVICE4[47], "ttl": 300}],
+    "flush.office.com": [{"type": "A", "value": SERVICE4[48], "ttl": 300}],
+    # An answer that hands out the LAN's own addresses under a routed wildcard.
+    "lan.blob.core.windows.net": [
+        {"type": "A", "value": CLIENT4, "ttl": 60},
+        {"type": "A", "value": ROUTER_LAN4, "ttl": 60},
+    ],
+}
+
+
+def config(tmp: str, policy: str = "builtin: microsoft365") -> str:
+    return f"""
+listen: ["{ROUTER_LAN4}:53", "[{ROUTER_LAN6}]:53"]
+upstreams: ["127.0.0.1:5300"]
+allow: ["192.0.2.128/25", "2001:db8:c::/64", "127.0.0.0/8"]
+state_dir: {tmp}/state
+control: {{socket: {tmp}/control.sock}}
+breakout:
+  mode: kernel
+  interface: {WAN_IF}
+  gateway4: {BREAKOUT_GW4}
+  gateway6: "{BREAKOUT_GW6}"
+  table: {TABLE}
+  rule_priority: {PRIORITY}
+  route_protocol: {PROTOCOL}
+  ipset4: m365-v4
+  ipset6: m365-v6
+  min_hold: 2
+  grace: 0
+policy:
+  {policy}
+"""
+
+
+class Daemon:
+    """resolverd and the fake upstream in the router namespace."""
+
+    def __init__(self, lab: Lab, tmp: str) -> None:
+        self.lab = lab
+        self.tmp = tmp
+        self.cfg = os.path.join(tmp, "resolverd.yaml")
+        self.socket = os.path.join(tmp, "control.sock")
+        self.proc: subprocess.Popen[str] | None = None
+        self.starts = 0
+        zone = os.path.join(tmp, "zone.yaml")
+        with open(zone, "w") as fh:
+            json.dump({"records": ZONE}, fh)  # JSON is YAML
+        with open(self.cfg, "w") as fh:
+            fh.write(config(tmp))
+        self.upstream = lab.spawn(
+            lab.router, sys.executable, "-m", "tests.fakeupstream", "--listen", "127.0.0.1:5300",
+            "--zone", zone, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(tmp, "upstream.log"), "w"),  # noqa: SIM115
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(os.path.join(self.tmp, f"resolverd{self.starts}.log"), "w")  # noqa: SIM115
+        self.proc = self.lab.spawn(
+            self.lab.router, sys.executable, "-m", "resolver.daemon", "--config", self.cfg,
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"resolverd exited {self.proc.returncode}:\n{self.log()}")
+            if os.path.exists(self.socket) and self.ctl("status", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"resolverd did not come up:\n{self.log()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)  # `ip netns exec` execs: this is resolverd
+        self.proc.wait(timeout=5)
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """resolverctl, from the test process: the socket is a path in the shared filesystem."""
+        res = subprocess.run(
+            [sys.executable, "-m", "resolver.ctl.main", "--socket", self.socket, *args],
+            capture_output=True, text=True, timeout=20,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )  # fmt: skip
+        if check and res.returncode != 0:
+            raise RuntimeError(f"resolverctl {' '.join(args)}: {res.stderr}\n{self.log()}")
+        return res
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ctl(*args, "--json").stdout)
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.json("status")["breakout"]
+        return result
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        return {r["address"]: r for r in self.json("routes")}
+
+    def log(self) -> str:
+        out = []
+        for i in range(1, self.starts + 1):
+            with open(os.path.join(self.tmp, f"resolverd{i}.log")) as fh:
+                out.append(fh.read()[-4000:])
+        return "\n".join(out)
+
+
+def fetch(lab: Lab, name: str, qtype: str = "A", server: str = ROUTER_LAN4) -> dict[str, Any]:
+    """Resolve `name` from the client, then connect to the first address at once."""
+    res = lab.python(
+        lab.client, "-m", "tests.netns.agents", "resolve-connect", server, name, qtype, str(PORT)
+    )
+    result: dict[str, Any] = json.loads(res.stdout)
+    return result
