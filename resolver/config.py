@@ -372,14 +372,16 @@ def parse_config(data: Any, base_dir: str = ".", source: str = "") -> Config:
         listen=r.get(c, "listen", "/metrics", lambda v: parse_address(_str(v), 9365), None)
     )
 
+    state_dir = r.get(data, "state_dir", "", _str, DEFAULT_STATE_DIR)
+    log_level = r.get(data, "log_level", "", _level, "info")
     if r.errors:
         raise ConfigError(r.errors, source)
     return Config(
         upstreams=upstreams or (),
         listen=listen if listen is not None else DEFAULT_LISTEN,
         allow=allow if allow is not None else DEFAULT_ALLOW,
-        state_dir=r.get(data, "state_dir", "", _str, DEFAULT_STATE_DIR),
-        log_level=r.get(data, "log_level", "", _level, "info"),
+        state_dir=state_dir,
+        log_level=log_level,
         control=control,
         cache=cache,
         forward=forward,
@@ -462,6 +464,8 @@ def load_config(path: str) -> Config:
             data = yaml.safe_load(fh)
     except OSError as err:
         raise ConfigError([f"cannot read: {err.strerror}"], path) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"not UTF-8 text (byte {err.start}: {err.reason})"], path) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -74,6 +74,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self.stop_event = asyncio.Event()
+        self.endpoints_changed = asyncio.Event()
         self.reload_lock = asyncio.Lock()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -127,18 +128,19 @@ class Daemon:
             await asyncio.sleep(every)
 
     async def _poll_endpoints(self) -> None:
-        """Check the endpoint web service at start, then every poll_interval (read afresh each
-        time, so a reload that turns it on, off or changes the interval takes effect)."""
+        """Check the endpoint web service at start, then every poll_interval. The settings are
+        read afresh each time, and a reload that enables or changes them wakes the loop."""
         while True:
             endpoints = self.loaded.config.policy.endpoints
-            if endpoints is None:
-                await asyncio.sleep(60)
-                continue
-            try:
-                await self.policy_update()
-            except (UpdateFailed, ReloadFailed) as err:
-                log.warning("policy update: %s", err)
-            await asyncio.sleep(endpoints.poll_interval)
+            if endpoints is not None:
+                try:
+                    await self.policy_update()
+                except (UpdateFailed, ReloadFailed) as err:
+                    log.warning("policy update: %s", err)
+            self.endpoints_changed.clear()
+            delay = endpoints.poll_interval if endpoints is not None else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.endpoints_changed.wait(), delay)
 
     # -- control handlers ------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
@@ -164,18 +166,25 @@ class Daemon:
             message = "; ".join(problems)
             log.error("reload refused, keeping the running config: %s", message)
             raise ReloadFailed(message)
-        assert self.dns is not None
-        if self.breakout is not None:
-            try:
-                await self.breakout.reconfigure(new.config.breakout, new.matcher, new.policy)
-            except BreakoutError as err:
-                log.error("reload failed, keeping the running config: %s", err)
-                raise ReloadFailed(str(err)) from None
-        self.dns.reconfigure(new.config, new.matcher)
-        set_log_level(new.config.log_level)
-        self.loaded = new
+        try:
+            await self._swap(new)
+        except BreakoutError as err:
+            log.error("reload failed, keeping the running config: %s", err)
+            raise ReloadFailed(str(err)) from None
+        if new.config.policy.endpoints != old.policy.endpoints:
+            self.endpoints_changed.set()
         log.info("reloaded %s: %d rules from %s", path, len(new.policy.rules), new.policy.source)
         return {"config": path, "policy": self._policy_status()}
+
+    async def _swap(self, new: Loaded) -> None:
+        """Put a verified config and policy in place. The breakout goes first: it verifies
+        before it changes anything and raises BreakoutError if it cannot take the change."""
+        assert self.dns is not None
+        if self.breakout is not None:
+            await self.breakout.reconfigure(new.config.breakout, new.matcher, new.policy)
+        set_log_level(new.config.log_level)  # first: the DNS server reads it to pick its path
+        self.dns.reconfigure(new.config, new.matcher)
+        self.loaded = new
 
     async def flush(self) -> dict[str, Any]:
         if self.breakout is None:
@@ -188,8 +197,20 @@ class Daemon:
             raise UpdateFailed("policy.endpoints is not configured")
         changed, version = await asyncio.to_thread(self.feed.update, endpoints)
         if changed:
-            await self.reload()
+            await self._refresh_policy()
         return {"changed": changed, "version": version}
+
+    async def _refresh_policy(self) -> None:
+        """The running config with the policy rebuilt (new endpoint sets); the config file on
+        disk is not re-read: that is what reload is for."""
+        async with self.reload_lock:
+            config = self.loaded.config
+            try:
+                policy = await asyncio.to_thread(effective_policy, config)
+                await self._swap(Loaded(config, policy, Matcher(policy.rules)))
+            except (PolicyError, BreakoutError) as err:
+                raise UpdateFailed(f"the new endpoint sets were not applied: {err}") from None
+            log.info("policy updated: %d rules from %s", len(policy.rules), policy.source)
 
     def status(self) -> dict[str, Any]:
         assert self.dns is not None

@@ -122,7 +122,10 @@ class Entry:
         return left if left > 0 else 0
 
     def retag(self, matcher: NameMatcher) -> None:
-        found = matcher.match_any(self.chain) if self.chain else None
+        # A label holding a literal dot reads as "a\\.b"; it is no host name and must not
+        # match as if the dot separated labels.
+        names = [n for n in self.chain if "\\" not in n]
+        found = matcher.match_any(names) if names else None
         if found is None:
             self.tag = None
         else:
@@ -165,17 +168,13 @@ def build_entry(
     ttls = layout.ttls
     n_answers = layout.answer_ttls
     soa = layout.soa
-    ttl = 0
-    if rcode == wire.NOERROR and n_answers:
-        ttl = min(min(ttls[:n_answers]), max_ttl)
-        cap = max_ttl
-    elif rcode in (wire.NOERROR, wire.NXDOMAIN) and soa is not None:
-        ttl = min(soa[0], soa[1], max_negative_ttl)
-        if n_answers:  # a CNAME chain that ends in nothing
-            ttl = min(ttl, min(ttls[:n_answers]))
-        cap = ttl
-    else:
-        cap = max_ttl
+    ttl, cap = 0, max_ttl
+    if rcode in (wire.NOERROR, wire.NXDOMAIN) and (n_answers or soa is not None):
+        ttl = min(min(ttls[:n_answers]), max_ttl) if n_answers else max_ttl
+        if soa is not None:
+            # RFC 2308: an SOA makes the answer negative, wholly (NXDOMAIN, NODATA) or at the
+            # end of a CNAME chain; it is cached no longer than the SOA's negative TTL.
+            ttl = cap = min(ttl, soa[0], soa[1], max_negative_ttl)
     bases = [t if t < cap else cap for t in ttls]
     entry = Entry(key, template, offsets, bases, layout.qend, do, rcode, ttl, now)
     qname = wire.read_name(data, 12)

@@ -296,10 +296,14 @@ def test_over_long_request_is_refused_and_closed(served: ServerThread) -> None:
         try:
             answer = json.loads(reader.readline())
         except ConnectionResetError:
-            pytest.skip("the kernel reset the connection before the answer could be read")
-        assert answer["error"]["name"] == "BadRequest"
-        assert "longer than" in answer["error"]["message"]
-        assert reader.read() == b""  # closed
+            # The server closed with our excess bytes unread, so the kernel reset the connection
+            # before its answer could be read: refused and closed all the same.
+            answer = None
+        if answer is not None:
+            assert answer["error"]["name"] == "BadRequest"
+            assert "longer than" in answer["error"]["message"]
+            assert reader.read() == b""  # closed
+    assert talk(served.path, request_line("ping"))[0]["ok"] is True  # and the server lives on
     assert talk(served.path, request_line("ping"))[0]["ok"] is True
 
 

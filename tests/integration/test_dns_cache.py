@@ -125,3 +125,18 @@ async def test_hit_reply_is_byte_identical_apart_from_id() -> None:
         assert first is not None and second is not None
         assert first[2:] == second[2:]
         assert first[:2] == second[:2] == data[:2]
+
+
+async def test_cname_chain_ending_in_no_data_is_kept_for_the_negative_ttl() -> None:
+    """RFC 2308: CNAMEs (TTL 300, 120) to a name without AAAA, SOA negative TTL 30: kept 30 s."""
+    clock = FakeClock()
+    async with DnsEnv(clock=clock) as env:
+        reply = await env.ask("alias.example.test", "AAAA")
+        assert rcode(reply) == 0 and [r.rtype for r in reply.rr] == [QTYPE.CNAME] * 2
+        assert max(r.ttl for r in reply.rr) <= 30 and reply.auth[0].ttl == 30
+        clock.advance(29)
+        await env.ask("alias.example.test", "AAAA")
+        assert len(env.fake.received) == 1
+        clock.advance(1)
+        await env.ask("alias.example.test", "AAAA")
+        assert len(env.fake.received) == 2

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
-from dnslib import CNAME, EDNS0, QTYPE, RR, SOA, TXT, A, DNSRecord
+from dnslib import CNAME, EDNS0, QTYPE, RR, SOA, TXT, A, DNSLabel, DNSRecord
 
+from policy.loader import builtin_policy
+from policy.matcher import Matcher
 from policy.model import Match, Rule
 from resolver.dns import wire
 from resolver.dns.cache import Cache, Entry, build_entry
@@ -185,3 +187,18 @@ def test_cache_replaces_same_key() -> None:
     cache.touch(b"missing")
     cache.clear()
     assert len(cache) == 0 and new.expires == -1.0
+
+
+def test_a_label_holding_a_dot_is_not_matched_as_two_labels() -> None:
+    """`evil.office` + `com` is one odd label then `com`: not a name under office.com."""
+    odd = DNSLabel([b"evil.office", b"com"])
+    reply = DNSRecord.question("x.example.test").reply()
+    reply.questions[0].qname = odd
+    reply.add_answer(RR(odd, QTYPE.A, rdata=A("203.0.113.9"), ttl=60))
+    data = bytes(reply.pack())
+    layout = wire.scan_reply(data)
+    key = wire.question_key(data, layout.qend, 0)
+    entry = build_entry(key, data, layout, 0.0, False, 86400, 3600, Matcher(builtin_policy().rules))
+    assert entry.chain == ("evil\\.office.com",)
+    assert entry.tag is None
+    assert Matcher(builtin_policy().rules).match("evil.office.com") is not None  # the lookalike

@@ -131,3 +131,20 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="'"):
         parse_address(text)
+
+
+def test_top_level_scalars_are_validated_with_the_rest() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": ["192.0.2.53"], "log_level": "verbose", "state_dir": 5})
+    assert info.value.errors == [
+        "/state_dir: expected a non-empty string, got 5",
+        "/log_level: 'verbose' is not one of debug, info, warning, error",
+    ]
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"upstreams: ['192.0.2.53']\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert info.value.errors == ["not UTF-8 text (byte 31: invalid continuation byte)"]

@@ -121,7 +121,6 @@ def write_config(tmp_path: Path, policy: str) -> str:
 
 
 def test_config_without_optional_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("resolver.config")
     config = write_config(tmp_path, "policy: {builtin: microsoft365, include_optional: false}\n")
     code, out, err = run_explain(
         ["explain", "--config", config, "forms.office.com", "manage.office.com"], capsys
@@ -134,7 +133,6 @@ def test_config_without_optional_rows(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_config_with_extra_policy_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("resolver.config")
     extra = tmp_path / "extra.yaml"
     extra.write_text(
         "rules:\n"
@@ -160,7 +158,6 @@ def test_config_with_extra_policy_file(tmp_path: Path, capsys: pytest.CaptureFix
 def test_bad_policy_file_lists_every_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("resolver.config")
     extra = tmp_path / "extra.yaml"
     extra.write_text(
         "rules:\n  - {row: 1, purpose: p, required: true, domains: ['*.']}\n"
@@ -181,7 +178,6 @@ def test_bad_policy_file_lists_every_error(
 def test_bad_config_is_one_clear_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("resolver.config")
     config = write_config(tmp_path, "policy: {include_optional: perhaps}\n")
     code, out, err = run_explain(["explain", "--config", config, "office.com"], capsys)
     assert (code, out) == (1, "")
