@@ -10,7 +10,7 @@ from policy.endpoints import (
 from policy.loader import PolicyError
 from policy.matcher import Matcher
 from policy.model import Rule
-from tests.endpoints_sample import SAMPLE
+from tests.fakeendpoints import SAMPLE
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,11 @@
-"""A trimmed answer of the Microsoft 365 endpoint web service, shared by the tests."""
+"""A fake Microsoft 365 endpoint web service for the tests: a trimmed answer and a handler."""
 
 from __future__ import annotations
 
+import http.server
+import json
+import time
+import urllib.parse
 from typing import Any
 
 # Shaped like https://endpoints.office.com/endpoints/Worldwide (trimmed).
@@ -60,3 +64,38 @@ SAMPLE: list[dict[str, Any]] = [
         "required": False,
     },
 ]
+
+
+class FakeService(http.server.BaseHTTPRequestHandler):
+    """Answers /version/<instance> and /endpoints/<instance>; other paths are 404."""
+
+    requests: list[str] = []
+    body_override: bytes | None = None
+    status = 200
+    delay = 0.0
+    version = "2024103100"
+
+    def do_GET(self) -> None:
+        type(self).requests.append(self.path)
+        time.sleep(self.delay)
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == "/version/Worldwide":
+            body = json.dumps({"instance": "Worldwide", "latest": self.version}).encode()
+        elif url.path == "/endpoints/Worldwide":
+            body = json.dumps(SAMPLE).encode()
+        else:
+            self.send_error(404, "no such instance")
+            return
+        if self.body_override is not None:
+            body = self.body_override
+        try:
+            self.send_response(self.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            type(self).requests.append("client went away")  # the timeout test hangs up early
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # keep test output quiet
