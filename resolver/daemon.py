@@ -311,6 +311,9 @@ async def serve(loaded: Loaded, loop_name: str) -> int:
     stop = daemon.stop_event
 
     def on_hup() -> None:
+        if stop.is_set():
+            log.info("SIGHUP while stopping: no reload")
+            return
         task = asyncio.create_task(_reload_logged(daemon))
         daemon.tasks.append(task)
 

@@ -47,6 +47,7 @@ def notify(*lines: str) -> bool:
     data = "\n".join(lines).encode("utf-8")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(1.0)  # a listener that stopped reading must not hang the daemon
             sock.sendto(data, address)
     except OSError as exc:
         log.warning("sd_notify: cannot send %s: %s", lines[0] if lines else "", exc)
