@@ -10,7 +10,8 @@ with `route_protocol` in `table`) and the set timeouts, and the state file lets 
 re-adopt what is still held (reconcile). Netlink events keep it honest: a route someone else
 deleted is re-installed by the next answer that hands its address out, a breakout link that
 goes down or loses its address has its routes withdrawn and restored when it returns, and
-networks that become connected are never routed.
+networks that become connected are never routed (the policy's prefixes they held back come
+back when they go away).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from policy.model import Policy
@@ -37,7 +39,7 @@ from resolver.net.kernel import Kernel, KernelLike
 from resolver.net.links import KIND_ADDR, KIND_LINK, KIND_ROUTE, Addr, Link, Monitor, NetView
 from resolver.net.neverroute import NeverRoute
 from resolver.net.prefixes import CidrRoute, desired_prefixes
-from resolver.net.routes import AF, HOST_LEN, RT_TABLE_MAIN, Route
+from resolver.net.routes import AF, HOST_LEN, RT_TABLE_MAIN, RTN_UNICAST, Route
 
 __all__ = ["Breakout", "BreakoutError", "cleanup"]
 
@@ -50,6 +52,15 @@ COUNTERS = (
     "installed", "removed", "refreshed", "skipped", "netlink_errors", "ack_timeouts", "capped",
     "withdrawn", "restored", "adopted", "route_lost",
 )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Swap:
+    """A verified kernel side for a new config, and what was read for the move to it."""
+
+    kernel: KernelLike
+    old_owned: list[Route]  # our routes in the old table (when the table moves)
+    foreign: set[str]  # host routes in the new table that are not ours
 
 
 class MatcherLike(Protocol):
@@ -84,6 +95,7 @@ class Breakout:
         self.save_interval = save_interval
         self.holds: dict[str, Hold] = {}
         self.cidrs: dict[str, CidrRoute] = {}
+        self._held_back: dict[str, CidrRoute] = {}  # policy prefixes inside connected networks
         self.never = NeverRoute(cfg.never_route)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.decisions = DecisionLog(wall=wall)
@@ -398,8 +410,9 @@ class Breakout:
             lambda f, p, a: self._skip_reason(f, p, a) is None, self._clock(), self._wall(),
         )  # fmt: skip
         self.holds.update(restored)
-        self.cidrs, skipped = desired_prefixes(self.policy, self.never)
-        self.counters["skipped"] += skipped
+        desired = desired_prefixes(self.policy, self.never)
+        self.cidrs, self._held_back = desired.routable, desired.held_back
+        self.counters["skipped"] += desired.skipped
         if self._kernel is None:
             for c in self.cidrs.values():
                 c.installed = True
@@ -530,6 +543,7 @@ class Breakout:
             self._skip_cache.clear()
             if not initial:
                 self._drop_never_routed()
+                self._sync_prefixes()
         link = self._view.find(cfg.interface)
         old_link, self._link = self._link, link
         if self._kernel is not None:
@@ -553,20 +567,43 @@ class Breakout:
                 self._restore(family)
 
     def _drop_never_routed(self) -> None:
+        """Remove the holds of the addresses that must not be routed (any more)."""
         drop = [h for h in self.holds.values() if self.never.reason(h.family, h.packed) is not None]
         if drop:
             log.info("removing %d holds inside networks that became connected", len(drop))
             self._remove(drop, "inside a connected network")
-        bad = [c for c in self.cidrs.values() if self.never.reason_cidr(c.cidr) is not None]
-        for c in bad:
+
+    def _sync_prefixes(self) -> None:
+        """The connected networks changed: hold back the policy's prefixes that overlap one
+        now, and route again those that no longer do (no reload needed either way)."""
+        blocked = [c for c in self.cidrs.values() if self.never.reason_cidr(c.cidr) is not None]
+        freed = [c for c in self._held_back.values() if self.never.reason_cidr(c.cidr) is None]
+        for c in blocked:
+            log.warning(
+                "not routing policy prefix %s while it %s", c.cidr, self.never.reason_cidr(c.cidr)
+            )
             del self.cidrs[c.cidr]
-        if bad and self._loop is not None:
-            self._io.remove_prefixes([c for c in bad if c.installed])
+            self._held_back[c.cidr] = c
+        for c in freed:
+            log.info("policy prefix %s overlaps no connected network now: routing it", c.cidr)
+            del self._held_back[c.cidr]
+            self.cidrs[c.cidr] = c
+            c.installed = self._kernel is None  # dry-run: "installed" at once
+        if self._kernel is None or self._loop is None:
+            for c in blocked:
+                c.installed = False
+            return
+        if blocked:  # all of them: an install may be in flight (a route not there is fine)
+            self._io.remove_prefixes(blocked)
+        ready = [c for c in freed if self._ready[c.family]]
+        if ready:
+            self._io.install_prefixes(ready)
 
     def _withdraw(self, family: int) -> None:
         """The link went down or lost its address: take the family's routes out."""
         holds = [h for h in self.holds.values() if h.family == family and (h.installed or h.batch)]
-        cidrs = [c for c in self.cidrs.values() if c.family == family and c.installed]
+        # Every prefix of the family: one whose install is in flight is not marked yet.
+        cidrs = [c for c in self.cidrs.values() if c.family == family]
         log.warning(
             "breakout link %s is not usable for IPv%d: withdrawing %d routes and %d prefixes",
             self.cfg.interface, family, len(holds), len(cidrs),
@@ -608,6 +645,7 @@ class Breakout:
         prefixes = set(self.cidrs)
         self.holds.clear()
         self.cidrs.clear()
+        self._held_back.clear()
         for h in holds:
             self._io.forget(h)
         self.counters["removed"] += len(holds)
@@ -652,10 +690,13 @@ class Breakout:
     async def reconfigure(self, cfg: BreakoutConfig, matcher: MatcherLike, policy: Policy) -> None:
         """Apply a new breakout config and policy without a gap for what stays.
 
-        Verify first (a new kernel side is started before anything changes), then swap: holds
-        whose names no longer match any rule go, the rest stay installed; the policy's prefixes
-        are diffed; a new interface or gateway re-installs every route in place (replace); a new
-        table, protocol or rule priority moves everything over.
+        All or nothing. First verify, changing nothing: the new kernel side's sockets and sets
+        are checked and the tables read; any failure raises BreakoutError and the running
+        config stays in force, untouched. Then swap: holds whose names no longer match any rule
+        go, the rest stay installed; the policy's prefixes are diffed; missing ipsets are
+        created; a new interface or gateway re-installs every route in place (replace); a new
+        table, protocol or rule priority moves everything over. Once the swap has begun, a
+        kernel error is logged and counted (`errors`), never raised half-way.
         """
         old = self.cfg
         if cfg.mode != old.mode:
@@ -674,25 +715,17 @@ class Breakout:
         hop_changed = (cfg.interface, cfg.gateway4, cfg.gateway6) != (
             old.interface, old.gateway4, old.gateway6,
         )  # fmt: skip
-        new_kernel: KernelLike | None = None
+        never = NeverRoute(cfg.never_route) if cfg.never_route != old.never_route else None
+        swap: _Swap | None = None
         if self.mode == "kernel" and (moved or sets_changed or hop_changed):
-            if cfg.interface is None:
-                raise BreakoutError("breakout.interface is required when breakout.mode is kernel")
-            assert self._loop is not None
-            new_kernel = self._kernel_factory(cfg)
-            try:
-                await new_kernel.start(self._loop)
-                if moved:
-                    await new_kernel.ensure_rules()
-            except BaseException:
-                new_kernel.close()
-                raise
-        # Verified: swap.
+            swap = await self._verify_kernel(cfg, moved)
+        # Verified: the point of no return. Nothing below raises for a kernel error.
         self.matcher, self.policy = matcher, policy
         self._io.ack_timeout = cfg.ack_timeout
-        if cfg.never_route != old.never_route:
-            self.never = NeverRoute(cfg.never_route)
-            self.never.set_connected(self._view.connected())
+        if never is not None:
+            self.never = never
+            self._connected = self._view.connected()
+            self.never.set_connected(self._connected)
             self._skip_cache.clear()
         dropped = [
             h for h in self.holds.values()
@@ -702,13 +735,16 @@ class Breakout:
             log.info("policy change: removing %d holds whose names no longer match", len(dropped))
             self._remove(dropped, "no longer in the policy")
         self._drop_never_routed()
-        if new_kernel is not None:
-            await self._swap_kernel(new_kernel, cfg, moved, sets_changed)
+        if swap is not None:
+            await self._swap_kernel(swap, cfg, moved, sets_changed)
         self.cfg = cfg
-        desired, skipped = desired_prefixes(policy, self.never)
-        self.counters["skipped"] += skipped
-        gone = [c for k, c in self.cidrs.items() if k not in desired and c.installed]
-        self.cidrs = {k: self.cidrs.get(k, c) for k, c in desired.items()}
+        desired = desired_prefixes(policy, self.never)
+        self.counters["skipped"] += desired.skipped
+        # Every prefix that goes, installed or not: after a swap none is marked installed, but
+        # the old table (when it did not move) still holds them. A route not there is fine.
+        gone = [c for k, c in self.cidrs.items() if k not in desired.routable]
+        self.cidrs = {k: self.cidrs.get(k, c) for k, c in desired.routable.items()}
+        self._held_back = desired.held_back
         if self._kernel is None:
             for c in self.cidrs.values():
                 c.installed = True
@@ -726,29 +762,86 @@ class Breakout:
             len(self.holds), len(dropped), len(self.cidrs),
         )  # fmt: skip
 
+    async def _verify_kernel(self, cfg: BreakoutConfig, moved: bool) -> _Swap:
+        """Start the kernel side of `cfg` and read what the swap needs, changing nothing.
+        BreakoutError when it cannot be used (the new side is closed again)."""
+        if cfg.interface is None:
+            raise BreakoutError("breakout.interface is required when breakout.mode is kernel")
+        assert self._loop is not None and self._kernel is not None
+        new = self._kernel_factory(cfg)
+        try:
+            await new.check(self._loop)  # sockets and sets; missing ipsets are created later
+            table = await new.dump_routes()
+            old_owned = await self._kernel.dump_routes() if moved else []
+        except BaseException as err:
+            new.close()
+            if isinstance(err, OSError):  # netlink.NetlinkSocketError from a dump
+                raise BreakoutError(f"breakout: cannot read the routing tables: {err}") from err
+            raise
+        foreign = {
+            r.dst
+            for r in table
+            if r.protocol != cfg.route_protocol and r.dst_len == HOST_LEN[r.family]
+        }
+        owned = [r for r in old_owned if r.protocol == self.cfg.route_protocol]
+        return _Swap(new, owned, foreign)
+
     async def _swap_kernel(
-        self, new: KernelLike, cfg: BreakoutConfig, moved: bool, sets_changed: bool
+        self, swap: _Swap, cfg: BreakoutConfig, moved: bool, sets_changed: bool
     ) -> None:
-        """Move to a started kernel side: clear the old table if it moved, re-install all."""
-        old = self._kernel
+        """Move to the verified kernel side: create its sets, clear the old table if it moved,
+        take out the routes of a family the new link cannot carry, re-install the rest.
+
+        Past the point of no return: kernel errors are logged and counted, not raised.
+        """
+        old, new = self._kernel, swap.kernel
         assert old is not None
         now = self._clock()
+        try:
+            await new.create_sets()
+        except (BreakoutError, OSError) as err:
+            self._swap_failed("set entries for the missing sets will fail", err)
+        rules_ok = self._io.rules_ok  # the same table and priority: the rules stay as they are
         if moved:
-            owned = [r for r in await old.dump_routes() if r.protocol == self.cfg.route_protocol]
-            await self._io.delete_table_routes(owned)
-            await old.remove_rules()
+            try:
+                await new.ensure_rules()
+                rules_ok = True
+            except (BreakoutError, OSError) as err:
+                rules_ok = False  # the next install tries again
+                self._swap_failed(f"no ip rule for table {cfg.table} yet", err)
+            # What the old table held when verified, and whatever was installed since.
+            stale = {f"{r.dst}/{r.dst_len}": r for r in swap.old_owned}
+            for family, address, length in [
+                *((h.family, h.address, HOST_LEN[h.family]) for h in self.holds.values()),
+                *((c.family, c.cidr.split("/")[0], c.length) for c in self.cidrs.values()),
+            ]:
+                stale.setdefault(
+                    f"{address}/{length}",
+                    Route(family, address, length, self.cfg.table, self.cfg.route_protocol, 0,
+                          RTN_UNICAST, None, None),
+                )  # fmt: skip
+            self._io.count_errors("remove the old table's routes")(
+                await self._io.delete_table_routes(list(stale.values()))
+            )
+            try:
+                await old.remove_rules()
+            except (BreakoutError, OSError) as err:
+                self._swap_failed(f"the ip rules for table {self.cfg.table} stay", err)
         if sets_changed:
             self._io.delete_entries(self.holds.values(), now)
         old.close()
+        was = dict(self._ready)
         self._kernel = self._io.kernel = new
         self.cfg = cfg
-        self._io.rules_ok = True
-        self._foreign = {
-            r.dst
-            for r in await new.dump_routes()
-            if r.protocol != cfg.route_protocol and r.dst_len == HOST_LEN[r.family]
-        }
+        self._io.rules_ok = rules_ok
+        self._foreign = swap.foreign
+        self._skip_cache.clear()
         self._reassess(initial=True)
+        for family in (4, 6):
+            if was[family] and not self._ready[family] and not moved:
+                # The same table still holds the family's routes and nothing else would ever
+                # remove them (a hold not installed is not removed from the kernel).
+                self._withdraw(family)
         for h in self.holds.values():
             h.installed = False
             h.set_expires = 0.0
@@ -756,6 +849,10 @@ class Breakout:
                 self._io.enqueue(h)
         for c in self.cidrs.values():
             c.installed = False
+
+    def _swap_failed(self, consequence: str, err: Exception) -> None:
+        self.counters["netlink_errors"] += 1
+        log.error("breakout reconfigure: %s; %s", err, consequence)
 
     # -- state file -------------------------------------------------------------------------
 

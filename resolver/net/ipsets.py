@@ -82,21 +82,23 @@ def delete_ok(code: int) -> bool:
     return code in (0, IPSET_ERR_EXIST, errno.ENOENT)
 
 
-async def ensure_ipset(
-    name: str, family: int, default_timeout: int, maxelem: int, create: bool = True
-) -> int | None:
-    """Create hash:ip set `name` with timeout support unless it exists; return the protocol
-    (None when it is missing and `create` is false).
+async def inspect_ipset(name: str, family: int) -> int | None:
+    """The netlink protocol to use for existing set `name`, or None when there is no such set.
 
-    An existing set is used as it is (never flushed, never recreated), but it must be a hash:ip
-    set of the right family created with `timeout`, else entries with timeouts cannot go in.
+    Changes nothing. An existing set is used as it is (never flushed, never recreated), but it
+    must be a hash:ip set of the right family created with `timeout`, else entries with
+    timeouts cannot go in: BreakoutError.
     """
-    return await in_side_loop(lambda: _ensure_ipset(name, family, default_timeout, maxelem, create))
+    return await in_side_loop(lambda: _inspect_ipset(name, family))
 
 
-async def _ensure_ipset(
-    name: str, family: int, default_timeout: int, maxelem: int, create: bool
-) -> int | None:
+async def create_ipset(name: str, family: int, default_timeout: int, maxelem: int) -> int:
+    """Create hash:ip set `name` with timeout support (a set created meanwhile with the same
+    type is fine); return the protocol. BreakoutError when the kernel refuses."""
+    return await in_side_loop(lambda: _create_ipset(name, family, default_timeout, maxelem))
+
+
+async def _inspect_ipset(name: str, family: int) -> int | None:
     async with AsyncIPSet() as ips:
         protocol = int(ips._proto_version or IPSET_PROTOCOL)
         try:
@@ -106,22 +108,7 @@ async def _ensure_ipset(
                 raise
             msgs = []
         if not msgs:
-            if not create:
-                return None
-            try:
-                await ips.create(
-                    name, stype="hash:ip", family=AF[family], timeout=default_timeout,
-                    maxelem=maxelem, exclusive=False,
-                )  # fmt: skip
-            except NetlinkError as err:
-                raise BreakoutError(f"cannot create ipset {name}: {err}") from err
-            log.info(
-                "created ipset %s (hash:ip, inet%s, timeout %d)",
-                name,
-                "6" if family == 6 else "",
-                default_timeout,
-            )
-            return protocol
+            return None
         head = msgs[0]
         kind = head.get_attr("IPSET_ATTR_TYPENAME")
         fam = head.get_attr("IPSET_ATTR_FAMILY")
@@ -135,5 +122,25 @@ async def _ensure_ipset(
                 "destroy it or name another set in breakout.ipset"
                 f"{family}"
             )
-        log.info("using existing ipset %s", name)
+        return protocol
+
+
+async def _create_ipset(name: str, family: int, default_timeout: int, maxelem: int) -> int:
+    async with AsyncIPSet() as ips:
+        protocol = int(ips._proto_version or IPSET_PROTOCOL)
+        try:
+            await ips.create(
+                name, stype="hash:ip", family=AF[family], timeout=default_timeout,
+                maxelem=maxelem, exclusive=False,
+            )  # fmt: skip
+        except NetlinkError as err:
+            if err.code == errno.EPERM:
+                raise
+            raise BreakoutError(f"cannot create ipset {name}: {err}") from err
+        log.info(
+            "created ipset %s (hash:ip, inet%s, timeout %d)",
+            name,
+            "6" if family == 6 else "",
+            default_timeout,
+        )
         return protocol

@@ -81,6 +81,8 @@ class KernelLike(Protocol):
     @property
     def has_sets(self) -> bool: ...
     async def start(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    async def check(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    async def create_sets(self) -> None: ...
     def close(self) -> None: ...
     def set_link(self, oif: int | None) -> None: ...
     def add_routes(self, items: Sequence[RouteItem], settled: Settled) -> None: ...
@@ -102,52 +104,86 @@ class Kernel:
         self.encoder = RouteEncoder(cfg.table, cfg.route_protocol, None, cfg.gateway4, cfg.gateway6)
         self.ipset: dict[int, ipsets.IpsetEncoder] = {}
         self.nftset: dict[int, nftsets.NftSetEncoder] = {}
+        self._missing: list[tuple[int, str]] = []  # ipsets to create: (family, name)
 
     @property
     def has_sets(self) -> bool:
         return bool(self.ipset or self.nftset)
 
     async def start(self, loop: asyncio.AbstractEventLoop, create: bool = True) -> None:
-        """Open the sockets, create missing ipsets, check nftables sets. Raises BreakoutError.
+        """Check everything, then create the missing ipsets. Raises BreakoutError.
 
-        With `create` false (cleanup), missing sets are left alone instead.
+        With `create` false (cleanup), missing sets and unusable nftables sets are left alone.
         """
+        await self.check(loop, strict=create)
+        if create:
+            await self.create_sets()
+
+    async def check(self, loop: asyncio.AbstractEventLoop, strict: bool = True) -> None:
+        """Open the sockets and check every set, changing nothing (`create_sets` then creates
+        the missing ipsets). Raises BreakoutError for a set that cannot be used; with `strict`
+        false, a missing or unusable nftables set is logged and left out instead."""
         if not has_net_admin():
             raise needs_net_admin("install routes, rules and set entries")
-        cfg = self.cfg
-        self.rtnl = netlink.Channel(netlink.NETLINK_ROUTE, strict=True)
-        self.rtnl.attach(loop)
-        sets: list[tuple[int, str | None, NftSet | None]] = [
-            (4, cfg.ipset4, cfg.nftset4),
-            (6, cfg.ipset6, cfg.nftset6),
-        ]
-        if any(name or nft for _, name, nft in sets):
-            self.nfnl = netlink.Channel(netlink.NETLINK_NETFILTER)
-            self.nfnl.attach(loop)
-        default_timeout = cfg.min_hold + cfg.grace or 1
+        sets = self._sets()
+        self._missing = []
+        try:
+            if self.rtnl is None:
+                self.rtnl = netlink.Channel(netlink.NETLINK_ROUTE, strict=True)
+                self.rtnl.attach(loop)
+            if self.nfnl is None and any(name or nft for _, name, nft in sets):
+                self.nfnl = netlink.Channel(netlink.NETLINK_NETFILTER)
+                self.nfnl.attach(loop)
+        except PermissionError as err:
+            raise needs_net_admin("open netlink sockets") from err
+        except OSError as err:
+            raise BreakoutError(f"cannot open a netlink socket: {err}") from err
         for family, name, nft in sets:
             try:
                 if name:
-                    proto = await ipsets.ensure_ipset(
-                        name, family, default_timeout, max(65536, cfg.max_entries), create
-                    )
-                    if proto is not None:
+                    proto = await ipsets.inspect_ipset(name, family)
+                    if proto is None:
+                        if strict:
+                            self._missing.append((family, name))
+                    else:
+                        log.info("using existing ipset %s", name)
                         self.ipset[family] = ipsets.IpsetEncoder(name, family, proto)
                 if nft is not None and self.nfnl is not None:
                     try:
                         await nftsets.check_nftset(self.nfnl, nft, family)
                     except BreakoutError as err:
-                        if create:
+                        if strict:
                             raise
                         log.info("leaving nftables set alone: %s", err)
                         continue
                     self.nftset[family] = nftsets.NftSetEncoder(nft, family)
-            except PermissionError as err:
-                raise needs_net_admin("use ipsets and nftables sets") from err
-            except NetlinkError as err:
-                if err.code == errno.EPERM:
-                    raise needs_net_admin("use ipsets and nftables sets") from err
-                raise BreakoutError(f"breakout sets: {err}") from err
+            except (OSError, NetlinkError) as err:
+                raise _set_error(err, "use ipsets and nftables sets") from err
+
+    async def create_sets(self) -> None:
+        """Create the ipsets `check` found missing. Raises BreakoutError (after trying all)."""
+        cfg = self.cfg
+        default_timeout = cfg.min_hold + cfg.grace or 1
+        missing, self._missing = self._missing, []
+        failed: list[str] = []
+        for family, name in missing:
+            try:
+                proto = await ipsets.create_ipset(
+                    name, family, default_timeout, max(65536, cfg.max_entries)
+                )
+            except BreakoutError as err:
+                failed.append(str(err))
+                continue
+            except (OSError, NetlinkError) as err:
+                failed.append(str(_set_error(err, "create ipsets")))
+                continue
+            self.ipset[family] = ipsets.IpsetEncoder(name, family, proto)
+        if failed:
+            raise BreakoutError("; ".join(failed))
+
+    def _sets(self) -> list[tuple[int, str | None, NftSet | None]]:
+        cfg = self.cfg
+        return [(4, cfg.ipset4, cfg.nftset4), (6, cfg.ipset6, cfg.nftset6)]
 
     def close(self) -> None:
         for ch in (self.rtnl, self.nfnl):
@@ -195,7 +231,12 @@ class Kernel:
 
     async def remove_rules(self) -> int:
         cfg = self.cfg
-        return await routes.remove_rules(cfg.table, cfg.rule_priority, cfg.route_protocol)
+        try:
+            return await routes.remove_rules(cfg.table, cfg.rule_priority, cfg.route_protocol)
+        except NetlinkError as err:
+            if err.code == errno.EPERM:
+                raise needs_net_admin("remove ip rules") from err
+            raise BreakoutError(f"cannot remove the ip rules for table {cfg.table}: {err}") from err
 
     # -- set entries ------------------------------------------------------------------------
 
@@ -246,6 +287,14 @@ class Kernel:
                     self.nfnl.submit(msgs, _spread(done, len(index)), atomic=True)
                 else:
                     self.nfnl.submit(msgs, done if add else _ipset_errors(done))
+
+
+def _set_error(err: OSError | NetlinkError, what: str) -> BreakoutError:
+    """A BreakoutError for a failure to inspect or create a set (EPERM: the capability)."""
+    code = err.code if isinstance(err, NetlinkError) else err.errno
+    if isinstance(err, PermissionError) or code == errno.EPERM:
+        return needs_net_admin(what)
+    return BreakoutError(f"breakout sets: {err}")
 
 
 def _spread(done: Settled, count: int) -> Settled:

@@ -1,7 +1,9 @@
 """The router's links, addresses and device routes, read at start and kept current from netlink.
 
 Two uses: whether the breakout interface can carry routes (up, running, with an address of the
-family), and which networks the router is connected to (never routed, see neverroute).
+family), and which networks the router is connected to (never routed, see neverroute): the
+prefixes of its addresses, and the main table's device routes that stand for an attached
+network rather than for a way out (see `attached_network`).
 `Monitor` listens to the link, address and route multicast groups and hands decoded events to a
 callback; route events are decoded with struct because resolverd's own route changes echo back
 through the same groups, thousands per second when a batch goes in.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from resolver.net import netlink, routes
 from resolver.net.netlink import NLM_F_DUMP, NLM_F_REQUEST, Buffer
-from resolver.net.routes import RT_SCOPE_LINK, RT_TABLE_MAIN, RTN_UNICAST, Route
+from resolver.net.routes import RT_SCOPE_LINK, RT_TABLE_MAIN, RTN_UNICAST, RTPROT_KERNEL, Route
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ GROUPS = (
     RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
 )
 
+# Device routes shorter than this are ways out, not attached networks (see attached_network).
+MIN_ATTACHED_LEN = {4: 8, 6: 16}
+
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 
@@ -53,6 +58,7 @@ class Link:
     index: int
     name: str
     up: bool  # administratively up and running (carrier)
+    admin_up: bool = True  # IFF_UP alone: down, the kernel flushes its IPv4 routes silently
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +74,8 @@ def parse_link(body: Buffer, start: int, end: int) -> Link:
     _fam, _type, index, flags, _change = IFINFOMSG.unpack_from(body, start)
     attrs = netlink.parse_attrs(body, start + IFINFOMSG.size, end)
     name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
-    return Link(index, name, bool(flags & IFF_UP) and bool(flags & IFF_RUNNING))
+    admin_up = bool(flags & IFF_UP)
+    return Link(index, name, admin_up and bool(flags & IFF_RUNNING), admin_up)
 
 
 def parse_addr(body: Buffer, start: int, end: int) -> list[Addr]:
@@ -92,6 +99,32 @@ def parse_addr(body: Buffer, start: int, end: int) -> list[Addr]:
     return out
 
 
+def attached_network(route: Route) -> bool:
+    """Whether a route stands for a network the router is attached to (so never routed).
+
+    Counted: main-table unicast routes without a gateway (IPv4: scope link) that the kernel
+    made for an address (proto kernel), and other such device routes of at least /8 (IPv4) or
+    /16 (IPv6): a LAN or link network behind a device route.
+
+    Not counted: shorter device routes. They are ways out, not networks: a full tunnel puts
+    `0.0.0.0/1` and `128.0.0.0/1` (`::/1`, `8000::/1`) on its link to override the default
+    route, VPN clients route "everything but the private ranges" as /2../7 pieces and IPv6 as
+    `2000::/3`. Counted, they would cover every address and turn the breakout off. No network
+    a router is attached to is bigger than a /8 (10.0.0.0/8, private and never routed anyway),
+    and IPv6 links are /64 (a whole site /48../56), so the limits leave a wide margin. Longer
+    device routes on a tunnel (the head office's own networks) do count: Microsoft 365 does not
+    live there, so leaving them alone costs nothing. The breakout link's own device routes
+    (the ISP's network) count like any other.
+    """
+    if route.table != RT_TABLE_MAIN or route.type != RTN_UNICAST or route.gateway is not None:
+        return False
+    if route.family == 4 and route.scope != RT_SCOPE_LINK:
+        return False
+    if route.dst_len == 0 or route.oif is None:
+        return False
+    return route.protocol == RTPROT_KERNEL or route.dst_len >= MIN_ATTACHED_LEN[route.family]
+
+
 class NetView:
     """Links, addresses and main-table device routes: what the router is connected to."""
 
@@ -103,6 +136,13 @@ class NetView:
     def apply_link(self, new: bool, link: Link) -> None:
         if new:
             self.links[link.index] = link
+            if not link.admin_up:
+                # Taking a link down makes the kernel delete its IPv4 routes without a single
+                # RTM_DELROUTE (IPv6 reports its deletions): forget them here, or a tunnel that
+                # was shut down would still count as connected networks.
+                self.device_routes = {
+                    r for r in self.device_routes if not (r[2] == link.index and r[0] == 4)
+                }
         else:
             self.links.pop(link.index, None)
             self.addrs = {a for a in self.addrs if a.index != link.index}
@@ -116,13 +156,10 @@ class NetView:
                 self.addrs.discard(a)
 
     def apply_route(self, new: bool, route: Route) -> bool:
-        """Track main-table device routes (scope link, no gateway); True if it was one."""
-        if route.table != RT_TABLE_MAIN or route.type != RTN_UNICAST or route.gateway is not None:
+        """Track main-table device routes that are attached networks; True if it was one."""
+        if not attached_network(route):
             return False
-        if route.family == 4 and route.scope != RT_SCOPE_LINK:
-            return False
-        if route.dst_len == 0 or route.oif is None:
-            return False
+        assert route.oif is not None
         key = (route.family, f"{route.dst}/{route.dst_len}", route.oif)
         if new:
             self.device_routes.add(key)

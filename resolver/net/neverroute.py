@@ -75,9 +75,16 @@ class NeverRoute:
         return None
 
     def reason_cidr(self, cidr: str) -> str | None:
+        return self.connected_reason_cidr(cidr) or self.static_reason_cidr(cidr)
+
+    def connected_reason_cidr(self, cidr: str) -> str | None:
+        """Why `cidr` must not be routed while the connected networks are what they are."""
         hit = self.connected.overlapping(cidr)
         if hit is not None:
             return f"overlaps connected network {hit[0]} on {hit[1]}"
+        return None
+
+    def static_reason_cidr(self, cidr: str) -> str | None:
         hit = self.static.overlapping(cidr)
         if hit is not None:
             return f"overlaps never_route {hit[0]}"

@@ -2,14 +2,15 @@
 
 They come from the policy, not from DNS: installed at start and on reload, counted as
 `cidr_routes`, removed by flush, put back by the next reload or restart. A prefix that overlaps
-a never-routed or connected network is left out (and logged).
+a never-routed network is left out (and logged); one that overlaps a connected network is held
+back while it does, and routed again when that network goes away (breakout.Breakout).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from policy.model import Policy
 from resolver.net.neverroute import NeverRoute
@@ -27,22 +28,36 @@ class CidrRoute:
     installed: bool = False
 
 
-def desired_prefixes(policy: Policy, never: NeverRoute) -> tuple[dict[str, CidrRoute], int]:
-    """The policy's prefixes that may be routed, by cidr, and how many were left out."""
-    out: dict[str, CidrRoute] = {}
-    skipped = 0
+@dataclass
+class DesiredPrefixes:
+    routable: dict[str, CidrRoute] = field(default_factory=dict)  # by cidr
+    held_back: dict[str, CidrRoute] = field(default_factory=dict)  # overlap a connected network
+    skipped: int = 0  # left out: not a network, never_route, or held back
+
+
+def desired_prefixes(policy: Policy, never: NeverRoute) -> DesiredPrefixes:
+    """The policy's prefixes that may be routed, those a connected network holds back, and
+    how many were left out."""
+    out = DesiredPrefixes()
     for text in policy.cidrs:
         try:
             cidr = str(ipaddress.ip_network(text, strict=False))
         except ValueError:
             log.warning("policy prefix %r is not a network; skipped", text)
-            skipped += 1
+            out.skipped += 1
             continue
-        reason = never.reason_cidr(cidr)
+        reason = never.static_reason_cidr(cidr)
         if reason is not None:
             log.warning("not routing policy prefix %s: %s", cidr, reason)
-            skipped += 1
+            out.skipped += 1
             continue
         family, packed, length = split_cidr(cidr)
-        out[cidr] = CidrRoute(cidr, family, packed, length)
-    return out, skipped
+        route = CidrRoute(cidr, family, packed, length)
+        reason = never.connected_reason_cidr(cidr)
+        if reason is not None:
+            log.warning("not routing policy prefix %s while it %s", cidr, reason)
+            out.skipped += 1
+            out.held_back[cidr] = route
+            continue
+        out.routable[cidr] = route
+    return out

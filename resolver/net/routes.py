@@ -47,6 +47,7 @@ RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 RTN_UNICAST = 1
+RTPROT_KERNEL = 2  # routes the kernel adds for an address's prefix
 RT_TABLE_MAIN = 254
 
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}

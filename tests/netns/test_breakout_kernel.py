@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.netns.conftest import Router, breakout_cfg
+from tests.netns.driver import DriverError
 from tests.netns.lab import (
     BREAKOUT_GW4,
     CLIENT4,
@@ -22,6 +23,9 @@ from tests.netns.lab import (
     ROUTER_WAN4,
     SERVICE4,
     SERVICE6,
+    TUN_IF,
+    TUNNEL_GW4,
+    TUNNEL_GW6,
     WAN_IF,
 )
 from tests.netns.scenario import PRIORITY, PROTOCOL, TABLE
@@ -319,3 +323,116 @@ def test_without_a_gateway_the_routes_are_device_routes(router: Router) -> None:
     assert f"{SERVICE4[16]} dev {WAN_IF} proto {PROTOCOL} scope link" in "\n".join(router.table(4))
     assert lab.connect(SERVICE4[16]) == "breakout"  # on-link: the breakout server answers ARP
     d.call("stop")
+
+
+SPLIT_DEFAULT = (("-4", "0.0.0.0/1"), ("-4", "128.0.0.0/1"), ("-6", "::/1"), ("-6", "8000::/1"))
+
+
+def test_a_full_tunnels_split_default_route_does_not_stop_the_breakout(router: Router) -> None:
+    lab, r = router.lab, router.lab.router
+    a4, a6, b4, b6 = SERVICE4[18], SERVICE6[18], SERVICE4[19], SERVICE6[19]
+
+    def split_default(op: str) -> None:
+        for fam, cidr in SPLIT_DEFAULT:
+            lab.ip(r, fam, "route", op, cidr, "dev", TUN_IF, check=op == "add")
+
+    split_default("add")  # the tunnel's way of overriding the default route
+    try:
+        d = router.start()
+        s = d.call("status")
+        assert s["cidr_routes"] == 5
+        assert not {"0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"} & set(s["connected_networks"])
+        assert d.call("answer", name=M365, addresses=[a4, a6], ttl=60)["waited"] is True
+        assert a4 in router.hosts(4) and a6 in router.hosts(6)
+        assert lab.connect(a4) == "breakout" and lab.connect(a6) == "breakout"
+        # The tunnel going down and coming back up (its routes with it) changes nothing either.
+        split_default("del")
+        split_default("add")
+        time.sleep(0.5)  # the events are in
+        assert a4 in router.hosts(4) and a6 in router.hosts(6)
+        assert d.call("status")["cidr_routes"] == 5 and len(d.call("routes")) == 2
+        assert d.call("answer", name=M365, addresses=[b4, b6], ttl=60)["waited"] is True
+        assert lab.connect(b4) == "breakout" and lab.connect(b6) == "breakout"
+        d.call("stop")
+    finally:
+        split_default("del")
+
+
+def test_a_tunnel_route_over_a_policy_prefix_holds_it_back_only_while_it_is_there(
+    router: Router,
+) -> None:
+    lab, r = router.lab, router.lab.router
+    inside, outside, prefix = "203.0.113.49", SERVICE4[20], SERVICE4[40]  # 203.0.113.50/32
+    lab.ip(r, "route", "add", "203.0.113.48/29", "dev", TUN_IF)
+    try:
+        d = router.start(policy=OTHER_POLICY)
+        assert d.call("status")["cidr_routes"] == 0 and prefix not in router.hosts(4)
+        res = d.call("answer", name="x.office.com", addresses=[inside, outside], ttl=600)
+        assert res["waited"] is True and router.hosts(4) == {outside}
+        # The route goes: the prefix comes back without a reload.
+        lab.ip(r, "route", "del", "203.0.113.48/29", "dev", TUN_IF)
+        assert wait_for(lambda: prefix in router.hosts(4))
+        assert d.call("answer", name="x.office.com", addresses=[inside], ttl=600)["waited"]
+        assert router.hosts(4) == {outside, inside, prefix}
+        # It comes back: only what lies inside it goes.
+        lab.ip(r, "route", "add", "203.0.113.48/29", "dev", TUN_IF)
+        assert wait_for(lambda: router.hosts(4) == {outside})
+        assert [x["address"] for x in d.call("routes")] == [outside]
+        # The tunnel is shut down: the kernel drops its IPv4 routes without telling anyone.
+        lab.ip(r, "link", "set", TUN_IF, "down")
+        assert wait_for(lambda: prefix in router.hosts(4))
+        assert d.call("status")["cidr_routes"] == 1 and d.call("status")["errors"] == 0
+        d.call("stop")
+    finally:
+        lab.ip(r, "link", "set", TUN_IF, "up")
+        lab.ip(r, "route", "del", "203.0.113.48/29", "dev", TUN_IF, check=False)
+        lab.ip(r, "route", "replace", "default", "via", TUNNEL_GW4)
+        lab.ip(r, "-6", "route", "replace", "default", "via", TUNNEL_GW6)
+        lab.server_routes(lab.tunnel)
+        lab.warm()
+    assert lab.connect(SERVICE4[21]) == "tunnel" and lab.connect(SERVICE6[21]) == "tunnel"
+
+
+def test_a_reload_onto_a_link_that_is_not_there_leaves_no_route_behind(router: Router) -> None:
+    a4, a6 = SERVICE4[22], SERVICE6[22]
+    d = router.start(min_hold=1, grace=0, sweep_interval=0.2)
+    d.call("answer", name=M365, addresses=[a4, a6], ttl=1)
+    assert a4 in router.hosts(4) and a6 in router.hosts(6)
+    s = d.call("reconfigure", breakout=breakout_cfg(interface="nosuch0", min_hold=1, grace=0))
+    assert s["link_up"] is False
+    assert router.table(4) == [] and router.table(6) == []  # withdrawn, prefixes too
+    assert wait_for(lambda: d.call("routes") == [])  # the holds lapse
+    assert router.table(4) == [] and router.table(6) == []
+    assert router.lab.connect(a4) == "tunnel"
+    # Back on wan0: the policy's prefixes return.
+    d.call("reconfigure", breakout=breakout_cfg(min_hold=1, grace=0))
+    assert d.call("status")["cidr_routes"] == 5 and len(router.table(4)) == 5
+    d.call("stop")
+
+
+def test_a_failed_reload_changes_nothing_and_a_good_one_creates_its_set(router: Router) -> None:
+    lab, r = router.lab, router.lab.router
+    a4 = SERVICE4[23]
+    d = router.start()
+    d.call("answer", name=M365, addresses=[a4], ttl=60)
+    try:
+        bad = breakout_cfg(ipset4="rv-new-v4", nftset4="inet filter nosuch", table=366)
+        with pytest.raises(DriverError, match="does not exist"):
+            d.call("reconfigure", breakout=bad, policy=None)
+        sets = lab.run(r, "ipset", "list", "-n").stdout.split()
+        assert "rv-new-v4" not in sets and "m365-v4" in sets
+        assert lab.table(366) == [] and router.rules(4) and a4 in router.hosts(4)
+        assert not any("lookup 366" in ln for ln in lab.ip(r, "rule").splitlines())
+        s = d.call("status")
+        assert s["table"] == TABLE and s["routes_v4"] == 1 and s["errors"] == 0
+        assert d.call("answer", name=M365, addresses=[SERVICE4[24]], ttl=60)["waited"] is True
+        assert SERVICE4[24] in router.ipset("m365-v4")
+        # The same new set without the missing nftables set: created once the reload is on.
+        d.call("reconfigure", breakout=breakout_cfg(ipset4="rv-new-v4"), policy=None)
+        assert "rv-new-v4" in lab.run(r, "ipset", "list", "-n").stdout.split()
+        assert a4 in router.ipset("rv-new-v4") and a4 not in router.ipset("m365-v4")
+        assert d.call("status")["errors"] == 0
+        d.call("stop")
+    finally:
+        lab.run(r, "ipset", "destroy", "rv-new-v4", check=False)
+        lab.ip(r, "route", "flush", "table", "366", check=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from policy.matcher import Matcher
@@ -29,7 +29,7 @@ RULES = (
 )
 POLICY = Policy(rules=RULES)
 MATCHER = Matcher(RULES)
-WAN, LAN = 2, 3
+WAN, LAN, TUN = 2, 3, 4
 
 
 class Clock:
@@ -55,16 +55,30 @@ class FakeKernel:
         self.extra_routes: list[Route] = []
         self.oif: int | None = None
         self.started = False
+        self.check_error: Exception | None = None  # check() raises it
+        self.dump_error: Exception | None = None  # dump_routes() raises it
+        self.rules_error: Exception | None = None  # ensure_rules() and remove_rules() raise it
+        self.sets_created = 0
+        self.closed = False
 
     @property
     def has_sets(self) -> bool:
         return self._has_sets
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        await self.check(loop)
+        await self.create_sets()
+
+    async def check(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.check_error is not None:
+            raise self.check_error
         self.started = True
 
+    async def create_sets(self) -> None:
+        self.sets_created += 1
+
     def close(self) -> None:
-        pass
+        self.closed = True
 
     def set_link(self, oif: int | None) -> None:
         self.oif = oif
@@ -110,6 +124,8 @@ class FakeKernel:
         self._settle(settled, [0] * len(items))
 
     async def dump_routes(self) -> list[Route]:
+        if self.dump_error is not None:
+            raise self.dump_error
         out = list(self.extra_routes)
         for fam, packed, plen in self.routes:
             out.append(
@@ -119,10 +135,14 @@ class FakeKernel:
         return out
 
     async def ensure_rules(self) -> int:
+        if self.rules_error is not None:
+            raise self.rules_error
         self.rules = 1
         return 1
 
     async def remove_rules(self) -> int:
+        if self.rules_error is not None:
+            raise self.rules_error
         n, self.rules = self.rules, 0
         return n
 
@@ -139,6 +159,7 @@ def make_view(wan_up: bool = True) -> NetView:
     view.apply_link(True, Link(1, "lo", True))
     view.apply_link(True, Link(WAN, "wan0", wan_up))
     view.apply_link(True, Link(LAN, "lan0", True))
+    view.apply_link(True, Link(TUN, "tun0", True))  # the tunnel: no address needed here
     view.apply_addr(
         True,
         [
@@ -171,3 +192,21 @@ def tagged(name: str, *addresses: str, qname: str | None = None) -> Tagged:
     match = MATCHER.match(name)
     assert match is not None, name
     return Tagged(qname or name, name, match, addresses)
+
+
+def run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(body())  # type: ignore[arg-type]
+
+
+async def answer(b: Any, t: Tagged, ttl: int) -> None:
+    wait = b.on_answer(t, ttl)
+    if wait is not None:
+        await wait
+
+
+def device_route(cidr: str, oif: int, proto: int = 3) -> Route:
+    """A main-table route without a gateway (`ip route add CIDR dev IF`; proto 3 is boot)."""
+    dst, _, plen = cidr.partition("/")
+    fam = 6 if ":" in dst else 4
+    scope = 253 if fam == 4 else 0  # link for IPv4; IPv6 routes are always universe
+    return Route(fam, dst, int(plen), 254, proto, scope, 1, oif, None)

@@ -5,25 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from resolver.dns.hook import Tagged
 from resolver.net.breakout import Breakout
 from resolver.net.holds import Hold
 from resolver.net.links import KIND_ADDR, KIND_LINK, KIND_ROUTE, Addr, Link
 from resolver.net.routes import Route
 from tests.unit.breakout_fakes import (
+    LAN,
     MATCHER,
     POLICY,
     RULES,
+    TUN,
     WAN,
     Clock,
     FakeKernel,
+    answer,
+    device_route,
     make_cfg,
     make_view,
+    run,
     tagged,
 )
 
@@ -33,16 +36,6 @@ CONTRACT = {
     "interface", "link_up", "table", "routes_v4", "routes_v6", "cidr_routes", "ipset_v4",
     "ipset_v6", "errors",
 }  # fmt: skip
-
-
-def run(body: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(body())  # type: ignore[arg-type]
-
-
-async def answer(b: Breakout, t: Tagged, ttl: int) -> None:
-    wait = b.on_answer(t, ttl)
-    if wait is not None:
-        await wait
 
 
 async def started(
@@ -338,6 +331,80 @@ def test_a_network_that_becomes_connected_is_no_longer_routed(tmp_path: Any) -> 
         await asyncio.sleep(0)
         assert b.holds == {} and not k.has_route("198.51.100.77")
         assert b.on_answer(tagged("x.office.com", "198.51.100.77"), 60) is None
+        await b.stop()
+
+    run(body)
+
+
+def test_a_full_tunnel_coming_up_does_not_stop_the_breakout(tmp_path: Any) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
+        for cidr in ("0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"):
+            b._on_event(KIND_ROUTE, True, device_route(cidr, TUN))
+        await asyncio.sleep(0)
+        assert len(b.holds) == 2 and k.has_route("203.0.113.1") and k.has_route("2001:db8:365::1")
+        assert b.status()["cidr_routes"] == 2 and k.ops("del_routes") == []
+        assert "0.0.0.0/1" not in b.status()["connected_networks"]
+        await answer(b, tagged("y.office.com", "203.0.113.2", "2001:db8:365::2"), 60)
+        assert k.has_route("203.0.113.2") and k.has_route("2001:db8:365::2")
+        await b.stop()
+
+    run(body)
+
+
+def test_a_connected_network_takes_only_what_is_inside_and_gives_prefixes_back(
+    tmp_path: Any,
+) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path)
+        row14 = (4, socket.inet_pton(socket.AF_INET, "13.67.59.89"), 32)
+        await answer(b, tagged("x.office.com", "203.0.113.1", "198.51.100.77", "13.67.59.5"), 60)
+        # A LAN appears behind a device route: only what lies inside it goes.
+        b._on_event(KIND_ROUTE, True, device_route("198.51.100.0/24", TUN))
+        await asyncio.sleep(0)
+        assert sorted(b.holds) == ["13.67.59.5", "203.0.113.1"]
+        assert not k.has_route("198.51.100.77") and k.has_route("203.0.113.1")
+        assert b.status()["cidr_routes"] == 2
+        # One over a policy prefix: the prefix is held back (and the host inside it goes)...
+        b._on_event(KIND_ROUTE, True, device_route("13.67.59.0/24", TUN))
+        await asyncio.sleep(0)
+        assert row14 not in k.routes and b.status()["cidr_routes"] == 1
+        assert sorted(b.holds) == ["203.0.113.1"]
+        # ...and comes back when the network goes, without a reload.
+        b._on_event(KIND_ROUTE, False, device_route("13.67.59.0/24", TUN))
+        await asyncio.sleep(0)
+        assert k.routes.get(row14) and b.status()["cidr_routes"] == 2
+        # Taking the tunnel down deletes its IPv4 routes silently: the prefix comes back too.
+        b._on_event(KIND_ROUTE, True, device_route("13.67.59.0/24", TUN))
+        await asyncio.sleep(0)
+        assert row14 not in k.routes
+        b._on_event(KIND_LINK, True, Link(TUN, "tun0", False, admin_up=False))
+        await asyncio.sleep(0)
+        assert k.routes.get(row14) and b.status()["cidr_routes"] == 2
+        assert "198.51.100.0/24" not in b.status()["connected_networks"]
+        # After a flush the prefixes wait for a reload, whatever the networks do.
+        b._on_event(KIND_ROUTE, True, device_route("13.67.59.0/24", LAN))
+        await asyncio.sleep(0)
+        await b.flush()
+        b._on_event(KIND_ROUTE, False, device_route("13.67.59.0/24", LAN))
+        await asyncio.sleep(0)
+        assert k.routes == {} and b.status()["cidr_routes"] == 0
+        await b.stop()
+
+    run(body)
+
+
+def test_a_held_back_prefix_comes_back_in_dry_run_too(tmp_path: Any) -> None:
+    async def body() -> None:
+        view = make_view()
+        view.apply_route(True, device_route("13.67.59.0/24", LAN))
+        b = Breakout(make_cfg(mode="dry-run"), str(tmp_path), MATCHER, POLICY, view=view)
+        await b.start()
+        assert b.status()["cidr_routes"] == 1
+        b._on_event(KIND_ROUTE, False, device_route("13.67.59.0/24", LAN))
+        await asyncio.sleep(0)
+        assert b.status()["cidr_routes"] == 2
         await b.stop()
 
     run(body)

@@ -10,10 +10,10 @@ import pytest
 from resolver.config import DEFAULT_NEVER_ROUTE
 from resolver.net import netlink
 from resolver.net.ipsets import IpsetEncoder
-from resolver.net.links import Link, NetView, parse_addr
+from resolver.net.links import Link, NetView, parse_addr, parse_link
 from resolver.net.neverroute import NeverRoute, PrefixIndex
 from resolver.net.routes import RTM_DELROUTE, RTM_NEWROUTE, Route, RouteEncoder, parse_route
-from tests.unit.breakout_fakes import make_view
+from tests.unit.breakout_fakes import LAN, TUN, WAN, device_route, make_view
 
 pytestmark = pytest.mark.unit
 
@@ -114,3 +114,65 @@ def test_ipset_add_carries_net_order_address_and_timeout() -> None:
     data = netlink.parse_attrs(top[7])
     assert struct.unpack(">I", data[6])[0] == 1  # a zero hold would mean "forever": at least 1 s
     assert netlink.parse_attrs(data[1])[1] == bytes([203, 0, 113, 1])
+
+
+SPLIT_DEFAULT = ("0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1")
+
+
+def test_a_full_tunnels_split_default_is_not_a_connected_network() -> None:
+    view = make_view()
+    before = view.connected()
+    # wg-quick/OpenVPN "def1" style full tunnel, and "everything but the private ranges".
+    for cidr in (*SPLIT_DEFAULT, "64.0.0.0/2", "12.0.0.0/6", "2000::/3"):
+        assert not view.apply_route(True, device_route(cidr, TUN)), cidr
+    assert view.connected() == before
+    n = NeverRoute(DEFAULT_NEVER_ROUTE)
+    n.set_connected(view.connected())
+    for address in ("203.0.113.10", "13.107.6.152", "2001:db8:365::10", "2603:1036::1"):
+        assert n.reason(*packed(address)) is None, address
+    assert n.reason_cidr("13.67.59.89/32") is None
+    assert n.reason(*packed("192.0.2.130")) is not None  # the LAN still is connected
+
+
+def test_attached_networks_behind_device_routes_still_count() -> None:
+    view = make_view()
+    assert view.apply_route(True, device_route("198.51.100.0/24", TUN))
+    assert view.apply_route(True, device_route("11.0.0.0/8", TUN))  # /8: the limit
+    assert view.apply_route(True, device_route("2001:db8:a::/48", TUN))
+    assert view.apply_route(True, device_route("2001::/16", TUN))  # /16: the limit
+    # What the kernel adds for an address always counts, whatever its length.
+    assert view.apply_route(True, device_route("64.0.0.0/2", WAN, proto=2))
+    # The breakout link's own device routes too: the ISP's network is not routed via it.
+    assert view.apply_route(True, device_route("198.51.100.128/25", WAN))
+    nets = dict(view.connected())
+    assert nets["198.51.100.0/24"] == "tun0" and nets["11.0.0.0/8"] == "tun0"
+    assert nets["2001:db8:a::/48"] == "tun0" and nets["2001::/16"] == "tun0"
+    assert nets["64.0.0.0/2"] == "wan0" and nets["198.51.100.128/25"] == "wan0"
+    assert view.apply_route(False, device_route("198.51.100.0/24", TUN))
+    assert "198.51.100.0/24" not in dict(view.connected())
+
+
+def test_taking_a_link_down_forgets_its_ipv4_device_routes() -> None:
+    # The kernel deletes them without an RTM_DELROUTE; IPv6 deletions are reported.
+    view = make_view()
+    view.apply_route(True, device_route("198.51.100.0/24", TUN))
+    view.apply_route(True, device_route("2001:db8:a::/48", TUN))
+    view.apply_route(True, device_route("203.0.113.0/24", LAN))
+    view.apply_link(True, Link(TUN, "tun0", False, admin_up=True))  # carrier loss: they stay
+    assert "198.51.100.0/24" in dict(view.connected())
+    view.apply_link(True, Link(TUN, "tun0", False, admin_up=False))
+    nets = dict(view.connected())
+    assert "198.51.100.0/24" not in nets
+    assert "2001:db8:a::/48" in nets and "203.0.113.0/24" in nets
+
+
+def test_parse_link_tells_admin_state_from_carrier() -> None:
+    def link(flags: int) -> Link:
+        msg = struct.pack("=BxHiII", socket.AF_UNSPEC, 1, 4, flags, 0)
+        msg += netlink.attr(3, b"tun0\0")
+        return parse_link(msg, 0, len(msg))
+
+    up, no_carrier, down = (link(f) for f in (0x41, 0x1, 0x0))
+    assert (up.up, up.admin_up) == (True, True)
+    assert (no_carrier.up, no_carrier.admin_up) == (False, True)
+    assert (down.up, down.admin_up) == (False, False)
