@@ -71,7 +71,7 @@ def run(lab: Lab, tmp: str) -> list[str]:
         failures.append(f"before resolverd, {SERVICE4[0]} was reached via {identity}")
 
     step("Starting the upstream resolver and resolverd in the router")
-    daemon = Daemon(lab, tmp)
+    daemon = Daemon(lab, tmp, hold=(300, 30))  # the defaults a router would run with
     try:
         daemon.start()
         show(f"resolverd listens on {ROUTER_LAN4}:53 and [{ROUTER_LAN6}]:53, breakout link wan0")
@@ -85,14 +85,15 @@ def run(lab: Lab, tmp: str) -> list[str]:
             more = f" (+{len(addresses) - 1})" if len(addresses) > 1 else ""
             via = "TC, then TCP" if res["truncated"] else "UDP"
             took = res["identity"] if expected is not None else "not connected"
-            show(f"{name:28} {qtype:4} -> {first}{more:6} {via:12} first connection: {took}")
+            shown = f"{first}{more}"
+            show(f"{name:27} {qtype:4} -> {shown:24} {via:12} first connection: {took}")
             if expected is not None and res["identity"] != expected:
                 failures.append(f"{name} {qtype}: expected {expected}, got {res['identity']}")
             if expected is None and CLIENT4 in daemon.routes():
                 failures.append(f"{CLIENT4} (the client itself) was routed")
 
         step("resolverctl status")
-        show(daemon.ctl("status").stdout)
+        show(daemon.ctl("status").stdout, limit=80)
         step("resolverctl routes")
         show(daemon.ctl("routes").stdout, limit=12)
         step(f"The router's table {TABLE} (proto 245 marks resolverd's routes) and its rules")

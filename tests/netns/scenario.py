@@ -61,7 +61,8 @@ ZONE: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def config(tmp: str, policy: str = "builtin: microsoft365") -> str:
+def config(tmp: str, policy: str = "builtin: microsoft365", hold: tuple[int, int] = (2, 0)) -> str:
+    """resolverd's config for the lab; `hold` is (min_hold, grace): short for the tests."""
     return f"""
 listen: ["{ROUTER_LAN4}:53", "[{ROUTER_LAN6}]:53"]
 upstreams: ["127.0.0.1:5300"]
@@ -78,8 +79,8 @@ breakout:
   route_protocol: {PROTOCOL}
   ipset4: m365-v4
   ipset6: m365-v6
-  min_hold: 2
-  grace: 0
+  min_hold: {hold[0]}
+  grace: {hold[1]}
 policy:
   {policy}
 """
@@ -88,7 +89,7 @@ policy:
 class Daemon:
     """resolverd and the fake upstream in the router namespace."""
 
-    def __init__(self, lab: Lab, tmp: str) -> None:
+    def __init__(self, lab: Lab, tmp: str, hold: tuple[int, int] = (2, 0)) -> None:
         self.lab = lab
         self.tmp = tmp
         self.cfg = os.path.join(tmp, "resolverd.yaml")
@@ -99,7 +100,7 @@ class Daemon:
         with open(zone, "w") as fh:
             json.dump({"records": ZONE}, fh)  # JSON is YAML
         with open(self.cfg, "w") as fh:
-            fh.write(config(tmp))
+            fh.write(config(tmp, hold=hold))
         self.upstream = lab.spawn(
             lab.router, sys.executable, "-m", "tests.fakeupstream", "--listen", "127.0.0.1:5300",
             "--zone", zone, stdout=subprocess.DEVNULL,
