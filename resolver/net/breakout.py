@@ -12,25 +12,27 @@ deleted is re-installed by the next answer that hands its address out, a breakou
 goes down or loses its address has its routes withdrawn and restored when it returns, and
 networks that become connected are never routed (the policy's prefixes they held back come
 back when they go away).
+
+This class coordinates; the parts with explicit inputs live beside it: reconcile (start-up),
+swap (a reload's new kernel side), cleanup (flush's kernel half), prefixes (the policy's
+prefixes), state (the state file and when it is written), report (status and routes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from policy.model import Policy
 from resolver.config import BreakoutConfig
 from resolver.dns.hook import Tagged
-from resolver.net import netlink, reconcile, state
-from resolver.net.cleanup import cleanup
+from resolver.net import netlink, reconcile, report, state, swap
+from resolver.net.cleanup import cleanup, flush_owned
 from resolver.net.decisions import DecisionLog
 from resolver.net.errors import BreakoutError
 from resolver.net.holds import Hold
@@ -38,29 +40,19 @@ from resolver.net.installs import InstallBatch, Installs
 from resolver.net.kernel import Kernel, KernelLike
 from resolver.net.links import KIND_ADDR, KIND_LINK, KIND_ROUTE, Addr, Link, Monitor, NetView
 from resolver.net.neverroute import NeverRoute
-from resolver.net.prefixes import CidrRoute, desired_prefixes
-from resolver.net.routes import AF, HOST_LEN, RT_TABLE_MAIN, RTN_UNICAST, Route
+from resolver.net.prefixes import PolicyPrefixes
+from resolver.net.routes import AF, HOST_LEN, RT_TABLE_MAIN, Route, foreign_hosts, owned
 
 __all__ = ["Breakout", "BreakoutError", "cleanup"]
 
 log = logging.getLogger(__name__)
 
 SAVE_TICK = 0.25  # how often the saver looks
-SAVE_GAP = 1.0  # a new or removed hold is on disk within about this long
 SKIP_CACHE_MAX = 10_000
 COUNTERS = (
     "installed", "removed", "refreshed", "skipped", "netlink_errors", "ack_timeouts", "capped",
     "withdrawn", "restored", "adopted", "route_lost",
 )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class _Swap:
-    """A verified kernel side for a new config, and what was read for the move to it."""
-
-    kernel: KernelLike
-    old_owned: list[Route]  # our routes in the old table (when the table moves)
-    foreign: set[str]  # host routes in the new table that are not ours
 
 
 class MatcherLike(Protocol):
@@ -92,10 +84,8 @@ class Breakout:
         self.policy = policy
         self.mode = cfg.mode
         self.sweep_interval = sweep_interval
-        self.save_interval = save_interval
         self.holds: dict[str, Hold] = {}
-        self.cidrs: dict[str, CidrRoute] = {}
-        self._held_back: dict[str, CidrRoute] = {}  # policy prefixes inside connected networks
+        self.prefixes = PolicyPrefixes()
         self.never = NeverRoute(cfg.never_route)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.decisions = DecisionLog(wall=wall)
@@ -120,11 +110,9 @@ class Breakout:
         self._monitor: Monitor | None = None
         self._reassess_handle: asyncio.Handle | None = None
         self._resync_task: asyncio.Task[None] | None = None
+        self._saver = state.Saver(state_dir, save_interval)
         self._dirty = False  # holds extended since the last save
         self._changed = False  # holds added or removed since the last save
-        self._saved_at = time.monotonic()
-        self._save_gap = SAVE_GAP
-        self._writing: asyncio.Future[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -159,7 +147,7 @@ class Breakout:
         log.info(
             "breakout %s on %s (table %d, rule priority %d, protocol %d): %d holds, %d prefixes",
             self.mode, self.cfg.interface, self.cfg.table, self.cfg.rule_priority,
-            self.cfg.route_protocol, len(self.holds), len(self.cidrs),
+            self.cfg.route_protocol, len(self.holds), len(self.prefixes.routed),
         )  # fmt: skip
 
     async def _load_view(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -183,9 +171,7 @@ class Breakout:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._writing is not None:
-            with contextlib.suppress(OSError):  # logged by the saver
-                await self._writing
+        await self._saver.settle()
         if self.mode == "kernel":
             self._save()
         self._close()
@@ -369,16 +355,14 @@ class Breakout:
         if lapsed:
             self._remove(lapsed, "hold expired")
         if self._kernel is not None and self._active:
-            missing = [c for c in self.cidrs.values() if not c.installed and self._ready[c.family]]
+            missing = self.prefixes.missing(self._ready)
             if missing:  # a prefix someone deleted, or one the link took down
                 self._io.install_prefixes(missing)
         if self._cap_logged and len(self.holds) < self.cfg.max_entries * 0.9:
             self._cap_logged = False
         return len(lapsed)
 
-    def _remove(self, holds: list[Hold], reason: str) -> None:
-        """Forget `holds` and remove their routes and set entries from the kernel."""
-        now = self._clock()
+    def _forget(self, holds: list[Hold], reason: str) -> None:
         for h in holds:
             if self.holds.get(h.address) is h:
                 del self.holds[h.address]
@@ -387,10 +371,15 @@ class Breakout:
                 self.decisions.record("remove", h.address, h.names, reason)
         self.counters["removed"] += len(holds)
         self._changed = True
+
+    def _remove(self, holds: list[Hold], reason: str) -> None:
+        """Forget `holds` and remove their routes and set entries from the kernel."""
+        now = self._clock()
+        self._forget(holds, reason)
         log.debug("removing %d holds: %s", len(holds), reason)
         if self._kernel is None:
             return
-        prefixes = set(self.cidrs)  # a hold for an address that is also a policy /32 keeps it
+        prefixes = self.prefixes.routed  # a hold for an address that is also a policy /32 keeps it
         self._io.delete_routes(
             [h for h in holds if (h.installed or h.batch is not None)
              and f"{h.address}/{HOST_LEN[h.family]}" not in prefixes]
@@ -410,46 +399,21 @@ class Breakout:
             lambda f, p, a: self._skip_reason(f, p, a) is None, self._clock(), self._wall(),
         )  # fmt: skip
         self.holds.update(restored)
-        desired = desired_prefixes(self.policy, self.never)
-        self.cidrs, self._held_back = desired.routable, desired.held_back
-        self.counters["skipped"] += desired.skipped
+        self.counters["skipped"] += self.prefixes.load(self.policy, self.never)[1]
         if self._kernel is None:
-            for c in self.cidrs.values():
-                c.installed = True
+            self.prefixes.mark(installed=True)
             return
         routes = await self._kernel.dump_routes()
         review = reconcile.review_table(
-            routes, cfg, self.holds, self.cidrs, self._link, self._ready
+            routes, cfg, self.holds, self.prefixes.routed, self._link, self._ready
         )
         self._foreign = review.foreign
-        for address in review.foreign:
-            if self.holds.pop(address, None) is not None:
-                log.warning(
-                    "not adopting %s: table %d routes it for someone else", address, cfg.table
-                )
         self.counters["adopted"] += len(review.adopted)
-        if review.stale:
-            self._io.count_errors("remove stale routes")(
-                await self._io.delete_table_routes(review.stale)
-            )
-        await self._io.install_prefixes(
-            c for c in self.cidrs.values() if not c.installed and self._ready[c.family]
-        )
-        todo = [h for h in self.holds.values() if not h.installed and self._ready[h.family]]
-        for h in todo:
-            self._io.enqueue(h)
-        fut = self._io.flush_now()
-        if fut is not None:
-            await fut
-        # The set timeouts kept running in the kernel; align them with the restored holds.
-        for h in review.adopted:
-            if h.installed:
-                self._io.queue_refresh(h)
-        self._io.flush_refresh()
+        installed = await reconcile.apply(review, self._io, self.prefixes, self._ready, cfg.table)
         log.info(
             "reconciled table %d: %d holds from %s, %d routes adopted, %d installed, %d removed",
             cfg.table, len(restored), state.state_path(self.state_dir), len(review.adopted),
-            len(todo), len(review.stale),
+            installed, len(review.stale),
         )  # fmt: skip
 
     # -- netlink events ---------------------------------------------------------------------
@@ -496,7 +460,7 @@ class Breakout:
                 "route for %s in table %d was removed by someone else; the next answer "
                 "re-installs it", r.dst, cfg.table,
             )  # fmt: skip
-        c = self.cidrs.get(key)
+        c = self.prefixes.routed.get(key)
         if c is not None:
             c.installed = False  # the sweeper puts it back
 
@@ -513,18 +477,16 @@ class Breakout:
         self._reassess()
         if self._kernel is None:
             return
-        present = set()
+        protocol = self.cfg.route_protocol
         self._foreign.clear()
-        for r in await self._kernel.dump_routes():
-            if r.protocol == self.cfg.route_protocol:
-                present.add(f"{r.dst}/{r.dst_len}")
-            elif r.dst_len == HOST_LEN[r.family]:
-                self._foreign.add(r.dst)
+        table = await self._kernel.dump_routes()
+        self._foreign.update(foreign_hosts(table, protocol))
+        present = {f"{r.dst}/{r.dst_len}" for r in owned(table, protocol)}
         for h in self.holds.values():
             if h.installed and f"{h.address}/{HOST_LEN[h.family]}" not in present:
                 h.installed = False
                 self.counters["route_lost"] += 1
-        for c in self.cidrs.values():
+        for c in self.prefixes.routed.values():
             if c.installed and c.cidr not in present:
                 c.installed = False
 
@@ -549,15 +511,8 @@ class Breakout:
         if self._kernel is not None:
             self._kernel.set_link(link.index if link is not None else None)
         moved = old_link is not None and link is not None and old_link.index != link.index
-        for family in (4, 6):
-            gw = cfg.gateway4 if family == 4 else cfg.gateway6
-            global_only = (
-                family == 6 and gw is not None and not ipaddress.ip_address(gw).is_link_local
-            )
-            ready = (
-                link is not None and link.up
-                and self._view.has_address(link.index, family, global_only)
-            )  # fmt: skip
+        for family, gateway in ((4, cfg.gateway4), (6, cfg.gateway6)):
+            ready = self._view.carries(link, family, gateway)
             was, self._ready[family] = self._ready[family], ready
             if initial or self.mode != "kernel":
                 continue
@@ -576,18 +531,8 @@ class Breakout:
     def _sync_prefixes(self) -> None:
         """The connected networks changed: hold back the policy's prefixes that overlap one
         now, and route again those that no longer do (no reload needed either way)."""
-        blocked = [c for c in self.cidrs.values() if self.never.reason_cidr(c.cidr) is not None]
-        freed = [c for c in self._held_back.values() if self.never.reason_cidr(c.cidr) is None]
-        for c in blocked:
-            log.warning(
-                "not routing policy prefix %s while it %s", c.cidr, self.never.reason_cidr(c.cidr)
-            )
-            del self.cidrs[c.cidr]
-            self._held_back[c.cidr] = c
+        blocked, freed = self.prefixes.follow(self.never)
         for c in freed:
-            log.info("policy prefix %s overlaps no connected network now: routing it", c.cidr)
-            del self._held_back[c.cidr]
-            self.cidrs[c.cidr] = c
             c.installed = self._kernel is None  # dry-run: "installed" at once
         if self._kernel is None or self._loop is None:
             for c in blocked:
@@ -603,7 +548,7 @@ class Breakout:
         """The link went down or lost its address: take the family's routes out."""
         holds = [h for h in self.holds.values() if h.family == family and (h.installed or h.batch)]
         # Every prefix of the family: one whose install is in flight is not marked yet.
-        cidrs = [c for c in self.cidrs.values() if c.family == family]
+        cidrs = self.prefixes.family(family)
         log.warning(
             "breakout link %s is not usable for IPv%d: withdrawing %d routes and %d prefixes",
             self.cfg.interface, family, len(holds), len(cidrs),
@@ -626,7 +571,7 @@ class Breakout:
             h.installed = False
             self._io.enqueue(h)
         self.counters["restored"] += len(holds)
-        self._io.install_prefixes(c for c in self.cidrs.values() if c.family == family)
+        self._io.install_prefixes(self.prefixes.family(family))
         log.info(
             "breakout link %s usable for IPv%d: restoring %d routes", self.cfg.interface, family,
             len(holds),
@@ -642,41 +587,16 @@ class Breakout:
         """
         counts = {"routes": 0, "cidr_routes": 0, "rules": 0, "set_entries": 0}
         holds = list(self.holds.values())
-        prefixes = set(self.cidrs)
-        self.holds.clear()
-        self.cidrs.clear()
-        self._held_back.clear()
-        for h in holds:
-            self._io.forget(h)
-        self.counters["removed"] += len(holds)
-        self._changed = True
+        prefixes = self.prefixes.clear()
+        self._forget(holds, "flush")
         if self.mode == "dry-run":
-            for h in holds:
-                self.decisions.record("remove", h.address, h.names, "flush")
             counts["routes"], counts["cidr_routes"] = len(holds), len(prefixes)
             return counts
         if self._kernel is None or self._loop is None:
             return counts
-        kernel = self._kernel
-        now = self._clock()
-        owned = [r for r in await kernel.dump_routes() if r.protocol == self.cfg.route_protocol]
-        for r, code in zip(owned, await self._io.delete_table_routes(owned), strict=True):
-            if code == 0:
-                counts["cidr_routes" if f"{r.dst}/{r.dst_len}" in prefixes else "routes"] += 1
-        if kernel.has_sets:
-            known = {h.address for h in holds}
-            entries = [(h.family, h.packed, 0) for h in holds if h.set_expires > now]
-            entries += [  # host routes the holds did not know: their entries may be there
-                (r.family, socket.inet_pton(AF[r.family], r.dst), 0)
-                for r in owned
-                if r.dst_len == HOST_LEN[r.family]
-                and r.dst not in known
-                and f"{r.dst}/{r.dst_len}" not in prefixes
-            ]
-            done: asyncio.Future[list[int]] = self._loop.create_future()
-            kernel.del_entries(entries, done.set_result)
-            counts["set_entries"] = sum(1 for e in await done if e == 0)
-        counts["rules"] = await kernel.remove_rules()
+        counts = await flush_owned(
+            self._kernel, self._io, self.cfg.route_protocol, prefixes, holds, self._clock()
+        )
         self._io.rules_ok = False
         for h in holds:
             h.installed = False
@@ -706,19 +626,13 @@ class Breakout:
         if self.mode == "off":
             self.cfg, self.matcher, self.policy = cfg, matcher, policy
             return
-        moved = (cfg.table, cfg.route_protocol, cfg.rule_priority) != (
-            old.table, old.route_protocol, old.rule_priority,
-        )  # fmt: skip
-        sets_changed = (cfg.ipset4, cfg.ipset6, cfg.nftset4, cfg.nftset6) != (
-            old.ipset4, old.ipset6, old.nftset4, old.nftset6,
-        )  # fmt: skip
-        hop_changed = (cfg.interface, cfg.gateway4, cfg.gateway6) != (
-            old.interface, old.gateway4, old.gateway6,
-        )  # fmt: skip
+        change = swap.Change.between(old, cfg)
         never = NeverRoute(cfg.never_route) if cfg.never_route != old.never_route else None
-        swap: _Swap | None = None
-        if self.mode == "kernel" and (moved or sets_changed or hop_changed):
-            swap = await self._verify_kernel(cfg, moved)
+        verified: swap.Swap | None = None
+        if self.mode == "kernel" and change.kernel:
+            verified = await swap.verify(
+                cfg, old, self._kernel, self._kernel_factory, self._loop, change.moved
+            )
         # Verified: the point of no return. Nothing below raises for a kernel error.
         self.matcher, self.policy = matcher, policy
         self._io.ack_timeout = cfg.ack_timeout
@@ -735,110 +649,50 @@ class Breakout:
             log.info("policy change: removing %d holds whose names no longer match", len(dropped))
             self._remove(dropped, "no longer in the policy")
         self._drop_never_routed()
-        if swap is not None:
-            await self._swap_kernel(swap, cfg, moved, sets_changed)
+        if verified is not None:
+            await self._swap_kernel(verified, cfg, change)
         self.cfg = cfg
-        desired = desired_prefixes(policy, self.never)
-        self.counters["skipped"] += desired.skipped
         # Every prefix that goes, installed or not: after a swap none is marked installed, but
         # the old table (when it did not move) still holds them. A route not there is fine.
-        gone = [c for k, c in self.cidrs.items() if k not in desired.routable]
-        self.cidrs = {k: self.cidrs.get(k, c) for k, c in desired.routable.items()}
-        self._held_back = desired.held_back
+        gone, skipped = self.prefixes.load(policy, self.never)
+        self.counters["skipped"] += skipped
         if self._kernel is None:
-            for c in self.cidrs.values():
-                c.installed = True
+            self.prefixes.mark(installed=True)
         else:
             await self._io.remove_prefixes(gone)
-            await self._io.install_prefixes(
-                c for c in self.cidrs.values() if not c.installed and self._ready[c.family]
-            )
+            await self._io.install_prefixes(self.prefixes.missing(self._ready))
         fut = self._io.flush_now()
         if fut is not None:
             await fut
         self._changed = True
         log.info(
             "breakout reconfigured: %d holds kept, %d removed, %d policy prefixes",
-            len(self.holds), len(dropped), len(self.cidrs),
+            len(self.holds), len(dropped), len(self.prefixes.routed),
         )  # fmt: skip
 
-    async def _verify_kernel(self, cfg: BreakoutConfig, moved: bool) -> _Swap:
-        """Start the kernel side of `cfg` and read what the swap needs, changing nothing.
-        BreakoutError when it cannot be used (the new side is closed again)."""
-        if cfg.interface is None:
-            raise BreakoutError("breakout.interface is required when breakout.mode is kernel")
-        assert self._loop is not None and self._kernel is not None
-        new = self._kernel_factory(cfg)
-        try:
-            await new.check(self._loop)  # sockets and sets; missing ipsets are created later
-            table = await new.dump_routes()
-            old_owned = await self._kernel.dump_routes() if moved else []
-        except BaseException as err:
-            new.close()
-            if isinstance(err, OSError):  # netlink.NetlinkSocketError from a dump
-                raise BreakoutError(f"breakout: cannot read the routing tables: {err}") from err
-            raise
-        foreign = {
-            r.dst
-            for r in table
-            if r.protocol != cfg.route_protocol and r.dst_len == HOST_LEN[r.family]
-        }
-        owned = [r for r in old_owned if r.protocol == self.cfg.route_protocol]
-        return _Swap(new, owned, foreign)
-
     async def _swap_kernel(
-        self, swap: _Swap, cfg: BreakoutConfig, moved: bool, sets_changed: bool
+        self, verified: swap.Swap, cfg: BreakoutConfig, change: swap.Change
     ) -> None:
-        """Move to the verified kernel side: create its sets, clear the old table if it moved,
-        take out the routes of a family the new link cannot carry, re-install the rest.
-
-        Past the point of no return: kernel errors are logged and counted, not raised.
-        """
-        old, new = self._kernel, swap.kernel
+        """Move to the verified kernel side (swap.move), take out the routes of a family the new
+        link cannot carry, and re-install the rest there. Kernel errors are counted, not raised."""
+        old = self._kernel
         assert old is not None
         now = self._clock()
-        try:
-            await new.create_sets()
-        except (BreakoutError, OSError) as err:
-            self._swap_failed("set entries for the missing sets will fail", err)
-        rules_ok = self._io.rules_ok  # the same table and priority: the rules stay as they are
-        if moved:
-            try:
-                await new.ensure_rules()
-                rules_ok = True
-            except (BreakoutError, OSError) as err:
-                rules_ok = False  # the next install tries again
-                self._swap_failed(f"no ip rule for table {cfg.table} yet", err)
-            # What the old table held when verified, and whatever was installed since.
-            stale = {f"{r.dst}/{r.dst_len}": r for r in swap.old_owned}
-            for family, address, length in [
-                *((h.family, h.address, HOST_LEN[h.family]) for h in self.holds.values()),
-                *((c.family, c.cidr.split("/")[0], c.length) for c in self.cidrs.values()),
-            ]:
-                stale.setdefault(
-                    f"{address}/{length}",
-                    Route(family, address, length, self.cfg.table, self.cfg.route_protocol, 0,
-                          RTN_UNICAST, None, None),
-                )  # fmt: skip
-            self._io.count_errors("remove the old table's routes")(
-                await self._io.delete_table_routes(list(stale.values()))
-            )
-            try:
-                await old.remove_rules()
-            except (BreakoutError, OSError) as err:
-                self._swap_failed(f"the ip rules for table {self.cfg.table} stay", err)
-        if sets_changed:
+        rules_ok = await swap.move(
+            verified, old, self.cfg, cfg, change.moved, self._io, self.prefixes
+        )
+        if change.sets:
             self._io.delete_entries(self.holds.values(), now)
         old.close()
         was = dict(self._ready)
-        self._kernel = self._io.kernel = new
+        self._kernel = self._io.kernel = verified.kernel
         self.cfg = cfg
         self._io.rules_ok = rules_ok
-        self._foreign = swap.foreign
+        self._foreign = verified.foreign
         self._skip_cache.clear()
         self._reassess(initial=True)
         for family in (4, 6):
-            if was[family] and not self._ready[family] and not moved:
+            if was[family] and not self._ready[family] and not change.moved:
                 # The same table still holds the family's routes and nothing else would ever
                 # remove them (a hold not installed is not removed from the kernel).
                 self._withdraw(family)
@@ -847,12 +701,7 @@ class Breakout:
             h.set_expires = 0.0
             if self._ready[h.family] and h.batch is None:
                 self._io.enqueue(h)
-        for c in self.cidrs.values():
-            c.installed = False
-
-    def _swap_failed(self, consequence: str, err: Exception) -> None:
-        self.counters["netlink_errors"] += 1
-        log.error("breakout reconfigure: %s; %s", err, consequence)
+        self.prefixes.mark(installed=False)
 
     # -- state file -------------------------------------------------------------------------
 
@@ -862,99 +711,36 @@ class Breakout:
         return state.snapshot(self.holds.values(), now, wall, cfg.table, cfg.route_protocol)
 
     def _save(self) -> None:
-        try:
-            state.write(self.state_dir, self._snapshot())
+        if self._saver.write_now(self._snapshot()):
             self._dirty = self._changed = False
-            self._saved_at = time.monotonic()
-        except OSError as err:
-            log.error("cannot write the breakout state file in %s: %s", self.state_dir, err)
 
     async def _save_if_due(self) -> None:
-        """Write soon after holds were added or removed (so a crash loses little: a restart
-        removes owned routes it has no state for), and every `save_interval` for extensions."""
-        if self.mode != "kernel":
-            return
-        since = time.monotonic() - self._saved_at
-        if not (self._changed and since >= self._save_gap) and not (
-            self._dirty and since >= self.save_interval
-        ):
+        """Write the holds when state.Saver says so (kernel mode only)."""
+        if self.mode != "kernel" or not self._saver.due(self._changed, self._dirty):
             return
         self._changed = self._dirty = False
-        t0 = time.monotonic()
-        data = self._snapshot()
-        write = asyncio.get_running_loop().run_in_executor(None, state.write, self.state_dir, data)
-        self._writing = write
-        try:
-            await asyncio.shield(write)  # stop() waits for it: no older snapshot lands last
-        except OSError as err:
+        if not await self._saver.write(self._snapshot):
             self._changed = True
-            log.error("cannot write the breakout state file in %s: %s", self.state_dir, err)
-        self._saved_at = time.monotonic()
-        # A big table costs a lot to write: then write it less often.
-        self._save_gap = max(SAVE_GAP, 20 * (self._saved_at - t0))
 
     # -- reading ----------------------------------------------------------------------------
-
-    @property
-    def link_up(self) -> bool:
-        link = self._link
-        return link is not None and link.up and (self._ready[4] or self._ready[6])
 
     def latency(self) -> tuple[int, float]:
         """(install batches acked, total seconds from send to last ack) since start: metrics."""
         return self._io.latency()
 
     def status(self) -> dict[str, Any]:
-        now = self._clock()
-        routes = {4: 0, 6: 0}
-        entries = {4: 0, 6: 0}
-        for h in self.holds.values():
-            if h.installed:
-                routes[h.family] += 1
-            if h.set_expires > now:
-                entries[h.family] += 1
-        cfg = self.cfg
-        out: dict[str, Any] = {
-            "interface": cfg.interface,
-            "link_up": self.link_up,
-            "table": cfg.table,
-            "routes_v4": routes[4],
-            "routes_v6": routes[6],
-            "cidr_routes": sum(1 for c in self.cidrs.values() if c.installed),
-            "ipset_v4": entries[4] if cfg.ipset4 else 0,
-            "ipset_v6": entries[6] if cfg.ipset6 else 0,
-            "errors": self.counters["netlink_errors"],
-            "mode": self.mode,
-            "ready_v4": self._ready[4],
-            "ready_v6": self._ready[6],
-            "holds": len(self.holds),
-            "nftset_v4": entries[4] if cfg.nftset4 else 0,
-            "nftset_v6": entries[6] if cfg.nftset6 else 0,
-            "skipped": self.counters["skipped"],
-            "ack_timeouts": self.counters["ack_timeouts"],
-            "capped": self.counters["capped"],
-            "counters": dict(self.counters),
-            "netlink_latency": self._io.latency_percentiles(),
-            "connected_networks": [c for c, _ in self._view.connected()],
-        }
+        out = report.status(
+            self.cfg, self.holds.values(), self.prefixes, self.counters, self._ready, self._clock()
+        )
+        out["netlink_latency"] = self._io.latency_percentiles()
+        out["connected_networks"] = [c for c, _ in self._view.connected()]
         if self.mode == "dry-run":
             out["dry_run_decisions"] = self.decisions.to_json()
             out["dry_run_decisions_total"] = self.decisions.total
         return out
 
     def routes(self) -> list[dict[str, Any]]:
-        now = self._clock()
-        return [
-            {
-                "address": h.address,
-                "family": h.family,
-                "names": h.live_names(now),
-                "row": h.row,
-                "hold_s": max(0, int(h.expires - now)),
-                "installed": h.installed,
-            }
-            for h in sorted(self.holds.values(), key=lambda h: (h.family, h.packed))
-        ]
+        return report.routes(self.holds.values(), self._clock())
 
 
 async def _wait_all(futures: list[asyncio.Future[None]]) -> None:

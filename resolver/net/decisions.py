@@ -30,8 +30,5 @@ class DecisionLog:
             }
         )
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def to_json(self) -> list[dict[str, Any]]:
         return list(self._items)

@@ -13,10 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def hold_seconds(ttl: int, min_hold: int, grace: int) -> int:
-    return max(ttl, min_hold) + grace
-
-
 @dataclass(slots=True, eq=False)
 class Hold:
     """One address resolverd routes: its names, its expiry, and what the kernel holds for it."""
@@ -28,7 +24,7 @@ class Hold:
     names: dict[str, float] = field(default_factory=dict)  # name -> monotonic expiry
     row: int = 0  # policy row of the latest answer
     installed: bool = False  # the kernel acknowledged the route (and nothing removed it since)
-    batch: Any = None  # the install in flight (breakout.InstallBatch), None when settled
+    batch: Any = None  # the install in flight (installs.InstallBatch), None when settled
     set_expires: float = 0.0  # monotonic: when the set entries last programmed lapse
 
     def extend(self, names: Iterable[str], row: int, expires: float) -> None:

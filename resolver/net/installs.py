@@ -353,27 +353,24 @@ class Installs:
         self.kernel.add_routes([(c.family, c.packed, c.length) for c in todo], settled)
         return fut
 
-    def remove_prefixes(self, cidrs: Iterable[CidrRoute]) -> asyncio.Future[int]:
+    def remove_prefixes(self, cidrs: Iterable[CidrRoute]) -> asyncio.Future[None]:
         assert self.loop is not None
-        fut: asyncio.Future[int] = self.loop.create_future()
+        fut: asyncio.Future[None] = self.loop.create_future()
         todo = list(cidrs)
         if self.kernel is None or not todo:
-            fut.set_result(len(todo))
+            fut.set_result(None)
             return fut
         for c in todo:
             self.expect_delete(c.cidr)
 
         def settled(errors: list[int]) -> None:
-            removed = 0
             for c, code in zip(todo, errors, strict=True):
                 c.installed = False
-                if code == 0:
-                    removed += 1
-                else:
+                if code:
                     self.own_delete(c.cidr)
                     if code not in IGNORED_DELETE:
                         self.counters["netlink_errors"] += 1
-            fut.set_result(removed)
+            fut.set_result(None)
 
         self.kernel.del_routes([(c.family, c.packed, c.length) for c in todo], settled)
         return fut

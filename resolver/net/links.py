@@ -12,7 +12,6 @@ through the same groups, thousands per second when a batch goes in.
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import logging
 import socket
@@ -197,6 +196,14 @@ class NetView:
             for a in self.addrs
         )
 
+    def carries(self, link: Link | None, family: int, gateway: str | None) -> bool:
+        """Whether `link` can carry the family's routes: up and running, with an address of the
+        family (a global one when the gateway is a global IPv6 address)."""
+        global_only = (
+            family == 6 and gateway is not None and not ipaddress.ip_address(gateway).is_link_local
+        )
+        return link is not None and link.up and self.has_address(link.index, family, global_only)
+
     async def load(self, channel: netlink.Channel) -> None:
         """Replace the view with a fresh dump of links, addresses and main-table routes."""
         links: dict[int, Link] = {}
@@ -228,7 +235,6 @@ class Monitor:
         self._overrun = overrun
         self._buf = bytearray(1 << 18)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.events = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -242,23 +248,16 @@ class Monitor:
 
     def read(self) -> None:
         buf = self._buf
-        while True:
-            try:
-                size = self.sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:
-                if err.errno == errno.ENOBUFS:
-                    log.warning("netlink monitor overrun: events were lost, re-reading the kernel")
-                    self._overrun()
-                    continue
-                raise
+        while (size := netlink.recv(self.sock, buf, self._lost)) is not None:
             for kind, _flags, _seq, start, end in netlink.iter_messages(buf, size):
-                self.events += 1
                 try:
                     self._dispatch(kind, buf, start, end)
                 except Exception:
                     log.exception("cannot handle netlink event type %d", kind)
+
+    def _lost(self) -> None:
+        log.warning("netlink monitor overrun: events were lost, re-reading the kernel")
+        self._overrun()
 
     def _dispatch(self, kind: int, buf: bytearray, start: int, end: int) -> None:
         if kind in (routes.RTM_NEWROUTE, routes.RTM_DELROUTE):

@@ -117,6 +117,21 @@ def iter_messages(buf: Buffer, size: int) -> Iterator[tuple[int, int, int, int, 
         offset += (length + 3) & ~3
 
 
+def recv(sock: socket.socket, buf: bytearray, overrun: Callable[[], None]) -> int | None:
+    """Read the next datagram queued on the non-blocking `sock` into `buf`: its size, or None
+    when none is left. ENOBUFS (the kernel dropped messages for want of room) calls `overrun`,
+    then reading goes on."""
+    while True:
+        try:
+            return sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as err:
+            if err.errno != errno.ENOBUFS:
+                raise
+            overrun()
+
+
 def open_socket(proto: int, groups: int = 0, strict: bool = False) -> socket.socket:
     """A non-blocking netlink socket with a large receive buffer and short error acks."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
@@ -176,8 +191,6 @@ class Channel:
         self._requests: dict[int, _Request] = {}
         self._buf = bytearray(_RECV_SIZE)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.sent = 0  # messages sent, for metrics
-        self.failed = 0  # messages the kernel refused
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is None:
@@ -239,10 +252,8 @@ class Channel:
             code = err.errno or errno.EIO
             for i in range(len(part)):
                 batch.errors[base + i] = code
-            self.failed += len(part)
             log.warning("netlink send of %d messages failed: %s", len(part), os.strerror(code))
             return
-        self.sent += len(part)
         batch.open_chunks += 1
         self._chunks[acked_seq] = chunk
 
@@ -268,18 +279,7 @@ class Channel:
     def drain(self) -> None:
         """Read everything queued on the socket and settle what it answers."""
         buf = self._buf
-        while True:
-            try:
-                size = self.sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:
-                if err.errno == errno.ENOBUFS:
-                    # Replies were lost: nothing pending can be trusted to settle by itself.
-                    log.warning("netlink receive buffer overrun: failing %d requests", self.pending)
-                    self._fail_all(errno.ENOBUFS)
-                    continue
-                raise
+        while (size := recv(self.sock, buf, self._overrun)) is not None:
             for kind, _flags, seq, start, end in iter_messages(buf, size):
                 if kind == NLMSG_ERROR:
                     code = -_ERROR.unpack_from(buf, start)[0] if end - start >= 4 else errno.EIO
@@ -291,6 +291,11 @@ class Channel:
                     if req is not None:
                         req.replies.append(bytes(buf[start:end]))
 
+    def _overrun(self) -> None:
+        # Replies were lost: nothing pending can be trusted to settle by itself.
+        log.warning("netlink receive buffer overrun: failing %d requests", self.pending)
+        self._fail_all(errno.ENOBUFS)
+
     def _on_error(self, seq: int, code: int) -> None:
         if seq in self._requests:
             self._finish_request(seq, code)
@@ -300,7 +305,6 @@ class Channel:
             del self._chunks[seq]
             if code:
                 chunk.batch.errors[chunk.base + seq - chunk.first] = code
-                self.failed += 1
             chunk.batch.open_chunks -= 1
             if chunk.batch.open_chunks == 0:
                 self._finish(chunk.batch)
@@ -310,7 +314,6 @@ class Channel:
         for c in self._chunks.values():
             if c.first <= seq < c.last:  # a failure reported before the chunk's closing ack
                 c.batch.errors[c.base + seq - c.first] = code
-                self.failed += 1
                 return
 
     def _finish_request(self, seq: int, code: int) -> None:

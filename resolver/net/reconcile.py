@@ -6,10 +6,12 @@
   (kept as it is when its next hop is the configured one, else re-installed in place); any
   other owned route is stale and removed; routes of other protocols are never touched, and
   their addresses are never taken over.
+- Then (`apply`) the stale routes go and what is not in the table yet goes in, in one batch.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +19,13 @@ from typing import Any
 
 from resolver.config import BreakoutConfig
 from resolver.net.holds import Hold
+from resolver.net.installs import Installs
 from resolver.net.links import Link
-from resolver.net.prefixes import CidrRoute
-from resolver.net.routes import AF, HOST_LEN, Route
+from resolver.net.prefixes import CidrRoute, PolicyPrefixes
+from resolver.net.routes import AF, HOST_LEN, Route, foreign_hosts, owned
 from resolver.net.state import SavedHold
+
+log = logging.getLogger(__name__)
 
 
 def restore_holds(
@@ -65,13 +70,9 @@ def review_table(
     ready: dict[int, bool],
 ) -> TableReview:
     """Sort the table's routes; mark adopted holds and prefixes installed (when unchanged)."""
-    review = TableReview()
-    for r in routes:
+    review = TableReview(foreign=foreign_hosts(routes, cfg.route_protocol))
+    for r in owned(routes, cfg.route_protocol):
         host = r.dst_len == HOST_LEN[r.family]
-        if r.protocol != cfg.route_protocol:
-            if host:
-                review.foreign.add(r.dst)
-            continue
         same_hop = (
             link is not None
             and r.oif == link.index
@@ -87,3 +88,30 @@ def review_table(
         else:
             review.stale.append(r)
     return review
+
+
+async def apply(
+    review: TableReview, io: Installs, prefixes: PolicyPrefixes, ready: dict[int, bool], table: int
+) -> int:
+    """Act on `review` for the restored holds (`io.holds`): give up those someone else routes,
+    remove the stale routes, install the prefixes and holds the table lacks and wait for them,
+    then align the adopted holds' set timeouts. Returns how many holds were installed."""
+    holds = io.holds
+    for address in review.foreign:
+        if holds.pop(address, None) is not None:
+            log.warning("not adopting %s: table %d routes it for someone else", address, table)
+    if review.stale:
+        io.count_errors("remove stale routes")(await io.delete_table_routes(review.stale))
+    await io.install_prefixes(prefixes.missing(ready))
+    todo = [h for h in holds.values() if not h.installed and ready[h.family]]
+    for h in todo:
+        io.enqueue(h)
+    fut = io.flush_now()
+    if fut is not None:
+        await fut
+    # The set timeouts kept running in the kernel; align them with the restored holds.
+    for h in review.adopted:
+        if h.installed:
+            io.queue_refresh(h)
+    io.flush_refresh()
+    return len(todo)

@@ -239,4 +239,11 @@ def split_cidr(cidr: str) -> tuple[int, bytes, int]:
 
 
 def owned(routes: Iterable[Route], protocol: int) -> list[Route]:
+    """The routes carrying `protocol`: resolverd's own."""
     return [r for r in routes if r.protocol == protocol]
+
+
+def foreign_hosts(routes: Iterable[Route], protocol: int) -> set[str]:
+    """Addresses of the host routes someone else put in the table (resolverd never takes one
+    over)."""
+    return {r.dst for r in routes if r.protocol != protocol and r.dst_len == HOST_LEN[r.family]}

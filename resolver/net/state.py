@@ -1,18 +1,20 @@
 """The state file: the holds, so that a restart re-adopts the routes the kernel still holds.
 
 JSON, written atomically (a temporary file in the same directory, fsync, rename), periodically
-and on stop. Expiries are wall-clock seconds, so the file means the same after a reboot or a
-long stop: an expired hold is simply dropped on load.
+(`Saver`) and on stop. Expiries are wall-clock seconds, so the file means the same after a
+reboot or a long stop: an expired hold is simply dropped on load.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = "breakout-state.json"
 VERSION = 1
+SAVE_GAP = 1.0  # a new or removed hold is on disk within about this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +117,57 @@ def remove(state_dir: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+class Saver:
+    """When and how the running breakout writes the state file (the caller keeps the books).
+
+    A periodic write runs in a worker thread; `settle` waits for the one in flight, so that no
+    older snapshot can land after a newer one. Holds added or removed are written within
+    SAVE_GAP (a restart removes the owned routes it has no state for), holds only extended
+    every `interval`; a big table that takes long to write is written less often.
+    """
+
+    def __init__(self, state_dir: str, interval: float) -> None:
+        self.state_dir = state_dir
+        self.interval = interval
+        self._saved_at = time.monotonic()
+        self._gap = SAVE_GAP
+        self._writing: asyncio.Future[None] | None = None
+
+    def due(self, changed: bool, extended: bool) -> bool:
+        since = time.monotonic() - self._saved_at
+        return (changed and since >= self._gap) or (extended and since >= self.interval)
+
+    async def write(self, snapshot: Callable[[], bytes]) -> bool:
+        """Write `snapshot()` off the event loop; False (logged) when it failed."""
+        t0 = time.monotonic()
+        data = snapshot()
+        writing = asyncio.get_running_loop().run_in_executor(None, write, self.state_dir, data)
+        self._writing = writing
+        ok = True
+        try:
+            await asyncio.shield(writing)  # `settle` waits for it even when this is cancelled
+        except OSError as err:
+            ok = False
+            log.error("cannot write the breakout state file in %s: %s", self.state_dir, err)
+        self._saved_at = time.monotonic()
+        # A big table costs a lot to write: then write it less often.
+        self._gap = max(SAVE_GAP, 20 * (self._saved_at - t0))
+        return ok
+
+    def write_now(self, data: bytes) -> bool:
+        """Write `data` on the spot (stop, flush); False (logged) when it failed."""
+        try:
+            write(self.state_dir, data)
+        except OSError as err:
+            log.error("cannot write the breakout state file in %s: %s", self.state_dir, err)
+            return False
+        self._saved_at = time.monotonic()
+        return True
+
+    async def settle(self) -> None:
+        """Wait for the write in flight, if any (its failure was logged already)."""
+        if self._writing is not None:
+            with contextlib.suppress(OSError):
+                await self._writing
