@@ -5,10 +5,13 @@ walked. It keeps the reply in two variants (without OPT, for clients without EDN
 OPT, for EDNS clients) so that neither kind of client causes a second upstream query. A hit
 never parses: the TTL fields are re-patched at most once per second of age, then the reply is
 the client's id, the stored header (RD as the client set it), the client's own question bytes
-(its letter case) and the stored tail.
+(its letter case) and the stored tail. The stored header is ours, not the upstream's: AA and
+TC cleared (a forwarder is no authority, and a truncated reply is never stored), RA set.
 
-Positive answers live for the smallest answer TTL, capped at `max_ttl`. Negative answers
-(NXDOMAIN, NODATA) live for min(SOA TTL, SOA MINIMUM, max_negative_ttl) (RFC 2308 section 5);
+Positive answers live for the smallest answer TTL, capped at `max_ttl`; an SOA in their
+authority section changes nothing. Negative answers (NXDOMAIN, or NOERROR whose CNAME chain
+does not end in a record of the asked type: NODATA) live for min(answer TTLs, SOA TTL, SOA
+MINIMUM, max_negative_ttl), and no TTL handed out from them is higher (RFC 2308 section 5);
 without an SOA they are not cached. SERVFAIL and other errors, and TTL 0, are never cached.
 """
 
@@ -84,7 +87,8 @@ class Entry:
         self.stored = stored
         self.expires = stored + ttl
         self.opt = wire.opt_record(do)
-        head = template[2:12]
+        flags = (template[2] << 8 | template[3]) & ~(wire.AA | wire.TC) | wire.RA
+        head = struct.pack("!H", flags) + template[4:12]
         ar = (head[8] << 8) | head[9]
         edns_head = head[:8] + struct.pack("!H", ar + 1)
         # Index: 2 * edns + rd (rd = the client's RD bit, data[2] & 1).
@@ -167,18 +171,20 @@ def build_entry(
     rcode = layout.rcode
     ttls = layout.ttls
     n_answers = layout.answer_ttls
-    soa = layout.soa
-    ttl, cap = 0, max_ttl
-    if rcode in (wire.NOERROR, wire.NXDOMAIN) and (n_answers or soa is not None):
-        ttl = min(min(ttls[:n_answers]), max_ttl) if n_answers else max_ttl
-        if soa is not None:
-            # RFC 2308: an SOA makes the answer negative, wholly (NXDOMAIN, NODATA) or at the
-            # end of a CNAME chain; it is cached no longer than the SOA's negative TTL.
-            ttl = cap = min(ttl, soa[0], soa[1], max_negative_ttl)
-    bases = [t if t < cap else cap for t in ttls]
-    entry = Entry(key, template, offsets, bases, layout.qend, do, rcode, ttl, now)
     qname = wire.read_name(data, 12)
     chain, addresses = wire.chain_of(data, layout, qname)
+    ttl, cap = 0, max_ttl
+    if rcode == wire.NOERROR and _answers(data, layout, chain):
+        ttl = min(min(ttls[:n_answers]), max_ttl)
+    elif rcode == wire.NOERROR or rcode == wire.NXDOMAIN:
+        # Negative, wholly or at the end of a CNAME chain: cached for the SOA's negative TTL
+        # (RFC 2308 5), and not at all without an SOA.
+        soa = layout.soa
+        if soa is not None:
+            ttl = min(ttls[:n_answers]) if n_answers else max_ttl
+            ttl = cap = min(ttl, soa[0], soa[1], max_negative_ttl, max_ttl)
+    bases = [t if t < cap else cap for t in ttls]
+    entry = Entry(key, template, offsets, bases, layout.qend, do, rcode, ttl, now)
     entry.chain = tuple(chain)
     seen: dict[str, None] = {}
     for address, _ttl in addresses:
@@ -187,6 +193,18 @@ def build_entry(
     entry.addr_base = min((t if t < cap else cap for _a, t in addresses), default=0)
     entry.retag(matcher)
     return entry
+
+
+def _answers(data: bytes, layout: wire.Layout, chain: list[str]) -> bool:
+    """True when the answer section holds a record of the asked type (any type for ANY)
+    owned by a name on the CNAME chain from the query name: a positive answer."""
+    qend = layout.qend
+    qtype = (data[qend - 4] << 8) | data[qend - 3]
+    names = set(chain)
+    for rec in layout.answers:
+        if rec.owner in names and (rec.rtype == qtype or qtype == wire.T_ANY):
+            return True
+    return False
 
 
 class Cache:

@@ -16,6 +16,11 @@ once a second per query: LRU at one-second granularity (and an entry the LRU has
 may still be served from the memo until that second is over; never past its TTL).
 A miss is coalesced with identical questions in flight (one upstream query, several waiters)
 and resolved in a task; the pending table is bounded by `forward.max_pending`.
+
+Over UDP a query over the rate limit or beyond the pending table is dropped. Over TCP it is
+answered instead (REFUSED, SERVFAIL; see `_tcp_refusal`), since a TCP client waits for an
+answer or the close of the connection, and a close would lose the other queries pipelined on
+it.
 """
 
 from __future__ import annotations
@@ -266,13 +271,31 @@ class Handler:
         limiter = self._limiter
         if limiter is not None and not limiter.allow(host):
             counters["ratelimited"] += 1
-            return None
+            return self._tcp_refusal(data, wire.REFUSED)
         allowed = self._acl_cache.get(host)
         if allowed is None:
             allowed = self._acl_check(host)
         if not allowed:
             return self._refuse(data)
         return self._slow(data, addr, sink, True)
+
+    def _tcp_refusal(self, data: bytes, rcode: int) -> bytes | None:
+        """The answer to a TCP query we will not work on (`rcode` REFUSED over the rate limit;
+        `_slow` answers SERVFAIL itself when the pending table is full). Over UDP such a query
+        is dropped, but a TCP client waits for an answer or the close of the connection
+        (RFC 7766), and a close would also cut off every other query pipelined on it, answered
+        or still owed, so we answer. The source of a TCP query is not spoofed (the handshake),
+        so the answer amplifies nothing. Counted under its cause (ratelimited, pending_full)
+        only, not as a result."""
+        try:
+            qend, _qtype, flags, _limit = wire.parse_query(data)
+        except wire.WireError as err:
+            if err.rcode is None:
+                return None  # not a query at all (short, QR set): nothing to answer
+            return wire.error_reply(data, rcode, err.qend, err.edns, err.do)
+        return wire.error_reply(
+            data, rcode, qend, bool(flags & wire.EDNS), bool(flags & wire.DO_BIT)
+        )
 
     def _slow(self, data: bytes, addr: Any, sink: Sink, tcp: bool) -> bytes | None:
         """Everything that is not a repeated cache hit: parse, look up, or forward."""
@@ -315,7 +338,10 @@ class Handler:
                     entry, until if until < entry.expires else entry.expires, reply[2:], el
                 )
             if entry.tag is not None:
-                return self._tagged_hit(entry, entry.el, reply, addr, sink)
+                sent = self._tagged_hit(entry, entry.el, reply, addr, sink)
+                if sent is None and tcp:  # no room to wait for the hook
+                    return wire.error_reply(data, wire.SERVFAIL, qend, edns, do)
+                return sent
             if self._debug:
                 self._log_query(data, qend, addr, entry, "hit")
             return reply
@@ -325,12 +351,12 @@ class Handler:
         if waiters is not None:
             if len(waiters) >= MAX_WAITERS:
                 counters["pending_full"] += 1
-                return None
+                return wire.error_reply(data, wire.SERVFAIL, qend, edns, do) if tcp else None
             waiters.append(waiter)
             return DEFERRED
         if len(self.pending) >= self.max_pending:
             counters["pending_full"] += 1
-            return None
+            return wire.error_reply(data, wire.SERVFAIL, qend, edns, do) if tcp else None
         self.pending[key] = [waiter]
         self._spawn(self._resolve(key, do, bool(flags & wire.CD_BIT)))
         return DEFERRED
@@ -476,12 +502,13 @@ class Handler:
             counters["dropped"] += 1
             return None
         counters["refused"] += 1
+        # RA clear: recursion is not available to a client the ACL refuses.
         try:
             qend, _qtype, flags, _limit = wire.parse_query(data)
-        except wire.WireError:
-            return wire.error_reply(data, wire.REFUSED, 0, False, False)
+        except wire.WireError as err:
+            return wire.error_reply(data, wire.REFUSED, err.qend, err.edns, err.do, ra=False)
         return wire.error_reply(
-            data, wire.REFUSED, qend, bool(flags & wire.EDNS), bool(flags & wire.DO_BIT)
+            data, wire.REFUSED, qend, bool(flags & wire.EDNS), bool(flags & wire.DO_BIT), ra=False
         )
 
     def _log_query(self, data: bytes, qend: int, addr: Any, entry: Entry | None, how: str) -> None:

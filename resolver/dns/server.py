@@ -163,11 +163,15 @@ class DnsServer:
         return self.handler.tagged_by_row
 
     def upstream_stats(self) -> list[dict[str, Any]]:
-        """Per upstream: status() fields plus its counters and consecutive failures."""
+        """Per upstream: status() fields plus its counters, consecutive failures and its
+        soft-failure score (SERVFAIL, REFUSED and other refusals, decaying)."""
+        forwarder = self.handler.forwarder
+        now = forwarder.clock()
         out = []
-        for up in self.handler.forwarder.upstreams:
+        for up in forwarder.upstreams:
             row: dict[str, Any] = up.status()
             row["failures"] = up.failures
+            row["soft_score"] = round(up.soft_score(now), 3)
             row.update(up.stats)
             out.append(row)
         return out

@@ -8,7 +8,9 @@ is closed at once. A connection the client has half-closed is closed once every 
 owed has been sent, and idleness counts only while nothing is owed. A length prefix above
 `MAX_QUERY` closes the connection: no query is that big, and it keeps a connection's buffer
 bounded. When the client does not read its replies
-(`pause_writing`) we stop reading its queries.
+(`pause_writing`) we stop reading its queries. A query the handler will not work on (rate
+limit, full pending table) is answered with REFUSED or SERVFAIL rather than left without an
+answer (see `Handler._tcp_refusal`); only a message that is no query gets nothing.
 """
 
 from __future__ import annotations

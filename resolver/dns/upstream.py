@@ -4,15 +4,29 @@ Every upstream query gets an id from the system's CSPRNG and a new non-blocking 
 so the kernel picks a fresh random source port. The socket is watched with `loop.add_reader`:
 measured under uvloop against a local C server, about 22 us of CPU per query (socket, send,
 reply, close) against 28-32 us for a DatagramProtocol per query. A datagram is accepted only
-when it comes from the upstream's address and port and `wire.reply_matches` (id, QR, opcode,
-question) and `wire.scan_reply` (well-formed, no compression loops) both say yes; anything
-else is counted and dropped while the wait goes on. A truncated answer is fetched again over
-TCP from the same upstream. A timeout, REFUSED or SERVFAIL moves on to the next upstream.
+when it comes from the upstream's address and port and `wire.accept_reply` says it is the
+reply to our query (id, QR, opcode, question; FORMERR and NOTIMP also without a question) and
+well-formed (no compression loops; bytes after the last record are cut off and counted);
+anything else is counted and dropped while the wait goes on. A truncated answer (accepted on
+its header and question alone) is fetched again over TCP from the same upstream; a TCP reply
+with TC set is no complete answer either and counts as malformed.
+
+What an upstream's answer means for this query:
+- FORMERR or NOTIMP to our EDNS query: asked once more without OPT (a server that does not
+  speak EDNS), then as below;
+- SERVFAIL, REFUSED, FORMERR, NOTIMP, or an extended rcode (above 15, from the OPT record: we
+  would have to hand it on mangled to clients without EDNS): no answer, the next upstream is
+  asked, and SERVFAIL when none is left;
+- a timeout or a socket error: the same, and it counts as a failure of that upstream.
 
 Upstreams are tried in order of health: fewest consecutive failures first, then the smallest
-smoothed round-trip time, then the configured order. After `dead_after` failures in a row an
-upstream is skipped (unless every upstream is dead) and probed in the background with a
-`. NS` query every `probe_interval` seconds until it answers.
+smoothed round-trip time plus a penalty for soft failures (SERVFAIL, REFUSED and the other
+refusals above), then the configured order. The soft-failure score moves towards 1 with each
+refusal and towards 0 with each good answer, and halves every `SOFT_HALF_LIFE` seconds, so an
+upstream that answers SERVFAIL to everything falls behind a healthy one and is tried again
+now and then. After `dead_after` failures in a row an upstream is skipped (unless every
+upstream is dead) and probed in the background with a `. NS` query every `probe_interval`
+seconds until it answers.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import logging
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Iterable
 
 from resolver.dns import wire
@@ -38,15 +53,23 @@ DEAD_AFTER = 3  # consecutive failures that take an upstream out of the rotation
 PROBE_INTERVAL = 5.0  # seconds between probes of a dead upstream
 RTT_ALPHA = 0.3  # weight of a new sample in the smoothed RTT
 ROOT_NS = b"\0\0\x02\0\x01"  # the probe's question: ". IN NS"
+SOFT_ALPHA = 0.3  # weight of one answer in the soft-failure score
+SOFT_HALF_LIFE = 60.0  # seconds for the soft-failure score to halve on its own
+SOFT_PENALTY = 1.0  # seconds added to the smoothed RTT at a soft-failure score of 1
+SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # ours, not the upstream's
 STAT_KEYS = (
     "queries",
     "answers",
     "timeouts",
     "dropped",
     "malformed",
+    "trailing",  # replies accepted with bytes after their last record cut off
     "tcp",
     "refused",
     "servfail",
+    "formerr",  # FORMERR or NOTIMP
+    "no_edns",  # queries asked again without OPT after FORMERR or NOTIMP
+    "extended",  # extended rcodes (above 15)
     "errors",
 )
 
@@ -62,6 +85,8 @@ class Upstream:
         "index",
         "port",
         "probe",
+        "soft",
+        "soft_at",
         "srtt",
         "stats",
         "text",
@@ -76,6 +101,8 @@ class Upstream:
         self.text = f"[{self.host}]:{port}" if ip.version == 6 else f"{self.host}:{port}"
         self.srtt: float | None = None  # seconds
         self.failures = 0
+        self.soft = 0.0  # soft-failure score in [0, 1] as of `soft_at`
+        self.soft_at = 0.0
         self.dead = False
         self.probe: asyncio.Task[None] | None = None
         self.stats = dict.fromkeys(STAT_KEYS, 0)
@@ -100,8 +127,23 @@ class Upstream:
             return True
         return False
 
-    def sort_key(self) -> tuple[int, float, int]:
-        return self.failures, self.srtt if self.srtt is not None else 0.0, self.index
+    def soft_score(self, now: float) -> float:
+        """The soft-failure score at `now`: 0 for an upstream that gives answers."""
+        soft = self.soft
+        if soft and now > self.soft_at:
+            soft *= 0.5 ** ((now - self.soft_at) / SOFT_HALF_LIFE)
+        return soft
+
+    def graded(self, good: bool, now: float) -> None:
+        """Move the soft-failure score after an answer: towards 0 when it was usable, towards
+        1 when it was a refusal (SERVFAIL, REFUSED, FORMERR, NOTIMP, an extended rcode)."""
+        soft = self.soft_score(now) * (1.0 - SOFT_ALPHA)
+        self.soft = soft if good else soft + SOFT_ALPHA
+        self.soft_at = now
+
+    def sort_key(self, now: float) -> tuple[int, float, int]:
+        srtt = self.srtt if self.srtt is not None else 0.0
+        return self.failures, srtt + SOFT_PENALTY * self.soft_score(now), self.index
 
     def status(self) -> dict[str, object]:
         rtt = None if self.srtt is None else round(self.srtt * 1000.0, 3)
@@ -124,6 +166,7 @@ class Forwarder:
         self.probe_interval = probe_interval
         self.upstreams: list[Upstream] = []
         self.closed = False
+        self.clock = time.monotonic  # for the soft-failure scores
         self.configure(upstreams, timeout)
 
     def configure(self, upstreams: Iterable[Address], timeout: float) -> None:
@@ -143,54 +186,93 @@ class Forwarder:
         self.upstreams = fresh
         self.timeout = timeout
 
-    def ordered(self) -> list[Upstream]:
+    def ordered(self, now: float | None = None) -> list[Upstream]:
         """Live upstreams by health; if all are dead, all of them (better than giving up)."""
+        when = self.clock() if now is None else now
         alive = [u for u in self.upstreams if not u.dead]
-        return sorted(alive or self.upstreams, key=Upstream.sort_key)
+        return sorted(alive or self.upstreams, key=lambda u: u.sort_key(when))
 
     async def resolve(self, question: bytes, do: bool, cd: bool) -> Reply | None:
         """The first usable answer for `question` (name, type, class as on the wire), or None
         when no upstream gave one (the caller answers SERVFAIL)."""
-        loop = asyncio.get_running_loop()
         for up in self.ordered():
-            stats = up.stats
-            stats["queries"] += 1
-            started = loop.time()
             try:
-                reply = await self.query_udp(up, question, do, cd)
-            except OSError as err:
-                stats["errors"] += 1
-                log.warning("cannot query upstream %s: %s", up.text, err.strerror or err)
-                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    return None  # our own shortage: the next upstream would fare no better
-                self._failed(up)
-                continue
-            if reply is None:
-                stats["timeouts"] += 1
-                self._failed(up)
-                continue
-            up.answered(loop.time() - started)
-            if reply[1].truncated:
-                stats["tcp"] += 1
-                reply = await self.query_tcp(up, question, do, cd)
-                if reply is None:
-                    continue
-            rcode = reply[1].rcode
-            if rcode == wire.REFUSED:
-                stats["refused"] += 1
-                continue
-            if rcode == wire.SERVFAIL:
-                stats["servfail"] += 1
-                continue
-            stats["answers"] += 1
-            return reply
+                reply = await self._ask(up, question, do, cd)
+            except OSError:
+                return None  # our own shortage: the next upstream would fare no better
+            if reply is not None:
+                up.stats["answers"] += 1
+                return reply
         return None
 
-    async def query_udp(self, up: Upstream, question: bytes, do: bool, cd: bool) -> Reply | None:
+    async def _ask(self, up: Upstream, question: bytes, do: bool, cd: bool) -> Reply | None:
+        """`up`'s usable answer, or None (a refusal, a timeout, an error: ask the next one).
+        OSError for a shortage of our own (no socket to be had)."""
+        stats = up.stats
+        reply = await self._exchange(up, question, do, cd, True)
+        if reply is None:
+            return None
+        rcode = reply[1].rcode
+        if rcode in (wire.FORMERR, wire.NOTIMP):
+            # A server that does not speak EDNS (RFC 6891 7): once more without OPT. The
+            # answer is then built per the client's EDNS as usual, without DNSSEC records.
+            stats["formerr"] += 1
+            stats["no_edns"] += 1
+            reply = await self._exchange(up, question, do, cd, False)
+            if reply is None:
+                return None
+            rcode = reply[1].rcode
+        if rcode == wire.NOERROR or rcode == wire.NXDOMAIN or 5 < rcode <= 15:
+            # Answers, and the rare rcodes 6-15, handed on as they are (no OPT needed for them).
+            up.graded(True, self.clock())
+            return reply
+        if rcode == wire.SERVFAIL:
+            stats["servfail"] += 1
+        elif rcode == wire.REFUSED:
+            stats["refused"] += 1
+        elif rcode > 15:
+            stats["extended"] += 1
+            log.debug("upstream %s: extended rcode %d, not handed on", up.text, rcode)
+        else:
+            stats["formerr"] += 1
+        up.graded(False, self.clock())
+        return None
+
+    async def _exchange(
+        self, up: Upstream, question: bytes, do: bool, cd: bool, edns: bool
+    ) -> Reply | None:
+        """One question to `up` over UDP, and over TCP again if the answer was truncated;
+        None on a timeout, an error or no acceptable reply. OSError for our own shortage."""
+        loop = asyncio.get_running_loop()
+        stats = up.stats
+        stats["queries"] += 1
+        started = loop.time()
+        try:
+            reply = await self.query_udp(up, question, do, cd, edns)
+        except OSError as err:
+            stats["errors"] += 1
+            log.warning("cannot query upstream %s: %s", up.text, err.strerror or err)
+            if err.errno in SHORTAGE:
+                raise
+            self._failed(up)
+            return None
+        if reply is None:
+            stats["timeouts"] += 1
+            self._failed(up)
+            return None
+        up.answered(loop.time() - started)
+        if reply[1].truncated:
+            stats["tcp"] += 1
+            reply = await self.query_tcp(up, question, do, cd, edns)
+        return reply
+
+    async def query_udp(
+        self, up: Upstream, question: bytes, do: bool, cd: bool, edns: bool = True
+    ) -> Reply | None:
         """One attempt over UDP; None on timeout. OSError for a socket we cannot have."""
         loop = asyncio.get_running_loop()
         qid = secrets.randbits(16)
-        query = wire.build_query(qid, question, do, cd)
+        query = wire.build_query(qid, question, do, cd, edns)
         sock = socket.socket(up.family, socket.SOCK_DGRAM)
         fd = sock.fileno()
         done: asyncio.Future[Reply | None] = loop.create_future()
@@ -206,20 +288,19 @@ class Forwarder:
                     stats["errors"] += 1
                     log.debug("upstream %s: %s", up.text, err)
                     return
-                if (
-                    source[1] != port
-                    or source[0] != host
-                    or not wire.reply_matches(data, qid, question)
-                ):
+                if source[1] != port or source[0] != host:
                     stats["dropped"] += 1
                     continue
                 try:
-                    layout = wire.scan_reply(data)
+                    layout = wire.accept_reply(data, qid, question)
                 except wire.WireError as err:
                     stats["malformed"] += 1
                     log.debug("upstream %s: malformed reply dropped: %s", up.text, err)
                     continue
-                done.set_result((data, layout))
+                if layout is None:
+                    stats["dropped"] += 1
+                    continue
+                done.set_result(_cut(up, data, layout))
 
         def expire() -> None:
             if not done.done():
@@ -243,10 +324,12 @@ class Forwarder:
             loop.remove_reader(fd)
             sock.close()
 
-    async def query_tcp(self, up: Upstream, question: bytes, do: bool, cd: bool) -> Reply | None:
+    async def query_tcp(
+        self, up: Upstream, question: bytes, do: bool, cd: bool, edns: bool = True
+    ) -> Reply | None:
         """One attempt over TCP (after TC); None on timeout, error or an unacceptable reply."""
         qid = secrets.randbits(16)
-        query = wire.build_query(qid, question, do, cd)
+        query = wire.build_query(qid, question, do, cd, edns)
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.timeout):
@@ -262,15 +345,22 @@ class Forwarder:
         finally:
             if writer is not None:
                 writer.close()
-        if not wire.reply_matches(data, qid, question):
-            up.stats["dropped"] += 1
-            return None
         try:
-            return data, wire.scan_reply(data)
+            layout = wire.accept_reply(data, qid, question)
         except wire.WireError as err:
             up.stats["malformed"] += 1
             log.debug("upstream %s over TCP: malformed reply: %s", up.text, err)
             return None
+        if layout is None:
+            up.stats["dropped"] += 1
+            return None
+        if layout.truncated:
+            # TC over TCP: a partial answer we must neither cache nor hand out as whole.
+            up.stats["malformed"] += 1
+            log.debug("upstream %s over TCP: reply with TC set, not used", up.text)
+            up.graded(False, self.clock())
+            return None
+        return _cut(up, data, layout)
 
     def _failed(self, up: Upstream) -> None:
         if up.failed(self.dead_after) and not self.closed:
@@ -304,3 +394,12 @@ class Forwarder:
         for task in probes:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _cut(up: Upstream, data: bytes, layout: wire.Layout) -> Reply:
+    """The reply without the bytes after its last record (counted), as `layout` found it."""
+    if layout.end < len(data):
+        up.stats["trailing"] += 1
+        log.debug("upstream %s: %d bytes after the reply cut off", up.text, len(data) - layout.end)
+        return data[: layout.end], layout
+    return data, layout

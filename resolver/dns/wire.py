@@ -5,8 +5,8 @@ objects built), a reply is walked once by `scan_reply` when it arrives from upst
 finds every TTL field (so a cached reply can be re-served by patching those four-byte fields),
 every compression pointer (so the OPT record can be cut out), the CNAME chain and the A/AAAA
 addresses of the answer, and the SOA that bounds negative caching. It follows compression
-pointers only backwards and at most `MAX_HOPS` times, so loops and forward references are
-rejected, never followed.
+pointers only backwards (and never into the header) and at most `MAX_HOPS` times, so loops
+and forward references are rejected, never followed.
 
 This is the only module of the package that may import dnslib; it does not need to, since the
 walker below interprets only the few record types it must (CNAME, A, AAAA, SOA) and passes every
@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 
 # Header flags and codes (RFC 1035 4.1.1, RFC 4035 3.2, RFC 6891 6.1.3).
 QR = 0x8000
+AA = 0x0400
 TC = 0x0200
 RD = 0x0100
+RA = 0x0080
 CD = 0x0010
 DO = 0x8000  # in the OPT record's TTL field
 
@@ -30,11 +32,11 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
 
 T_A, T_NS, T_CNAME, T_SOA, T_AAAA, T_OPT = 1, 2, 5, 6, 28, 41
-T_IXFR, T_AXFR = 251, 252
+T_IXFR, T_AXFR, T_ANY = 251, 252, 255
 
 EDNS_SIZE = 1232  # what we advertise and the most we hand out over UDP (DNS flag day 2020)
 PLAIN_SIZE = 512  # the limit for a client without EDNS (RFC 1035 4.2.1)
-MAX_NAME = 255
+MAX_NAME = 255  # octets of a wire name, the root label's zero byte included (RFC 1035 3.1)
 MAX_HOPS = 64  # compression pointers followed for one name
 MAX_CHAIN = 16  # CNAMEs followed from the query name
 
@@ -97,7 +99,19 @@ def parse_query(data: bytes) -> ParsedQuery:
     FORMERR: qdcount != 1, a bad or compressed question name, a name over 255 octets, a
     truncated message, trailing bytes, an OPT that is not in the additional section, not at the
     root, or not alone. BADVERS: EDNS version other than 0.
+
+    An error to answer carries `edns` and `do` from the query's OPT record, found best effort,
+    so that the error reply has an OPT too (RFC 6891 6.1.1).
     """
+    try:
+        return _parse_query(data)
+    except WireError as err:
+        if err.rcode is not None and not err.edns:
+            err.edns, err.do = find_opt(data)
+        raise
+
+
+def _parse_query(data: bytes) -> ParsedQuery:
     n = len(data)
     if n < 12:
         raise WireError("shorter than a DNS header", None)
@@ -119,7 +133,7 @@ def parse_query(data: bytes) -> ParsedQuery:
         if length & 0xC0:
             raise WireError("compressed or extended label in the question")
         pos += length + 1
-        if pos - 12 > MAX_NAME:
+        if pos - 11 > MAX_NAME:  # the labels so far and the root label's zero byte
             raise WireError("name longer than 255 octets")
     qend = pos + 4
     if qend > n:
@@ -187,6 +201,30 @@ def _general_query(data: bytes, qend: int, qtype: int, flags: int) -> ParsedQuer
     return _opt_query(data, qend, opt_at, qtype, flags)
 
 
+def find_opt(data: bytes) -> tuple[bool, bool]:
+    """(edns, do) of a query that `parse_query` rejected: its first OPT record, looked for best
+    effort (records are walked until the OPT's fixed part is found or the walk fails)."""
+    n = len(data)
+    if n < 12:
+        return False, False
+    qd, an, ns, ar = struct.unpack_from("!HHHH", data, 4)
+    pos = 12
+    try:
+        for _ in range(qd):
+            pos = _skip_name(data, pos, None) + 4
+        for index in range(an + ns + ar):
+            owner = pos
+            pos = _skip_name(data, pos, None)
+            if pos + 10 > n:
+                break
+            if index >= an + ns and pos == owner + 1 and data[pos : pos + 2] == b"\0)":
+                return True, bool(data[pos + 6] & 0x80)
+            pos += 10 + ((data[pos + 8] << 8) | data[pos + 9])
+    except WireError:
+        return False, False  # a name that does not walk: no OPT can be found past it
+    return False, False
+
+
 def question_key(data: bytes, qend: int, flags: int) -> bytes:
     """Cache and coalescing key: the name folded to lower case, type, class, DO and CD.
 
@@ -196,10 +234,13 @@ def question_key(data: bytes, qend: int, flags: int) -> bytes:
     return data[12 : qend - 4].lower() + data[qend - 4 : qend] + b"%c" % (flags & (DO_BIT | CD_BIT))
 
 
-def error_reply(data: bytes, rcode: int, qend: int, edns: bool, do: bool) -> bytes:
-    """An answer with no records: the query's id, opcode, RD and CD, its question when `qend`
-    says it is well-formed, and our OPT (carrying the upper rcode bits) for an EDNS client."""
+def error_reply(data: bytes, rcode: int, qend: int, edns: bool, do: bool, ra: bool = True) -> bytes:
+    """An answer with no records: the query's id, opcode, RD and CD, RA (we offer recursion;
+    `ra` false for a client the ACL refuses), its question when `qend` says it is
+    well-formed, and our OPT (carrying the upper rcode bits) for an EDNS client."""
     flags = QR | ((data[2] << 8 | data[3]) & (0x7800 | RD | CD)) | (rcode & 0xF)
+    if ra:
+        flags |= RA
     header = data[:2] + _U16.pack(flags)
     question = data[12:qend] if qend else b""
     counts = b"\0\x01" if qend else b"\0\0"
@@ -216,29 +257,71 @@ def opt_record(do: bool, ext_rcode: int = 0) -> bytes:
 # -- queries to upstreams ---------------------------------------------------------------------
 
 
-def build_query(qid: int, question: bytes, do: bool, cd: bool) -> bytes:
-    """Our upstream query: RD, CD as the client set it, EDNS 1232 with DO as the client set it.
+def build_query(qid: int, question: bytes, do: bool, cd: bool, edns: bool = True) -> bytes:
+    """Our upstream query: RD, CD as the client set it, EDNS 1232 with DO as the client set it
+    (without `edns`: no OPT at all, for a server that rejects EDNS).
 
     `question` is the question section (name + type + class) exactly as it goes on the wire.
     """
     flags = RD | CD if cd else RD
+    if not edns:
+        return _HEADER.pack(qid, flags, 1, 0, 0, 0) + question
     return _HEADER.pack(qid, flags, 1, 0, 0, 1) + question + opt_record(do)
+
+
+def _header_matches(data: bytes, qid: int) -> bool:
+    """A header long enough, our id, QR set, opcode QUERY."""
+    return (
+        len(data) >= 12
+        and data[0] == qid >> 8
+        and data[1] == qid & 0xFF
+        and data[2] & 0x80 != 0
+        and not data[2] & 0x78
+    )
+
+
+def _question_matches(data: bytes, question: bytes) -> bool:
+    """One question, `question` (the name compared without regard to case)."""
+    qend = 12 + len(question)
+    if len(data) < qend or data[4] or data[5] != 1:
+        return False
+    return (
+        data[12 : qend - 4].lower() == question[:-4].lower()
+        and data[qend - 4 : qend] == question[-4:]
+    )
 
 
 def reply_matches(data: bytes, qid: int, question: bytes) -> bool:
     """dnspython's rule: the id, QR, opcode QUERY and the one question (name compared without
     regard to case, type and class exactly) must match. The source is checked by the caller."""
-    if len(data) < 12 + len(question):
-        return False
-    if data[0] != qid >> 8 or data[1] != qid & 0xFF:
-        return False
-    if not data[2] & 0x80 or data[2] & 0x78 or data[4] or data[5] != 1:
-        return False
-    qend = 12 + len(question)
-    return (
-        data[12 : qend - 4].lower() == question[:-4].lower()
-        and data[qend - 4 : qend] == question[-4:]
-    )
+    return _header_matches(data, qid) and _question_matches(data, question)
+
+
+def accept_reply(data: bytes, qid: int, question: bytes) -> Layout | None:
+    """The layout of an upstream reply to our query `qid` for `question`; None when it is not
+    a reply to that query (to be dropped); WireError when it is, but malformed.
+
+    - FORMERR or NOTIMP with QDCOUNT 0 (what servers that reject EDNS or the query often
+      send): accepted on id, QR and opcode alone, nothing else is read from it;
+    - otherwise the question must match (`reply_matches`);
+    - TC set: accepted on the header and question alone (the layout says `truncated`), since
+      a server may cut a truncated reply anywhere, even inside a record (RFC 2181 9), and
+      the answer is fetched again over TCP anyway;
+    - else walked by `scan_reply`, bytes after the last record tolerated: the layout's `end`
+      says where the message ends (like Unbound; the caller cuts and counts them).
+    """
+    if not _header_matches(data, qid):
+        return None
+    rcode = data[3] & 0xF
+    if not (data[4] or data[5]):
+        if rcode in (FORMERR, NOTIMP):
+            return Layout(rcode=rcode, qend=12, end=len(data))
+        return None
+    if not _question_matches(data, question):
+        return None
+    if data[2] & 0x02:
+        return Layout(rcode=rcode, qend=12 + len(question), end=len(data), truncated=True)
+    return scan_reply(data, trailing=True)
 
 
 # -- replies from upstreams -------------------------------------------------------------------
@@ -269,13 +352,15 @@ class Layout:
     answers: list[Record] = field(default_factory=list)
     soa: tuple[int, int] | None = None  # (TTL, MINIMUM) of the first SOA in the authority section
     truncated: bool = False
+    end: int = 0  # where the message ends: past its last record
 
 
 def _skip_name(data: bytes, pos: int, pointers: list[int] | None) -> int:
     """Validate the name at `pos`; return the offset just past it (past its first pointer).
 
     Follows pointers to check the whole name: each pointer must point strictly before the
-    position it is found at, at most MAX_HOPS of them, total length at most 255 octets.
+    position it is found at and past the header, at most MAX_HOPS of them, total length at
+    most 255 octets (the root label's zero byte included).
     """
     n = len(data)
     end = -1
@@ -294,6 +379,8 @@ def _skip_name(data: bytes, pos: int, pointers: list[int] | None) -> int:
             target = ((length & 0x3F) << 8) | data[pos + 1]
             if target >= pos:
                 raise WireError("compression pointer does not point backwards")
+            if target < 12:
+                raise WireError("compression pointer into the header")
             hops += 1
             if hops > MAX_HOPS:
                 raise WireError("too many compression pointers")
@@ -306,7 +393,7 @@ def _skip_name(data: bytes, pos: int, pointers: list[int] | None) -> int:
         if kind:
             raise WireError("extended label type")
         total += length + 1
-        if total > MAX_NAME:
+        if total >= MAX_NAME:  # with the root label's zero byte still to come
             raise WireError("name longer than 255 octets")
         pos += length + 1
 
@@ -328,6 +415,8 @@ def read_name(data: bytes, pos: int) -> str:
             if hops > MAX_HOPS:
                 raise WireError("too many compression pointers")
             pos = ((length & 0x3F) << 8) | data[pos + 1]
+            if pos < 12:
+                raise WireError("compression pointer into the header")
             continue
         label = data[pos + 1 : pos + 1 + length].lower().decode("latin-1")
         labels.append(label.replace(".", "\\.") if "." in label else label)
@@ -358,10 +447,12 @@ def encode_name(text: str) -> bytes:
     return bytes(out)
 
 
-def scan_reply(data: bytes, records: bool = True) -> Layout:
+def scan_reply(data: bytes, records: bool = True, trailing: bool = False) -> Layout:
     """Walk a whole reply once; raise WireError for anything malformed (a compression loop or
-    forward pointer, a truncated record, a second or non-root OPT, trailing bytes).
+    forward pointer, a truncated record, a second or non-root OPT, trailing bytes unless
+    `trailing` allows them: then `end` says where the last record ends).
 
+    A TTL with the top bit set counts as 0 (RFC 2181 8), in `ttls`, the answers and the SOA.
     With `records` false the answer records are counted but not decoded (a check only)."""
     n = len(data)
     if n < 12:
@@ -392,6 +483,8 @@ def scan_reply(data: bytes, records: bool = True) -> Layout:
             if data[rdata - 6]:
                 layout.rcode = data[rdata - 6] << 4 | (flags & 0xF)
         else:
+            if ttl & 0x80000000:
+                ttl = 0
             offsets.append(pos + 4)
             ttls.append(ttl)
             names = _RDATA_NAMES.get(rtype)
@@ -405,10 +498,12 @@ def scan_reply(data: bytes, records: bool = True) -> Layout:
                 if records:
                     answers.append(Record(read_name(data, owner), rtype, ttl, rdata, rdlen))
             elif index < an + ns and rtype == T_SOA and layout.soa is None and rdlen >= 22:
-                layout.soa = (ttl, _U32.unpack_from(data, end - 4)[0])
+                minimum = _U32.unpack_from(data, end - 4)[0]
+                layout.soa = (ttl, 0 if minimum & 0x80000000 else minimum)
         pos = end
-    if pos != n:
+    if pos != n and not trailing:
         raise WireError("trailing bytes after the last record")
+    layout.end = pos
     layout.answer_ttls = an if an < len(ttls) else len(ttls)
     return layout
 

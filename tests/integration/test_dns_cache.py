@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from dnslib import QTYPE
+from dnslib import QTYPE, DNSRecord
 
 from tests.integration.conftest import DnsEnv, FakeClock, query_bytes, rcode
 
@@ -140,3 +142,39 @@ async def test_cname_chain_ending_in_no_data_is_kept_for_the_negative_ttl() -> N
         clock.advance(1)
         await env.ask("alias.example.test", "AAAA")
         assert len(env.fake.received) == 2
+
+
+async def test_memo_ttl_steps_at_whole_seconds_and_stops_at_expiry() -> None:
+    """Repeat hits come from the memo: the TTL counts down at whole seconds of the entry's
+    age, and the memo never outlives the entry (asked again at 60 s)."""
+    clock = FakeClock()
+    async with DnsEnv(clock=clock) as env:
+        data = query_bytes("www.example.test")
+        seen = []
+        for step in (0, 0.5, 0.25, 0.25, 0.75, 57.0, 1.0, 0.5):
+            clock.advance(step)
+            raw = await env.udp(data)
+            assert raw is not None
+            seen.append(DNSRecord.parse(raw).rr[0].ttl)
+        assert seen == [60, 60, 60, 59, 59, 2, 1, 60]
+        assert len(env.fake.received) == 2
+
+
+async def test_coalesced_waiters_get_their_own_id_and_case() -> None:
+    async with DnsEnv() as env:
+        env.fake.delay = 0.2
+        names = ("WWW.example.TEST", "www.EXAMPLE.test", "wWw.ExAmPlE.tEsT")
+        queries = [query_bytes(name) for name in names]
+        raws = await asyncio.gather(*(env.udp(q) for q in queries))
+        assert len(env.fake.received) == 1
+        for query, raw in zip(queries, raws, strict=True):
+            assert raw is not None
+            assert raw[:2] == query[:2] and raw[12 : len(query)] == query[12:]
+
+
+async def test_root_name_query() -> None:
+    async with DnsEnv() as env:
+        assert rcode(await env.ask(".", "NS")) in (0, NXDOMAIN)
+        assert rcode(await env.ask(".", "NS")) in (0, NXDOMAIN)
+        assert env.fake.received[0].qname == ""
+        assert len(env.fake.received) == 1  # the second came from the cache

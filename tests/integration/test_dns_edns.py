@@ -114,3 +114,33 @@ async def test_non_edns_client_never_gets_opt() -> None:
             reply = await env.ask(name, qtype)
             assert opt_of(reply) is None
             assert all(r.rtype != QTYPE.OPT for r in reply.ar)
+
+
+@pytest.mark.parametrize("do", [False, True])
+async def test_errors_to_an_edns_query_carry_our_opt(do: bool) -> None:
+    """RFC 6891 6.1.1: NOTIMP for an opcode (checked before the OPT is reached), FORMERR for
+    bytes after the OPT or a second question: each reply has an OPT, DO echoed."""
+    query = query_bytes("www.example.test", edns=1232, do=do)
+    notimp = bytearray(query)
+    notimp[2] = (notimp[2] & 0x87) | (15 << 3)
+    qend = len(query) - 11  # the OPT record is the last 11 bytes
+    two_questions = query[:5] + b"\x02" + query[6:qend] + query[12:]  # the question twice
+    cases = {
+        "notimp": (bytes(notimp), 4),
+        "trailing": (query + b"\0", 1),
+        "qdcount": (two_questions, 1),
+    }
+    async with DnsEnv() as env:
+        for case, (data, want) in cases.items():
+            raw = await env.udp(data)
+            assert raw is not None, case
+            reply = DNSRecord.parse(raw)
+            assert rcode(reply) == want and reply.header.id == DNSRecord.parse(query).header.id
+            opt = opt_of(reply)
+            assert opt is not None, case
+            assert bool(opt.ttl & 0x8000) == do, case
+        plain = bytearray(query_bytes("www.example.test"))
+        plain[2] = (plain[2] & 0x87) | (15 << 3)
+        raw = await env.udp(bytes(plain))
+        assert raw is not None and opt_of(DNSRecord.parse(raw)) is None
+        assert env.fake.received == []

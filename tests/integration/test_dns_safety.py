@@ -9,7 +9,7 @@ import struct
 import pytest
 from dnslib import EDNS0, DNSRecord
 
-from tests.integration.conftest import DnsEnv, query_bytes, rcode
+from tests.integration.conftest import DnsEnv, opt_of, query_bytes, rcode
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +148,65 @@ async def test_no_traceback_is_logged_for_client_input(caplog: pytest.LogCapture
         assert (await env.ask("www.example.test")).rr
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert any("query www.example.test A" in r.getMessage() for r in caplog.records)
+
+
+def _name(total: int) -> bytes:
+    """An uncompressed wire name of exactly `total` octets, the root label's zero included."""
+    out = b""
+    left = total - 1
+    while left:
+        size = min(63, left - 1)
+        out += bytes((size,)) + b"a" * size
+        left -= size + 1
+    return out + b"\0"
+
+
+async def test_name_of_256_octets_is_formerr_and_255_is_forwarded() -> None:
+    """RFC 1035 3.1: at most 255 octets, the root label's zero byte included."""
+    async with DnsEnv() as env:
+        for total, want in ((256, FORMERR), (255, 3)):  # NXDOMAIN from the fake
+            name = _name(total)
+            assert len(name) == total
+            raw = await env.udp(_header(0x1234, 0x0100) + name + b"\0\x01\0\x01")
+            assert raw is not None and raw[3] & 0x0F == want, total
+        assert len(env.fake.received) == 1
+
+
+async def test_our_own_errors_offer_recursion_but_not_to_refused_clients() -> None:
+    async with DnsEnv() as env:
+        formerr = await env.udp(FORMERR_CASES["trailing garbage"])
+        notimp = await env.udp(_header(0x3333, 4 << 11) + QUESTION)
+        assert formerr is not None and notimp is not None
+        assert formerr[3] & 0x80 and notimp[3] & 0x80  # RA
+        env.fake.mode = "timeout"
+        servfail = await env.ask("www.example.test")
+        assert rcode(servfail) == 2 and servfail.header.ra
+    async with DnsEnv(allow=("10.0.0.0/8",)) as env:
+        refused = await env.ask("www.example.test")
+        assert rcode(refused) == REFUSED and not refused.header.ra
+
+
+async def test_tcp_query_beyond_the_pending_table_gets_servfail() -> None:
+    """Over TCP a query is answered or the connection closed (RFC 7766): a query the pending
+    table has no room for gets SERVFAIL at once, the one in flight its answer later."""
+    async with DnsEnv(forward={"max_pending": 1}) as env:
+        env.fake.delay = 0.15
+        first = query_bytes("n1.example.test")
+        second = query_bytes("n2.example.test", edns=1232)
+        replies = [DNSRecord.parse(r) for r in await env.tcp([first, second], timeout=1.0)]
+        ids = [DNSRecord.parse(m).header.id for m in (second, first)]
+        assert [r.header.id for r in replies] == ids  # the refusal overtakes the answer
+        full, answered = replies
+        assert rcode(full) == 2 and full.header.ra and opt_of(full) is not None
+        assert rcode(answered) == NOERROR and answered.rr
+        assert env.counters["pending_full"] == 1
+
+
+async def test_tcp_query_over_the_rate_limit_gets_refused() -> None:
+    async with DnsEnv(ratelimit={"qps": 1.0, "burst": 1}) as env:
+        messages = [query_bytes("www.example.test"), query_bytes("n1.example.test")]
+        replies = [DNSRecord.parse(r) for r in await env.tcp(messages, timeout=1.0)]
+        by_name = {str(r.q.qname): r for r in replies}
+        assert by_name["www.example.test."].rr
+        assert rcode(by_name["n1.example.test."]) == REFUSED
+        assert env.counters["ratelimited"] == 1

@@ -120,3 +120,13 @@ async def test_bind_failure_names_the_address() -> None:
         await server.stop(0.1)
     finally:
         blocker.close()
+
+
+async def test_tcp_length_prefix_then_stall_is_closed_by_the_idle_timeout() -> None:
+    async with DnsEnv(tcp={"idle_timeout": 0.3}) as env:
+        reader, writer = await asyncio.open_connection(*env.address())
+        writer.write(b"\0\x20")  # a 32-byte message announced, never sent
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(10), 2.0) == b""
+        writer.close()
+        assert env.srv.tcp_stats()["idle_closed"] == 1

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 
 import pytest
-from dnslib import CNAME, EDNS0, QTYPE, RR, SOA, TXT, A, DNSLabel, DNSRecord
+from dnslib import AAAA, CNAME, EDNS0, QTYPE, RR, SOA, TXT, A, DNSLabel, DNSRecord
 
 from policy.loader import builtin_policy
 from policy.matcher import Matcher
@@ -202,3 +203,58 @@ def test_a_label_holding_a_dot_is_not_matched_as_two_labels() -> None:
     assert entry.chain == ("evil\\.office.com",)
     assert entry.tag is None
     assert Matcher(builtin_policy().rules).match("evil.office.com") is not None  # the lookalike
+
+
+# -- review fixes: our header bits, positive vs negative with an SOA, TTL top bit ----------------
+
+
+def test_stored_header_is_ours_no_aa_no_tc_ra_set() -> None:
+    r = _positive()
+    r.header.aa = 1
+    r.header.ra = 0
+    entry = _entry(r)
+    for edns in (False, True):
+        query = _query("www.example.test", edns=edns)
+        qend = len(query) - 11 if edns else len(query)
+        reply = DNSRecord.parse(entry.reply(query, qend, edns, 1232, 100.0))
+        assert not reply.header.aa and not reply.header.tc and reply.header.ra
+
+
+def test_positive_answer_with_soa_in_authority_is_not_negative() -> None:
+    r = _positive()
+    soa = SOA("ns.t", "h.t", (1, 2, 3, 4, 5))
+    r.add_auth(RR("example.test", QTYPE.SOA, rdata=soa, ttl=900))
+    entry = _entry(r)
+    assert entry.ttl == 60 and entry.bases == [120, 60, 900]
+
+
+def test_cname_answer_to_a_cname_query_is_positive() -> None:
+    r = DNSRecord.parse(_query("alias.test", "CNAME")).reply()
+    r.add_answer(RR("alias.test", QTYPE.CNAME, rdata=CNAME("edge.test"), ttl=300))
+    r.add_auth(RR("test", QTYPE.SOA, rdata=SOA("ns.t", "h.t", (1, 2, 3, 4, 5)), ttl=900))
+    assert _entry(r).ttl == 300
+
+
+def test_nodata_after_cnames_is_negative_and_needs_an_soa() -> None:
+    r = DNSRecord.parse(_query("alias.test", "AAAA")).reply()
+    r.add_answer(RR("alias.test", QTYPE.CNAME, rdata=CNAME("edge.test"), ttl=300))
+    r.add_answer(RR("other.test", QTYPE.AAAA, rdata=AAAA("2001:db8::1"), ttl=300))  # off-chain
+    assert _entry(r).ttl == 0  # RFC 2308 5: no SOA, not cached
+    r.add_auth(RR("test", QTYPE.SOA, rdata=SOA("ns.t", "h.t", (1, 2, 3, 4, 20)), ttl=900))
+    entry = _entry(r)
+    assert entry.ttl == 20 and entry.bases == [20, 20, 20]
+
+
+def test_ttl_with_the_top_bit_set_is_zero_and_not_cached() -> None:
+    entry = _entry(_positive())
+    data = bytearray(entry.template)
+    struct.pack_into("!I", data, entry.offsets[0], 0x80000000)
+    layout = wire.scan_reply(bytes(data))
+    key = wire.question_key(bytes(data), layout.qend, 0)
+    odd = build_entry(key, bytes(data), layout, 0.0, False, 86400, 3600, Rows({}))
+    assert odd.ttl == 0 and odd.bases == [0, 60]
+    query = _query("www.example.test")
+    assert [r.ttl for r in DNSRecord.parse(odd.reply(query, len(query), False, 512, 0.0)).rr] == [
+        0,
+        60,
+    ]

@@ -338,3 +338,111 @@ def test_truncated_header() -> None:
     tc = wire.truncated_header(head, True)
     assert tc == bytes((0x83, 0xA0)) + b"\x00\x01\x00\x00\x00\x00\x00\x01"
     assert wire.truncated_header(head, False)[-2:] == b"\x00\x00"
+
+
+# -- review fixes: name length, header pointers, TTL top bit, errors with OPT, acceptance ------
+
+
+def _long_name(total: int) -> bytes:
+    """An uncompressed wire name of exactly `total` octets, the root label's zero included."""
+    out = b""
+    left = total - 1
+    while left:
+        size = min(63, left - 1)
+        out += bytes((size,)) + b"a" * size
+        left -= size + 1
+    return out + b"\0"
+
+
+def test_name_of_256_octets_is_too_long_in_queries_and_replies() -> None:
+    for total, ok in ((255, True), (256, False)):
+        name = _long_name(total)
+        assert len(name) == total
+        query = _header() + name + b"\x00\x01\x00\x01"
+        reply = struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
+        if ok:
+            wire.parse_query(query)
+            wire.scan_reply(reply)
+            continue
+        with pytest.raises(wire.WireError) as err:
+            wire.parse_query(query)
+        assert err.value.rcode == wire.FORMERR
+        with pytest.raises(wire.WireError):
+            wire.scan_reply(reply)
+
+
+def test_compression_pointer_into_the_header_is_rejected() -> None:
+    record = b"\xc0\x04\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01"
+    data = struct.pack("!HHHHHH", 1, 0x8180, 1, 1, 0, 0) + QUESTION + record
+    with pytest.raises(wire.WireError, match="header"):
+        wire.scan_reply(data)
+    with pytest.raises(wire.WireError, match="header"):
+        wire.read_name(data, 12 + len(QUESTION))
+    assert wire.name_text(b"\x01a\xc0\x00") == "<bad name>"
+
+
+def test_ttl_with_the_top_bit_set_counts_as_zero() -> None:
+    head = struct.pack("!HHHHHH", 1, 0x8183, 1, 1, 1, 0)
+    a_record = b"\xc0\x0c\x00\x01\x00\x01\x80\x00\x00\x00\x00\x04\xc0\x00\x02\x01"
+    soa_rdata = b"\x00\x00" + struct.pack("!IIIII", 1, 2, 3, 4, 0xFFFFFFFF)
+    soa = b"\x00\x00\x06\x00\x01" + struct.pack("!IH", 0x80000001, len(soa_rdata)) + soa_rdata
+    layout = wire.scan_reply(head + QUESTION + a_record + soa)
+    assert layout.ttls == [0, 0] and layout.answers[0].ttl == 0 and layout.soa == (0, 0)
+
+
+def test_errors_carry_the_queries_opt_found_best_effort() -> None:
+    notimp = bytearray(_query(udp_len=1232, flags="do"))
+    notimp[2] |= 15 << 3
+    with pytest.raises(wire.WireError) as err:
+        wire.parse_query(bytes(notimp))
+    assert err.value.rcode == wire.NOTIMP and err.value.edns and err.value.do
+    with pytest.raises(wire.WireError) as err:
+        wire.parse_query(_header(ar=1) + QUESTION + OPT + b"x")
+    assert err.value.rcode == wire.FORMERR and err.value.edns and not err.value.do
+    with pytest.raises(wire.WireError) as err:
+        wire.parse_query(_header() + QUESTION + b"x")
+    assert not err.value.edns
+    assert wire.find_opt(_header(ar=1) + b"\x05ab") == (False, False)  # the walk fails
+    assert wire.find_opt(b"\x00" * 5) == (False, False)
+
+
+def test_error_reply_offers_recursion_unless_told_not_to() -> None:
+    data = _query()
+    assert DNSRecord.parse(wire.error_reply(data, wire.SERVFAIL, len(data), False, False)).header.ra
+    refused = wire.error_reply(data, wire.REFUSED, len(data), False, False, ra=False)
+    assert not DNSRecord.parse(refused).header.ra
+
+
+def test_build_query_without_edns() -> None:
+    q = DNSRecord.parse(wire.build_query(7, QUESTION, do=True, cd=False, edns=False))
+    assert q.ar == [] and q.header.rd and str(q.q.qname) == "www.example.test."
+
+
+def test_accept_reply() -> None:
+    query = wire.build_query(0x4242, QUESTION, False, False)
+    good = _reply_to(query)
+    layout = wire.accept_reply(good, 0x4242, QUESTION)
+    assert layout is not None and layout.end == len(good) and len(layout.answers) == 1
+    assert wire.accept_reply(good, 0x4243, QUESTION) is None
+    # bytes after the last record: accepted, `end` says where the reply stops
+    layout = wire.accept_reply(good + b"\x00junk", 0x4242, QUESTION)
+    assert layout is not None and layout.end == len(good)
+    # TC: header and question suffice, even with counts running past the end
+    tc = struct.pack("!HHHHHH", 0x4242, 0x8380, 1, 3, 0, 0) + QUESTION + b"\xc0"
+    layout = wire.accept_reply(tc, 0x4242, QUESTION)
+    assert layout is not None and layout.truncated and layout.qend == 12 + len(QUESTION)
+    other = wire.encode_name("other.test") + b"\x00\x01\x00\x01"
+    assert wire.accept_reply(tc, 0x4242, other) is None
+    # FORMERR and NOTIMP without a question: accepted on id, QR and opcode
+    for rcode in (wire.FORMERR, wire.NOTIMP):
+        bare = struct.pack("!HHHHHH", 0x4242, 0x8180 | rcode, 0, 0, 0, 0)
+        layout = wire.accept_reply(bare, 0x4242, QUESTION)
+        assert layout is not None and layout.rcode == rcode
+        assert wire.accept_reply(bare, 0x4243, QUESTION) is None
+        assert wire.accept_reply(bare[:2] + b"\x01" + bare[3:], 0x4242, QUESTION) is None  # no QR
+        notify = struct.pack("!HHHHHH", 0x4242, 0xA180 | rcode, 0, 0, 0, 0)
+        assert wire.accept_reply(notify, 0x4242, QUESTION) is None
+    no_question = struct.pack("!HHHHHH", 0x4242, 0x8182, 0, 0, 0, 0)
+    assert wire.accept_reply(no_question, 0x4242, QUESTION) is None  # SERVFAIL needs one
+    with pytest.raises(wire.WireError):
+        wire.accept_reply(good[:-1], 0x4242, QUESTION)  # our reply, but a record cut short
