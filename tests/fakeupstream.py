@@ -152,6 +152,31 @@ def _record(name: str, rtype: str, value: str, ttl: int) -> RR:
     return RR(owner, QTYPE.SOA, rdata=SOA(mname, rname, tuple(int(t) for t in times)), ttl=ttl)
 
 
+def bind_pair(host: str, port: int = 0) -> tuple[socket.socket, socket.socket, int]:
+    """A UDP and a listening TCP socket on the same port of `host` (a free one for port 0),
+    both non-blocking: what a name server serves on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _attempt in range(50):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        udp.bind((host, port))
+        chosen = udp.getsockname()[1]
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, chosen))
+        except OSError:
+            udp.close()
+            tcp.close()
+            if port:
+                raise
+            continue
+        tcp.listen(64)
+        tcp.setblocking(False)
+        udp.setblocking(False)
+        return udp, tcp, chosen
+    raise OSError(f"no port free for both UDP and TCP on {host}")
+
+
 class FakeUpstream:
     """A fake recursive resolver on UDP and TCP (same port) at `host`."""
 
@@ -202,31 +227,11 @@ class FakeUpstream:
     # -- sockets ---------------------------------------------------------------------------
     async def start(self) -> FakeUpstream:
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        for _attempt in range(50):
-            udp = socket.socket(family, socket.SOCK_DGRAM)
-            udp.bind((self.host, self.port))
-            port = udp.getsockname()[1]
-            tcp = socket.socket(family, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                tcp.bind((self.host, port))
-            except OSError:
-                udp.close()
-                tcp.close()
-                if self.port:
-                    raise
-                continue
-            break
-        else:
-            raise OSError("no free port for the fake upstream")
-        tcp.listen(64)
-        tcp.setblocking(False)
-        udp.setblocking(False)
+        udp, tcp, port = bind_pair(self.host, self.port)
         self.port = port
         self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpSide(self), sock=udp)
         self._tcp = await loop.create_server(lambda: _TcpSide(self), sock=tcp)
-        other = socket.socket(family, socket.SOCK_DGRAM)
+        other = socket.socket(udp.family, socket.SOCK_DGRAM)
         other.bind((self.host, 0))
         other.setblocking(False)
         self._other = other

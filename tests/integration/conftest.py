@@ -162,13 +162,17 @@ class DnsEnv:
     async def __aenter__(self) -> DnsEnv:
         for _ in range(self.n_upstreams):
             self.fakes.append(await FakeUpstream(self.zone, host=self.upstream_host).start())
-        self.config = make_config([f.address for f in self.fakes], **self.config_over)
+        await self.start_server([f.address for f in self.fakes])
+        return self
+
+    async def start_server(self, upstreams: list[tuple[str, int]]) -> None:
+        """The DnsServer under test, forwarding to `upstreams`."""
+        self.config = make_config(upstreams, **self.config_over)
         kwargs: dict[str, Any] = {"probe_interval": self.probe_interval}
         if self.clock is not None:
             kwargs["clock"] = self.clock
         self.server = DnsServer(self.config, self.matcher, self.hook, **kwargs)
         await self.server.start()
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self.server is not None:

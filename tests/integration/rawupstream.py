@@ -19,9 +19,8 @@ import struct
 from collections.abc import Callable
 from typing import Any, cast
 
-from resolver.dns.server import DnsServer
-from tests.fakeupstream import FakeUpstream
-from tests.integration.conftest import ZONE, DnsEnv, make_config
+from tests.fakeupstream import FakeUpstream, bind_pair
+from tests.integration.conftest import ZONE, DnsEnv
 
 Responder = Callable[[bytes, str], list[bytes]]
 
@@ -121,24 +120,7 @@ class RawUpstream:
 
     async def start(self) -> RawUpstream:
         loop = asyncio.get_running_loop()
-        for _ in range(50):
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                tcp.bind(("127.0.0.1", port))
-            except OSError:
-                udp.close()
-                tcp.close()
-                continue
-            break
-        else:
-            raise OSError("no port free for both UDP and TCP")
-        tcp.listen(16)
-        tcp.setblocking(False)
-        udp.setblocking(False)
+        udp, tcp, port = bind_pair("127.0.0.1")
         self.port = port
         self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp)
         self._tcp = await loop.create_server(lambda: _Tcp(self), sock=tcp)
@@ -175,12 +157,7 @@ class RawEnv(DnsEnv):
                 raw = await RawUpstream(spec).start()
                 self.raws.append(raw)
                 addresses.append(raw.address)
-        self.config = make_config(addresses, **self.config_over)
-        kwargs: dict[str, Any] = {"probe_interval": self.probe_interval}
-        if self.clock is not None:
-            kwargs["clock"] = self.clock
-        self.server = DnsServer(self.config, self.matcher, self.hook, **kwargs)
-        await self.server.start()
+        await self.start_server(addresses)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
