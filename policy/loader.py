@@ -16,11 +16,12 @@ import functools
 import importlib.resources
 import ipaddress
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 
 import yaml
 
 from policy.model import Policy, Rule
+from policy.yamldoc import Document, DocumentError, compose, pointer, read_text
 
 BUILTINS = ("microsoft365",)
 CATEGORIES = ("Optimize", "Allow", "Default")
@@ -41,19 +42,10 @@ _RULE_REQUIRED = frozenset({"row", "purpose", "required"})
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _HOSTNAME_CHARS = _LDH | {"_"}
 _TENANT = "<tenant>."
-_MAP_TAG = "tag:yaml.org,2002:map"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_INVALID = object()  # a scalar whose problem has been reported already
-_RESOLVER = yaml.resolver.Resolver()  # to tell explicit tags (refused) from implicit ones
 
 
-class PolicyError(Exception):
+class PolicyError(DocumentError):
     """A policy that cannot be used; ``errors`` lists every problem, one line each."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 # --- names, prefixes and ports ---------------------------------------------------------------
@@ -151,140 +143,7 @@ def _a_label(label: str, allowed: frozenset[str], strict: bool) -> str:
 # --- YAML ----------------------------------------------------------------------------------
 
 
-def _pointer(path: str, key: str | int) -> str:
-    return f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"
-
-
-def _kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    if node.tag == "tag:yaml.org,2002:str":
-        return repr(node.value)
-    if node.tag == "tag:yaml.org,2002:null":
-        return "null"
-    return str(node.value)  # as written: 3, true, 2024-01-01
-
-
-class _Document:
-    """One YAML document being checked: its source name and the errors found so far."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self._found: list[tuple[int, str]] = []
-        self._constructor = yaml.constructor.SafeConstructor()
-
-    def error(self, node: yaml.Node, path: str, message: str) -> None:
-        line = node.start_mark.line + 1
-        self._found.append((line, f"{self.source}:{line}: {path or '/'}: {message}"))
-
-    @property
-    def errors(self) -> list[str]:
-        """Every error so far, in the order of the lines they point at."""
-        return [message for _, message in sorted(self._found, key=lambda found: found[0])]
-
-    @property
-    def error_count(self) -> int:
-        return len(self._found)
-
-    def scalar(self, node: yaml.Node, path: str) -> object:
-        """The value of a scalar node (_INVALID if reported); a list or mapping: the node."""
-        if not isinstance(node, yaml.ScalarNode):
-            return node
-        if node.tag == _MERGE_TAG:
-            self.error(node, path, "merge keys ('<<') are not supported")
-            return _INVALID
-        implicit = (node.style is None, node.style is not None)
-        if node.tag != _RESOLVER.resolve(yaml.ScalarNode, node.value, implicit):  # type: ignore[no-untyped-call]
-            self.error(node, path, f"unsupported tag {node.tag!r}")
-            return _INVALID
-        try:
-            return self._constructor.construct_object(node)
-        except (yaml.YAMLError, ValueError) as exc:
-            self.error(node, path, f"cannot read value: {getattr(exc, 'problem', exc)}")
-            return _INVALID
-
-    def mapping(
-        self, node: yaml.Node, path: str, keys: Sequence[str], required: Collection[str]
-    ) -> dict[str, yaml.Node] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, path, f"expected a mapping, got {_kind(node)}")
-            return None
-        if node.tag != _MAP_TAG:
-            self.error(node, path, f"unsupported tag {node.tag!r}")
-            return None
-        found: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            key = self.scalar(key_node, path)
-            if key is _INVALID:
-                continue
-            if not isinstance(key, str):
-                self.error(key_node, path, f"keys must be strings, got {_kind(key_node)}")
-            elif key in found:
-                self.error(key_node, _pointer(path, key), "duplicate key")
-            elif key not in keys:
-                known = ", ".join(keys)
-                self.error(key_node, _pointer(path, key), f"unknown key (known: {known})")
-            else:
-                found[key] = value_node
-        for key in keys:
-            if key in required and key not in found:
-                self.error(node, path, f"missing key {key!r}")
-        return found
-
-    def string(self, node: yaml.Node, path: str, nullable: bool = False) -> str | None:
-        value = self.scalar(node, path)
-        if isinstance(value, str) or (nullable and value is None):
-            return value
-        if value is not _INVALID:
-            self.error(node, path, f"expected a string, got {_kind(node)}")
-        return None
-
-    def integer(self, node: yaml.Node, path: str) -> int | None:
-        value = self.scalar(node, path)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-        if value is not _INVALID:
-            self.error(node, path, f"expected a positive integer, got {_kind(node)}")
-        return None
-
-    def boolean(self, node: yaml.Node, path: str, nullable: bool = False) -> bool | None:
-        value = self.scalar(node, path)
-        if isinstance(value, bool) or (nullable and value is None):
-            return value
-        if value is not _INVALID:
-            self.error(node, path, f"expected true or false, got {_kind(node)}")
-        return None
-
-    def items(self, node: yaml.Node, path: str) -> list[tuple[yaml.Node, str]]:
-        """The items of a list with their paths; null counts as an empty list."""
-        if isinstance(node, yaml.SequenceNode):
-            if node.tag != _SEQ_TAG:
-                self.error(node, path, f"unsupported tag {node.tag!r}")
-                return []
-            return [(item, _pointer(path, i)) for i, item in enumerate(node.value)]
-        if self.scalar(node, path) not in (None, _INVALID):
-            self.error(node, path, f"expected a list, got {_kind(node)}")
-        return []
-
-    def strings(
-        self, node: yaml.Node, path: str, normalise: Callable[[str], str]
-    ) -> tuple[str, ...]:
-        """A list of strings, each normalised; duplicates after normalising appear once."""
-        out: dict[str, None] = {}
-        for item, item_path in self.items(node, path):
-            text = self.string(item, item_path)
-            if text is None:
-                continue
-            try:
-                out.setdefault(normalise(text), None)
-            except ValueError as exc:
-                self.error(item, item_path, f"{text!r}: {exc}")
-        return tuple(out)
-
-
-def _parse_rule(doc: _Document, node: yaml.Node, path: str) -> tuple[int | None, Rule | None]:
+def _parse_rule(doc: Document, node: yaml.Node, path: str) -> tuple[int | None, Rule | None]:
     """The rule's row number (if readable) and the rule (if it has no errors)."""
     fields = doc.mapping(node, path, _RULE_KEYS, _RULE_REQUIRED)
     if fields is None:
@@ -292,24 +151,24 @@ def _parse_rule(doc: _Document, node: yaml.Node, path: str) -> tuple[int | None,
     before = doc.error_count
     row = purpose = required = None
     if "row" in fields:
-        row = doc.integer(fields["row"], _pointer(path, "row"))
+        row = doc.integer(fields["row"], pointer(path, "row"))
     if "purpose" in fields:
-        purpose = doc.string(fields["purpose"], _pointer(path, "purpose"))
+        purpose = doc.string(fields["purpose"], pointer(path, "purpose"))
     if "required" in fields:
-        required = doc.boolean(fields["required"], _pointer(path, "required"))
+        required = doc.boolean(fields["required"], pointer(path, "required"))
     expressroute = None
     if "expressroute" in fields:
-        expressroute = doc.boolean(fields["expressroute"], _pointer(path, "expressroute"), True)
+        expressroute = doc.boolean(fields["expressroute"], pointer(path, "expressroute"), True)
     category = None
     if "category" in fields:
-        cat_path = _pointer(path, "category")
+        cat_path = pointer(path, "category")
         category = doc.string(fields["category"], cat_path, nullable=True)
         if category is not None and category not in CATEGORIES:
             known = ", ".join(CATEGORIES)
             doc.error(fields["category"], cat_path, f"expected one of {known}, got {category!r}")
     notes = None
     if "notes" in fields:
-        notes = doc.string(fields["notes"], _pointer(path, "notes"), nullable=True)
+        notes = doc.string(fields["notes"], pointer(path, "notes"), nullable=True)
     lists: dict[str, tuple[str, ...]] = {}
     for key, normalise in (
         ("domains", normalise_pattern),
@@ -317,7 +176,7 @@ def _parse_rule(doc: _Document, node: yaml.Node, path: str) -> tuple[int | None,
         ("ports", normalise_port),
     ):
         if key in fields:
-            lists[key] = doc.strings(fields[key], _pointer(path, key), normalise)
+            lists[key] = doc.strings(fields[key], pointer(path, key), normalise)
     if doc.error_count > before or row is None or purpose is None or required is None:
         return row, None
     return row, Rule(
@@ -333,26 +192,15 @@ def _parse_rule(doc: _Document, node: yaml.Node, path: str) -> tuple[int | None,
     )
 
 
-def _yaml_error(source: str, text: str, exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.reader.ReaderError):
-        line = text.count("\n", 0, exc.position) + 1
-        problem = str(exc).splitlines()[0]
-    else:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"{source}:{line}: invalid YAML: {problem}"
-
-
 def load_policy_text(text: str, source: str) -> Policy:
     """Parse and check one policy document; ``source`` names it in errors and in the Policy."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise PolicyError([_yaml_error(source, text, exc)]) from None
+        root = compose(text, source)
+    except DocumentError as exc:
+        raise PolicyError(exc.errors) from None
     if root is None:
         raise PolicyError([f"{source}:1: /: empty document, expected a mapping with 'rules'"])
-    doc = _Document(source)
+    doc = Document(source)
     top = doc.mapping(root, "", ("version", "rules"), ("rules",))
     version = None
     rules: list[Rule] = []
@@ -377,12 +225,9 @@ def load_policy_file(path: str | os.PathLike[str]) -> Policy:
     """Read and check one policy file."""
     name = os.fspath(path)
     try:
-        with open(name, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise PolicyError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError as exc:
-        raise PolicyError([f"{name}: not UTF-8 text (byte {exc.start}: {exc.reason})"]) from None
+        text = read_text(name)
+    except DocumentError as exc:
+        raise PolicyError(exc.errors) from None
     policy = load_policy_text(text, name)
     return Policy(rules=policy.rules, source=name, version=policy.version, files=(name,))
 

@@ -273,9 +273,7 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
 
 
 def _error_lines(err: ConfigError | PolicyError) -> list[str]:
-    source = getattr(err, "source", "")
-    prefix = f"{source}: " if source else ""
-    return [prefix + e for e in err.errors]
+    return list(err.errors)  # each names its file and line already
 
 
 def set_log_level(level: str) -> None:

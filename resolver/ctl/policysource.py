@@ -24,6 +24,5 @@ def load(config: str | None) -> Policy:
     try:
         cfg = load_config(config)
     except ConfigError as exc:
-        where = f"{exc.source}: " if exc.source else ""
-        raise PolicyError([where + line for line in exc.errors]) from None
+        raise PolicyError(exc.errors) from None
     return effective_policy(cfg)

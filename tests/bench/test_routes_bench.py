@@ -87,14 +87,14 @@ def _pyroute2_rate() -> float:
 async def _on_answer_latency(state_dir: str) -> dict[str, Any]:
     from policy.matcher import Matcher
     from policy.model import Policy, Rule
-    from resolver.config import BreakoutConfig
+    from resolver.config import BreakoutConfig, Mode
     from resolver.dns.hook import Tagged
     from resolver.net.breakout import Breakout
 
     rule = Rule(row=1, purpose="bench", required=True, patterns=("*.office.com",))
     matcher = Matcher([rule])
     cfg = BreakoutConfig(
-        mode="kernel", interface="wan0", gateway4="192.0.2.1", table=365, ipset4="bench-v4",
+        mode=Mode.KERNEL, interface="wan0", gateway4="192.0.2.1", table=365, ipset4="bench-v4",
         ipset6="bench-v6", max_entries=1_000_000, never_route=(),  # 198.18/15 is special
     )  # fmt: skip
     b = Breakout(cfg, state_dir, matcher, Policy((rule,)))

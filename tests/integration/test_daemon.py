@@ -449,7 +449,7 @@ def test_sighup_reload_applies_a_new_policy(rd: Resolverd, tmp: Path) -> None:
 
 BROKEN = {
     # an unclosed flow mapping: a YAML syntax error, reported with its line
-    "yaml": ("cache: {max_entries: 10\n", ["line ", "YAML syntax"]),
+    "yaml": ("cache: {max_entries: 10\n", ["resolverd.yaml:", "invalid YAML"]),
     # valid YAML, invalid values: every error with its path
     "values": (
         "cache: {max_entries: 0}\nforward: {timeout: 99}\n",
@@ -654,18 +654,17 @@ def test_start_fails_cleanly_with_every_config_error(rd: Resolverd) -> None:
     code = rd.wait(START_TIMEOUT)
     log = rd.log()
     assert code == 1, log
-    prefix = f"resolverd: {rd.config}: "
+    # Every error at once, each with the file, the line and the path of the bad key.
+    prefix = f"resolverd: {rd.config}:"
     lines = log.splitlines()
     assert all(line.startswith(prefix) for line in lines), log
-    assert sorted(
-        line[len(prefix) :] for line in lines if not line.startswith(prefix + "/colour")
-    ) == [
-        "/breakout/interface: required when mode is kernel",
-        "/cache/max_entries: 0 is out of range 1-10000000",
-        "/listen/1: '127.0.0.1:99999': port must be 1-65535",
-        "/upstreams: at least one upstream is required",
+    assert sorted(line[len(prefix) :] for line in lines if "/colour" not in line) == [
+        "1: /listen/1: '127.0.0.1:99999': port must be 1-65535",
+        "2: /upstreams: at least one upstream is required",
+        "3: /cache/max_entries: 0 is out of range 1-10000000",
+        "4: /breakout/interface: required when mode is kernel",
     ]
-    assert sum(line.startswith(prefix + "/colour: unknown key") for line in lines) == 1
+    assert sum(line.startswith(prefix + "5: /colour: unknown key") for line in lines) == 1
     assert "Traceback" not in log
     rd.systemd.sync()
     assert rd.systemd.firsts() == []
@@ -674,7 +673,7 @@ def test_start_fails_cleanly_with_every_config_error(rd: Resolverd) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("listen: [127.0.0.1:53\n", "YAML syntax"),
+        ("listen: [127.0.0.1:53\n", "invalid YAML"),
         (None, "cannot read: No such file or directory"),
     ],
     ids=["yaml", "missing"],
@@ -691,7 +690,7 @@ def test_start_fails_cleanly_with_an_unreadable_config(
     log = rd.log()
     assert code == 1, log
     assert len(log.splitlines()) == 1, log
-    assert log.startswith(f"resolverd: {rd.config}: ") and message in log
+    assert log.startswith(f"resolverd: {rd.config}:") and message in log
     assert "Traceback" not in log
 
 

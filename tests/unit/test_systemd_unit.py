@@ -119,7 +119,7 @@ def test_security_exposure_is_at_most_3(stub_unit: Path) -> None:
 def test_example_config_is_valid() -> None:
     config = load_config(str(EXAMPLE))
     assert config.breakout.mode == "kernel"
-    assert config.metrics.listen == ("127.0.0.1", 9365)
+    assert config.metrics.listen is None  # off by default, shown commented out
     assert config.control.socket == "/run/resolverd/control.sock"
 
 
@@ -130,8 +130,8 @@ def _keys(cls: type) -> set[str]:
         if f.name == "path":
             continue
         keys.add(f.name)
-        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+        sub = f.metadata.get("section") or f.metadata.get("sections")
+        if sub is not None:
             keys |= {f"{f.name}.{k}" for k in _keys(sub)}
     return keys
 
