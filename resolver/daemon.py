@@ -28,8 +28,8 @@ from resolver import __version__, sdnotify
 from resolver.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from resolver.control.protocol import ReloadFailed, UpdateFailed
 from resolver.control.server import ControlServer
-from resolver.dns.hook import BreakoutHook, NullHook
 from resolver.dns.server import DnsServer
+from resolver.hooks import BreakoutHook, NullHook
 from resolver.metrics import Metric, MetricsServer
 from resolver.metricset import collect
 from resolver.net.breakout import Breakout, BreakoutError, cleanup

@@ -1,12 +1,14 @@
-"""The answer cache: reply bytes with the offsets of their TTL fields, LRU-bounded.
+"""The answer cache: one copy of each reply's bytes with the offsets of its TTL fields, LRU-bounded.
 
-An `Entry` is built once, on the miss path, from an upstream reply that `wire.scan_reply`
-walked. It keeps the reply in two variants (without OPT, for clients without EDNS; with our
-OPT, for EDNS clients) so that neither kind of client causes a second upstream query. A hit
-never parses: the TTL fields are re-patched at most once per second of age, then the reply is
-the client's id, the stored header (RD as the client set it), the client's own question bytes
-(its letter case) and the stored tail. The stored header is ours, not the upstream's: AA and
-TC cleared (a forwarder is no authority, and a truncated reply is never stored), RA set.
+An `Entry` is built once, on the miss path, from an upstream reply that `replies.scan_reply`
+walked. It keeps one byte string, `wire`: the reply without its OPT record, with our header
+(AA and TC cleared: a forwarder is no authority and a truncated reply is never stored; RA set)
+and every TTL as it was at age 0 (capped). A hit never parses: the TTL fields listed in
+`ttl_at` are re-written for the entry's age in whole seconds, then the reply is the client's
+id, the stored header (RD as the client set it, one more additional record for our OPT when
+the client sent EDNS), the client's own question bytes (its letter case), the patched tail and,
+for an EDNS client, our OPT. What can be computed is not stored: the CNAME chain and the
+addresses are read again from `wire` when a reload re-tags the cache (`Entry.chain`).
 
 Positive answers live for the smallest answer TTL, capped at `max_ttl`; an SOA in their
 authority section changes nothing. Negative answers (NXDOMAIN, or NOERROR whose CNAME chain
@@ -19,20 +21,25 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from typing import Protocol
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from policy.model import Match
-from resolver.dns import wire
-from resolver.dns.hook import Tagged
+from resolver.dns import replies, wire
+from resolver.hooks import Tagged
 
-_pack_ttl = struct.Struct("!I").pack_into
+_TTL = struct.Struct("!I")
+_OFFSETS = "!{}H"
+_OPT = (wire.opt_record(False), wire.opt_record(True))  # by the DO bit of the key
 
 
-class NameMatcher(Protocol):
-    """What the DNS path needs of the policy (policy.matcher.Matcher provides it)."""
+@dataclass(slots=True)
+class Chain:
+    """What tagging reads of an answer: the CNAME chain from the query name, and its A/AAAA
+    addresses (packed, see hooks.pack_addresses) with the smallest of their TTLs."""
 
-    def match_any(self, names: Iterable[str]) -> tuple[str, Match] | None: ...
+    names: list[str]
+    addresses: bytes
+    addr_ttl: int
 
 
 class Entry:
@@ -40,141 +47,104 @@ class Entry:
 
     __slots__ = (
         "addr_base",
-        "addresses",
-        "bases",
-        "chain",
-        "do",
-        "edns",
-        "el",
         "expires",
-        "hdr",
         "key",
-        "offsets",
-        "opt",
-        "plain",
+        "origin",
         "qend",
-        "rcode",
         "result",
-        "size",
         "stored",
         "tag",
-        "tc",
-        "template",
         "ttl",
+        "ttl_at",
+        "wire",
     )
 
     def __init__(
-        self,
-        key: bytes,
-        template: bytes,
-        offsets: list[int],
-        bases: list[int],
-        qend: int,
-        do: bool,
-        rcode: int,
-        ttl: int,
-        stored: float,
+        self, key: bytes, template: bytes, ttl_at: bytes, qend: int, ttl: int, stored: float
     ) -> None:
-        self.key = key
-        self.template = template  # the reply without OPT, TTLs as received (capped)
-        self.offsets = offsets
-        self.bases = bases  # the TTL each field has at age 0
+        self.key = key  # folded name, type, class, DO/CD flags (wire.question_key)
+        self.wire = template
+        self.ttl_at = ttl_at  # the TTL fields' offsets in `wire`, two bytes each
         self.qend = qend
-        self.do = do
-        self.rcode = rcode
-        self.result = wire.RCODE_NAMES.get(rcode, "other")
+        self.result = wire.RCODE_NAMES.get(template[3] & 0xF, "other")
         self.ttl = ttl  # how long the entry lives; 0 = not cacheable
         self.stored = stored
         self.expires = stored + ttl
-        self.opt = wire.opt_record(do)
-        flags = (template[2] << 8 | template[3]) & ~(wire.AA | wire.TC) | wire.RA
-        head = struct.pack("!H", flags) + template[4:12]
-        ar = (head[8] << 8) | head[9]
-        edns_head = head[:8] + struct.pack("!H", ar + 1)
-        # Index: 2 * edns + rd (rd = the client's RD bit, data[2] & 1).
-        self.hdr = (
-            bytes((head[0] & 0xFE,)) + head[1:],
-            bytes((head[0] | 1,)) + head[1:],
-            bytes((edns_head[0] & 0xFE,)) + edns_head[1:],
-            bytes((edns_head[0] | 1,)) + edns_head[1:],
-        )
-        self.tc: tuple[bytes, ...] | None = None  # the TC headers, made when first needed
-        self.size = (len(template), len(template) + len(self.opt))
-        self.el = -1
-        self.plain = b""
-        self.edns = b""
-        self.patch(0)
-        self.chain: tuple[str, ...] = ()
-        self.addresses: tuple[str, ...] = ()
-        self.addr_base = 0
         self.tag: Tagged | None = None
-
-    def patch(self, el: int) -> None:
-        """Re-write every TTL field for an age of `el` whole seconds (0 at the least)."""
-        buf = bytearray(self.template)
-        for at, base in zip(self.offsets, self.bases, strict=True):
-            left = base - el
-            _pack_ttl(buf, at, left if left > 0 else 0)
-        tail = bytes(buf[self.qend :])
-        self.plain = tail
-        self.edns = tail + self.opt
-        self.el = el
+        self.addr_base = 0  # the smallest address TTL at age 0 (tagged entries)
+        self.origin: object = None  # the upstream set that answered (see forwarder)
 
     def addr_ttl(self, el: int) -> int:
         """The smallest TTL of the chain's address records as handed out at age `el`."""
         left = self.addr_base - el
         return left if left > 0 else 0
 
-    def retag(self, matcher: NameMatcher) -> None:
-        # A label holding a literal dot reads as "a\\.b"; it is no host name and must not
-        # match as if the dot separated labels.
-        names = [n for n in self.chain if "\\" not in n]
-        found = matcher.match_any(names) if names else None
-        if found is None:
-            self.tag = None
-        else:
-            self.tag = Tagged(self.chain[0], found[0], found[1], self.addresses)
+    def tail(self, el: int) -> bytes:
+        """Everything after the question, TTLs as handed out at age `el` whole seconds."""
+        buf = bytearray(self.wire)
+        at = self.ttl_at
+        for (offset,) in struct.iter_unpack("!H", at):
+            left = _TTL.unpack_from(buf, offset)[0] - el
+            _TTL.pack_into(buf, offset, left if left > 0 else 0)
+        return bytes(buf[self.qend :])
 
     def reply(self, data: bytes, qend: int, edns: bool, limit: int, now: float) -> bytes:
-        """The answer to the query `data` (whose question ends at `qend`): the handler inlines
-        this on its hot path; kept here for the TCP path and the tests."""
-        el = int(now - self.stored)
-        if el != self.el:
-            self.patch(el)
-        i = 2 * edns + (data[2] & 1)
-        if self.size[edns] > limit:
-            tc = self.tc
-            if tc is None:
-                tc = self.tc = tuple(
-                    wire.truncated_header(h, k >= 2) for k, h in enumerate(self.hdr)
-                )
-            return data[:2] + tc[i] + data[12:qend] + (self.opt if edns else b"")
-        return data[:2] + self.hdr[i] + data[12:qend] + (self.edns if edns else self.plain)
+        """The answer to the query `data` (whose question ends at `qend`) at time `now`, cut
+        to a minimal TC answer when it is bigger than `limit`."""
+        template = self.wire
+        b2 = (template[2] & 0xFE) | (data[2] & 1)
+        opt = _OPT[self.key[-1] & wire.DO_BIT != 0] if edns else b""
+        ar = ((template[10] << 8) | template[11]) + (1 if edns else 0)
+        head = bytes((b2, template[3])) + template[4:10] + bytes((ar >> 8, ar & 0xFF))
+        tail = self.tail(int(now - self.stored)) if self.ttl_at else template[self.qend :]
+        if 12 + (qend - 12) + len(tail) + len(opt) > limit:
+            return data[:2] + wire.truncated_header(head, edns) + data[12:qend] + opt
+        return data[:2] + head + data[12:qend] + tail + opt
+
+    def chain(self) -> Chain:
+        """The chain and addresses, read again from the stored bytes (a reload re-tags)."""
+        return chain_of(self.wire, replies.scan_reply(self.wire))
+
+
+def chain_of(data: bytes, layout: replies.Layout, cap: int = 2**31) -> Chain:
+    """The chain of a reply `layout` describes; address TTLs capped at `cap`."""
+    names, addresses = replies.chain_of(data, layout, wire.read_name(data, 12))
+    return _chain(names, addresses, cap)
+
+
+def _chain(names: list[str], addresses: list[tuple[bytes, int]], cap: int) -> Chain:
+    packed = bytearray()
+    seen: set[bytes] = set()
+    for address, _ttl in addresses:
+        if address not in seen:
+            seen.add(address)
+            packed.append(len(address))
+            packed += address
+    smallest = min((ttl for _address, ttl in addresses), default=0)
+    return Chain(names, bytes(packed), smallest if smallest < cap else cap)
 
 
 def build_entry(
     key: bytes,
     data: bytes,
-    layout: wire.Layout,
+    layout: replies.Layout,
     now: float,
-    do: bool,
     max_ttl: int,
     max_negative_ttl: int,
-    matcher: NameMatcher,
-) -> Entry:
-    """An entry from an upstream reply `data` that `wire.scan_reply` walked into `layout`.
+) -> tuple[Entry, Chain]:
+    """An entry from an upstream reply `data` that `replies.scan_reply` walked into `layout`,
+    and the chain for tagging it.
 
     Raises WireError when the OPT record cannot be cut out. The entry's `ttl` is 0 when the
     reply must not be cached (the caller still answers from it).
     """
-    template, offsets = wire.without_opt(data, layout)
+    template, offsets = replies.without_opt(data, layout)
     rcode = layout.rcode
     ttls = layout.ttls
     n_answers = layout.answer_ttls
-    qname = wire.read_name(data, 12)
-    chain, addresses = wire.chain_of(data, layout, qname)
+    names, addresses = replies.chain_of(data, layout, wire.read_name(data, 12))
     ttl, cap = 0, max_ttl
-    if rcode == wire.NOERROR and _answers(data, layout, chain):
+    if rcode == wire.NOERROR and _answers(data, layout, names):
         ttl = min(min(ttls[:n_answers]), max_ttl)
     elif rcode == wire.NOERROR or rcode == wire.NXDOMAIN:
         # Negative, wholly or at the end of a CNAME chain: cached for the SOA's negative TTL
@@ -183,19 +153,17 @@ def build_entry(
         if soa is not None:
             ttl = min(ttls[:n_answers]) if n_answers else max_ttl
             ttl = cap = min(ttl, soa[0], soa[1], max_negative_ttl, max_ttl)
-    bases = [t if t < cap else cap for t in ttls]
-    entry = Entry(key, template, offsets, bases, layout.qend, do, rcode, ttl, now)
-    entry.chain = tuple(chain)
-    seen: dict[str, None] = {}
-    for address, _ttl in addresses:
-        seen.setdefault(address, None)
-    entry.addresses = tuple(seen)
-    entry.addr_base = min((t if t < cap else cap for _a, t in addresses), default=0)
-    entry.retag(matcher)
-    return entry
+    buf = bytearray(template)
+    flags = ((buf[2] << 8) | buf[3]) & ~(wire.AA | wire.TC) | wire.RA
+    buf[2:4] = bytes((flags >> 8, flags & 0xFF))
+    for at, base in zip(offsets, ttls, strict=True):
+        _TTL.pack_into(buf, at, base if base < cap else cap)
+    packed_offsets = struct.pack(_OFFSETS.format(len(offsets)), *offsets)
+    entry = Entry(key, bytes(buf), packed_offsets, layout.qend, ttl, now)
+    return entry, _chain(names, addresses, cap)
 
 
-def _answers(data: bytes, layout: wire.Layout, chain: list[str]) -> bool:
+def _answers(data: bytes, layout: replies.Layout, chain: list[str]) -> bool:
     """True when the answer section holds a record of the asked type (any type for ANY)
     owned by a name on the CNAME chain from the query name: a positive answer."""
     qend = layout.qend
@@ -232,12 +200,6 @@ class Cache:
         self._entries.move_to_end(key)
         return entry
 
-    def touch(self, key: bytes) -> None:
-        """Mark as recently used (a hit that found the entry another way)."""
-        entries = self._entries
-        if key in entries:
-            entries.move_to_end(key)
-
     def put(self, entry: Entry) -> None:
         entries = self._entries
         old = entries.pop(entry.key, None)
@@ -245,6 +207,11 @@ class Cache:
             old.expires = -1.0
         entries[entry.key] = entry
         self._shrink()
+
+    def drop(self, entry: Entry) -> None:
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+        entry.expires = -1.0
 
     def resize(self, max_entries: int) -> None:
         self.max_entries = max_entries
@@ -261,12 +228,3 @@ class Cache:
         for entry in self._entries.values():
             entry.expires = -1.0
         self._entries.clear()
-
-    def retag(self, matcher: NameMatcher) -> int:
-        """Recompute every entry's tag against a new policy (no parsing); returns how many
-        entries are tagged afterwards."""
-        tagged = 0
-        for entry in self._entries.values():
-            entry.retag(matcher)
-            tagged += entry.tag is not None
-        return tagged

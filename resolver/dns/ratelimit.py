@@ -1,7 +1,13 @@
-"""Per-client token buckets: `qps` tokens a second, at most `burst` saved up.
+"""Budgets on what costs, per client: upstream queries, queries in flight, new routes.
+
+Cached answers cost nothing and are never limited. A cache miss costs an upstream query: each
+client has a token bucket of `qps` a second (at most `burst` saved up) and may hold at most
+`share` of the pending table in flight. A tagged answer fetched from upstream costs its
+addresses in route tokens (`routes` a second, twice that saved up). What the handler does with
+a refusal is its business (TC over UDP, SERVFAIL over TCP; no route for this answer).
 
 The table of clients is bounded: when it is full the client seen longest ago (by first
-insertion) is forgotten, which only gives that client a full bucket again. A spoofed flood from
+insertion) is forgotten, which only gives that client full buckets again. A spoofed flood from
 many addresses therefore costs a bounded amount of memory and cannot lock anybody out.
 """
 
@@ -13,33 +19,29 @@ from collections.abc import Callable
 DEFAULT_MAX_CLIENTS = 65_536
 
 
-class RateLimiter:
-    """`allow(client)` is True while the client has a token; qps 0 lets everything through."""
+class TokenBucket:
+    """`take(client, n)` is True while the client has `n` tokens; rate 0 lets all through."""
 
-    __slots__ = ("_buckets", "_clock", "burst", "max_clients", "qps")
+    __slots__ = ("_buckets", "_clock", "burst", "max_clients", "rate")
 
     def __init__(
         self,
-        qps: float,
-        burst: int,
+        rate: float,
+        burst: float,
         max_clients: int = DEFAULT_MAX_CLIENTS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.qps = qps
-        self.burst = float(max(burst, 1))
+        self.rate = rate
+        self.burst = max(float(burst), 1.0)
         self.max_clients = max_clients
         self._clock = clock
         self._buckets: dict[str, list[float]] = {}  # client -> [tokens, time of last refill]
 
-    @property
-    def enabled(self) -> bool:
-        return self.qps > 0
-
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def allow(self, client: str) -> bool:
-        if self.qps <= 0:
+    def take(self, client: str, n: float = 1.0) -> bool:
+        if self.rate <= 0:
             return True
         now = self._clock()
         bucket = self._buckets.get(client)
@@ -47,20 +49,55 @@ class RateLimiter:
             buckets = self._buckets
             if len(buckets) >= self.max_clients:
                 del buckets[next(iter(buckets))]
-            buckets[client] = [self.burst - 1.0, now]
-            return True
-        tokens = bucket[0] + (now - bucket[1]) * self.qps
+            bucket = buckets[client] = [self.burst, now]
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
         if tokens > self.burst:
             tokens = self.burst
         bucket[1] = now
-        if tokens < 1.0:
+        if tokens < n:
             bucket[0] = tokens
             return False
-        bucket[0] = tokens - 1.0
+        bucket[0] = tokens - n
         return True
 
-    def configure(self, qps: float, burst: int) -> None:
-        """New limits for every client; the buckets start full again."""
-        self.qps = qps
-        self.burst = float(max(burst, 1))
-        self._buckets.clear()
+
+class Budgets:
+    """The per-client budgets of one configuration (see the module docstring)."""
+
+    def __init__(
+        self,
+        qps: float,
+        burst: int,
+        share: float,
+        routes: float,
+        max_pending: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.on = qps > 0
+        self.queries = TokenBucket(qps, burst, clock=clock)
+        self.routes = TokenBucket(routes if self.on else 0.0, 2 * routes, clock=clock)
+        self.max_in_flight = max(1, int(max_pending * share))
+        self.in_flight: dict[str, int] = {}
+
+    def take_query(self, client: str) -> bool:
+        """A cache miss by `client`: True when it may send an upstream query (then it must
+        call `done_query` when that query is over)."""
+        if not self.on:
+            self.in_flight[client] = self.in_flight.get(client, 0) + 1
+            return True
+        held = self.in_flight.get(client, 0)
+        if held >= self.max_in_flight or not self.queries.take(client):
+            return False
+        self.in_flight[client] = held + 1
+        return True
+
+    def done_query(self, client: str) -> None:
+        held = self.in_flight.get(client, 0) - 1
+        if held > 0:
+            self.in_flight[client] = held
+        else:
+            self.in_flight.pop(client, None)
+
+    def take_routes(self, client: str, addresses: int) -> bool:
+        """A tagged answer from upstream with `addresses` addresses for `client`."""
+        return self.routes.take(client, addresses)

@@ -20,22 +20,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from resolver.config import Config
-from resolver.dns.cache import NameMatcher
+from resolver.config import Config, format_address
 from resolver.dns.handler import Handler
-from resolver.dns.hook import BreakoutHook
+from resolver.dns.tagging import NameMatcher
 from resolver.dns.tcp import TcpServer
 from resolver.dns.udp import UdpListener
+from resolver.hooks import BreakoutHook
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+STATUS_QUERIES = (
+    "total", "tagged", "refused", "servfail", "noerror", "nxdomain", "formerr", "notimp", "other",
+    "dropped", "ratelimited", "pending_full",
+)  # fmt: skip
 UDP_RCVBUF = 4 << 20  # room for bursts; the kernel caps it at net.core.rmem_max
 TCP_BACKLOG = 128
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class DnsServer:
@@ -163,17 +163,17 @@ class DnsServer:
         return self.handler.tagged_by_row
 
     def upstream_stats(self) -> list[dict[str, Any]]:
-        """Per upstream: status() fields plus its counters, consecutive failures and its
-        soft-failure score (SERVFAIL, REFUSED and other refusals, decaying)."""
-        forwarder = self.handler.forwarder
-        now = forwarder.clock()
+        """Per upstream of every set: status() fields plus its counters, consecutive failures
+        and its soft-failure score (SERVFAIL, REFUSED and other refusals, decaying)."""
         out = []
-        for up in forwarder.upstreams:
-            row: dict[str, Any] = up.status()
-            row["failures"] = up.failures
-            row["soft_score"] = round(up.soft_score(now), 3)
-            row.update(up.stats)
-            out.append(row)
+        for upstreams in self.handler.forwarder.sets():
+            now = upstreams.clock()
+            for up in upstreams.upstreams:
+                row: dict[str, Any] = up.status(upstreams.role)
+                row["failures"] = up.failures
+                row["soft_score"] = round(up.soft_score(now), 3)
+                row.update(up.stats)
+                out.append(row)
         return out
 
     def udp_stats(self) -> dict[str, int]:
@@ -192,30 +192,24 @@ class DnsServer:
         }
 
     def status(self) -> dict[str, Any]:
-        c = self.handler.counters
+        handler = self.handler
+        c = handler.counters
+        forwarder = handler.forwarder
         listen = self.bound if self.bound else list(self.config.listen)
         return {
             "listen": [format_address(h, p) for h, p in listen],
-            "upstreams": [u.status() for u in self.handler.forwarder.upstreams],
-            "cache": {"entries": len(self.handler.cache), "hits": c["hits"], "misses": c["misses"]},
-            "queries": {
-                key: c[key]
-                for key in (
-                    "total",
-                    "tagged",
-                    "refused",
-                    "servfail",
-                    "noerror",
-                    "nxdomain",
-                    "formerr",
-                    "notimp",
-                    "other",
-                    "dropped",
-                    "ratelimited",
-                    "pending_full",
-                )
+            "upstreams": [row for s in forwarder.sets() for row in s.status()],
+            "cache": {
+                "entries": len(handler.cache), "hits": c["hits"], "misses": c["misses"],
+                "evicted": handler.cache.evicted,
             },
-        }
+            "queries": {key: c[key] for key in STATUS_QUERIES},
+            "forwarding": {
+                "breakout_fallbacks": forwarder.fallbacks, "spliced": forwarder.spliced,
+                "routes_deferred": c["routes_deferred"], "canaries": c["canaries"],
+            },
+            "udp": self.udp_stats(),
+        }  # fmt: skip
 
 
 def _raise_open_files(needed: int) -> None:

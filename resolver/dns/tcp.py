@@ -7,10 +7,9 @@ answers are ready (each reply carries its query's id). A connection is closed af
 is closed at once. A connection the client has half-closed is closed once every reply it is
 owed has been sent, and idleness counts only while nothing is owed. A length prefix above
 `MAX_QUERY` closes the connection: no query is that big, and it keeps a connection's buffer
-bounded. When the client does not read its replies
-(`pause_writing`) we stop reading its queries. A query the handler will not work on (rate
-limit, full pending table) is answered with REFUSED or SERVFAIL rather than left without an
-answer (see `Handler._tcp_refusal`); only a message that is no query gets nothing.
+bounded. When the client does not read its replies (`pause_writing`) we stop reading its
+queries. A query the handler will not work on (budget spent, full pending table) is answered
+(SERVFAIL) rather than left without an answer; only a message that is no query gets nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +50,9 @@ class TcpServer:
 
 
 class TcpConnection(asyncio.Protocol):
-    """One client connection."""
+    """One client connection; the handler's `Conn` for the queries it carries."""
+
+    tcp = True
 
     def __init__(self, server: TcpServer) -> None:
         self.server = server
@@ -96,7 +97,7 @@ class TcpConnection(asyncio.Protocol):
                 break
             message = bytes(buf[2 : size + 2])
             del buf[: size + 2]
-            reply = handle(message, peer, self, True)
+            reply = handle(message, peer, self)
             if reply:
                 self._write(reply)
             elif reply is not None:

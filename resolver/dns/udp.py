@@ -1,12 +1,12 @@
-"""The UDP listener: reads datagrams, hands each to the handler, sends what it returns.
+"""The UDP listener: the read loop. It reads datagrams, hands each to the handler, sends what
+it returns.
 
 It drives a non-blocking socket with `loop.add_reader` and reads up to `BATCH` datagrams per
 wake-up, which measured cheaper per query than a DatagramProtocol under uvloop (one Python
-callback per wake-up instead of one per datagram, no transport in between). The callback comes
-from `Handler.udp_reader` (the protocol logic stays in handler.py): it reads, answers or hands
-over to `Handler.handle_udp`, and sends, so it never blocks; a miss is resolved in a task that
-replies through `send` later. A reply the kernel cannot take right now (send buffer full) is
-dropped and counted, never queued, so nothing grows without bound.
+callback per wake-up instead of one per datagram, no transport in between). The protocol logic
+is the handler's (`Handler.handle`); this module only moves bytes. A miss is resolved in a
+task that replies through `send` later. A reply the kernel cannot take right now (send buffer
+full) is dropped and counted in `send_dropped`, never queued, so nothing grows without bound.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ MAX_QUERY = 4096  # bytes read per datagram; no DNS query is bigger
 
 
 class UdpListener:
-    """One bound UDP socket; also the `Sink` for its deferred replies."""
+    """One bound UDP socket; the handler's `Conn` for the queries it reads."""
+
+    tcp = False
 
     def __init__(self, handler: Handler, sock: socket.socket) -> None:
         self.handler = handler
@@ -37,8 +39,28 @@ class UdpListener:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.sock.setblocking(False)
         self._loop = loop
-        reader = self.handler.udp_reader(self.sock, self, BATCH, MAX_QUERY)
-        loop.add_reader(self.sock.fileno(), reader)
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        recvfrom, sendto, handle = self.sock.recvfrom, self.sock.sendto, self.handler.handle
+        for _ in range(BATCH):
+            try:
+                data, addr = recvfrom(MAX_QUERY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # e.g. an ICMP error queued on the socket
+                self.errors += 1
+                log.debug("UDP receive error: %s", err)
+                continue
+            reply = handle(data, addr, self)
+            if reply:  # neither dropped (None) nor deferred (b"")
+                try:
+                    sendto(reply, addr)
+                except (BlockingIOError, InterruptedError):
+                    self.send_dropped += 1
+                except OSError as err:
+                    self.errors += 1
+                    log.debug("UDP send to %s failed: %s", addr, err)
 
     def send(self, data: bytes, addr: Any) -> None:
         """A deferred reply (after an upstream query or an awaited hook)."""

@@ -1,15 +1,8 @@
-"""Forwarding to the upstream resolvers: one fresh socket and id per query, strict acceptance.
+"""Upstream sets: each upstream's health, the order they are tried in, and their probes.
 
-Every upstream query gets an id from the system's CSPRNG and a new non-blocking UDP socket,
-so the kernel picks a fresh random source port. The socket is watched with `loop.add_reader`:
-measured under uvloop against a local C server, about 22 us of CPU per query (socket, send,
-reply, close) against 28-32 us for a DatagramProtocol per query. A datagram is accepted only
-when it comes from the upstream's address and port and `wire.accept_reply` says it is the
-reply to our query (id, QR, opcode, question; FORMERR and NOTIMP also without a question) and
-well-formed (no compression loops; bytes after the last record are cut off and counted);
-anything else is counted and dropped while the wait goes on. A truncated answer (accepted on
-its header and question alone) is fetched again over TCP from the same upstream; a TCP reply
-with TC set is no complete answer either and counts as malformed.
+An `UpstreamSet` is one role's list of upstreams (the default upstreams, a forward zone's, or
+the ISP's breakout resolvers) with its own health ordering; `exchange` does the socket work of
+one attempt, `forwarder` picks the set for a name.
 
 What an upstream's answer means for this query:
 - FORMERR or NOTIMP to our EDNS query: asked once more without OPT (a server that does not
@@ -17,7 +10,8 @@ What an upstream's answer means for this query:
 - SERVFAIL, REFUSED, FORMERR, NOTIMP, or an extended rcode (above 15, from the OPT record: we
   would have to hand it on mangled to clients without EDNS): no answer, the next upstream is
   asked, and SERVFAIL when none is left;
-- a timeout or a socket error: the same, and it counts as a failure of that upstream.
+- a timeout or a socket error: the same, and it counts as a failure of that upstream;
+- a truncated answer is fetched again over TCP from the same upstream.
 
 Upstreams are tried in order of health: fewest consecutive failures first, then the smallest
 smoothed round-trip time plus a penalty for soft failures (SERVFAIL, REFUSED and the other
@@ -25,8 +19,8 @@ refusals above), then the configured order. The soft-failure score moves towards
 refusal and towards 0 with each good answer, and halves every `SOFT_HALF_LIFE` seconds, so an
 upstream that answers SERVFAIL to everything falls behind a healthy one and is tried again
 now and then. After `dead_after` failures in a row an upstream is skipped (unless every
-upstream is dead) and probed in the background with a `. NS` query every `probe_interval`
-seconds until it answers.
+upstream of the set is dead) and probed in the background with a `. NS` query every
+`probe_interval` seconds until it answers.
 """
 
 from __future__ import annotations
@@ -36,18 +30,16 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import secrets
 import socket
-import struct
 import time
 from collections.abc import Iterable
 
-from resolver.dns import wire
+from resolver.dns import exchange, wire
+from resolver.dns.exchange import Reply
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-Reply = tuple[bytes, wire.Layout]
 
 DEAD_AFTER = 3  # consecutive failures that take an upstream out of the rotation
 PROBE_INTERVAL = 5.0  # seconds between probes of a dead upstream
@@ -145,29 +137,39 @@ class Upstream:
         srtt = self.srtt if self.srtt is not None else 0.0
         return self.failures, srtt + SOFT_PENALTY * self.soft_score(now), self.index
 
-    def status(self) -> dict[str, object]:
+    def status(self, role: str) -> dict[str, object]:
         rtt = None if self.srtt is None else round(self.srtt * 1000.0, 3)
-        return {"address": self.text, "healthy": not self.dead, "rtt_ms": rtt}
+        return {"address": self.text, "healthy": not self.dead, "rtt_ms": rtt, "role": role}
 
 
-class Forwarder:
-    """Sends questions to the upstreams in order of health; see the module docstring."""
+class UpstreamSet:
+    """One role's upstreams, tried in order of health; see the module docstring.
+
+    `role` is how status and metrics name it: ``default``, ``breakout`` or ``zone:NAME``.
+    """
 
     def __init__(
         self,
+        role: str,
         upstreams: Iterable[Address],
         timeout: float,
         *,
         dead_after: int = DEAD_AFTER,
         probe_interval: float = PROBE_INTERVAL,
     ) -> None:
+        self.role = role
         self.timeout = timeout
         self.dead_after = dead_after
         self.probe_interval = probe_interval
         self.upstreams: list[Upstream] = []
         self.closed = False
         self.clock = time.monotonic  # for the soft-failure scores
+        self.failed_answers = 0  # questions none of the set answered
         self.configure(upstreams, timeout)
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return tuple(u.address for u in self.upstreams)
 
     def configure(self, upstreams: Iterable[Address], timeout: float) -> None:
         """New upstream list; servers that stay keep their health and counters."""
@@ -192,17 +194,24 @@ class Forwarder:
         alive = [u for u in self.upstreams if not u.dead]
         return sorted(alive or self.upstreams, key=lambda u: u.sort_key(when))
 
-    async def resolve(self, question: bytes, do: bool, cd: bool) -> Reply | None:
-        """The first usable answer for `question` (name, type, class as on the wire), or None
-        when no upstream gave one (the caller answers SERVFAIL)."""
+    def healthy(self) -> bool:
+        return any(not u.dead for u in self.upstreams)
+
+    def status(self) -> list[dict[str, object]]:
+        return [u.status(self.role) for u in self.upstreams]
+
+    async def resolve(self, question: bytes, do: bool, cd: bool) -> tuple[Reply, Upstream] | None:
+        """The first usable answer for `question` (name, type, class as on the wire) and the
+        upstream that gave it, or None when none of the set gave one."""
         for up in self.ordered():
             try:
                 reply = await self._ask(up, question, do, cd)
             except OSError:
-                return None  # our own shortage: the next upstream would fare no better
+                break  # our own shortage: the next upstream would fare no better
             if reply is not None:
                 up.stats["answers"] += 1
-                return reply
+                return reply, up
+        self.failed_answers += 1
         return None
 
     async def _ask(self, up: Upstream, question: bytes, do: bool, cd: bool) -> Reply | None:
@@ -248,7 +257,7 @@ class Forwarder:
         stats["queries"] += 1
         started = loop.time()
         try:
-            reply = await self.query_udp(up, question, do, cd, edns)
+            reply = await exchange.query_udp(up, question, do, cd, edns, self.timeout)
         except OSError as err:
             stats["errors"] += 1
             log.warning("cannot query upstream %s: %s", up.text, err.strerror or err)
@@ -261,112 +270,21 @@ class Forwarder:
             self._failed(up)
             return None
         up.answered(loop.time() - started)
-        if reply[1].truncated:
-            stats["tcp"] += 1
-            reply = await self.query_tcp(up, question, do, cd, edns)
-        return reply
-
-    async def query_udp(
-        self, up: Upstream, question: bytes, do: bool, cd: bool, edns: bool = True
-    ) -> Reply | None:
-        """One attempt over UDP; None on timeout. OSError for a socket we cannot have."""
-        loop = asyncio.get_running_loop()
-        qid = secrets.randbits(16)
-        query = wire.build_query(qid, question, do, cd, edns)
-        sock = socket.socket(up.family, socket.SOCK_DGRAM)
-        fd = sock.fileno()
-        done: asyncio.Future[Reply | None] = loop.create_future()
-        host, port, stats = up.host, up.port, up.stats
-
-        def readable() -> None:
-            while not done.done():
-                try:
-                    data, source = sock.recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as err:  # e.g. an ICMP error reported on the socket
-                    stats["errors"] += 1
-                    log.debug("upstream %s: %s", up.text, err)
-                    return
-                if source[1] != port or source[0] != host:
-                    stats["dropped"] += 1
-                    continue
-                try:
-                    layout = wire.accept_reply(data, qid, question)
-                except wire.WireError as err:
-                    stats["malformed"] += 1
-                    log.debug("upstream %s: malformed reply dropped: %s", up.text, err)
-                    continue
-                if layout is None:
-                    stats["dropped"] += 1
-                    continue
-                done.set_result(_cut(up, data, layout))
-
-        def expire() -> None:
-            if not done.done():
-                done.set_result(None)
-
+        if not reply[1].truncated:
+            return reply
+        stats["tcp"] += 1
         try:
-            sock.setblocking(False)
-            loop.add_reader(fd, readable)
-            timer = loop.call_later(self.timeout, expire)
-            try:
-                sock.sendto(query, (host, port))
-            except OSError as err:
-                log.debug("upstream %s: send failed: %s", up.text, err)
-                timer.cancel()
-                return None
-            try:
-                return await done
-            finally:
-                timer.cancel()
-        finally:
-            loop.remove_reader(fd)
-            sock.close()
-
-    async def query_tcp(
-        self, up: Upstream, question: bytes, do: bool, cd: bool, edns: bool = True
-    ) -> Reply | None:
-        """One attempt over TCP (after TC); None on timeout, error or an unacceptable reply."""
-        qid = secrets.randbits(16)
-        query = wire.build_query(qid, question, do, cd, edns)
-        writer: asyncio.StreamWriter | None = None
-        try:
-            async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_connection(up.host, up.port)
-                writer.write(struct.pack("!H", len(query)) + query)
-                size = struct.unpack("!H", await reader.readexactly(2))[0]
-                data = await reader.readexactly(size)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError) as err:
-            up.stats["timeouts" if isinstance(err, TimeoutError) else "errors"] += 1
-            log.debug("upstream %s over TCP: %r", up.text, err)
+            return await exchange.query_tcp(up, question, do, cd, edns, self.timeout)
+        except exchange.TcpFailed:
             self._failed(up)
             return None
-        finally:
-            if writer is not None:
-                writer.close()
-        try:
-            layout = wire.accept_reply(data, qid, question)
-        except wire.WireError as err:
-            up.stats["malformed"] += 1
-            log.debug("upstream %s over TCP: malformed reply: %s", up.text, err)
-            return None
-        if layout is None:
-            up.stats["dropped"] += 1
-            return None
-        if layout.truncated:
-            # TC over TCP: a partial answer we must neither cache nor hand out as whole.
-            up.stats["malformed"] += 1
-            log.debug("upstream %s over TCP: reply with TC set, not used", up.text)
-            up.graded(False, self.clock())
-            return None
-        return _cut(up, data, layout)
 
     def _failed(self, up: Upstream) -> None:
         if up.failed(self.dead_after) and not self.closed:
             log.warning(
-                "upstream %s failed %d times in a row: skipped, probed every %.0fs",
+                "upstream %s (%s) failed %d times in a row: skipped, probed every %.0fs",
                 up.text,
+                self.role,
                 up.failures,
                 self.probe_interval,
             )
@@ -379,7 +297,7 @@ class Forwarder:
             await asyncio.sleep(self.probe_interval)
             started = loop.time()
             try:
-                reply = await self.query_udp(up, ROOT_NS, False, False)
+                reply = await exchange.query_udp(up, ROOT_NS, False, False, True, self.timeout)
             except OSError as err:
                 log.debug("probe of %s: %s", up.text, err)
                 continue
@@ -394,12 +312,3 @@ class Forwarder:
         for task in probes:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _cut(up: Upstream, data: bytes, layout: wire.Layout) -> Reply:
-    """The reply without the bytes after its last record (counted), as `layout` found it."""
-    if layout.end < len(data):
-        up.stats["trailing"] += 1
-        log.debug("upstream %s: %d bytes after the reply cut off", up.text, len(data) - layout.end)
-        return data[: layout.end], layout
-    return data, layout

@@ -1,23 +1,18 @@
-"""DNS messages as bytes: the client's query, our upstream query, the upstream's reply.
+"""DNS messages as bytes: the client's query, our upstream query, names, error answers.
 
 Everything on the hot path works on wire bytes: a query is checked by `parse_query` (no
-objects built), a reply is walked once by `scan_reply` when it arrives from upstream. The walk
-finds every TTL field (so a cached reply can be re-served by patching those four-byte fields),
-every compression pointer (so the OPT record can be cut out), the CNAME chain and the A/AAAA
-addresses of the answer, and the SOA that bounds negative caching. It follows compression
-pointers only backwards (and never into the header) and at most `MAX_HOPS` times, so loops
-and forward references are rejected, never followed.
+objects built) and answered from bytes. Upstream replies are walked once in `replies`. Names
+are followed through compression pointers only backwards (and never into the header) and at
+most `MAX_HOPS` times, so loops and forward references are rejected, never followed.
 
-This is the only module of the package that may import dnslib; it does not need to, since the
-walker below interprets only the few record types it must (CNAME, A, AAAA, SOA) and passes every
-other record through untouched, DNSSEC records included.
+Nothing under resolver/ needs dnslib at run time: the walker interprets only the few record
+types it must (CNAME, A, AAAA, SOA) and passes every other record through untouched, DNSSEC
+records included.
 """
 
 from __future__ import annotations
 
-import socket
 import struct
-from dataclasses import dataclass, field
 
 # Header flags and codes (RFC 1035 4.1.1, RFC 4035 3.2, RFC 6891 6.1.3).
 QR = 0x8000
@@ -49,26 +44,8 @@ RCODE_NAMES = {
     REFUSED: "refused",
 }
 
-# RDATA layouts that hold (compressible) domain names: type -> (offset of the first name, count).
-# RFC 3597 section 4 fixes this list; names in other types are never compressed.
-_RDATA_NAMES: dict[int, tuple[int, int]] = {
-    2: (0, 1),  # NS
-    3: (0, 1),  # MD
-    4: (0, 1),  # MF
-    5: (0, 1),  # CNAME
-    6: (0, 2),  # SOA: mname, rname
-    7: (0, 1),  # MB
-    8: (0, 1),  # MG
-    9: (0, 1),  # MR
-    12: (0, 1),  # PTR
-    14: (0, 2),  # MINFO
-    15: (2, 1),  # MX: preference, exchange
-}
-
 _HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
 
 
 class WireError(ValueError):
@@ -176,7 +153,7 @@ def _general_query(data: bytes, qend: int, qtype: int, flags: int) -> ParsedQuer
     for index in range(an + ns + ar):
         owner = pos
         try:
-            pos = _skip_name(data, pos, None)
+            pos = skip_name(data, pos, None)
         except WireError as err:
             raise WireError(str(err), FORMERR, qend) from None
         if pos + 10 > n:
@@ -211,10 +188,10 @@ def find_opt(data: bytes) -> tuple[bool, bool]:
     pos = 12
     try:
         for _ in range(qd):
-            pos = _skip_name(data, pos, None) + 4
+            pos = skip_name(data, pos, None) + 4
         for index in range(an + ns + ar):
             owner = pos
-            pos = _skip_name(data, pos, None)
+            pos = skip_name(data, pos, None)
             if pos + 10 > n:
                 break
             if index >= an + ns and pos == owner + 1 and data[pos : pos + 2] == b"\0)":
@@ -234,13 +211,18 @@ def question_key(data: bytes, qend: int, flags: int) -> bytes:
     return data[12 : qend - 4].lower() + data[qend - 4 : qend] + b"%c" % (flags & (DO_BIT | CD_BIT))
 
 
-def error_reply(data: bytes, rcode: int, qend: int, edns: bool, do: bool, ra: bool = True) -> bytes:
+def error_reply(
+    data: bytes, rcode: int, qend: int, edns: bool, do: bool, ra: bool = True, tc: bool = False
+) -> bytes:
     """An answer with no records: the query's id, opcode, RD and CD, RA (we offer recursion;
     `ra` false for a client the ACL refuses), its question when `qend` says it is
-    well-formed, and our OPT (carrying the upper rcode bits) for an EDNS client."""
+    well-formed, and our OPT (carrying the upper rcode bits) for an EDNS client. With `tc`
+    the TC bit is set: "ask again over TCP"."""
     flags = QR | ((data[2] << 8 | data[3]) & (0x7800 | RD | CD)) | (rcode & 0xF)
     if ra:
         flags |= RA
+    if tc:
+        flags |= TC
     header = data[:2] + _U16.pack(flags)
     question = data[12:qend] if qend else b""
     counts = b"\0\x01" if qend else b"\0\0"
@@ -269,93 +251,7 @@ def build_query(qid: int, question: bytes, do: bool, cd: bool, edns: bool = True
     return _HEADER.pack(qid, flags, 1, 0, 0, 1) + question + opt_record(do)
 
 
-def _header_matches(data: bytes, qid: int) -> bool:
-    """A header long enough, our id, QR set, opcode QUERY."""
-    return (
-        len(data) >= 12
-        and data[0] == qid >> 8
-        and data[1] == qid & 0xFF
-        and data[2] & 0x80 != 0
-        and not data[2] & 0x78
-    )
-
-
-def _question_matches(data: bytes, question: bytes) -> bool:
-    """One question, `question` (the name compared without regard to case)."""
-    qend = 12 + len(question)
-    if len(data) < qend or data[4] or data[5] != 1:
-        return False
-    return (
-        data[12 : qend - 4].lower() == question[:-4].lower()
-        and data[qend - 4 : qend] == question[-4:]
-    )
-
-
-def reply_matches(data: bytes, qid: int, question: bytes) -> bool:
-    """dnspython's rule: the id, QR, opcode QUERY and the one question (name compared without
-    regard to case, type and class exactly) must match. The source is checked by the caller."""
-    return _header_matches(data, qid) and _question_matches(data, question)
-
-
-def accept_reply(data: bytes, qid: int, question: bytes) -> Layout | None:
-    """The layout of an upstream reply to our query `qid` for `question`; None when it is not
-    a reply to that query (to be dropped); WireError when it is, but malformed.
-
-    - FORMERR or NOTIMP with QDCOUNT 0 (what servers that reject EDNS or the query often
-      send): accepted on id, QR and opcode alone, nothing else is read from it;
-    - otherwise the question must match (`reply_matches`);
-    - TC set: accepted on the header and question alone (the layout says `truncated`), since
-      a server may cut a truncated reply anywhere, even inside a record (RFC 2181 9), and
-      the answer is fetched again over TCP anyway;
-    - else walked by `scan_reply`, bytes after the last record tolerated: the layout's `end`
-      says where the message ends (like Unbound; the caller cuts and counts them).
-    """
-    if not _header_matches(data, qid):
-        return None
-    rcode = data[3] & 0xF
-    if not (data[4] or data[5]):
-        if rcode in (FORMERR, NOTIMP):
-            return Layout(rcode=rcode, qend=12, end=len(data))
-        return None
-    if not _question_matches(data, question):
-        return None
-    if data[2] & 0x02:
-        return Layout(rcode=rcode, qend=12 + len(question), end=len(data), truncated=True)
-    return scan_reply(data, trailing=True)
-
-
-# -- replies from upstreams -------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Record:
-    """An answer-section record: owner (lower case, no trailing dot), type, TTL, RDATA span."""
-
-    owner: str
-    rtype: int
-    ttl: int
-    rdata: int  # offset of the RDATA
-    rdlen: int
-
-
-@dataclass(slots=True)
-class Layout:
-    """What `scan_reply` found in a reply; offsets are into the reply as received."""
-
-    rcode: int
-    qend: int
-    ttl_offsets: list[int] = field(default_factory=list)  # every TTL field except the OPT's
-    ttls: list[int] = field(default_factory=list)  # their values, same order
-    answer_ttls: int = 0  # how many of the TTL fields belong to the answer section
-    pointers: list[int] = field(default_factory=list)  # offsets of every compression pointer
-    opt: tuple[int, int] | None = None  # [start, end) of the OPT record
-    answers: list[Record] = field(default_factory=list)
-    soa: tuple[int, int] | None = None  # (TTL, MINIMUM) of the first SOA in the authority section
-    truncated: bool = False
-    end: int = 0  # where the message ends: past its last record
-
-
-def _skip_name(data: bytes, pos: int, pointers: list[int] | None) -> int:
+def skip_name(data: bytes, pos: int, pointers: list[int] | None) -> int:
     """Validate the name at `pos`; return the offset just past it (past its first pointer).
 
     Follows pointers to check the whole name: each pointer must point strictly before the
@@ -445,132 +341,6 @@ def encode_name(text: str) -> bytes:
     if len(out) > MAX_NAME:
         raise ValueError("name longer than 255 octets")
     return bytes(out)
-
-
-def scan_reply(data: bytes, records: bool = True, trailing: bool = False) -> Layout:
-    """Walk a whole reply once; raise WireError for anything malformed (a compression loop or
-    forward pointer, a truncated record, a second or non-root OPT, trailing bytes unless
-    `trailing` allows them: then `end` says where the last record ends).
-
-    A TTL with the top bit set counts as 0 (RFC 2181 8), in `ttls`, the answers and the SOA.
-    With `records` false the answer records are counted but not decoded (a check only)."""
-    n = len(data)
-    if n < 12:
-        raise WireError("shorter than a DNS header")
-    _id, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
-    pointers: list[int] = []
-    pos = 12
-    for _ in range(qd):
-        pos = _skip_name(data, pos, pointers) + 4
-        if pos > n:
-            raise WireError("question truncated")
-    layout = Layout(rcode=flags & 0xF, qend=pos, pointers=pointers, truncated=bool(flags & TC))
-    offsets, ttls, answers = layout.ttl_offsets, layout.ttls, layout.answers
-    for index in range(an + ns + ar):
-        owner = pos
-        pos = _skip_name(data, pos, pointers)
-        if pos + 10 > n:
-            raise WireError("record truncated")
-        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
-        rdata = pos + 10
-        end = rdata + rdlen
-        if end > n:
-            raise WireError("record data truncated")
-        if rtype == T_OPT:
-            if index < an + ns or layout.opt is not None or pos != owner + 1:
-                raise WireError("misplaced, repeated or non-root OPT record")
-            layout.opt = (owner, end)
-            if data[rdata - 6]:
-                layout.rcode = data[rdata - 6] << 4 | (flags & 0xF)
-        else:
-            if ttl & 0x80000000:
-                ttl = 0
-            offsets.append(pos + 4)
-            ttls.append(ttl)
-            names = _RDATA_NAMES.get(rtype)
-            if names is not None:
-                at = rdata + names[0]
-                for _ in range(names[1]):
-                    at = _skip_name(data, at, pointers)
-                    if at > end:
-                        raise WireError("name runs past its record")
-            if index < an:
-                if records:
-                    answers.append(Record(read_name(data, owner), rtype, ttl, rdata, rdlen))
-            elif index < an + ns and rtype == T_SOA and layout.soa is None and rdlen >= 22:
-                minimum = _U32.unpack_from(data, end - 4)[0]
-                layout.soa = (ttl, 0 if minimum & 0x80000000 else minimum)
-        pos = end
-    if pos != n and not trailing:
-        raise WireError("trailing bytes after the last record")
-    layout.end = pos
-    layout.answer_ttls = an if an < len(ttls) else len(ttls)
-    return layout
-
-
-def without_opt(data: bytes, layout: Layout) -> tuple[bytes, list[int]]:
-    """The reply with its OPT record cut out (ARCOUNT one less), and its TTL offsets moved.
-
-    Compression pointers after the cut that point past it are moved with it; one that points
-    into the cut, or a result that no longer walks cleanly, makes the reply unusable
-    (WireError).
-    """
-    if layout.opt is None:
-        return data, list(layout.ttl_offsets)
-    start, end = layout.opt
-    cut = end - start
-    out = bytearray(data[:start] + data[end:])
-    for at in layout.pointers:
-        if at < end:
-            continue
-        target = ((data[at] & 0x3F) << 8) | data[at + 1]
-        if target >= end:
-            target -= cut
-        elif target >= start:
-            raise WireError("compression pointer into the OPT record")
-        struct.pack_into("!H", out, at - cut, 0xC000 | target)
-    arcount = (out[10] << 8 | out[11]) - 1
-    out[10:12] = _U16.pack(arcount)
-    offsets = [at - cut if at > start else at for at in layout.ttl_offsets]
-    result = bytes(out)
-    # A name read through a pointer can run on, label by label, into the bytes that were cut:
-    # walk the result once more (miss path only) rather than cache something malformed.
-    if scan_reply(result, records=False).ttl_offsets != offsets:
-        raise WireError("the reply does not survive cutting its OPT record")
-    return result, offsets
-
-
-def chain_of(data: bytes, layout: Layout, qname: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """The CNAME chain that starts at `qname` (owner -> target, at most MAX_CHAIN, no loops),
-    and the A/AAAA addresses owned by a name on that chain with their TTLs.
-
-    Records that are not on the chain (unrelated answers, additional data) do not count.
-    """
-    targets: dict[str, str] = {}
-    for rec in layout.answers:
-        if rec.rtype == T_CNAME and rec.owner not in targets:
-            targets[rec.owner] = read_name(data, rec.rdata)
-    chain = [qname]
-    seen = {qname}
-    name = qname
-    while len(chain) <= MAX_CHAIN:
-        target = targets.get(name)
-        if target is None or target in seen:
-            break
-        chain.append(target)
-        seen.add(target)
-        name = target
-    addresses: list[tuple[str, int]] = []
-    for rec in layout.answers:
-        if rec.owner not in seen:
-            continue
-        if rec.rtype == T_A and rec.rdlen == 4:
-            raw = data[rec.rdata : rec.rdata + 4]
-            addresses.append((socket.inet_ntop(socket.AF_INET, raw), rec.ttl))
-        elif rec.rtype == T_AAAA and rec.rdlen == 16:
-            raw = data[rec.rdata : rec.rdata + 16]
-            addresses.append((socket.inet_ntop(socket.AF_INET6, raw), rec.ttl))
-    return chain, addresses
 
 
 def truncated_header(head: bytes, edns: bool) -> bytes:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from policy.model import Policy
 from resolver.config import BreakoutConfig
-from resolver.dns.hook import Tagged
+from resolver.hooks import Tagged, address_text, iter_packed
 from resolver.net import netlink, reconcile, report, state, swap
 from resolver.net.cleanup import cleanup, flush_owned
 from resolver.net.decisions import DecisionLog
@@ -113,6 +113,12 @@ class Breakout:
         self._saver = state.Saver(state_dir, save_interval)
         self._dirty = False  # holds extended since the last save
         self._changed = False  # holds added or removed since the last save
+        self.epoch = 0  # hooks.BreakoutHook.epoch: moves whenever a route may have gone
+
+    @property
+    def ready(self) -> bool:
+        """hooks.BreakoutHook.ready: a breakout link can carry routes now."""
+        return self._active and (self._ready[4] or self._ready[6])
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -204,7 +210,9 @@ class Breakout:
 
     # -- the hot path -----------------------------------------------------------------------
 
-    def on_answer(self, tagged: Tagged, ttl: int) -> Awaitable[None] | None:
+    def on_answer(
+        self, tagged: Tagged, ttl: int, client: str = "", installed: list[bytes] | None = None
+    ) -> Awaitable[None] | None:
         """Extend the holds of `tagged.addresses`; an awaitable when new routes must go in.
 
         Never raises: a bug here must not cost the client its answer.
@@ -212,24 +220,27 @@ class Breakout:
         if not self._active:
             return None
         try:
-            return self._on_answer(tagged, ttl)
+            return self._on_answer(tagged, ttl, installed)
         except Exception:
             self.counters["netlink_errors"] += 1
             log.exception("breakout failed on an answer for %s", tagged.qname)
             return None
 
-    def _on_answer(self, tagged: Tagged, ttl: int) -> Awaitable[None] | None:
+    def _on_answer(
+        self, tagged: Tagged, ttl: int, installed: list[bytes] | None
+    ) -> Awaitable[None] | None:
         cfg = self.cfg
         now = self._clock()
         expires = now + (ttl if ttl > cfg.min_hold else cfg.min_hold) + cfg.grace
-        qname, name = tagged.qname, tagged.name
+        qname, name = tagged.qname, tagged.via
         names = (qname,) if qname == name else (qname, name)
         row = tagged.match.rule.row
         holds = self.holds
         wait: InstallBatch | None = None
         more: list[InstallBatch] | None = None
         self._dirty = True
-        for address in tagged.addresses:
+        for packed in iter_packed(tagged.addresses):
+            address = address_text(packed)
             h = holds.get(address)
             if h is None:
                 h = self._new_hold(address, names, row, expires, now)
@@ -246,6 +257,8 @@ class Breakout:
                 if not self._ready[h.family]:
                     continue  # the link is down: the hold stays, the route follows the link
                 batch = self._io.enqueue(h)
+                if installed is not None:
+                    installed.append(h.packed)
             if batch.future.done():
                 if batch.timed_out:
                     self.counters["ack_timeouts"] += 1
@@ -387,6 +400,7 @@ class Breakout:
         self._io.delete_entries(holds, now)  # those whose hold ran out timed out already
         for h in holds:
             h.installed = False
+            self.epoch += 1
 
     # -- reconcile at start -----------------------------------------------------------------
 
@@ -455,6 +469,7 @@ class Breakout:
         h = self.holds.get(r.dst) if host else None
         if h is not None and h.installed:
             h.installed = False
+            self.epoch += 1
             self.counters["route_lost"] += 1
             log.info(
                 "route for %s in table %d was removed by someone else; the next answer "
@@ -485,6 +500,7 @@ class Breakout:
         for h in self.holds.values():
             if h.installed and f"{h.address}/{HOST_LEN[h.family]}" not in present:
                 h.installed = False
+                self.epoch += 1
                 self.counters["route_lost"] += 1
         for c in self.prefixes.routed.values():
             if c.installed and c.cidr not in present:
@@ -556,6 +572,7 @@ class Breakout:
         self._io.delete_routes(holds)  # the kernel may have flushed them already: ESRCH is fine
         for h in holds:
             h.installed = False
+            self.epoch += 1
             h.batch = None
         self._io.remove_prefixes(cidrs)
         self.counters["withdrawn"] += len(holds)
@@ -569,6 +586,7 @@ class Breakout:
         ]  # fmt: skip
         for h in holds:
             h.installed = False
+            self.epoch += 1
             self._io.enqueue(h)
         self.counters["restored"] += len(holds)
         self._io.install_prefixes(self.prefixes.family(family))
@@ -600,6 +618,7 @@ class Breakout:
         self._io.rules_ok = False
         for h in holds:
             h.installed = False
+            self.epoch += 1
         self._save()
         log.info(
             "flushed: %d routes, %d policy prefixes, %d rules, %d set entries",
@@ -698,6 +717,7 @@ class Breakout:
                 self._withdraw(family)
         for h in self.holds.values():
             h.installed = False
+            self.epoch += 1
             h.set_expires = 0.0
             if self._ready[h.family] and h.batch is None:
                 self._io.enqueue(h)

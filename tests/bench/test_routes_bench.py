@@ -88,7 +88,7 @@ async def _on_answer_latency(state_dir: str) -> dict[str, Any]:
     from policy.matcher import Matcher
     from policy.model import Policy, Rule
     from resolver.config import BreakoutConfig, Mode
-    from resolver.dns.hook import Tagged
+    from resolver.hooks import Tagged, pack_addresses
     from resolver.net.breakout import Breakout
 
     rule = Rule(row=1, purpose="bench", required=True, patterns=("*.office.com",))
@@ -105,7 +105,7 @@ async def _on_answer_latency(state_dir: str) -> dict[str, Any]:
     for n in (1, 2, 8):
         samples = []
         for k in range(N_ANSWERS):
-            addrs = tuple(_text(base + j) for j in range(n))
+            addrs = pack_addresses(_text(base + j) for j in range(n))
             base += n
             t = Tagged("x.office.com", "x.office.com", match, addrs)  # type: ignore[arg-type]
             t0 = time.perf_counter()
@@ -120,7 +120,7 @@ async def _on_answer_latency(state_dir: str) -> dict[str, Any]:
             "p50_us": round(samples[len(samples) // 2] * 1e6, 1),
             "p99_us": round(samples[int(len(samples) * 0.99)] * 1e6, 1),
         }
-    hit = Tagged("x.office.com", "x.office.com", match, (_text(100_000),))  # type: ignore[arg-type]
+    hit = Tagged("x.office.com", "x.office.com", match, pack_addresses([_text(100_000)]))  # type: ignore[arg-type]
     t0 = time.perf_counter()
     for _ in range(100_000):
         assert b.on_answer(hit, 300) is None

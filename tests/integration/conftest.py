@@ -27,8 +27,8 @@ from resolver.config import (
     RateLimitConfig,
     TcpConfig,
 )
-from resolver.dns.hook import Tagged
 from resolver.dns.server import DnsServer
+from resolver.hooks import Tagged
 from tests.fakeupstream import FakeUpstream
 
 TEST_TIME_LIMIT = 30.0
@@ -91,25 +91,37 @@ class StubMatcher:
     def __init__(self, rows: Mapping[str, int]) -> None:
         self.rows = dict(rows)
 
+    def match(self, name: str) -> Match | None:
+        row = self.rows.get(name)
+        if row is None:
+            return None
+        return Match(Rule(row=row, purpose="test", required=True, patterns=(name,)), name)
+
     def match_any(self, names: Iterable[str]) -> tuple[str, Match] | None:
         for name in names:
-            row = self.rows.get(name)
-            if row is not None:
-                rule = Rule(row=row, purpose="test", required=True, patterns=(name,))
-                return name, Match(rule, name)
+            found = self.match(name)
+            if found is not None:
+                return name, found
         return None
 
 
 class RecordingHook:
     """A breakout hook that records its calls; with `delay` it returns an awaitable."""
 
+    epoch = 0
+    ready = False
+
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.calls: list[tuple[Tagged, int]] = []
+        self.clients: list[str] = []
         self.finished: list[float] = []  # time.monotonic() when each awaited call completed
 
-    def on_answer(self, tagged: Tagged, ttl: int) -> Awaitable[None] | None:
+    def on_answer(
+        self, tagged: Tagged, ttl: int, client: str = "", installed: list[bytes] | None = None
+    ) -> Awaitable[None] | None:
         self.calls.append((tagged, ttl))
+        self.clients.append(client)
         if not self.delay:
             return None
         return self._wait()

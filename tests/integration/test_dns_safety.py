@@ -60,15 +60,18 @@ async def test_acl_allows_ipv6_loopback_by_default() -> None:
         assert (await env.ask("www.example.test", v6=True, tcp=True)).rr
 
 
-async def test_rate_limit_drops_and_counts() -> None:
+async def test_the_budget_limits_upstream_queries_not_cached_answers() -> None:
+    """A client over its budget of upstream queries gets TC over UDP (a real client asks
+    again over TCP; a spoofed one cannot), never silence; its cached answers are not limited."""
     async with DnsEnv(ratelimit={"qps": 1.0, "burst": 3}) as env:
         await env.ask("www.example.test")
-        answered = 1
-        for _ in range(5):
-            if await env.udp(query_bytes("www.example.test"), timeout=0.2) is not None:
-                answered += 1
-        assert answered == 3
-        assert env.counters["ratelimited"] == 3
+        for _ in range(20):
+            assert (await env.ask("www.example.test")).rr  # cached: never limited
+        answers = [await env.ask(f"n{i}.example.test") for i in range(4)]
+        assert [bool(a.rr) for a in answers] == [True, True, False, False]
+        assert [a.header.tc for a in answers] == [0, 0, 1, 1]
+        assert env.counters["ratelimited"] == 2
+        assert len(env.fake.received) == 3  # no upstream query for what was over the budget
 
 
 @pytest.mark.parametrize("case", sorted(FORMERR_CASES))
@@ -110,14 +113,15 @@ async def test_zone_transfers_refused(qtype: str, tcp: bool) -> None:
         assert env.fake.received == []
 
 
-async def test_pending_table_full_drops_and_counts() -> None:
+async def test_pending_table_full_answers_servfail_and_counts() -> None:
     async with DnsEnv(forward={"max_pending": 2}) as env:
         env.fake.delay = 0.15
         results = await asyncio.gather(
             *(env.udp(query_bytes(f"n{i}.example.test"), timeout=0.6) for i in range(5))
         )
-        answered = [r for r in results if r is not None]
-        assert len(answered) == 2
+        assert all(r is not None for r in results)  # nothing silently dropped
+        codes = sorted(r[3] & 0x0F for r in results if r is not None)
+        assert codes == [NOERROR, NOERROR, 2, 2, 2]
         assert env.counters["pending_full"] == 3
         assert len(env.fake.received) == 2
         assert env.srv.status()["queries"]["pending_full"] == 3
@@ -202,11 +206,11 @@ async def test_tcp_query_beyond_the_pending_table_gets_servfail() -> None:
         assert env.counters["pending_full"] == 1
 
 
-async def test_tcp_query_over_the_rate_limit_gets_refused() -> None:
+async def test_tcp_query_over_the_budget_gets_servfail() -> None:
     async with DnsEnv(ratelimit={"qps": 1.0, "burst": 1}) as env:
         messages = [query_bytes("www.example.test"), query_bytes("n1.example.test")]
         replies = [DNSRecord.parse(r) for r in await env.tcp(messages, timeout=1.0)]
         by_name = {str(r.q.qname): r for r in replies}
         assert by_name["www.example.test."].rr
-        assert rcode(by_name["n1.example.test."]) == REFUSED
+        assert rcode(by_name["n1.example.test."]) == 2
         assert env.counters["ratelimited"] == 1

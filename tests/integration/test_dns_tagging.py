@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from resolver.hooks import address_texts
 from tests.integration.conftest import DnsEnv, FakeClock, RecordingHook, StubMatcher
 
 pytestmark = pytest.mark.integration
@@ -21,9 +22,9 @@ async def test_cname_target_on_the_chain_is_tagged_with_chain_addresses() -> Non
         assert len(hook.calls) == 1
         tagged, ttl = hook.calls[0]
         assert tagged.qname == "alias.example.test"
-        assert tagged.name == "edge.cdn.test"
+        assert tagged.via == "edge.cdn.test"
         assert tagged.match.rule.row == 7
-        assert tagged.addresses == ("198.51.100.7",)
+        assert address_texts(tagged.addresses) == ["198.51.100.7"]
         assert ttl == 30  # the address record's TTL, not the CNAMEs'
         assert env.counters["tagged"] == 1
         assert env.srv.tagged_by_row == {7: 1}
@@ -40,8 +41,8 @@ async def test_unrelated_records_are_ignored() -> None:
         reply = await env.ask("www.example.test")
         assert len(reply.rr) == 2  # the unrelated record reached the client untouched
         tagged, ttl = hook.calls[0]
-        assert tagged.name == "www.example.test" and tagged.match.rule.row == 3
-        assert tagged.addresses == ("192.0.2.10",)
+        assert tagged.via == "www.example.test" and tagged.match.rule.row == 3
+        assert address_texts(tagged.addresses) == ["192.0.2.10"]
         assert ttl == 60
         hook.calls.clear()
         await env.ask("n7.example.test")  # answer contains evil.example.test, chain does not
@@ -93,7 +94,7 @@ async def test_hook_called_on_cache_hits_with_remaining_ttl() -> None:
         reply = await env.ask("two.example.test", edns=1232)
         assert sorted(r.ttl for r in reply.rr) == [25, 85]
         assert [ttl for _t, ttl in hook.calls] == [40, 25]  # the smallest address TTL left
-        assert hook.calls[1][0].addresses == ("192.0.2.21", "192.0.2.22")
+        assert address_texts(hook.calls[1][0].addresses) == ["192.0.2.21", "192.0.2.22"]
         assert env.counters["tagged"] == 2 and env.srv.tagged_by_row == {4: 2}
 
 
@@ -115,7 +116,7 @@ async def test_reconfigure_retags_the_cache() -> None:
         env.srv.reconfigure(env.config, StubMatcher({"node.cdn.test": 11}))
         await env.ask("alias.example.test")  # a hit: no new upstream query, tagged now
         assert len(env.fake.received) == 1
-        assert [(t.name, t.match.rule.row) for t, _ttl in hook.calls] == [("node.cdn.test", 11)]
+        assert [(t.via, t.match.rule.row) for t, _ttl in hook.calls] == [("node.cdn.test", 11)]
         env.srv.reconfigure(env.config, StubMatcher({}))
         await env.ask("alias.example.test")
         assert len(hook.calls) == 1
@@ -132,7 +133,10 @@ async def test_set_hook_swaps_the_hook() -> None:
 
 async def test_failing_hook_still_answers() -> None:
     class Broken:
-        def on_answer(self, tagged: object, ttl: int) -> None:
+        epoch = 0
+        ready = False
+
+        def on_answer(self, tagged: object, ttl: int, client: str, installed: object) -> None:
             raise RuntimeError("boom")
 
     async with DnsEnv(hook=Broken(), matcher=StubMatcher({"www.example.test": 1})) as env:

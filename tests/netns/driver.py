@@ -29,7 +29,7 @@ from policy.loader import builtin_policy, load_policy_text
 from policy.matcher import Matcher
 from policy.model import Policy
 from resolver.config import BreakoutConfig, parse_config
-from resolver.dns.hook import Tagged
+from resolver.hooks import Tagged, pack_addresses
 from resolver.net.breakout import Breakout, cleanup
 
 
@@ -69,7 +69,8 @@ class Driver:
             match = self.matcher.match(req["name"])
             if match is None:
                 return {"matched": False, "waited": False, "ms": 0.0}
-            t = Tagged(req.get("qname") or req["name"], req["name"], match, tuple(req["addresses"]))
+            addresses = pack_addresses(req["addresses"])
+            t = Tagged(req.get("qname") or req["name"], req["name"], match, addresses)
             t0 = time.perf_counter()
             wait = b.on_answer(t, req.get("ttl", 60))
             if wait is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from policy.matcher import Matcher
 from policy.model import Policy, Rule
 from resolver.config import BreakoutConfig
-from resolver.dns.hook import Tagged
+from resolver.hooks import Tagged, pack_addresses
 from resolver.net.links import Addr, Link, NetView
 from resolver.net.routes import AF, HOST_LEN, Route
 
@@ -191,7 +191,7 @@ def make_cfg(**kw: Any) -> BreakoutConfig:
 def tagged(name: str, *addresses: str, qname: str | None = None) -> Tagged:
     match = MATCHER.match(name)
     assert match is not None, name
-    return Tagged(qname or name, name, match, addresses)
+    return Tagged(qname or name, name, match, pack_addresses(addresses))
 
 
 def run(body: Callable[[], Awaitable[None]]) -> None:

@@ -11,8 +11,10 @@ from dnslib import AAAA, CNAME, EDNS0, QTYPE, RR, SOA, TXT, A, DNSLabel, DNSReco
 from policy.loader import builtin_policy
 from policy.matcher import Matcher
 from policy.model import Match, Rule
-from resolver.dns import wire
+from resolver.dns import replies, wire
 from resolver.dns.cache import Cache, Entry, build_entry
+from resolver.dns.tagging import tag
+from resolver.hooks import address_texts
 
 pytestmark = pytest.mark.unit
 
@@ -20,6 +22,10 @@ pytestmark = pytest.mark.unit
 class Rows:
     def __init__(self, rows: dict[str, int]) -> None:
         self.rows = rows
+
+    def match(self, name: str) -> Match | None:
+        found = self.match_any([name])
+        return found[1] if found is not None else None
 
     def match_any(self, names: Iterable[str]) -> tuple[str, Match] | None:
         for name in names:
@@ -44,9 +50,22 @@ def _entry(
     do: bool = False,
 ) -> Entry:
     data = bytes(reply.pack())
-    layout = wire.scan_reply(data)
+    layout = replies.scan_reply(data)
     key = wire.question_key(data, layout.qend, wire.DO_BIT if do else 0)
-    return build_entry(key, data, layout, now, do, max_ttl, max_neg, Rows(rows or {}))
+    entry, chain = build_entry(key, data, layout, now, max_ttl, max_neg)
+    entry.tag = tag(chain, Rows(rows or {}))
+    entry.addr_base = chain.addr_ttl
+    return entry
+
+
+def bases(entry: Entry) -> list[int]:
+    """The TTLs the entry hands out at age 0."""
+    offsets = [at for (at,) in struct.iter_unpack("!H", entry.ttl_at)]
+    return [struct.unpack_from("!I", entry.wire, at)[0] for at in offsets]
+
+
+def addresses(entry: Entry) -> list[str]:
+    return address_texts(entry.chain().addresses)
 
 
 def _positive(name: str = "www.example.test") -> DNSRecord:
@@ -68,16 +87,16 @@ def _negative(rcode: int, soa_ttl: int = 900, minimum: int = 300) -> DNSRecord:
 def test_positive_ttl_is_smallest_answer_ttl() -> None:
     entry = _entry(_positive())
     assert entry.ttl == 60 and entry.expires == 160.0 and entry.result == "noerror"
-    assert entry.addresses == ("192.0.2.1", "192.0.2.2") and entry.addr_ttl(0) == 60
+    assert addresses(entry) == ["192.0.2.1", "192.0.2.2"] and entry.addr_ttl(0) == 60
 
 
-def test_ttls_count_down_and_are_patched_once_per_second() -> None:
+def test_ttls_count_down_by_whole_seconds() -> None:
     entry = _entry(_positive())
     query = _query("WWW.example.test")
     first = DNSRecord.parse(entry.reply(query, len(query), False, 512, 100.0))
     assert [r.ttl for r in first.rr] == [120, 60]
-    plain = entry.plain
-    assert entry.reply(query, len(query), False, 512, 100.9) and entry.plain is plain
+    same = DNSRecord.parse(entry.reply(query, len(query), False, 512, 100.9))
+    assert [r.ttl for r in same.rr] == [120, 60]
     later = DNSRecord.parse(entry.reply(query, len(query), False, 512, 130.2))
     assert [r.ttl for r in later.rr] == [90, 30]
     assert str(later.q.qname) == "WWW.example.test."
@@ -90,7 +109,7 @@ def test_ttls_count_down_and_are_patched_once_per_second() -> None:
 
 def test_positive_ttl_capped_at_max_ttl() -> None:
     entry = _entry(_positive(), max_ttl=30)
-    assert entry.ttl == 30 and entry.bases == [30, 30]
+    assert entry.ttl == 30 and bases(entry) == [30, 30]
 
 
 def test_both_variants_and_rd_echo() -> None:
@@ -128,7 +147,7 @@ def test_negative_ttl_rules(rcode: int) -> None:
     assert _entry(_negative(rcode, 200, 300)).ttl == 200
     assert _entry(_negative(rcode, 900, 300), max_neg=50).ttl == 50
     entry = _entry(_negative(rcode, 900, 300))
-    assert entry.bases == [300]  # the SOA handed out never outlives the negative entry
+    assert bases(entry) == [300]  # the SOA handed out never outlives the negative entry
     no_soa = DNSRecord.parse(_query("nope.example.test")).reply()
     no_soa.header.rcode = rcode
     assert _entry(no_soa).ttl == 0
@@ -150,17 +169,16 @@ def test_tag_from_chain_and_retag() -> None:
     r.add_answer(RR("other.test", QTYPE.A, rdata=A("203.0.113.1"), ttl=5))
     entry = _entry(r, rows={"edge.test": 5, "other.test": 6})
     assert entry.tag is not None
-    assert (entry.tag.qname, entry.tag.name, entry.tag.match.rule.row) == (
+    assert (entry.tag.qname, entry.tag.via, entry.tag.match.rule.row) == (
         "alias.test",
         "edge.test",
         5,
     )
-    assert entry.addresses == ("198.51.100.7",) and entry.addr_base == 30
-    cache = Cache(10)
-    cache.put(entry)
-    assert cache.retag(Rows({"alias.test": 9})) == 1
-    assert entry.tag is not None and entry.tag.match.rule.row == 9
-    assert cache.retag(Rows({})) == 0 and entry.tag is None
+    assert address_texts(entry.tag.addresses) == ["198.51.100.7"] and entry.addr_base == 30
+    # A reload re-tags from the stored bytes: the chain is read again, not kept.
+    again = tag(entry.chain(), Rows({"alias.test": 9}))
+    assert again is not None and again.match.rule.row == 9
+    assert tag(entry.chain(), Rows({})) is None
 
 
 def test_cache_lru_and_expiry() -> None:
@@ -184,8 +202,8 @@ def test_cache_replaces_same_key() -> None:
     cache.put(old)
     cache.put(new)
     assert len(cache) == 1 and old.expires == -1.0 and cache.get(new.key, 111.0) is new
-    cache.touch(new.key)
-    cache.touch(b"missing")
+    cache.drop(old)  # not the one stored under its key: nothing happens
+    assert cache.get(new.key, 111.0) is new
     cache.clear()
     assert len(cache) == 0 and new.expires == -1.0
 
@@ -197,11 +215,11 @@ def test_a_label_holding_a_dot_is_not_matched_as_two_labels() -> None:
     reply.questions[0].qname = odd
     reply.add_answer(RR(odd, QTYPE.A, rdata=A("203.0.113.9"), ttl=60))
     data = bytes(reply.pack())
-    layout = wire.scan_reply(data)
+    layout = replies.scan_reply(data)
     key = wire.question_key(data, layout.qend, 0)
-    entry = build_entry(key, data, layout, 0.0, False, 86400, 3600, Matcher(builtin_policy().rules))
-    assert entry.chain == ("evil\\.office.com",)
-    assert entry.tag is None
+    entry, chain = build_entry(key, data, layout, 0.0, 86400, 3600)
+    assert entry.chain().names == chain.names == ["evil\\.office.com"]
+    assert tag(chain, Matcher(builtin_policy().rules)) is None
     assert Matcher(builtin_policy().rules).match("evil.office.com") is not None  # the lookalike
 
 
@@ -225,7 +243,7 @@ def test_positive_answer_with_soa_in_authority_is_not_negative() -> None:
     soa = SOA("ns.t", "h.t", (1, 2, 3, 4, 5))
     r.add_auth(RR("example.test", QTYPE.SOA, rdata=soa, ttl=900))
     entry = _entry(r)
-    assert entry.ttl == 60 and entry.bases == [120, 60, 900]
+    assert entry.ttl == 60 and bases(entry) == [120, 60, 900]
 
 
 def test_cname_answer_to_a_cname_query_is_positive() -> None:
@@ -242,17 +260,17 @@ def test_nodata_after_cnames_is_negative_and_needs_an_soa() -> None:
     assert _entry(r).ttl == 0  # RFC 2308 5: no SOA, not cached
     r.add_auth(RR("test", QTYPE.SOA, rdata=SOA("ns.t", "h.t", (1, 2, 3, 4, 20)), ttl=900))
     entry = _entry(r)
-    assert entry.ttl == 20 and entry.bases == [20, 20, 20]
+    assert entry.ttl == 20 and bases(entry) == [20, 20, 20]
 
 
 def test_ttl_with_the_top_bit_set_is_zero_and_not_cached() -> None:
     entry = _entry(_positive())
-    data = bytearray(entry.template)
-    struct.pack_into("!I", data, entry.offsets[0], 0x80000000)
-    layout = wire.scan_reply(bytes(data))
+    data = bytearray(entry.wire)
+    struct.pack_into("!I", data, struct.unpack_from("!H", entry.ttl_at)[0], 0x80000000)
+    layout = replies.scan_reply(bytes(data))
     key = wire.question_key(bytes(data), layout.qend, 0)
-    odd = build_entry(key, bytes(data), layout, 0.0, False, 86400, 3600, Rows({}))
-    assert odd.ttl == 0 and odd.bases == [0, 60]
+    odd, _chain = build_entry(key, bytes(data), layout, 0.0, 86400, 3600)
+    assert odd.ttl == 0 and bases(odd) == [0, 60]
     query = _query("www.example.test")
     assert [r.ttl for r in DNSRecord.parse(odd.reply(query, len(query), False, 512, 0.0)).rr] == [
         0,

@@ -7,7 +7,7 @@ from dnslib import EDNS0, QTYPE, RR, A, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver.dns import wire
+from resolver.dns import replies, wire
 
 pytestmark = pytest.mark.unit
 
@@ -43,7 +43,7 @@ def test_parse_query_random_bytes(data: bytes) -> None:
 @given(st.binary(max_size=700))
 def test_scan_reply_random_bytes(data: bytes) -> None:
     try:
-        layout = wire.scan_reply(data)
+        layout = replies.scan_reply(data)
     except wire.WireError:
         return
     assert all(0 <= at <= len(data) - 4 for at in layout.ttl_offsets)
@@ -56,14 +56,14 @@ def test_mutated_replies_scan_and_cut_cleanly(edits: list[tuple[int, int]]) -> N
     for at, value in edits:
         data[at] = value
     try:
-        layout = wire.scan_reply(bytes(data))
-        cut, offsets = wire.without_opt(bytes(data), layout)
+        layout = replies.scan_reply(bytes(data))
+        cut, offsets = replies.without_opt(bytes(data), layout)
         for rec in layout.answers:
             wire.read_name(bytes(data), rec.rdata) if rec.rtype == wire.T_CNAME else None
-        wire.chain_of(bytes(data), layout, "www.example.test")
+        replies.chain_of(bytes(data), layout, "www.example.test")
     except wire.WireError:
         return
-    again = wire.scan_reply(cut)  # what we cache is well-formed too
+    again = replies.scan_reply(cut)  # what we cache is well-formed too
     assert again.opt is None and again.ttl_offsets == offsets
 
 

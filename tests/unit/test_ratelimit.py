@@ -1,10 +1,10 @@
-"""resolver.dns.ratelimit: token buckets per client, bounded table."""
+"""resolver.dns.ratelimit: token buckets per client, a bounded table, the budgets on costs."""
 
 from __future__ import annotations
 
 import pytest
 
-from resolver.dns.ratelimit import RateLimiter
+from resolver.dns.ratelimit import Budgets, TokenBucket
 
 pytestmark = pytest.mark.unit
 
@@ -19,32 +19,55 @@ class Clock:
 
 def test_burst_then_refill() -> None:
     clock = Clock()
-    limiter = RateLimiter(qps=2.0, burst=3, clock=clock)
-    assert [limiter.allow("a") for _ in range(5)] == [True, True, True, False, False]
-    assert limiter.allow("b")  # per client
+    bucket = TokenBucket(rate=2.0, burst=3, clock=clock)
+    assert [bucket.take("a") for _ in range(5)] == [True, True, True, False, False]
+    assert bucket.take("b")  # per client
     clock.now = 0.5  # one token back
-    assert limiter.allow("a") and not limiter.allow("a")
+    assert bucket.take("a") and not bucket.take("a")
     clock.now = 100.0  # never more than the burst
-    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    assert [bucket.take("a") for _ in range(4)] == [True, True, True, False]
 
 
-def test_zero_qps_is_off() -> None:
-    limiter = RateLimiter(qps=0.0, burst=1)
-    assert not limiter.enabled
-    assert all(limiter.allow("a") for _ in range(1000))
-    assert len(limiter) == 0
+def test_zero_rate_is_off() -> None:
+    bucket = TokenBucket(rate=0.0, burst=1)
+    assert all(bucket.take("a") for _ in range(1000))
+    assert len(bucket) == 0
 
 
 def test_table_is_bounded() -> None:
     clock = Clock()
-    limiter = RateLimiter(qps=1.0, burst=1, max_clients=100, clock=clock)
+    bucket = TokenBucket(rate=1.0, burst=1, max_clients=100, clock=clock)
     for i in range(1000):
-        limiter.allow(f"10.0.{i // 256}.{i % 256}")
-    assert len(limiter) == 100
+        bucket.take(f"10.0.{i // 256}.{i % 256}")
+    assert len(bucket) == 100
 
 
-def test_configure_resets() -> None:
-    limiter = RateLimiter(qps=1.0, burst=1, clock=Clock())
-    assert limiter.allow("a") and not limiter.allow("a")
-    limiter.configure(qps=10.0, burst=5)
-    assert all(limiter.allow("a") for _ in range(5)) and not limiter.allow("a")
+def test_a_charge_of_several_tokens() -> None:
+    bucket = TokenBucket(rate=1.0, burst=4, clock=Clock())
+    assert bucket.take("a", 3) and not bucket.take("a", 2) and bucket.take("a", 1)
+
+
+def test_budgets_limit_queries_in_flight_per_client() -> None:
+    budgets = Budgets(qps=1000, burst=1000, share=0.5, routes=10, max_pending=8, clock=Clock())
+    assert [budgets.take_query("a") for _ in range(5)] == [True] * 4 + [False]
+    assert budgets.take_query("b")  # another client has its own share
+    budgets.done_query("a")
+    assert budgets.take_query("a") and not budgets.take_query("a")
+
+
+def test_budgets_limit_the_upstream_query_rate_and_new_routes() -> None:
+    clock = Clock()
+    budgets = Budgets(qps=2, burst=2, share=1.0, routes=3, max_pending=100, clock=clock)
+    assert [budgets.take_query("a") for _ in range(3)] == [True, True, False]
+    assert budgets.take_routes("a", 6) and not budgets.take_routes("a", 1)
+    clock.now = 1.0
+    assert budgets.take_query("a") and budgets.take_routes("a", 3)
+
+
+def test_qps_zero_turns_every_budget_off() -> None:
+    budgets = Budgets(qps=0, burst=1, share=0.01, routes=1, max_pending=1, clock=Clock())
+    assert all(budgets.take_query("a") for _ in range(100))
+    assert all(budgets.take_routes("a", 100) for _ in range(100))
+    for _ in range(100):
+        budgets.done_query("a")
+    assert budgets.in_flight == {}

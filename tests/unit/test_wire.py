@@ -7,7 +7,7 @@ import struct
 import pytest
 from dnslib import AAAA, CNAME, EDNS0, QTYPE, RR, SOA, A, DNSRecord
 
-from resolver.dns import wire
+from resolver.dns import replies, wire
 
 pytestmark = pytest.mark.unit
 
@@ -165,22 +165,28 @@ def _reply_to(query: bytes, name: str = "www.example.test", **changes: int) -> b
     return bytes(r.pack())
 
 
-def test_reply_matches() -> None:
+def test_accept_reply_matches_id_qr_opcode_and_question() -> None:
     query = wire.build_query(0x4242, QUESTION, False, False)
     good = _reply_to(query)
-    assert wire.reply_matches(good, 0x4242, QUESTION)
-    assert not wire.reply_matches(good, 0x4243, QUESTION)
-    assert not wire.reply_matches(good[:2] + bytes((good[2] & 0x7F,)) + good[3:], 0x4242, QUESTION)
-    assert not wire.reply_matches(_reply_to(query, opcode=2), 0x4242, QUESTION)
-    assert not wire.reply_matches(good[:20], 0x4242, QUESTION)
+    assert replies.accept_reply(good, 0x4242, QUESTION) is not None
+    assert replies.accept_reply(good, 0x4243, QUESTION) is None
+    assert (
+        replies.accept_reply(good[:2] + bytes((good[2] & 0x7F,)) + good[3:], 0x4242, QUESTION)
+        is None
+    )
+    assert replies.accept_reply(_reply_to(query, opcode=2), 0x4242, QUESTION) is None
+    assert replies.accept_reply(good[:20], 0x4242, QUESTION) is None
     upper = wire.encode_name("WWW.EXAMPLE.test") + b"\x00\x01\x00\x01"
-    assert wire.reply_matches(good[:12] + upper + good[12 + len(upper) :], 0x4242, QUESTION)
+    assert (
+        replies.accept_reply(good[:12] + upper + good[12 + len(upper) :], 0x4242, QUESTION)
+        is not None
+    )
     other_type = QUESTION[:-4] + b"\x00\x1c\x00\x01"
-    assert not wire.reply_matches(good, 0x4242, other_type)
+    assert replies.accept_reply(good, 0x4242, other_type) is None
     other_class = QUESTION[:-4] + b"\x00\x01\x00\x03"
-    assert not wire.reply_matches(good, 0x4242, other_class)
+    assert replies.accept_reply(good, 0x4242, other_class) is None
     other_name = wire.encode_name("wwx.example.test") + b"\x00\x01\x00\x01"
-    assert not wire.reply_matches(good, 0x4242, other_name)
+    assert replies.accept_reply(good, 0x4242, other_name) is None
 
 
 # -- scan_reply -------------------------------------------------------------------------------
@@ -202,7 +208,7 @@ def _full_reply() -> bytes:
 
 def test_scan_reply_finds_ttls_opt_and_answers() -> None:
     data = _full_reply()
-    layout = wire.scan_reply(data)
+    layout = replies.scan_reply(data)
     assert layout.rcode == 0 and not layout.truncated
     assert layout.ttls == [300, 30, 20, 5, 40, 50]
     assert [struct.unpack_from("!I", data, at)[0] for at in layout.ttl_offsets] == layout.ttls
@@ -218,9 +224,10 @@ def test_scan_reply_finds_ttls_opt_and_answers() -> None:
 
 def test_chain_of_follows_cnames_and_ignores_unrelated_records() -> None:
     data = _full_reply()
-    chain, addresses = wire.chain_of(data, wire.scan_reply(data), "alias.example.test")
+    chain, addresses = replies.chain_of(data, replies.scan_reply(data), "alias.example.test")
     assert chain == ["alias.example.test", "edge.cdn.test"]
-    assert addresses == [("198.51.100.7", 30), ("198.51.100.8", 20)]  # not additional data
+    # packed, with their TTLs; not the additional data
+    assert addresses == [(bytes([198, 51, 100, 7]), 30), (bytes([198, 51, 100, 8]), 20)]
 
 
 def test_chain_of_is_loop_safe_and_bounded() -> None:
@@ -229,12 +236,12 @@ def test_chain_of_is_loop_safe_and_bounded() -> None:
     r.add_answer(RR("a.test", QTYPE.CNAME, rdata=CNAME("b.test"), ttl=60))
     r.add_answer(RR("b.test", QTYPE.CNAME, rdata=CNAME("a.test"), ttl=60))
     data = bytes(r.pack())
-    assert wire.chain_of(data, wire.scan_reply(data), "a.test")[0] == ["a.test", "b.test"]
+    assert replies.chain_of(data, replies.scan_reply(data), "a.test")[0] == ["a.test", "b.test"]
     r = DNSRecord.question("c0.test").reply()
     for i in range(40):
         r.add_answer(RR(f"c{i}.test", QTYPE.CNAME, rdata=CNAME(f"c{i + 1}.test"), ttl=60))
     data = bytes(r.pack())
-    chain, _ = wire.chain_of(data, wire.scan_reply(data), "c0.test")
+    chain, _ = replies.chain_of(data, replies.scan_reply(data), "c0.test")
     assert len(chain) == wire.MAX_CHAIN + 1
 
 
@@ -244,7 +251,7 @@ def test_scan_reply_extended_rcode_and_soa() -> None:
     r.header.rcode = 3
     r.add_auth(RR("test", QTYPE.SOA, rdata=SOA("ns.test", "h.test", (1, 2, 3, 4, 30)), ttl=900))
     data = bytes(r.pack())
-    layout = wire.scan_reply(data)
+    layout = replies.scan_reply(data)
     assert layout.rcode == 3 and layout.soa == (900, 30) and layout.answer_ttls == 0
 
 
@@ -263,13 +270,13 @@ def test_scan_reply_rejects(tail: bytes) -> None:
     data = struct.pack("!HHHHHH", 1, 0x8180, 1, 1, 0, 0) + QUESTION + tail
     assert len(QUESTION) + 12 == 0x22  # where the record starts
     with pytest.raises(wire.WireError):
-        wire.scan_reply(data)
+        replies.scan_reply(data)
 
 
 def test_scan_reply_rejects_two_opts() -> None:
     data = struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 2) + QUESTION + OPT + OPT
     with pytest.raises(wire.WireError):
-        wire.scan_reply(data)
+        replies.scan_reply(data)
 
 
 def test_pointer_chain_hop_limit() -> None:
@@ -287,7 +294,7 @@ def test_pointer_chain_hop_limit() -> None:
     )
     data = struct.pack("!HHHHHH", 1, 0x8180, 1, 1, 0, 0) + bytes(body) + bytes(names) + rr
     with pytest.raises(wire.WireError):
-        wire.scan_reply(data)
+        replies.scan_reply(data)
 
 
 # -- without_opt ------------------------------------------------------------------------------
@@ -295,15 +302,15 @@ def test_pointer_chain_hop_limit() -> None:
 
 def test_without_opt_moves_pointers_after_the_cut() -> None:
     data = _full_reply()
-    layout = wire.scan_reply(data)
-    cut, offsets = wire.without_opt(data, layout)
+    layout = replies.scan_reply(data)
+    cut, offsets = replies.without_opt(data, layout)
     original = DNSRecord.parse(data)
     stripped = DNSRecord.parse(cut)
     assert [r for r in stripped.ar if r.rtype == QTYPE.OPT] == []
     assert [str(r) for r in stripped.ar] == [str(r) for r in original.ar if r.rtype != QTYPE.OPT]
     assert [str(r) for r in stripped.rr] == [str(r) for r in original.rr]
     assert [struct.unpack_from("!I", cut, at)[0] for at in offsets] == layout.ttls
-    again = wire.scan_reply(cut)
+    again = replies.scan_reply(cut)
     assert again.ttl_offsets == offsets and again.opt is None
 
 
@@ -315,9 +322,9 @@ def test_without_opt_rejects_pointer_into_the_opt() -> None:
         + b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x01\x02\x03\x04"
     )
     data = head + OPT + rr
-    layout = wire.scan_reply(data)
+    layout = replies.scan_reply(data)
     with pytest.raises(wire.WireError):
-        wire.without_opt(data, layout)
+        replies.without_opt(data, layout)
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -362,20 +369,20 @@ def test_name_of_256_octets_is_too_long_in_queries_and_replies() -> None:
         reply = struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
         if ok:
             wire.parse_query(query)
-            wire.scan_reply(reply)
+            replies.scan_reply(reply)
             continue
         with pytest.raises(wire.WireError) as err:
             wire.parse_query(query)
         assert err.value.rcode == wire.FORMERR
         with pytest.raises(wire.WireError):
-            wire.scan_reply(reply)
+            replies.scan_reply(reply)
 
 
 def test_compression_pointer_into_the_header_is_rejected() -> None:
     record = b"\xc0\x04\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01"
     data = struct.pack("!HHHHHH", 1, 0x8180, 1, 1, 0, 0) + QUESTION + record
     with pytest.raises(wire.WireError, match="header"):
-        wire.scan_reply(data)
+        replies.scan_reply(data)
     with pytest.raises(wire.WireError, match="header"):
         wire.read_name(data, 12 + len(QUESTION))
     assert wire.name_text(b"\x01a\xc0\x00") == "<bad name>"
@@ -386,7 +393,7 @@ def test_ttl_with_the_top_bit_set_counts_as_zero() -> None:
     a_record = b"\xc0\x0c\x00\x01\x00\x01\x80\x00\x00\x00\x00\x04\xc0\x00\x02\x01"
     soa_rdata = b"\x00\x00" + struct.pack("!IIIII", 1, 2, 3, 4, 0xFFFFFFFF)
     soa = b"\x00\x00\x06\x00\x01" + struct.pack("!IH", 0x80000001, len(soa_rdata)) + soa_rdata
-    layout = wire.scan_reply(head + QUESTION + a_record + soa)
+    layout = replies.scan_reply(head + QUESTION + a_record + soa)
     assert layout.ttls == [0, 0] and layout.answers[0].ttl == 0 and layout.soa == (0, 0)
 
 
@@ -421,28 +428,30 @@ def test_build_query_without_edns() -> None:
 def test_accept_reply() -> None:
     query = wire.build_query(0x4242, QUESTION, False, False)
     good = _reply_to(query)
-    layout = wire.accept_reply(good, 0x4242, QUESTION)
+    layout = replies.accept_reply(good, 0x4242, QUESTION)
     assert layout is not None and layout.end == len(good) and len(layout.answers) == 1
-    assert wire.accept_reply(good, 0x4243, QUESTION) is None
+    assert replies.accept_reply(good, 0x4243, QUESTION) is None
     # bytes after the last record: accepted, `end` says where the reply stops
-    layout = wire.accept_reply(good + b"\x00junk", 0x4242, QUESTION)
+    layout = replies.accept_reply(good + b"\x00junk", 0x4242, QUESTION)
     assert layout is not None and layout.end == len(good)
     # TC: header and question suffice, even with counts running past the end
     tc = struct.pack("!HHHHHH", 0x4242, 0x8380, 1, 3, 0, 0) + QUESTION + b"\xc0"
-    layout = wire.accept_reply(tc, 0x4242, QUESTION)
+    layout = replies.accept_reply(tc, 0x4242, QUESTION)
     assert layout is not None and layout.truncated and layout.qend == 12 + len(QUESTION)
     other = wire.encode_name("other.test") + b"\x00\x01\x00\x01"
-    assert wire.accept_reply(tc, 0x4242, other) is None
+    assert replies.accept_reply(tc, 0x4242, other) is None
     # FORMERR and NOTIMP without a question: accepted on id, QR and opcode
     for rcode in (wire.FORMERR, wire.NOTIMP):
         bare = struct.pack("!HHHHHH", 0x4242, 0x8180 | rcode, 0, 0, 0, 0)
-        layout = wire.accept_reply(bare, 0x4242, QUESTION)
+        layout = replies.accept_reply(bare, 0x4242, QUESTION)
         assert layout is not None and layout.rcode == rcode
-        assert wire.accept_reply(bare, 0x4243, QUESTION) is None
-        assert wire.accept_reply(bare[:2] + b"\x01" + bare[3:], 0x4242, QUESTION) is None  # no QR
+        assert replies.accept_reply(bare, 0x4243, QUESTION) is None
+        assert (
+            replies.accept_reply(bare[:2] + b"\x01" + bare[3:], 0x4242, QUESTION) is None
+        )  # no QR
         notify = struct.pack("!HHHHHH", 0x4242, 0xA180 | rcode, 0, 0, 0, 0)
-        assert wire.accept_reply(notify, 0x4242, QUESTION) is None
+        assert replies.accept_reply(notify, 0x4242, QUESTION) is None
     no_question = struct.pack("!HHHHHH", 0x4242, 0x8182, 0, 0, 0, 0)
-    assert wire.accept_reply(no_question, 0x4242, QUESTION) is None  # SERVFAIL needs one
+    assert replies.accept_reply(no_question, 0x4242, QUESTION) is None  # SERVFAIL needs one
     with pytest.raises(wire.WireError):
-        wire.accept_reply(good[:-1], 0x4242, QUESTION)  # our reply, but a record cut short
+        replies.accept_reply(good[:-1], 0x4242, QUESTION)  # our reply, but a record cut short

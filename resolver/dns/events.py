@@ -1,0 +1,63 @@
+"""What one answered query looks like to an observer: `resolverctl monitor`, the debug log.
+
+Built only while somebody watches (or debug logging is on): the handler's fast path checks one
+flag and builds nothing otherwise. The fields are the monitor's contract (DESIGN.md):
+``{time, client, name, type, rcode, source, row, via, addresses, installed, waited_ms}``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from resolver.dns import wire
+from resolver.hooks import Tagged, address_text, address_texts
+
+Event = dict[str, Any]
+Observer = Callable[[Event], None]
+
+QTYPES = {
+    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
+    33: "SRV", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY",
+}  # fmt: skip
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def event(
+    data: bytes,
+    qend: int,
+    client: str,
+    rcode: int,
+    source: str,
+    tag: Tagged | None,
+    installed: list[bytes] | None = None,
+    waited: float = 0.0,
+) -> Event:
+    """The event for the query `data` (question ending at `qend`) answered with `rcode`."""
+    qtype = (data[qend - 4] << 8) | data[qend - 3] if qend >= 16 else 0
+    return {
+        "time": round(time.time(), 6),
+        "client": client,
+        "name": wire.name_text(data[12 : qend - 4]) if qend >= 16 else "",
+        "type": QTYPES.get(qtype, str(qtype)),
+        "rcode": RCODES.get(rcode, str(rcode)),
+        "source": source,
+        "row": tag.match.rule.row if tag is not None else None,
+        "via": tag.via if tag is not None else None,
+        "addresses": address_texts(tag.addresses) if tag is not None else [],
+        "installed": [address_text(a) for a in installed or ()],
+        "waited_ms": round(waited * 1000.0, 3),
+    }
+
+
+def log_line(e: Event) -> tuple[str, tuple[object, ...]]:
+    """The debug log's line for an event: a %-format and its arguments."""
+    if e["row"] is None:
+        return "query %s %s from %s: %s (%s)", (
+            e["name"], e["type"], e["client"], e["rcode"], e["source"],
+        )  # fmt: skip
+    return "query %s %s from %s: %s (%s) tagged row %s via %s, installed %s, waited %.3f ms", (
+        e["name"], e["type"], e["client"], e["rcode"], e["source"], e["row"], e["via"],
+        ",".join(e["installed"]) or "-", e["waited_ms"],
+    )  # fmt: skip

@@ -1,0 +1,184 @@
+"""Split DNS: which upstream set a question goes to, the fallback, and chains finished locally.
+
+Sets, by precedence:
+1. a forward zone (`forward_zones`): the longest zone holding the name, whatever it is;
+2. the breakout resolvers (`breakout.resolvers`, the ISP's, reached through the breakout link:
+   the net side owns their host routes) for a name the policy matches, while a breakout link
+   is usable (`ready`);
+3. the default upstreams.
+When no breakout resolver answers, the default upstreams are asked (counted in `fallbacks`).
+
+An answer from a zone or the default upstreams whose CNAME chain enters a policy name
+(``autodiscover.corp.example CNAME outlook.office365.com``) is finished through the breakout
+resolvers: they are asked the same question about the first policy name on the chain, and the
+client gets the chain down to that name followed by their answer (`replies.splice`), so the
+addresses it connects to, and that get routed, are the ones close to the branch. With DO set
+the upstream's answer is passed unchanged: a spliced answer would not validate. Only A and
+AAAA questions are spliced (they carry the addresses that are routed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from resolver.config import Config
+from resolver.dns import replies, wire
+from resolver.dns.exchange import Reply
+from resolver.dns.tagging import NameMatcher
+from resolver.dns.upstream import Address, Upstream, UpstreamSet
+from resolver.dns.zones import Zones
+
+log = logging.getLogger(__name__)
+
+SPLICED_TYPES = (wire.T_A, wire.T_AAAA)
+
+
+@dataclass(frozen=True, slots=True)
+class Spliced:
+    """The origin of an answer finished locally: both sets it depends on."""
+
+    first: UpstreamSet
+    breakout: UpstreamSet
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """The origin of a breakout name's answer the default upstreams gave instead."""
+
+    breakout: UpstreamSet
+
+
+@dataclass(slots=True)
+class Resolved:
+    data: bytes
+    layout: replies.Layout
+    upstream: Upstream  # the one that answered (the last one, for a spliced answer)
+    origin: UpstreamSet | Spliced | Fallback
+
+
+class Forwarder:
+    """The upstream sets of one configuration; see the module docstring."""
+
+    def __init__(self, config: Config, *, probe_interval: float = 5.0) -> None:
+        self.probe_interval = probe_interval
+        self.default = UpstreamSet("default", (), 1.0, probe_interval=probe_interval)
+        self.zone_sets: dict[str, UpstreamSet] = {}
+        self.zones = Zones(())
+        self.breakout: UpstreamSet | None = None
+        self.fallbacks = 0  # breakout questions the default upstreams answered instead
+        self.spliced = 0  # chains finished through the breakout resolvers
+        self.configure(config)
+
+    def configure(self, config: Config) -> bool:
+        """Apply a (re)loaded config; True when a name may now go to another set than before
+        (a zone or the breakout resolvers came or went): then cached answers are checked
+        with `origin_ok`. A set that stays keeps its health; new servers join it."""
+        timeout = config.forward.timeout
+        self.default.configure(config.upstreams, timeout)
+        zones: dict[str, UpstreamSet] = {}
+        for zone, addresses in config.forward_zones.items():
+            zones[zone] = self.zone_sets.get(zone) or self._new_set(f"zone:{zone}")
+            zones[zone].configure(addresses, timeout)
+        changed = zones.keys() != self.zone_sets.keys()
+        self.zone_sets, self.zones = zones, Zones(zones)
+        resolvers = config.breakout.resolvers
+        if resolvers and self.breakout is None:
+            self.breakout, changed = self._new_set("breakout"), True
+        elif not resolvers and self.breakout is not None:
+            self.breakout, changed = None, True
+        if self.breakout is not None:
+            self.breakout.configure(resolvers, timeout)
+        return changed
+
+    def _new_set(self, role: str) -> UpstreamSet:
+        return UpstreamSet(role, (), 1.0, probe_interval=self.probe_interval)
+
+    def sets(self) -> list[UpstreamSet]:
+        out = [self.default, *self.zone_sets.values()]
+        return out if self.breakout is None else [*out, self.breakout]
+
+    def choose(self, question: bytes, qname: str, matcher: NameMatcher, ready: bool) -> UpstreamSet:
+        """The set for a question (lower-case wire name + type + class) about `qname`."""
+        zone = self.zones.find_wire(question[:-4]) if self.zones else None
+        if zone is not None:
+            return self.zone_sets[zone]
+        if self.breakout is not None and ready and matcher.match(qname) is not None:
+            return self.breakout
+        return self.default
+
+    def origin_ok(self, origin: object, question: bytes, qname: str, matcher: NameMatcher) -> bool:
+        """Whether a cached answer from `origin` is still what this config would give."""
+        chosen = self.choose(question, qname, matcher, True)
+        if isinstance(origin, Spliced):
+            return origin.breakout is self.breakout and origin.first is chosen
+        if isinstance(origin, Fallback):
+            return origin.breakout is self.breakout is chosen
+        # Without a usable link a breakout name goes to the default upstreams too.
+        return origin is chosen or (origin is self.default and chosen is self.breakout)
+
+    async def resolve(
+        self, question: bytes, do: bool, cd: bool, matcher: NameMatcher, ready: bool
+    ) -> Resolved | None:
+        """The answer for `question` (name, type, class; the name in lower case), or None when
+        no set gave one (the caller answers SERVFAIL)."""
+        qname = wire.read_name(question, 0)
+        chosen = self.choose(question, qname, matcher, ready)
+        got = await chosen.resolve(question, do, cd)
+        origin: UpstreamSet | Fallback = chosen
+        if got is None and chosen is self.breakout:
+            self.fallbacks += 1
+            log.debug("no breakout resolver answered for %s: asking the default upstreams", qname)
+            origin, chosen = Fallback(chosen), self.default
+            got = await chosen.resolve(question, do, cd)
+        if got is None:
+            return None
+        (data, layout), up = got
+        resolved = Resolved(data, layout, up, origin)
+        breakout = self.breakout
+        qtype = (question[-4] << 8) | question[-3]
+        if breakout is None or origin is not chosen or chosen is breakout or not ready or do:
+            return resolved
+        if qtype not in SPLICED_TYPES:
+            return resolved
+        return await self._finish_chain(resolved, question, qname, cd, breakout, matcher)
+
+    async def _finish_chain(
+        self,
+        resolved: Resolved,
+        question: bytes,
+        qname: str,
+        cd: bool,
+        breakout: UpstreamSet,
+        matcher: NameMatcher,
+    ) -> Resolved:
+        """Splice when the chain enters a policy name; else (or when that fails) `resolved`."""
+        data, layout = resolved.data, resolved.layout
+        if layout.rcode != wire.NOERROR or not layout.answers:
+            return resolved
+        chain, _ = replies.chain_of(data, layout, qname)
+        target = next((n for n in chain[1:] if "\\" not in n and matcher.match(n)), None)
+        if target is None:
+            return resolved
+        local_question = wire.encode_name(target) + question[-4:]
+        got = await breakout.resolve(local_question, False, cd)
+        if got is None:
+            self.fallbacks += 1
+            return resolved
+        (local, local_layout), up = got
+        joined = replies.splice(data, layout, target, local, local_layout)
+        if joined is None:
+            return resolved
+        try:
+            joined_layout = replies.scan_reply(joined)
+        except wire.WireError as err:  # our own assembly: a bug, but never worth a SERVFAIL
+            log.warning("spliced answer for %s does not walk: %s", qname, err)
+            return resolved
+        self.spliced += 1
+        first = resolved.origin
+        assert isinstance(first, UpstreamSet)
+        return Resolved(joined, joined_layout, up, Spliced(first, breakout))
+
+    async def close(self) -> None:
+        for upstreams in self.sets():
+            await upstreams.close()

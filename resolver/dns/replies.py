@@ -1,0 +1,312 @@
+"""Upstream replies as bytes: accepted or dropped, walked once, cut, their chains followed.
+
+`accept_reply` decides whether a datagram is the reply to our query (stricter than dnspython:
+source, id, QR, opcode and question must all match; the caller checks the source).
+`scan_reply` walks a reply once: it finds every TTL field (so a cached reply can be re-served
+by patching those four-byte fields), every compression pointer (so the OPT record can be cut
+out), the answer records, and the SOA that bounds negative caching. `chain_of` follows the
+CNAME chain from the query name and collects its A and AAAA addresses.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from resolver.dns.wire import (
+    FORMERR,
+    MAX_CHAIN,
+    NOERROR,
+    NOTIMP,
+    T_A,
+    T_AAAA,
+    T_CNAME,
+    T_OPT,
+    T_SOA,
+    TC,
+    WireError,
+    encode_name,
+    read_name,
+    skip_name,
+)
+
+_HEADER = struct.Struct("!HHHHHH")
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+# RDATA layouts that hold (compressible) domain names: type -> (offset of the first name, count).
+# RFC 3597 section 4 fixes this list; names in other types are never compressed.
+_RDATA_NAMES: dict[int, tuple[int, int]] = {
+    2: (0, 1),  # NS
+    3: (0, 1),  # MD
+    4: (0, 1),  # MF
+    5: (0, 1),  # CNAME
+    6: (0, 2),  # SOA: mname, rname
+    7: (0, 1),  # MB
+    8: (0, 1),  # MG
+    9: (0, 1),  # MR
+    12: (0, 1),  # PTR
+    14: (0, 2),  # MINFO
+    15: (2, 1),  # MX: preference, exchange
+}
+
+
+def _header_matches(data: bytes, qid: int) -> bool:
+    """A header long enough, our id, QR set, opcode QUERY."""
+    return (
+        len(data) >= 12
+        and data[0] == qid >> 8
+        and data[1] == qid & 0xFF
+        and data[2] & 0x80 != 0
+        and not data[2] & 0x78
+    )
+
+
+def _question_matches(data: bytes, question: bytes) -> bool:
+    """One question, `question` (the name compared without regard to case)."""
+    qend = 12 + len(question)
+    if len(data) < qend or data[4] or data[5] != 1:
+        return False
+    return (
+        data[12 : qend - 4].lower() == question[:-4].lower()
+        and data[qend - 4 : qend] == question[-4:]
+    )
+
+
+def accept_reply(data: bytes, qid: int, question: bytes) -> Layout | None:
+    """The layout of an upstream reply to our query `qid` for `question`; None when it is not
+    a reply to that query (to be dropped); WireError when it is, but malformed.
+
+    - FORMERR or NOTIMP with QDCOUNT 0 (what servers that reject EDNS or the query often
+      send): accepted on id, QR and opcode alone, nothing else is read from it;
+    - otherwise the id, QR, opcode QUERY and the one question (name compared without regard
+      to case, type and class exactly) must match, as dnspython requires;
+    - TC set: accepted on the header and question alone (the layout says `truncated`), since
+      a server may cut a truncated reply anywhere, even inside a record (RFC 2181 9), and
+      the answer is fetched again over TCP anyway;
+    - else walked by `scan_reply`, bytes after the last record tolerated: the layout's `end`
+      says where the message ends (like Unbound; the caller cuts and counts them).
+    """
+    if not _header_matches(data, qid):
+        return None
+    rcode = data[3] & 0xF
+    if not (data[4] or data[5]):
+        if rcode in (FORMERR, NOTIMP):
+            return Layout(rcode=rcode, qend=12, end=len(data))
+        return None
+    if not _question_matches(data, question):
+        return None
+    if data[2] & 0x02:
+        return Layout(rcode=rcode, qend=12 + len(question), end=len(data), truncated=True)
+    return scan_reply(data, trailing=True)
+
+
+# -- replies from upstreams -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Record:
+    """An answer-section record: owner (lower case, no trailing dot), type, TTL, RDATA span."""
+
+    owner: str
+    rtype: int
+    ttl: int
+    rdata: int  # offset of the RDATA
+    rdlen: int
+
+
+@dataclass(slots=True)
+class Layout:
+    """What `scan_reply` found in a reply; offsets are into the reply as received."""
+
+    rcode: int
+    qend: int
+    ttl_offsets: list[int] = field(default_factory=list)  # every TTL field except the OPT's
+    ttls: list[int] = field(default_factory=list)  # their values, same order
+    answer_ttls: int = 0  # how many of the TTL fields belong to the answer section
+    pointers: list[int] = field(default_factory=list)  # offsets of every compression pointer
+    opt: tuple[int, int] | None = None  # [start, end) of the OPT record
+    answers: list[Record] = field(default_factory=list)
+    soa: tuple[int, int] | None = None  # (TTL, MINIMUM) of the first SOA in the authority section
+    truncated: bool = False
+    end: int = 0  # where the message ends: past its last record
+
+
+def scan_reply(data: bytes, records: bool = True, trailing: bool = False) -> Layout:
+    """Walk a whole reply once; raise WireError for anything malformed (a compression loop or
+    forward pointer, a truncated record, a second or non-root OPT, trailing bytes unless
+    `trailing` allows them: then `end` says where the last record ends).
+
+    A TTL with the top bit set counts as 0 (RFC 2181 8), in `ttls`, the answers and the SOA.
+    With `records` false the answer records are counted but not decoded (a check only)."""
+    n = len(data)
+    if n < 12:
+        raise WireError("shorter than a DNS header")
+    _id, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
+    pointers: list[int] = []
+    pos = 12
+    for _ in range(qd):
+        pos = skip_name(data, pos, pointers) + 4
+        if pos > n:
+            raise WireError("question truncated")
+    layout = Layout(rcode=flags & 0xF, qend=pos, pointers=pointers, truncated=bool(flags & TC))
+    offsets, ttls, answers = layout.ttl_offsets, layout.ttls, layout.answers
+    for index in range(an + ns + ar):
+        owner = pos
+        pos = skip_name(data, pos, pointers)
+        if pos + 10 > n:
+            raise WireError("record truncated")
+        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
+        rdata = pos + 10
+        end = rdata + rdlen
+        if end > n:
+            raise WireError("record data truncated")
+        if rtype == T_OPT:
+            if index < an + ns or layout.opt is not None or pos != owner + 1:
+                raise WireError("misplaced, repeated or non-root OPT record")
+            layout.opt = (owner, end)
+            if data[rdata - 6]:
+                layout.rcode = data[rdata - 6] << 4 | (flags & 0xF)
+        else:
+            if ttl & 0x80000000:
+                ttl = 0
+            offsets.append(pos + 4)
+            ttls.append(ttl)
+            names = _RDATA_NAMES.get(rtype)
+            if names is not None:
+                at = rdata + names[0]
+                for _ in range(names[1]):
+                    at = skip_name(data, at, pointers)
+                    if at > end:
+                        raise WireError("name runs past its record")
+            if index < an:
+                if records:
+                    answers.append(Record(read_name(data, owner), rtype, ttl, rdata, rdlen))
+            elif index < an + ns and rtype == T_SOA and layout.soa is None and rdlen >= 22:
+                minimum = _U32.unpack_from(data, end - 4)[0]
+                layout.soa = (ttl, 0 if minimum & 0x80000000 else minimum)
+        pos = end
+    if pos != n and not trailing:
+        raise WireError("trailing bytes after the last record")
+    layout.end = pos
+    layout.answer_ttls = an if an < len(ttls) else len(ttls)
+    return layout
+
+
+def without_opt(data: bytes, layout: Layout) -> tuple[bytes, list[int]]:
+    """The reply with its OPT record cut out (ARCOUNT one less), and its TTL offsets moved.
+
+    Compression pointers after the cut that point past it are moved with it; one that points
+    into the cut, or a result that no longer walks cleanly, makes the reply unusable
+    (WireError).
+    """
+    if layout.opt is None:
+        return data, list(layout.ttl_offsets)
+    start, end = layout.opt
+    cut = end - start
+    out = bytearray(data[:start] + data[end:])
+    for at in layout.pointers:
+        if at < end:
+            continue
+        target = ((data[at] & 0x3F) << 8) | data[at + 1]
+        if target >= end:
+            target -= cut
+        elif target >= start:
+            raise WireError("compression pointer into the OPT record")
+        struct.pack_into("!H", out, at - cut, 0xC000 | target)
+    arcount = (out[10] << 8 | out[11]) - 1
+    out[10:12] = _U16.pack(arcount)
+    offsets = [at - cut if at > start else at for at in layout.ttl_offsets]
+    result = bytes(out)
+    # A name read through a pointer can run on, label by label, into the bytes that were cut:
+    # walk the result once more (miss path only) rather than cache something malformed.
+    if scan_reply(result, records=False).ttl_offsets != offsets:
+        raise WireError("the reply does not survive cutting its OPT record")
+    return result, offsets
+
+
+def chain_of(data: bytes, layout: Layout, qname: str) -> tuple[list[str], list[tuple[bytes, int]]]:
+    """The CNAME chain that starts at `qname` (owner -> target, at most MAX_CHAIN, no loops),
+    and the A/AAAA addresses (packed) owned by a name on that chain, with their TTLs.
+
+    Records that are not on the chain (unrelated answers, additional data) do not count.
+    """
+    targets: dict[str, str] = {}
+    for rec in layout.answers:
+        if rec.rtype == T_CNAME and rec.owner not in targets:
+            targets[rec.owner] = read_name(data, rec.rdata)
+    chain = [qname]
+    seen = {qname}
+    name = qname
+    while len(chain) <= MAX_CHAIN:
+        target = targets.get(name)
+        if target is None or target in seen:
+            break
+        chain.append(target)
+        seen.add(target)
+        name = target
+    addresses: list[tuple[bytes, int]] = []
+    for rec in layout.answers:
+        if rec.owner not in seen:
+            continue
+        if (rec.rtype == T_A and rec.rdlen == 4) or (rec.rtype == T_AAAA and rec.rdlen == 16):
+            addresses.append((data[rec.rdata : rec.rdata + rec.rdlen], rec.ttl))
+    return chain, addresses
+
+
+def splice(
+    data: bytes, layout: Layout, target: str, local: bytes, local_layout: Layout
+) -> bytes | None:
+    """The reply `data` with its CNAME chain cut at `target` and continued by `local` (the
+    answer to the same question about `target`): the CNAMEs from the query name down to the
+    one pointing at `target`, then every answer record of `local`. Header and question come
+    from `data`, the rcode from `local`; no authority or additional records. Names are written
+    uncompressed. None when it cannot be done faithfully: `local` is not a positive NOERROR
+    answer of CNAME/A/AAAA records only, a name holds a literal dot, or the class is not IN.
+    """
+    qend = layout.qend
+    if data[qend - 2 : qend] != b"\0\x01" or local_layout.rcode != NOERROR:
+        return None
+    targets: dict[str, tuple[str, Record]] = {}
+    for rec in layout.answers:
+        if rec.rtype == T_CNAME and rec.owner not in targets:
+            targets[rec.owner] = (read_name(data, rec.rdata), rec)
+    out: list[bytes | None] = []
+    name = read_name(data, 12)
+    while name != target:
+        step = targets.get(name)
+        if step is None or len(out) > MAX_CHAIN:
+            return None
+        name, rec = step
+        out.append(_record(rec.owner, T_CNAME, rec.ttl, encode_name_or_none(name)))
+    local_qtype = local[local_layout.qend - 4 : local_layout.qend - 2]
+    positive = False
+    for rec in local_layout.answers:
+        if rec.rtype == T_CNAME:
+            rdata = encode_name_or_none(read_name(local, rec.rdata))
+        elif rec.rtype in (T_A, T_AAAA):
+            rdata = local[rec.rdata : rec.rdata + rec.rdlen]
+            positive = positive or local_qtype == _U16.pack(rec.rtype)
+        else:
+            return None
+        out.append(_record(rec.owner, rec.rtype, rec.ttl, rdata))
+    records = [part for part in out if part is not None]
+    if not positive or len(records) != len(out):
+        return None
+    flags = ((data[2] << 8) | data[3]) & ~0xF | NOERROR
+    head = data[:2] + _U16.pack(flags) + struct.pack("!HHHH", 1, len(records), 0, 0)
+    return head + data[12:qend] + b"".join(records)
+
+
+def encode_name_or_none(name: str) -> bytes | None:
+    if "\\" in name:
+        return None  # a literal dot inside a label: not a name we re-encode
+    return encode_name(name)
+
+
+def _record(owner: str, rtype: int, ttl: int, rdata: bytes | None) -> bytes | None:
+    encoded = encode_name_or_none(owner)
+    if encoded is None or rdata is None:
+        return None
+    return encoded + _RR_FIXED.pack(rtype, 1, ttl, len(rdata)) + rdata
