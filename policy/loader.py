@@ -7,11 +7,13 @@ raise nothing but ``PolicyError`` for bad input; the ``normalise_*`` helpers rai
 Names follow one grammar, shared with ``policy.endpoints``: lower-case A-labels (IDN labels are
 converted with Python's ``idna`` codec), no trailing dot, labels of letters, digits and hyphens
 of at most 63 octets, at most 253 octets in all. A pattern may start with ``*.`` (one or more
-labels); ``<tenant>.`` is read as ``*.``.
+labels) or with ``<tenant>.`` (exactly one label: Microsoft's placeholder for the tenant name).
+``with_tenant`` turns the ``<tenant>.`` patterns into the configured tenant's exact names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.resources
 import ipaddress
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from policy.model import Policy, Rule
+from policy.model import TENANT, TENANT_PREFIX, Policy, Rule
 from policy.yamldoc import Document, DocumentError, compose, pointer, read_text
 
 BUILTINS = ("microsoft365",)
@@ -41,7 +43,6 @@ _RULE_KEYS = (
 _RULE_REQUIRED = frozenset({"row", "purpose", "required"})
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _HOSTNAME_CHARS = _LDH | {"_"}
-_TENANT = "<tenant>."
 
 
 class PolicyError(DocumentError):
@@ -51,21 +52,36 @@ class PolicyError(DocumentError):
 # --- names, prefixes and ports ---------------------------------------------------------------
 
 
-def normalise_pattern(text: str) -> str:
-    """Return the canonical form of a policy name or wildcard; ValueError says what is wrong."""
-    if text.startswith(_TENANT):
-        text = "*." + text[len(_TENANT) :]
+def normalise_pattern(text: str, tenant: str | None = None) -> str:
+    """Return the canonical form of a policy name or wildcard; ValueError says what is wrong.
+
+    With ``tenant`` (a valid label) every ``<tenant>`` is replaced by it first, so
+    ``<tenant>.onmicrosoft.com`` and ``<tenant>-my.sharepoint.com`` become exact names.
+    Without it ``<tenant>.`` is kept as the one-label wildcard it stands for, and ``<tenant>``
+    anywhere else (inside a label) is an error: no label wildcard can express it.
+    """
+    if tenant is not None:
+        text = text.replace(TENANT, tenant)
+    one_label = text.startswith(TENANT_PREFIX)
+    if one_label:
+        text = text[len(TENANT_PREFIX) :]
+        if not text:
+            raise ValueError(f"a wildcard needs a name after {TENANT_PREFIX!r}")
+    if TENANT in text:
+        raise ValueError(
+            f"{TENANT!r} inside a name needs policy.tenant (only a whole first label "
+            f"{TENANT_PREFIX!r} is a wildcard)"
+        )
     labels = _split(text)
-    wildcard = labels[0] == "*"
+    wildcard = not one_label and labels[0] == "*"
     if wildcard:
         labels = labels[1:]
         if not labels:
             raise ValueError("a wildcard needs a name after '*.'")
     name = ".".join(_a_label(label, _LDH, strict=True) for label in labels)
-    pattern = "*." + name if wildcard else name
-    if len(pattern) > 253:
+    if len(name) + (2 if wildcard or one_label else 0) > 253:
         raise ValueError("name longer than 253 octets")
-    return pattern
+    return ("*." if wildcard else TENANT_PREFIX if one_label else "") + name
 
 
 def normalise_name(text: str) -> str:
@@ -143,7 +159,9 @@ def _a_label(label: str, allowed: frozenset[str], strict: bool) -> str:
 # --- YAML ----------------------------------------------------------------------------------
 
 
-def _parse_rule(doc: Document, node: yaml.Node, path: str) -> tuple[int | None, Rule | None]:
+def _parse_rule(
+    doc: Document, node: yaml.Node, path: str, tenant: str | None
+) -> tuple[int | None, Rule | None]:
     """The rule's row number (if readable) and the rule (if it has no errors)."""
     fields = doc.mapping(node, path, _RULE_KEYS, _RULE_REQUIRED)
     if fields is None:
@@ -171,7 +189,7 @@ def _parse_rule(doc: Document, node: yaml.Node, path: str) -> tuple[int | None, 
         notes = doc.string(fields["notes"], pointer(path, "notes"), nullable=True)
     lists: dict[str, tuple[str, ...]] = {}
     for key, normalise in (
-        ("domains", normalise_pattern),
+        ("domains", functools.partial(normalise_pattern, tenant=tenant)),
         ("cidrs", normalise_cidr),
         ("ports", normalise_port),
     ):
@@ -192,8 +210,10 @@ def _parse_rule(doc: Document, node: yaml.Node, path: str) -> tuple[int | None, 
     )
 
 
-def load_policy_text(text: str, source: str) -> Policy:
-    """Parse and check one policy document; ``source`` names it in errors and in the Policy."""
+def load_policy_text(text: str, source: str, tenant: str | None = None) -> Policy:
+    """Parse and check one policy document; ``source`` names it in errors and in the Policy.
+
+    With ``tenant``, ``<tenant>`` in names becomes it (see ``normalise_pattern``)."""
     try:
         root = compose(text, source)
     except DocumentError as exc:
@@ -209,7 +229,7 @@ def load_policy_text(text: str, source: str) -> Policy:
     if top is not None and "rules" in top:
         first_line: dict[int, int] = {}
         for item, path in doc.items(top["rules"], "/rules"):
-            row, rule = _parse_rule(doc, item, path)
+            row, rule = _parse_rule(doc, item, path, tenant)
             if row is not None and row in first_line:
                 doc.error(item, path, f"duplicate row {row} (first at line {first_line[row]})")
             elif row is not None:
@@ -221,14 +241,14 @@ def load_policy_text(text: str, source: str) -> Policy:
     return Policy(rules=tuple(rules), source=source, version=version or "")
 
 
-def load_policy_file(path: str | os.PathLike[str]) -> Policy:
-    """Read and check one policy file."""
+def load_policy_file(path: str | os.PathLike[str], tenant: str | None = None) -> Policy:
+    """Read and check one policy file (``tenant`` as for ``load_policy_text``)."""
     name = os.fspath(path)
     try:
         text = read_text(name)
     except DocumentError as exc:
         raise PolicyError(exc.errors) from None
-    policy = load_policy_text(text, name)
+    policy = load_policy_text(text, name, tenant)
     return Policy(rules=policy.rules, source=name, version=policy.version, files=(name,))
 
 
@@ -255,8 +275,45 @@ def merge_policies(policies: Sequence[Policy], include_optional: bool = True) ->
     )
 
 
-def load_policy(builtin: str | None, files: Sequence[str], include_optional: bool) -> Policy:
-    """The builtin policy (if any) then each file, merged; every file's errors are reported."""
+def with_tenant(policy: Policy, tenant: str | None) -> Policy:
+    """``policy`` with its ``<tenant>.`` patterns made ``tenant``'s exact names (None: as is).
+
+    Raises PolicyError if a name would become invalid (too long) with this tenant.
+    """
+    if tenant is None:
+        return policy
+    rules: list[Rule] = []
+    errors: list[str] = []
+    for rule in policy.rules:
+        if not any(pattern.startswith(TENANT_PREFIX) for pattern in rule.patterns):
+            rules.append(rule)
+            continue
+        patterns: dict[str, None] = {}
+        for pattern in rule.patterns:
+            try:
+                patterns.setdefault(normalise_pattern(pattern, tenant), None)
+            except ValueError as exc:
+                errors.append(
+                    f"{policy.source}: row {rule.row}: {pattern!r} with policy.tenant "
+                    f"{tenant!r}: {exc}"
+                )
+        rules.append(dataclasses.replace(rule, patterns=tuple(patterns)))
+    if errors:
+        raise PolicyError(errors)
+    return dataclasses.replace(policy, rules=tuple(rules))
+
+
+def load_policy(
+    builtin: str | None,
+    files: Sequence[str],
+    include_optional: bool,
+    tenant: str | None = None,
+) -> Policy:
+    """The builtin policy (if any) then each file, merged; every file's errors are reported.
+
+    With ``tenant``, ``<tenant>`` in the files' names becomes it (inside a label too, as in
+    ``<tenant>-my.sharepoint.com``), and so do the built-in table's ``<tenant>.`` patterns.
+    """
     policies: list[Policy] = []
     errors: list[str] = []
     if builtin is not None:
@@ -266,9 +323,9 @@ def load_policy(builtin: str | None, files: Sequence[str], include_optional: boo
             errors.extend(exc.errors)
     for path in files:
         try:
-            policies.append(load_policy_file(path))
+            policies.append(load_policy_file(path, tenant))
         except PolicyError as exc:
             errors.extend(exc.errors)
     if errors:
         raise PolicyError(errors)
-    return merge_policies(policies, include_optional)
+    return with_tenant(merge_policies(policies, include_optional), tenant)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Microsoft's placeholder for the tenant name; a pattern "<tenant>.rest" is a one-label wildcard.
+TENANT = "<tenant>"
+TENANT_PREFIX = TENANT + "."
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -15,7 +19,10 @@ class Rule:
 
     ``patterns`` are lower-case A-label names without a trailing dot. A pattern that starts
     with ``*.`` is a wildcard: it matches one or more labels below the rest, never the rest
-    itself. ``ports`` look like ``tcp/443`` or ``udp/3478-3481``.
+    itself. A pattern that starts with ``<tenant>.`` (Microsoft's placeholder for the tenant
+    name, kept as written when no tenant is configured) matches exactly one label below the
+    rest: ``<tenant>.onmicrosoft.com`` covers ``contoso.onmicrosoft.com``, not
+    ``a.b.onmicrosoft.com``. ``ports`` look like ``tcp/443`` or ``udp/3478-3481``.
     """
 
     row: int

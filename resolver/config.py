@@ -194,6 +194,9 @@ def tenant(value: Any) -> str:
     label = dns_name(value)
     if "." in label:
         raise ValueError(f"{value!r}: the tenant is one label, e.g. contoso")
+    if "_" in label or label.startswith("-") or label.endswith("-"):
+        # it becomes part of host names (<tenant>.onmicrosoft.com): letters, digits, hyphens
+        raise ValueError(f"{value!r}: a tenant is letters, digits and inner hyphens")
     return label
 
 

@@ -29,11 +29,12 @@ from resolver.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from resolver.control.protocol import ReloadFailed, UpdateFailed
 from resolver.control.server import ControlServer
 from resolver.dns.server import DnsServer
+from resolver.endpointcache import EndpointSets, effective_policy
+from resolver.feed import EndpointFeed
 from resolver.hooks import BreakoutHook, NullHook
 from resolver.metrics import Metric, MetricsServer
 from resolver.metricset import collect
 from resolver.net.breakout import Breakout, BreakoutError, cleanup
-from resolver.policyfeed import PolicyFeed, effective_policy
 
 log = logging.getLogger("resolverd")
 
@@ -68,7 +69,7 @@ class Daemon:
     def __init__(self, loaded: Loaded) -> None:
         self.loaded = loaded
         self.started = time.monotonic()
-        self.feed = PolicyFeed(loaded.config.state_dir)
+        self.feed = EndpointFeed(loaded.config.state_dir)
         self.breakout: Breakout | None = None
         self.dns: DnsServer | None = None
         self.control: ControlServer | None = None
@@ -128,17 +129,17 @@ class Daemon:
             await asyncio.sleep(every)
 
     async def _poll_endpoints(self) -> None:
-        """Check the endpoint web service at start, then every poll_interval. The settings are
-        read afresh each time, and a reload that enables or changes them wakes the loop."""
+        """Check the endpoint web service at start, then when the feed says the next check is
+        due (every poll_interval, never while a 429's Retry-After runs). The settings are read
+        afresh each time, and a reload that enables or changes them wakes the loop."""
         while True:
-            endpoints = self.loaded.config.policy.endpoints
-            if endpoints is not None:
+            self.endpoints_changed.clear()
+            if self.loaded.config.policy.endpoints is not None and not self.feed.rate_limited():
                 try:
                     await self.policy_update()
                 except (UpdateFailed, ReloadFailed) as err:
                     log.warning("policy update: %s", err)
-            self.endpoints_changed.clear()
-            delay = endpoints.poll_interval if endpoints is not None else None
+            delay = self.feed.seconds_to_next_check(self.loaded.config.policy.endpoints)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.endpoints_changed.wait(), delay)
 
@@ -192,21 +193,17 @@ class Daemon:
         return await self.breakout.flush()
 
     async def policy_update(self) -> dict[str, Any]:
-        endpoints = self.loaded.config.policy.endpoints
-        if endpoints is None:
-            raise UpdateFailed("policy.endpoints is not configured")
-        changed, version = await asyncio.to_thread(self.feed.update, endpoints)
-        if changed:
-            await self._refresh_policy()
-        return {"changed": changed, "version": version}
+        """Check the endpoint web service's version now (see resolver.feed); UpdateFailed if
+        it is not configured, unreachable, rate-limited or its sets cannot be applied."""
+        return await self.feed.update(self.loaded.config.policy, self._refresh_policy)
 
-    async def _refresh_policy(self) -> None:
-        """The running config with the policy rebuilt (new endpoint sets); the config file on
-        disk is not re-read: that is what reload is for."""
+    async def _refresh_policy(self, sets: EndpointSets) -> None:
+        """The running config with the policy rebuilt from new endpoint sets; the config file
+        on disk is not re-read: that is what reload is for."""
         async with self.reload_lock:
             config = self.loaded.config
             try:
-                policy = await asyncio.to_thread(effective_policy, config)
+                policy = await asyncio.to_thread(effective_policy, config, sets)
                 await self._swap(Loaded(config, policy, Matcher(policy.rules)))
             except (PolicyError, BreakoutError) as err:
                 raise UpdateFailed(f"the new endpoint sets were not applied: {err}") from None
@@ -237,7 +234,12 @@ class Daemon:
 
     def _policy_status(self) -> dict[str, Any]:
         p = self.loaded.policy
-        return {"source": p.source, "version": p.version, "rules": len(p.rules)}
+        return {
+            "source": p.source,
+            "version": p.version,
+            "rules": len(p.rules),
+            **self.feed.status(self.loaded.config.policy.endpoints),
+        }
 
     def collect_metrics(self) -> Iterable[Metric]:
         assert self.dns is not None

@@ -2,6 +2,8 @@
 
 Works without the daemon: it loads the policy itself, as resolverd would (see policysource):
 from ``--config``, else the default config file if there is one, else the built-in table.
+The pattern shown is the one the policy holds: ``<tenant>.onmicrosoft.com`` (exactly one label)
+without ``policy.tenant``, the tenant's exact name (``contoso.onmicrosoft.com``) with it.
 The policy code is imported when the command runs, so other commands do not pay for it.
 """
 

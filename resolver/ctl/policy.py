@@ -10,8 +10,9 @@ the built-in table with the optional rows) and prints it
 * as YAML in the policy-file schema (``policy/microsoft365.yaml``): it loads back unchanged as a
   policy file;
 * as a proxy auto-config file: ``FindProxyForURL`` returns ``DIRECT`` for the policy's names
-  (``shExpMatch`` for wildcards, ``==`` for exact names) and for IPv4 literals inside its
-  prefixes, and the ``--proxy`` result for everything else. ``--proxy`` takes ``HOST:PORT``
+  (``shExpMatch`` for ``*.`` wildcards, a test for exactly one label before the rest for
+  ``<tenant>.`` wildcards, ``==`` for exact names) and for IPv4 literals inside its prefixes,
+  and the ``--proxy`` result for everything else. ``--proxy`` takes ``HOST:PORT``
   (meaning ``PROXY HOST:PORT``) or a PAC result such as ``"PROXY p1:3128; DIRECT"``. Without it
   everything else goes DIRECT too, and a warning says so: such a file changes nothing until a
   proxy is filled in.
@@ -172,6 +173,23 @@ def _mask(prefix_len: int) -> str:
     return ".".join(str((bits >> shift) & 0xFF) for shift in (24, 16, 8, 0))
 
 
+def _pac_test(pattern: str) -> str:
+    """The JavaScript condition for one pattern (``host`` is lower case, without the final dot).
+
+    ``*.office.com``: ``shExpMatch`` (any number of labels before ``.office.com``).
+    ``<tenant>.onmicrosoft.com``: exactly one label, i.e. the host from its first dot on is
+    ``.onmicrosoft.com`` (``shExpMatch``'s ``*`` would also match ``a.b.onmicrosoft.com``)."""
+    from policy.model import TENANT_PREFIX
+
+    q = json.dumps  # names are LDH A-labels; quoting them as JSON strings is valid JavaScript
+    if pattern.startswith("*."):
+        return f"shExpMatch(host, {q(pattern)})"
+    if pattern.startswith(TENANT_PREFIX):
+        rest = q(pattern[len(TENANT_PREFIX) - 1 :])
+        return f'(host.indexOf(".") > 0 && host.substring(host.indexOf(".")) == {rest})'
+    return f"host == {q(pattern)}"
+
+
 def to_pac(policy: Policy, fallback: str) -> str:
     """A PAC file sending the policy's names DIRECT and everything else to `fallback`."""
     q = json.dumps  # names are LDH A-labels; quoting them as JSON strings is valid JavaScript
@@ -196,10 +214,7 @@ def to_pac(policy: Policy, fallback: str) -> str:
                 v4.append(f"isInNet(host, {q(address)}, {q(_mask(int(length or 32)))})")
         if not rule.patterns:
             continue
-        tests = [
-            f"shExpMatch(host, {q(p)})" if p.startswith("*.") else f"host == {q(p)}"
-            for p in rule.patterns
-        ]
+        tests = [_pac_test(p) for p in rule.patterns]
         lines.append(
             f"    // row {rule.row}: {textwrap.shorten(rule.purpose, 80, placeholder=' ...')}"
         )

@@ -2,7 +2,8 @@
 
 `--config FILE` if given, else the default config file if it exists, else the built-in table
 with the optional rows. From a config: built-in + extra files (include_optional applied) + the
-endpoint web service's cached sets, exactly as resolverd merges them.
+endpoint web service's cached sets, with ``policy.tenant`` applied, exactly as resolverd merges
+them (``resolver.endpointcache``: no HTTP, so resolverctl loads no ssl, urllib or asyncio).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 from policy.loader import PolicyError, load_policy
 from policy.model import Policy
 from resolver.config import DEFAULT_CONFIG, ConfigError, load_config
-from resolver.policyfeed import effective_policy
+from resolver.ctl import client
+from resolver.endpointcache import effective_policy
 
 
 def load(config: str | None) -> Policy:
@@ -25,4 +27,8 @@ def load(config: str | None) -> Policy:
         cfg = load_config(config)
     except ConfigError as exc:
         raise PolicyError(exc.errors) from None
-    return effective_policy(cfg)
+    warnings: list[str] = []
+    policy = effective_policy(cfg, warnings=warnings)
+    for warning in warnings:
+        client.warn(warning)
+    return policy

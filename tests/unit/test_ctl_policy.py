@@ -91,6 +91,52 @@ def test_export_with_a_bad_config_exits_1(
     assert "/upstreams: at least one upstream is required" in err
 
 
+TENANT_POLICY = Policy(
+    rules=(
+        Rule(
+            row=3,
+            purpose="tenant names",
+            required=True,
+            patterns=("<tenant>.onmicrosoft.com", "<tenant>.example.net", "*.wild.example.net"),
+            ports=("tcp/443",),
+        ),
+    ),
+    source="tenant-test",
+)
+
+
+def test_yaml_export_keeps_tenant_patterns_as_written() -> None:
+    text = to_yaml(TENANT_POLICY)
+    assert "- <tenant>.onmicrosoft.com\n" in text
+    assert load_policy_text(text, "export.yaml").rules == TENANT_POLICY.rules
+
+
+def test_export_with_a_tenant_round_trips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "resolverd.yaml"
+    config.write_text("upstreams: ['192.0.2.53']\npolicy: {tenant: contoso}\n")
+    assert main(["--config", str(config), "policy", "export", "--format", "yaml"]) == 0
+    out = capsys.readouterr().out
+    again = load_policy_text(out, "stdout")
+    named = load_policy("microsoft365", (), include_optional=True, tenant="contoso")
+    assert again.rules == named.rules
+    assert "contoso.onmicrosoft.com" in again.rules[2].patterns
+    assert "<tenant>" not in out
+    # without a tenant the placeholder is exported as the built-in table writes it
+    assert main(["policy", "export", "--format", "yaml"]) == 0
+    assert "- <tenant>.onmicrosoft.com\n" in capsys.readouterr().out
+
+
+def test_pac_tenant_pattern_is_one_label() -> None:
+    pac = to_pac(TENANT_POLICY, "PROXY p:1")
+    assert (
+        '(host.indexOf(".") > 0 && host.substring(host.indexOf(".")) == ".onmicrosoft.com")' in pac
+    )
+    assert 'shExpMatch(host, "*.onmicrosoft.com")' not in pac
+    assert 'shExpMatch(host, "*.wild.example.net")' in pac
+
+
 def test_pac_structure() -> None:
     pac = to_pac(POLICY, "PROXY proxy.example:3128")
     assert pac.count("function FindProxyForURL(url, host) {") == 1
@@ -136,9 +182,52 @@ function isInNet(host, pattern, mask) {
 """
 
 
+def run_pac(policy: Policy, hosts: list[str]) -> dict[str, str]:
+    """FindProxyForURL for each host, run by node with the PAC helper functions."""
+    pac = to_pac(policy, "PROXY proxy.example:3128")
+    script = (
+        PAC_RUNTIME
+        + pac
+        + f"console.log(JSON.stringify({json.dumps(hosts)}.map(function (h) "
+        + '{ return FindProxyForURL("https://" + h + "/", h); })));'
+    )
+    out = subprocess.run(
+        ["node", "-e", script], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return dict(zip(hosts, json.loads(out), strict=True))
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed to run the PAC")
+def test_pac_routes_tenant_names_one_label_deep() -> None:
+    proxy = "PROXY proxy.example:3128"
+    assert run_pac(
+        TENANT_POLICY,
+        [
+            "contoso.onmicrosoft.com",
+            "Contoso.OnMicrosoft.com.",
+            "a.b.onmicrosoft.com",
+            "onmicrosoft.com",
+            ".onmicrosoft.com",
+            "contoso.onmicrosoft.com.evil.example",
+            "x.example.net",
+            "x.y.example.net",
+            "a.b.wild.example.net",
+        ],
+    ) == {
+        "contoso.onmicrosoft.com": "DIRECT",
+        "Contoso.OnMicrosoft.com.": "DIRECT",
+        "a.b.onmicrosoft.com": proxy,  # <tenant>. is one label, unlike *.
+        "onmicrosoft.com": proxy,
+        ".onmicrosoft.com": proxy,
+        "contoso.onmicrosoft.com.evil.example": proxy,
+        "x.example.net": "DIRECT",
+        "x.y.example.net": proxy,
+        "a.b.wild.example.net": "DIRECT",
+    }
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed to run the PAC")
 def test_pac_routes_hosts_as_the_policy_says() -> None:
-    pac = to_pac(POLICY, "PROXY proxy.example:3128")
     hosts = [
         "admin.microsoft.com",
         "ADMIN.microsoft.com.",
@@ -152,17 +241,8 @@ def test_pac_routes_hosts_as_the_policy_says() -> None:
         "52.115.255.255",
         "example.com",
     ]
-    script = (
-        PAC_RUNTIME
-        + pac
-        + f"console.log(JSON.stringify({json.dumps(hosts)}.map(function (h) "
-        + '{ return FindProxyForURL("https://" + h + "/", h); })));'
-    )
-    out = subprocess.run(
-        ["node", "-e", script], capture_output=True, text=True, timeout=30, check=True
-    ).stdout
     proxy = "PROXY proxy.example:3128"
-    assert dict(zip(hosts, json.loads(out), strict=True)) == {
+    assert run_pac(POLICY, hosts) == {
         "admin.microsoft.com": "DIRECT",
         "ADMIN.microsoft.com.": "DIRECT",
         "outlook.office365.com": "DIRECT",

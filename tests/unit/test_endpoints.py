@@ -1,4 +1,5 @@
-"""The endpoint web service: JSON -> Policy, and the client against a local HTTP server."""
+"""The endpoint web service's JSON -> Policy: rules per set, ``<tenant>`` names with and
+without a tenant, structural errors. (The client: tests/integration/test_policyfeed.py.)"""
 
 from __future__ import annotations
 
@@ -37,15 +38,18 @@ def test_sets_become_rules() -> None:
     assert skype.patterns == ()
     assert skype.ports == ("udp/3478", "udp/3479", "udp/3480", "udp/3481")
     sharepoint = policy.rules[2]
-    assert sharepoint.patterns == ("*.sharepoint.com",)
+    assert sharepoint.patterns == ("<tenant>.sharepoint.com", "*.sharepoint.com")
     assert sharepoint.cidrs == ("13.107.136.0/22",)
     assert sharepoint.ports == ("tcp/80", "tcp/443", "udp/3478-3481")
     assert sharepoint.notes == "Hybrid search"
     common = policy.rules[3]
     assert common.purpose == "Common"
     assert (common.required, common.expressroute, common.category) == (False, False, "Allow")
+    needs_tenant = "'<tenant>' inside a name needs policy.tenant (only a whole first label "
+    needs_tenant += "'<tenant>.' is a wildcard); skipped"
     assert warnings == [
-        "ws: /2/urls/1: '<tenant>-my.sharepoint.com': invalid character '<'; skipped",
+        f"ws: /2/urls/1: '<tenant>-my.sharepoint.com': {needs_tenant}",
+        f"ws: /2/urls/2: '<tenant>-files.sharepoint.com': {needs_tenant}",
         "ws: /2/ips/1: '10.0.0.1/8': 10.0.0.1/8 has host bits set; skipped",
         "ws: /2/udpPorts: '0': port 0 is outside 1-65535; skipped",
     ]
@@ -54,7 +58,7 @@ def test_sets_become_rules() -> None:
 def test_web_service_rules_in_the_matcher() -> None:
     policy = policy_from_endpoints_json(SAMPLE, "v", {"Optimize", "Allow", "Default"})
     matcher = Matcher(policy.rules)
-    found = matcher.match("contoso.sharepoint.com")
+    found = matcher.match("x.contoso.sharepoint.com")
     assert found is not None
     assert found.to_json() == {
         "row": 31,
@@ -63,9 +67,40 @@ def test_web_service_rules_in_the_matcher() -> None:
         "category": "Optimize",
         "ports": ["tcp/80", "tcp/443", "udp/3478-3481"],
     }
+    # <tenant>.sharepoint.com without a tenant: any one label, shown as written
+    tenant = matcher.match("contoso.sharepoint.com")
+    assert tenant is not None
+    assert (tenant.rule.row, tenant.pattern) == (31, "<tenant>.sharepoint.com")
     office = matcher.match("www.office.com")
     assert office is not None and office.rule.category == "Default"
     assert matcher.match("sharepoint.com") is None
+
+
+def test_tenant_makes_the_service_names_exact() -> None:
+    warnings: list[str] = []
+    policy = policy_from_endpoints_json(
+        SAMPLE, "v", {"Optimize"}, tenant="contoso", warnings=warnings
+    )
+    sharepoint = policy.rules[2]
+    assert sharepoint.patterns == (
+        "contoso.sharepoint.com",
+        "contoso-my.sharepoint.com",
+        "contoso-files.sharepoint.com",
+        "*.sharepoint.com",
+    )
+    assert not any("tenant" in warning for warning in warnings)
+    matcher = Matcher(policy.rules)
+    for name in (
+        "contoso.sharepoint.com",
+        "contoso-my.sharepoint.com",
+        "CONTOSO-files.sharepoint.com.",
+    ):
+        found = matcher.match(name)
+        assert found is not None and found.pattern == name.lower().rstrip(".")
+        assert found.rule.row == 31
+    # another tenant's names are only covered by the service's own *.sharepoint.com
+    other = matcher.match("fabrikam-my.sharepoint.com")
+    assert other is not None and other.pattern == "*.sharepoint.com"
 
 
 def test_structural_problems_are_all_reported() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from resolver.ctl import explain
+from tests.fakeendpoints import SAMPLE
 
 pytestmark = pytest.mark.unit
 
@@ -34,9 +35,9 @@ def test_text_output_is_aligned(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_explain(["explain", *names], capsys)
     assert (code, err) == (0, "")
     assert out.splitlines() == [
-        "manage.office.com         row 7   manage.office.com  required  tcp/443",
-        "forms.office.com          row 12  forms.office.com   optional  tcp/443",
-        "Contoso.onmicrosoft.com.  row 3   *.onmicrosoft.com  required  tcp/443",
+        "manage.office.com         row 7   manage.office.com         required  tcp/443",
+        "forms.office.com          row 12  forms.office.com          optional  tcp/443",
+        "Contoso.onmicrosoft.com.  row 3   <tenant>.onmicrosoft.com  required  tcp/443",
         "example.com               no match",
     ]
 
@@ -194,20 +195,123 @@ def test_bad_config_is_one_clear_message(
     assert err.splitlines()[0].startswith(f"{missing}: ")
 
 
+def test_tenant_one_label_without_a_tenant(capsys: pytest.CaptureFixture[str]) -> None:
+    names = ["contoso.onmicrosoft.com", "a.b.onmicrosoft.com", "onmicrosoft.com"]
+    code, out, err = run_explain(["explain", "--json", *names], capsys)
+    assert (code, err) == (0, "")
+    assert json.loads(out) == [
+        {
+            "name": "contoso.onmicrosoft.com",
+            "match": {
+                "row": 3,
+                "pattern": "<tenant>.onmicrosoft.com",
+                "required": True,
+                "category": None,
+                "ports": ["tcp/443"],
+            },
+        },
+        {
+            "name": "a.b.onmicrosoft.com",
+            "match": {
+                "row": 10,
+                "pattern": "*.onmicrosoft.com",
+                "required": False,
+                "category": None,
+                "ports": ["tcp/80", "tcp/443"],
+            },
+        },
+        {"name": "onmicrosoft.com", "match": None},
+    ]
+
+
+def test_config_with_a_tenant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, "policy: {tenant: contoso}\n")
+    names = ["contoso.onmicrosoft.com", "fabrikam.onmicrosoft.com", "a.b.onmicrosoft.com"]
+    code, out, err = run_explain(["explain", "--config", config, *names], capsys)
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "contoso.onmicrosoft.com   row 3   contoso.onmicrosoft.com  required  tcp/443",
+        "fabrikam.onmicrosoft.com  row 10  *.onmicrosoft.com        optional  tcp/80,tcp/443",
+        "a.b.onmicrosoft.com       row 10  *.onmicrosoft.com        optional  tcp/80,tcp/443",
+    ]
+
+
+def write_endpoint_cache(state: Path, tenant: str | None = None) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    body = {"instance": "Worldwide", "tenant": tenant, "version": "2024103100", "endpoints": SAMPLE}
+    (state / "endpoints.json").write_text(json.dumps(body), encoding="utf-8")
+
+
+def endpoints_config(tmp_path: Path, tenant: str | None) -> str:
+    policy = "policy: {endpoints: {url: 'http://127.0.0.1:9'}" + (
+        f", tenant: {tenant}}}\n" if tenant else "}\n"
+    )
+    return write_config(tmp_path, f"state_dir: {tmp_path / 'state'}\n{policy}")
+
+
+SHAREPOINT = ["contoso.sharepoint.com", "contoso-my.sharepoint.com", "x.y.sharepoint.com"]
+
+
+def test_cached_service_names_without_a_tenant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_endpoint_cache(tmp_path / "state")
+    config = endpoints_config(tmp_path, None)
+    code, out, err = run_explain(["explain", "--config", config, "--json", *SHAREPOINT], capsys)
+    assert code == 0
+    patterns = [(item["match"]["row"], item["match"]["pattern"]) for item in json.loads(out)]
+    assert patterns == [
+        (31, "<tenant>.sharepoint.com"),
+        (31, "<tenant>.sharepoint.com"),  # <tenant>-my cannot be matched: one label will do
+        (31, "*.sharepoint.com"),
+    ]
+    assert "'<tenant>-my.sharepoint.com'" in err and "skipped" in err  # the warning
+
+
+def test_cached_service_names_with_a_tenant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_endpoint_cache(tmp_path / "state")
+    config = endpoints_config(tmp_path, "contoso")
+    code, out, err = run_explain(["explain", "--config", config, "--json", *SHAREPOINT], capsys)
+    assert code == 0
+    patterns = [(item["match"]["row"], item["match"]["pattern"]) for item in json.loads(out)]
+    assert patterns == [
+        (31, "contoso.sharepoint.com"),
+        (31, "contoso-my.sharepoint.com"),
+        (31, "*.sharepoint.com"),
+    ]
+    assert "tenant" not in err
+
+
 # --- as a process -----------------------------------------------------------------------------
 
 
-def test_resolverctl_process_imports_no_daemon_modules() -> None:
+HEAVY = ("asyncio", "dnslib", "pyroute2", "ssl", "http", "http.client", "urllib.request")
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_resolverctl_process_imports_no_daemon_modules(tmp_path: Path, with_config: bool) -> None:
+    # With a config: endpoints configured, their sets cached, a tenant; the cache is read.
+    argv = ["resolverctl", "explain", "--json", "manage.office.com", "contoso.sharepoint.com"]
+    if with_config:
+        write_endpoint_cache(tmp_path / "state")
+        argv[2:2] = ["--config", endpoints_config(tmp_path, "contoso")]
     probe = (
-        "import sys, runpy; sys.argv = ['resolverctl', 'explain', '--json', 'manage.office.com'];"
+        f"import sys, runpy; sys.argv = {argv!r};"
         "code = 0\n"
         "try:\n    runpy.run_module('resolver.ctl.main', run_name='__main__')\n"
         "except SystemExit as exc:\n    code = exc.code\n"
-        "heavy = sorted(m for m in ('asyncio', 'dnslib', 'pyroute2') if m in sys.modules)\n"
+        f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
         "print('HEAVY', heavy, code, file=sys.stderr)"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert done.stderr.strip().splitlines()[-1] == "HEAVY [] 0"
-    assert json.loads(done.stdout)[0]["match"]["row"] == 7
+    matches = json.loads(done.stdout)
+    assert matches[0]["match"]["row"] == 7
+    if with_config:
+        assert matches[1]["match"]["pattern"] == "contoso.sharepoint.com"
+    else:
+        assert matches[1]["match"] is None  # not in the built-in table

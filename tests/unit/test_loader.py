@@ -16,8 +16,9 @@ from policy.loader import (
     normalise_name,
     normalise_pattern,
     normalise_port,
+    with_tenant,
 )
-from policy.model import Rule
+from policy.model import Policy, Rule
 
 pytestmark = pytest.mark.unit
 
@@ -57,7 +58,7 @@ def test_good_document() -> None:
             row=1,
             purpose="Contoso portal",
             required=True,
-            patterns=("*.contoso.example", "portal.contoso.example", "*.contoso.test"),
+            patterns=("*.contoso.example", "portal.contoso.example", "<tenant>.contoso.test"),
             cidrs=("192.0.2.0/24", "2001:db8::/32"),
             ports=("tcp/443", "udp/3478-3481"),
             expressroute=True,
@@ -184,6 +185,19 @@ def test_every_error_is_reported_at_once() -> None:
         ("a" * 64 + ".example", f"label '{'a' * 64}' is longer than 63 octets"),
         (".".join(["a" * 63] * 4), "name longer than 253 octets"),
         ("bad-.example", "label 'bad-' starts or ends with a hyphen"),
+        ("<tenant>.", "a wildcard needs a name after '<tenant>.'"),
+        ("<tenant>.*.example", "'*' is only allowed as the whole first label"),
+        ("<TENANT>.example", "invalid character '<'"),
+        # 252 octets after "<tenant>.": the tenant's name would be at least 254
+        ("<tenant>." + ".".join(["a" * 63] * 3 + ["a" * 60]), "name longer than 253 octets"),
+    ]
+    + [
+        (
+            pattern,
+            "'<tenant>' inside a name needs policy.tenant (only a whole first label "
+            "'<tenant>.' is a wildcard)",
+        )
+        for pattern in ("<tenant>-my.sharepoint.com", "*.<tenant>.example", "a.<tenant>.example")
     ],
 )
 def test_pattern_grammar(pattern: str, problem: str) -> None:
@@ -193,7 +207,12 @@ def test_pattern_grammar(pattern: str, problem: str) -> None:
 
 
 def test_pattern_and_name_forms() -> None:
-    assert normalise_pattern("<tenant>.onmicrosoft.com") == "*.onmicrosoft.com"
+    assert normalise_pattern("<tenant>.onmicrosoft.com") == "<tenant>.onmicrosoft.com"
+    assert normalise_pattern("<tenant>.OnMicrosoft.com.") == "<tenant>.onmicrosoft.com"
+    # with a tenant, <tenant> anywhere becomes it: exact names
+    assert normalise_pattern("<tenant>.onmicrosoft.com", "contoso") == "contoso.onmicrosoft.com"
+    assert normalise_pattern("<tenant>-my.sharepoint.com", "contoso") == "contoso-my.sharepoint.com"
+    assert normalise_pattern("*.office.com", "contoso") == "*.office.com"
     assert normalise_pattern("Office.COM.") == "office.com"
     assert normalise_pattern("xn--bcher-kva.example") == "xn--bcher-kva.example"
     assert normalise_name("_sip._tls.Example.COM.") == "_sip._tls.example.com"
@@ -285,6 +304,65 @@ def test_builtin_policy() -> None:
     with pytest.raises(PolicyError) as caught:
         builtin_policy("../etc/passwd")
     assert caught.value.errors == ["unknown builtin policy '../etc/passwd' (known: microsoft365)"]
+
+
+def test_with_tenant_makes_tenant_patterns_exact() -> None:
+    policy = load_policy_text(GOOD, "good.yaml")
+    assert with_tenant(policy, None) is policy
+    named = with_tenant(policy, "contoso")
+    assert named.rules[0].patterns == (
+        "*.contoso.example",
+        "portal.contoso.example",
+        "contoso.contoso.test",
+    )
+    assert named.rules[1] is policy.rules[1]
+    assert (named.source, named.version) == (policy.source, policy.version)
+    # a pattern already listed as the tenant's exact name appears once
+    both = Policy(
+        rules=(Rule(1, "p", True, ("<tenant>.example", "contoso.example", "<tenant>.example.")),),
+    )
+    assert with_tenant(both, "contoso").rules[0].patterns == ("contoso.example",)
+
+
+def test_with_tenant_reports_names_it_makes_too_long() -> None:
+    base = ".".join(["b" * 60] * 4)  # 243 octets: fine as <tenant>.base, not with a long tenant
+    policy = Policy(rules=(Rule(7, "p", True, (normalise_pattern("<tenant>." + base),)),))
+    with_tenant(policy, "short")
+    with pytest.raises(PolicyError) as caught:
+        with_tenant(policy, "t" * 20)
+    assert caught.value.errors == [
+        f"builtin:microsoft365: row 7: '<tenant>.{base}' with policy.tenant '{'t' * 20}': "
+        "name longer than 253 octets"
+    ]
+
+
+def test_builtin_policy_keeps_tenant_as_written_and_load_policy_applies_it() -> None:
+    row3 = builtin_policy().rules[2]
+    assert "<tenant>.onmicrosoft.com" in row3.patterns
+    assert "*.onmicrosoft.com" not in row3.patterns
+    named = load_policy("microsoft365", (), include_optional=True, tenant="contoso")
+    assert "contoso.onmicrosoft.com" in named.rules[2].patterns
+    assert not any(p.startswith("<tenant>") for r in named.rules for p in r.patterns)
+    assert "*.onmicrosoft.com" in named.rules[9].patterns  # row 10 keeps its wildcard
+    assert builtin_policy().rules[2] == row3  # the cached built-in table is not changed
+
+
+def test_policy_files_take_the_tenant(tmp_path: Path) -> None:
+    path = tmp_path / "sp.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - {row: 50, purpose: sp, required: true,\n"
+        "     domains: ['<tenant>-my.sharepoint.com', '<tenant>.sharepoint.com']}\n",
+        encoding="utf-8",
+    )
+    named = load_policy(None, [str(path)], include_optional=True, tenant="contoso")
+    assert named.rules[0].patterns == ("contoso-my.sharepoint.com", "contoso.sharepoint.com")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(None, [str(path)], include_optional=True)
+    assert caught.value.errors == [
+        f"{path}:3: /rules/0/domains/0: '<tenant>-my.sharepoint.com': '<tenant>' inside a name "
+        "needs policy.tenant (only a whole first label '<tenant>.' is a wildcard)"
+    ]
 
 
 def write(path: Path, text: str) -> str:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policy.loader import builtin_policy
+from policy.loader import builtin_policy, load_policy
 from policy.matcher import Matcher
 from policy.model import Match, Rule
 
@@ -36,8 +36,9 @@ def rule(row: int, *patterns: str, required: bool = True) -> Rule:
         # an exact name beats every wildcard (row 10's *.office.com)
         ("forms.office.com", (12, "forms.office.com")),
         ("office.com", (3, "office.com")),
-        # same wildcard in a required and an optional row: the required one wins
-        ("contoso.onmicrosoft.com", (3, "*.onmicrosoft.com")),
+        # row 3's <tenant>.onmicrosoft.com is one label: narrower than row 10's *.onmicrosoft.com
+        ("contoso.onmicrosoft.com", (3, "<tenant>.onmicrosoft.com")),
+        ("a.b.onmicrosoft.com", (10, "*.onmicrosoft.com")),
         # the longer wildcard wins over the shorter one
         ("tenant.manage.office.com", (7, "*.manage.office.com")),
         ("x.y.portal.cloudappsecurity.com", (3, "*.portal.cloudappsecurity.com")),
@@ -46,7 +47,7 @@ def rule(row: int, *patterns: str, required: bool = True) -> Rule:
         # an exact name that is also the apex of a longer wildcard
         ("staffhub.office.com", (12, "staffhub.office.com")),
         # more than one label under a wildcard
-        ("a.b.c.onmicrosoft.com", (3, "*.onmicrosoft.com")),
+        ("a.b.c.onmicrosoft.com", (10, "*.onmicrosoft.com")),
         ("deep.er.blob.core.windows.net", (8, "*.blob.core.windows.net")),
         # the same wildcard in two optional rows: the lower row wins
         ("acct.blob.core.windows.net", (8, "*.blob.core.windows.net")),
@@ -87,7 +88,7 @@ def test_lookalike_labels_fall_back_to_the_shorter_wildcard(seed: Matcher) -> No
 
 def test_case_and_trailing_dot(seed: Matcher) -> None:
     assert won(seed, "MANAGE.Office.COM.") == (7, "manage.office.com")
-    assert won(seed, "Contoso.OnMicrosoft.com.") == (3, "*.onmicrosoft.com")
+    assert won(seed, "Contoso.OnMicrosoft.com.") == (3, "<tenant>.onmicrosoft.com")
 
 
 def test_rows_without_names_match_nothing(seed: Matcher) -> None:
@@ -109,6 +110,41 @@ def test_exact_beats_longer_wildcard_and_row_order() -> None:
     assert won(m, "y.b.example.com") == (2, "*.example.com")
     assert won(m, "a.example.com") == (2, "*.example.com")
     assert won(m, "example.com") is None
+
+
+def test_tenant_is_one_label_and_narrower_than_a_wildcard() -> None:
+    # the *. rule would win every tie (required, lower row): the one-label wildcard still wins
+    m = Matcher(
+        [
+            rule(1, "*.example.com", "exact.example.com"),
+            rule(9, "<tenant>.example.com", required=False),
+            rule(2, "*.a.example.com"),
+        ]
+    )
+    assert won(m, "contoso.example.com") == (9, "<tenant>.example.com")
+    assert won(m, "exact.example.com") == (1, "exact.example.com")  # exact beats it
+    assert won(m, "x.y.example.com") == (1, "*.example.com")  # two labels: not one-label
+    assert won(m, "a.example.com") == (9, "<tenant>.example.com")  # apex of *.a: not covered
+    assert won(m, "x.a.example.com") == (2, "*.a.example.com")  # longer wildcard
+    assert won(m, "example.com") is None
+    assert Matcher([rule(1, "<tenant>.example.com")]).match("x.y.example.com") is None
+
+
+def test_tenant_one_label_ties_required_then_row() -> None:
+    optional_low = rule(1, "<tenant>.example.com", required=False)
+    required_high = rule(5, "<tenant>.example.com")
+    required_low = rule(3, "<tenant>.example.com")
+    m = Matcher([optional_low, required_high, required_low])
+    assert m.match("x.example.com") == Match(required_low, "<tenant>.example.com")
+
+
+def test_builtin_table_with_a_tenant() -> None:
+    m = Matcher(load_policy("microsoft365", (), include_optional=True, tenant="contoso").rules)
+    assert won(m, "contoso.onmicrosoft.com") == (3, "contoso.onmicrosoft.com")
+    assert won(m, "fabrikam.onmicrosoft.com") == (10, "*.onmicrosoft.com")
+    assert won(m, "a.b.onmicrosoft.com") == (10, "*.onmicrosoft.com")
+    required = load_policy("microsoft365", (), include_optional=False, tenant="contoso")
+    assert won(Matcher(required.rules), "fabrikam.onmicrosoft.com") is None
 
 
 def test_tie_required_then_row_then_order() -> None:
@@ -156,7 +192,7 @@ def test_match_json_shape(seed: Matcher) -> None:
 
 LABELS = st.sampled_from(["a", "b", "c", "ab"])
 NAMES = st.lists(LABELS, min_size=1, max_size=4).map(".".join)
-PATTERNS = st.tuples(st.booleans(), NAMES).map(lambda t: f"*.{t[1]}" if t[0] else t[1])
+PATTERNS = st.tuples(st.sampled_from(["", "*.", "<tenant>."]), NAMES).map("".join)
 RULES = st.lists(
     st.tuples(st.integers(1, 5), st.booleans(), st.lists(PATTERNS, max_size=3)),
     max_size=8,
@@ -164,18 +200,23 @@ RULES = st.lists(
 
 
 def reference(rules: list[Rule], name: str) -> Match | None:
-    """Every candidate scored by (exact, wildcard length, required, -row, -position)."""
+    """Every candidate scored by (exact, wildcard length, one-label, required, -row, -position)."""
     labels = name.split(".")
-    best: tuple[tuple[int, int, int, int, int], Match] | None = None
+    best: tuple[tuple[int, int, int, int, int, int], Match] | None = None
     for position, r in enumerate(rules):
         for pattern in r.patterns:
             if pattern.startswith("*."):
                 base = pattern[2:].split(".")
                 if len(labels) <= len(base) or labels[-len(base) :] != base:
                     continue
-                score = (0, len(base), r.required, -r.row, -position)
+                score = (0, len(base), 0, r.required, -r.row, -position)
+            elif pattern.startswith("<tenant>."):
+                base = pattern[len("<tenant>.") :].split(".")
+                if len(labels) != len(base) + 1 or labels[1:] != base:
+                    continue
+                score = (0, len(base), 1, r.required, -r.row, -position)
             elif pattern == name:
-                score = (1, 0, r.required, -r.row, -position)
+                score = (1, 0, 0, r.required, -r.row, -position)
             else:
                 continue
             if best is None or score > best[0]:

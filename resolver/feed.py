@@ -1,0 +1,367 @@
+"""The Microsoft 365 endpoint web service client: version polling, 429/Retry-After, the last
+good copy on disk.
+
+Microsoft asks clients to check ``/version`` about once an hour and to call ``/endpoints`` only
+when the version changed; ``/endpoints`` is limited per client and answers HTTP 429 beyond the
+limit. So resolverd
+
+- checks the version at start, every ``policy.endpoints.poll_interval`` seconds, after a reload
+  that changes ``policy.endpoints``, and on ``resolverctl policy update``;
+- downloads the endpoint sets only when the version, the instance or the tenant changed, with
+  ``TenantName`` when ``policy.tenant`` is set;
+- verifies the download, has the daemon put it in force, and only then keeps it in
+  ``state_dir/endpoints.json`` (``resolver.endpointcache``): a failed update changes nothing;
+- after a 429 sends no request at all, ``/version`` included, before the time its Retry-After
+  gives (delay-seconds or an HTTP date; one hour when it is missing or not understood; at most
+  a day), not even for ``resolverctl policy update``, which fails saying until when. The
+  deadline is kept in ``state_dir/endpoints-retry-after`` so a restart honours it too.
+
+The client request id (a GUID the service wants stable per client) is kept in
+``state_dir/endpoints-client-id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http.client
+import json
+import logging
+import math
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from policy.endpoints import policy_from_endpoints_json
+from policy.loader import PolicyError
+from resolver.config import EndpointsConfig, PolicyConfig
+from resolver.control.protocol import UpdateFailed
+from resolver.endpointcache import (
+    EndpointSets,
+    commit_cache,
+    discard_staged_cache,
+    read_cache,
+    stage_cache,
+    write_atomically,
+)
+
+log = logging.getLogger("resolverd.policy")
+
+DEFAULT_URL = "https://endpoints.office.com"
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+RETRY_AFTER_DEFAULT = 3600.0  # a 429 without a usable Retry-After: wait an hour
+RETRY_AFTER_MAX = 86_400.0  # a Retry-After further away than this is cut to a day
+CLIENT_ID_FILE = "endpoints-client-id"
+RETRY_FILE = "endpoints-retry-after"
+
+Clock = Callable[[], float]
+Apply = Callable[[EndpointSets], Awaitable[None]]
+
+
+class EndpointsError(Exception):
+    """The endpoint service could not be reached or sent something unusable."""
+
+
+class RateLimited(EndpointsError):
+    """HTTP 429: the service wants no request before ``until`` (wall-clock seconds)."""
+
+    def __init__(self, message: str, until: float) -> None:
+        super().__init__(message)
+        self.until = until
+
+
+def new_client_request_id() -> str:
+    """A fresh client request id (the service wants a GUID, kept across runs)."""
+    return str(uuid.uuid4())
+
+
+def utc_iso(when: float) -> str:
+    """``2024-11-01T13:00:00Z``: wall-clock seconds as ISO 8601 UTC, to the second."""
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def retry_after(header: str | None, now: float) -> float:
+    """When the next request may go after a 429 with this Retry-After header (RFC 9110 10.2.3:
+    delay-seconds or an HTTP date); one hour when missing or not understood, at most a day.
+    Rounded up to a whole second, so that the time shown (and kept) is never too early."""
+    delay = RETRY_AFTER_DEFAULT
+    text = (header or "").strip()
+    if text.isascii() and text.isdigit():
+        delay = float(text)
+    elif text:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            log.warning("endpoint web service: Retry-After %r not understood: one hour", text)
+        else:
+            if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
+                when = when.replace(tzinfo=UTC)
+            delay = when.timestamp() - now
+    return float(math.ceil(now + min(max(delay, 0.0), RETRY_AFTER_MAX)))
+
+
+class EndpointsClient:
+    """A small blocking client for the service: version check and endpoint download."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        instance: str = "Worldwide",
+        client_request_id: str | None = None,
+        timeout: float = 30.0,
+        tenant: str | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        scheme = urllib.parse.urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise EndpointsError(f"endpoint service URL {url!r}: expected http:// or https://")
+        self.url = url.rstrip("/")
+        self.instance = instance
+        self.client_request_id = client_request_id or new_client_request_id()
+        self.timeout = timeout
+        self.tenant = tenant
+        self.clock = clock
+
+    def _address(self, kind: str, params: dict[str, str]) -> str:
+        instance = urllib.parse.quote(self.instance, safe="")
+        query = urllib.parse.urlencode({"clientrequestid": self.client_request_id, **params})
+        return f"{self.url}/{kind}/{instance}?{query}"
+
+    def _get_json(self, kind: str, params: dict[str, str] | None = None) -> object:
+        address = self._address(kind, params or {})
+        request = urllib.request.Request(
+            address, headers={"Accept": "application/json", "User-Agent": "resolverd"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                body = response.read(MAX_RESPONSE_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429:
+                header = exc.headers.get("Retry-After") if exc.headers is not None else None
+                until = retry_after(header, self.clock())
+                given = f"Retry-After: {header}" if header else "no Retry-After"
+                raise RateLimited(
+                    f"GET {address}: HTTP 429 {exc.reason} ({given}): "
+                    f"no request before {utc_iso(until)}",
+                    until,
+                ) from None
+            raise EndpointsError(f"GET {address}: HTTP {exc.code} {exc.reason}") from None
+        except urllib.error.URLError as exc:
+            raise EndpointsError(f"GET {address}: {exc.reason}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise EndpointsError(f"GET {address}: {str(exc) or type(exc).__name__}") from None
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise EndpointsError(f"GET {address}: response larger than {MAX_RESPONSE_BYTES} bytes")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise EndpointsError(f"GET {address}: not JSON: {exc}") from None
+
+    def fetch_version(self) -> str:
+        """The latest version of the instance's endpoint data, e.g. ``"2024103100"``."""
+        data = self._get_json("version")
+        latest = data.get("latest") if isinstance(data, dict) else None
+        if not isinstance(latest, str) or not latest:
+            raise EndpointsError(f"version/{self.instance}: no 'latest' version in {data!r:.200}")
+        return latest
+
+    def fetch_endpoints(self) -> list[dict[str, Any]]:
+        """The instance's endpoint sets, as the service sends them (for the tenant, if set)."""
+        params = {"TenantName": self.tenant} if self.tenant else {}
+        data = self._get_json("endpoints", params)
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            raise EndpointsError(f"endpoints/{self.instance}: expected a list of objects")
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """The outcome of one version check: the service's version, and new sets if it changed."""
+
+    version: str
+    sets: EndpointSets | None
+
+
+class EndpointFeed:
+    """The daemon's side of the service: when to ask, what came back, what is kept.
+
+    ``update`` is the one way in (the poll loop and ``policy update`` both use it); one update
+    runs at a time. ``status`` gives ``last_check``, ``last_error`` and ``next_check``."""
+
+    def __init__(self, state_dir: str, clock: Clock = time.time, timeout: float = 30.0) -> None:
+        self.state_dir = state_dir
+        self.clock = clock
+        self.timeout = timeout
+        self.last_check: float | None = None  # wall clock, when the last version check began
+        self.last_error: str | None = None
+        self.retry_at: float | None = self._read_retry_at()
+        self._lock = asyncio.Lock()
+
+    # -- schedule --------------------------------------------------------------------------
+    def rate_limited(self) -> bool:
+        """Whether a 429's Retry-After still forbids any request."""
+        return self.retry_at is not None and self.clock() < self.retry_at
+
+    def next_check(self, cfg: EndpointsConfig | None) -> float | None:
+        """When the next version check is due (None: endpoints not configured): a poll
+        interval after the last one (now if none yet), and never before a 429's deadline."""
+        if cfg is None:
+            return None
+        due = self.clock() if self.last_check is None else self.last_check + cfg.poll_interval
+        return due if self.retry_at is None else max(due, self.retry_at)
+
+    def seconds_to_next_check(self, cfg: EndpointsConfig | None) -> float | None:
+        due = self.next_check(cfg)
+        return None if due is None else max(0.0, due - self.clock())
+
+    def status(self, cfg: EndpointsConfig | None) -> dict[str, Any]:
+        """``last_check`` and ``next_check`` as ISO 8601 UTC (or null), ``last_error``."""
+        due = self.next_check(cfg)
+        return {
+            "last_check": None if self.last_check is None else utc_iso(self.last_check),
+            "last_error": self.last_error,
+            "next_check": None if due is None else utc_iso(due),
+        }
+
+    # -- update ----------------------------------------------------------------------------
+    async def update(self, cfg: PolicyConfig, apply: Apply) -> dict[str, Any]:
+        """Check the version now; download, ``apply`` and keep new sets if it changed.
+
+        Returns ``{"changed", "version"}``; raises UpdateFailed (the message is kept as
+        ``last_error``). Refused without a request while a 429's Retry-After runs."""
+        if cfg.endpoints is None:
+            raise UpdateFailed("policy.endpoints is not configured")
+        async with self._lock:
+            if self.rate_limited():
+                assert self.retry_at is not None
+                raise UpdateFailed(
+                    "the endpoint web service answered HTTP 429 (too many requests): "
+                    f"no request to it before {utc_iso(self.retry_at)}"
+                )
+            self.last_check = self.clock()
+            try:
+                checked = await asyncio.to_thread(self.check, cfg)
+            except RateLimited as err:
+                self.retry_at = err.until
+                raise self._failed(f"endpoint web service: {err}") from None
+            except (EndpointsError, OSError) as err:
+                raise self._failed(f"endpoint web service: {err}") from None
+            except PolicyError as err:
+                raise self._failed("endpoint web service: " + "; ".join(err.errors)) from None
+            self.retry_at = None
+            if checked.sets is not None:
+                try:
+                    await apply(checked.sets)
+                except UpdateFailed as err:
+                    await asyncio.to_thread(self._discard)
+                    raise self._failed(err.message) from None
+                try:
+                    commit_cache(self.state_dir)  # no await since apply: a reload sees it
+                except OSError as err:
+                    raise self._failed(
+                        f"the new endpoint sets are in force but could not be kept: {err}"
+                    ) from None
+            self.last_error = None
+            return {"changed": checked.sets is not None, "version": checked.version}
+
+    def check(self, cfg: PolicyConfig) -> Checked:
+        """The version check and, if needed, the download, verified and staged beside the
+        cache (blocking: run it in a thread). A 429's deadline is kept in state_dir.
+
+        Raises EndpointsError (RateLimited for a 429), PolicyError for unusable sets, OSError
+        for the files in state_dir."""
+        endpoints = cfg.endpoints
+        assert endpoints is not None
+        client = EndpointsClient(
+            endpoints.url,
+            endpoints.instance,
+            self._client_id(),
+            self.timeout,
+            tenant=cfg.tenant,
+            clock=self.clock,
+        )
+        try:
+            version = client.fetch_version()
+        except RateLimited as err:
+            self._keep_deadline(err.until)
+            raise
+        self._keep_deadline(None)
+        kept = self._kept()
+        if kept is not None and (kept.version, kept.instance, kept.tenant) == (
+            version,
+            endpoints.instance,
+            cfg.tenant,
+        ):
+            return Checked(version, None)
+        try:
+            answer = client.fetch_endpoints()
+        except RateLimited as err:
+            self._keep_deadline(err.until)
+            raise
+        sets = EndpointSets(endpoints.instance, version, answer, cfg.tenant)
+        policy_from_endpoints_json(  # verify before anything uses it; warnings come at merge
+            sets.endpoints, version, endpoints.categories, tenant=cfg.tenant, warnings=[]
+        )
+        stage_cache(self.state_dir, sets)
+        return Checked(version, sets)
+
+    def _failed(self, message: str) -> UpdateFailed:
+        self.last_error = message
+        return UpdateFailed(message)
+
+    def _kept(self) -> EndpointSets | None:
+        """The kept sets; an unreadable cache counts as none, so the download replaces it."""
+        try:
+            return read_cache(self.state_dir)
+        except PolicyError as err:
+            log.warning("%s; downloading the endpoint sets again", "; ".join(err.errors))
+            return None
+
+    # -- files in state_dir ----------------------------------------------------------------
+    def _client_id(self) -> str:
+        path = os.path.join(self.state_dir, CLIENT_ID_FILE)
+        try:
+            with open(path, encoding="ascii") as fh:
+                client_id = fh.read().strip()
+        except FileNotFoundError:
+            client_id = ""
+        if not client_id:
+            client_id = new_client_request_id()
+            write_atomically(path, client_id + "\n")
+        return client_id
+
+    def _read_retry_at(self) -> float | None:
+        path = os.path.join(self.state_dir, RETRY_FILE)
+        try:
+            with open(path, encoding="ascii") as fh:
+                text = fh.read().strip()
+            return datetime.fromisoformat(text).timestamp()
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            log.warning("%s: unusable, ignored: %s", path, err)
+            return None
+
+    def _keep_deadline(self, until: float | None) -> None:
+        """Keep a 429's deadline in state_dir for a restart (None: remove it)."""
+        path = os.path.join(self.state_dir, RETRY_FILE)
+        try:
+            if until is not None:
+                write_atomically(path, utc_iso(until) + "\n")
+            elif os.path.exists(path):
+                os.unlink(path)
+        except OSError as err:
+            log.warning("%s: cannot be updated: %s", path, err)
+
+    def _discard(self) -> None:
+        try:
+            discard_staged_cache(self.state_dir)
+        except OSError as err:
+            log.warning("endpoint sets not put in force could not be removed: %s", err)
