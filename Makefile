@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd
 SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze
 
-.PHONY: all venv sysdeps test test-unit test-integration test-netns bench demo lint clean
+.PHONY: all venv sysdeps test test-unit test-integration test-netns test-package bench demo lint \
+	deb clean
 
 all: test
 
@@ -32,7 +33,7 @@ sysdeps:
 	fi
 
 test: venv sysdeps
-	$(PY) -m pytest tests/unit tests/integration tests/netns -q
+	$(PY) -m pytest tests/unit tests/integration tests/netns tests/package -q
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q -m unit
@@ -42,6 +43,17 @@ test-integration: venv
 
 test-netns: venv sysdeps
 	$(PY) -m pytest tests/netns -q -m netns
+
+# Builds the .deb (make deb), installs, runs, upgrades and purges it in a namespace (root).
+test-package: venv sysdeps
+	$(PY) -m pytest tests/package -q -m package
+
+# The Debian package, $(DIST)/resolverd_VERSION_ARCH.deb, built with dpkg-buildpackage and
+# dh-virtualenv from a clean copy of the tree, then checked with lintian (debian/build-deb).
+# As root it installs the missing build packages; otherwise it names them and stops.
+DIST ?= dist
+deb:
+	debian/build-deb $(DIST)
 
 bench: venv sysdeps
 	$(PY) -m pytest tests/bench -q -s -m bench

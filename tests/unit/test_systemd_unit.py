@@ -1,4 +1,5 @@
-"""systemd/: the unit passes systemd-analyze verify and security; the example config is complete.
+"""systemd/: the unit passes systemd-analyze verify and security; the example config is complete;
+the unit's header recipes are the README's, and its Documentation= is a file the package ships.
 
 `systemd-analyze verify` needs the ExecStart= and ExecReload= binaries to exist, so the test
 points a copy of the unit at stub executables in a temporary directory.
@@ -7,6 +8,7 @@ points a copy of the unit at stub executables in a temporary directory.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import shutil
@@ -19,8 +21,11 @@ from resolver.config import Config, load_config
 
 pytestmark = pytest.mark.unit
 
-SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
+REPO = Path(__file__).resolve().parents[2]
+SYSTEMD_DIR = REPO / "systemd"
 UNIT = SYSTEMD_DIR / "resolverd.service"
+# Where the Debian package (make deb, debian/) puts the commands: links into its virtualenv.
+BINDIR = "/usr/bin"
 EXAMPLE = SYSTEMD_DIR / "resolverd.yaml"
 ANALYZE = shutil.which("systemd-analyze")
 # No skip when it is missing: `make test` installs it (Debian package systemd), so its absence
@@ -39,15 +44,18 @@ def directives(text: str) -> dict[str, list[str]]:
 
 @pytest.fixture
 def stub_unit(tmp_path: Path) -> Path:
-    """The unit with /opt/resolverd/bin rewritten to a directory of stub executables."""
+    """The unit with /usr/bin/resolverd and /usr/bin/resolverctl rewritten to stub executables
+    (the package's binaries need not be installed here)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
+    text = UNIT.read_text()
     for name in ("resolverd", "resolverctl"):
         stub = bindir / name
         stub.write_text("#!/bin/sh\nexit 0\n")
         stub.chmod(0o755)
+        text = text.replace(f"{BINDIR}/{name} ", f"{stub} ")
     unit = tmp_path / "resolverd.service"
-    unit.write_text(UNIT.read_text().replace("/opt/resolverd/bin", str(bindir)))
+    unit.write_text(text)
     return unit
 
 
@@ -63,8 +71,8 @@ def test_unit_has_the_required_settings() -> None:
     d = directives(UNIT.read_text())
     assert d["Type"] == ["notify"]
     assert d["NotifyAccess"] == ["main"]
-    assert d["ExecStart"] == ["/opt/resolverd/bin/resolverd --config /etc/resolverd/resolverd.yaml"]
-    assert d["ExecReload"][0].startswith("/opt/resolverd/bin/resolverctl ")
+    assert d["ExecStart"] == [f"{BINDIR}/resolverd --config /etc/resolverd/resolverd.yaml"]
+    assert d["ExecReload"][0].startswith(f"{BINDIR}/resolverctl ")
     assert d["ExecReload"][0].endswith(" reload")
     assert d["Restart"] == ["on-failure"]
     assert d["WatchdogSec"] == ["30s"]
@@ -94,6 +102,41 @@ def test_sysusers_file_creates_the_units_user() -> None:
     assert [e[:2] for e in entries] == [["u", d["User"][0]]]
 
 
+def test_documentation_is_a_file_the_package_installs() -> None:
+    # debian/resolverd.docs ships README.md and debian/rules keeps it uncompressed.
+    d = directives(UNIT.read_text())
+    assert d["Documentation"] == ["file:///usr/share/doc/resolverd/README.md"]
+    debian = REPO / "debian"
+    assert "README.md" in (debian / "resolverd.docs").read_text().split()
+    assert re.search(r"(?m)^\tdh_compress .*-X README\.md", (debian / "rules").read_text())
+
+
+def _commands(lines: list[str]) -> list[str]:
+    """Shell commands, without trailing comments, one per && part."""
+    found = []
+    for line in lines:
+        for part in re.sub(r"\s{2,}#.*$", "", line).split(" && "):
+            if part.strip():
+                found.append(part.strip())
+    return found
+
+
+def test_header_recipes_are_the_readmes() -> None:
+    header = []
+    for line in UNIT.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    # Commands are indented by three spaces; explanations under them by more.
+    recipe = [line[4:] for line in header if re.match(r"#   \S", line)]
+    readme = _commands((REPO / "README.md").read_text().splitlines())
+    missing = [c for c in _commands(recipe) if c not in readme]
+    assert not missing, f"commands in the unit's header but not in README.md: {missing}"
+    # The checkout recipe installs the fast extra and makes the config directory a directory.
+    assert "/opt/resolverd/bin/pip install '.[fast]'" in _commands(recipe)
+    assert "install -d -m 0750 -g resolverd /etc/resolverd" in _commands(recipe)
+
+
 def test_systemd_analyze_verify_passes(stub_unit: Path) -> None:
     result = analyze("verify", str(stub_unit))
     output = result.stdout + result.stderr
@@ -121,6 +164,22 @@ def test_example_config_is_valid() -> None:
     assert config.breakout.mode == "kernel"
     assert config.metrics.listen is None  # off by default, shown commented out
     assert config.control.socket == "/run/resolverd/control.sock"
+
+
+def test_example_upstreams_are_placeholders_not_resolverd_itself() -> None:
+    # The package installs the example as /etc/resolverd/resolverd.yaml and will not start
+    # resolverd on it unchanged; its upstreams are documentation addresses, never loopback
+    # (where resolverd itself listens) and never taken from /etc/resolv.conf.
+    documentation = [
+        ipaddress.ip_network(n)
+        for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+    ]
+    config = load_config(str(EXAMPLE))
+    assert config.upstreams
+    for host, _port in config.upstreams:
+        address = ipaddress.ip_address(host)
+        assert not address.is_loopback, host
+        assert any(address in net for net in documentation), host
 
 
 def _keys(cls: type) -> set[str]:
