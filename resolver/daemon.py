@@ -34,7 +34,8 @@ from resolver.feed import EndpointFeed
 from resolver.hooks import BreakoutHook, NullHook
 from resolver.metrics import Metric, MetricsServer
 from resolver.metricset import collect
-from resolver.net.breakout import Breakout, BreakoutError, cleanup
+from resolver.net.breakout import Breakout, BreakoutError
+from resolver.net.cleanup import cleanup
 
 log = logging.getLogger("resolverd")
 
@@ -172,8 +173,9 @@ class Daemon:
         except BreakoutError as err:
             log.error("reload failed, keeping the running config: %s", err)
             raise ReloadFailed(str(err)) from None
-        if new.config.policy.endpoints != old.policy.endpoints:
-            self.endpoints_changed.set()
+        feed_settings = (new.config.policy.endpoints, new.config.policy.tenant)
+        if feed_settings != (old.policy.endpoints, old.policy.tenant):
+            self.endpoints_changed.set()  # check the service now with the new settings
         log.info("reloaded %s: %d rules from %s", path, len(new.policy.rules), new.policy.source)
         return {"config": path, "policy": self._policy_status()}
 
@@ -225,6 +227,8 @@ class Daemon:
             "upstreams": dns["upstreams"],
             "cache": dns["cache"],
             "queries": dns["queries"],
+            "forwarding": dns["forwarding"],
+            "udp": dns["udp"],
             "policy": self._policy_status(),
             "breakout": breakout,
         }
@@ -251,7 +255,9 @@ def _breakout_off(cfg: Config) -> dict[str, Any]:
     return {
         "mode": "off", "interface": b.interface, "link_up": False, "table": b.table,
         "routes_v4": 0, "routes_v6": 0, "cidr_routes": 0, "ipset_v4": 0, "ipset_v6": 0,
-        "errors": 0,
+        "errors": 0, "active": None,
+        "links": [{"interface": link.interface, "link_up": False, "healthy": None}
+                  for link in b.links],
     }  # fmt: skip
 
 

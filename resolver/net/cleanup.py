@@ -1,13 +1,14 @@
-"""Removing everything the breakout owns: `resolverd --cleanup`, and `flush`'s kernel half.
+"""Removing everything the breakout owns: `resolverctl flush`, and `resolverd --cleanup`.
 
-Removed: every route in `table` carrying `route_protocol` (host routes and the policy's
-prefixes), the `from all lookup <table>` rules carrying that protocol, and the set entries for
-the addresses resolverd routed (those it knows of, and those of the owned host routes found);
-`cleanup` also removes the state file. Left alone: routes of other protocols or tables, and the
-sets themselves. ipsets are not destroyed even when resolverd created them: a firewall rule that
-references a set makes `destroy` fail (IPSET_ERR_REFERENCED), and removing a set the firewall
-expects would break its next reload. Entries resolverd added but no longer knows about run out
-on their kernel timeout.
+One routine for both (`remove_owned`): every route carrying `route_protocol` in the breakout
+table and in the health probes' tables (host routes, the config's routes, the probe routes),
+every rule carrying it (the main rules and the probe rules), and the set entries of the
+addresses resolverd routed (those it knows of, and those of the owned host routes found).
+`cleanup` also removes the journal. Left alone: routes and rules of other protocols, and the
+sets themselves. ipsets are not destroyed even when resolverd created them: a firewall rule
+that references a set makes `destroy` fail (IPSET_ERR_REFERENCED), and removing a set the
+firewall expects would break its next reload. Entries resolverd added but no longer knows
+about run out on their kernel timeout.
 """
 
 from __future__ import annotations
@@ -15,106 +16,110 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import TYPE_CHECKING
 
 from resolver.config import BreakoutConfig
-from resolver.net import state
-from resolver.net.holds import Hold
-from resolver.net.installs import Installs
-from resolver.net.kernel import EntryItem, Kernel, KernelLike, has_net_admin, needs_net_admin
+from resolver.net import journal, repair, watch
+from resolver.net.errors import has_net_admin, needs_net_admin
+from resolver.net.kernel import EntryItem, Kernel, KernelLike
 from resolver.net.routes import AF, HOST_LEN, Route, owned
+
+if TYPE_CHECKING:
+    from resolver.net.breakout import Breakout
 
 log = logging.getLogger(__name__)
 
+Delete = Callable[[list[Route]], Awaitable[list[int]]]
 
-async def cleanup(
-    cfg: BreakoutConfig, state_dir: str, cidrs: Collection[str] = ()
+
+async def remove_owned(
+    kernel: KernelLike,
+    cfg: BreakoutConfig,
+    delete: Delete,
+    known: Iterable[tuple[int, bytes]],
+    cidrs: Collection[str],
 ) -> dict[str, int]:
-    """Remove the routes, rules and set entries resolverd owns while the daemon is stopped;
-    return what was removed.
+    """Remove what `cfg`'s breakout owns through `kernel` (see the module docstring); `delete`
+    removes routes (the running breakout's goes through its books), `known` are the
+    addresses whose set entries may be live, `cidrs` the config's routes (counted apart)."""
+    counts = {"routes": 0, "cidr_routes": 0, "rules": 0, "set_entries": 0}
+    ours: list[Route] = []
+    for table in (cfg.table, *watch.probe_tables(cfg)):
+        ours += owned(await kernel.dump_routes(table), cfg.route_protocol)
+    for r, code in zip(ours, await delete(ours), strict=True):
+        if code == 0 and r.table == cfg.table:
+            counts["cidr_routes" if f"{r.dst}/{r.dst_len}" in cidrs else "routes"] += 1
+    if kernel.has_sets:
+        entries: dict[bytes, EntryItem] = {p: (f, p, 0) for f, p in known}
+        for r in ours:
+            learnt = r.dst_len == HOST_LEN[r.family] and f"{r.dst}/{r.dst_len}" not in cidrs
+            if r.table == cfg.table and learnt:
+                packed = socket.inet_pton(AF[r.family], r.dst)
+                entries.setdefault(packed, (r.family, packed, 0))
+        done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        kernel.del_entries(list(entries.values()), done.set_result)
+        counts["set_entries"] = sum(1 for e in await done if e == 0)
+    counts["rules"] = await kernel.change_rules((), watch.rule_specs(cfg))
+    return counts
 
-    `cidrs` are the policy's prefixes: they are counted apart from the host routes learnt from
-    DNS (a /32 prefix looks like a host route otherwise) and have no set entries."""
-    counts = {"routes": 0, "cidr_routes": 0, "rules": 0, "set_entries": 0, "state_file": 0}
-    if not has_net_admin():
-        raise needs_net_admin("remove routes, rules and set entries")
-    loop = asyncio.get_running_loop()
-    kernel = Kernel(cfg)
-    try:
-        await kernel.start(loop, create=False)
-        ours = owned(await kernel.dump_routes(), cfg.route_protocol)
-        fut: asyncio.Future[list[int]] = loop.create_future()
-        kernel.del_routes(
-            [(r.family, socket.inet_pton(AF[r.family], r.dst), r.dst_len) for r in ours],
-            fut.set_result,
-        )
-        learnt = _learnt(ours, set(cidrs))
-        learnt_ids = {id(r) for r in learnt}
-        for r, code in zip(ours, await fut, strict=True):
-            if code == 0:
-                counts["routes" if id(r) in learnt_ids else "cidr_routes"] += 1
-        counts["rules"] = await kernel.remove_rules()
-        if kernel.has_sets:
-            addresses = {s.address for s in state.load(state_dir)}
-            addresses.update(r.dst for r in learnt)
-            entries = []
-            for a in sorted(addresses):
-                family = 6 if ":" in a else 4
-                try:
-                    entries.append((family, socket.inet_pton(AF[family], a), 0))
-                except OSError:
-                    log.warning("state file names %r, not an address; skipped", a)
-            counts["set_entries"] = await _del_entries(kernel, entries)
-    finally:
-        kernel.close()
-    counts["state_file"] = int(state.remove(state_dir))
+
+async def flush(b: Breakout) -> dict[str, int]:
+    """The running breakout's flush: forget the holds and the config's routes, remove what is
+    owned through the books (so that the monitor knows the deletions for its own). The config's
+    routes come back with the next reload or restart, host routes with the next answers (the
+    rules with the first of them)."""
+    b.io.rules_ok = False  # the rules go too, and stay away until the next install
+    holds = list(b.holds.values())
+    cidrs = b.ledger.routes.clear()
+    now = b.clock()
+    repair.forget(b, holds, "flush")
+    b.journal.flushed()
+    if b.dry_run:
+        return {"routes": len(holds), "cidr_routes": len(cidrs), "rules": 0, "set_entries": 0}
+    known = [(h.family, h.packed) for h in holds if h.set_expires > now]
+    counts = await remove_owned(b.kernel, b.cfg, b.io.delete_table_routes, known, cidrs)
+    b.io.rules_ok = False
+    for h in holds:
+        h.installed = False
+    b.epoch += 1
+    b._probe_paths.clear()
     log.info(
-        "cleanup: removed %d routes, %d policy prefixes, %d rules, %d set entries",
+        "flushed: %d routes, %d policy prefixes, %d rules, %d set entries",
         counts["routes"], counts["cidr_routes"], counts["rules"], counts["set_entries"],
     )  # fmt: skip
     return counts
 
 
-async def flush_owned(
-    kernel: KernelLike,
-    io: Installs,
-    protocol: int,
-    prefixes: Collection[str],
-    holds: Sequence[Hold],
-    now: float,
+async def cleanup(
+    cfg: BreakoutConfig, state_dir: str, cidrs: Collection[str] = ()
 ) -> dict[str, int]:
-    """The running breakout's removal (Breakout.flush): every owned route, through `io` so that
-    the monitor knows their deletions for its own; the live set entries of `holds` and those of
-    the owned host routes they did not know; then the rules. `prefixes`: the policy's cidrs."""
-    counts = {"routes": 0, "cidr_routes": 0, "rules": 0, "set_entries": 0}
-    ours = owned(await kernel.dump_routes(), protocol)
-    for r, code in zip(ours, await io.delete_table_routes(ours), strict=True):
-        if code == 0:
-            counts["cidr_routes" if f"{r.dst}/{r.dst_len}" in prefixes else "routes"] += 1
-    if kernel.has_sets:
-        known = {h.address for h in holds}
-        entries = [(h.family, h.packed, 0) for h in holds if h.set_expires > now]
-        entries += [
-            (r.family, socket.inet_pton(AF[r.family], r.dst), 0)
-            for r in _learnt(ours, prefixes)
-            if r.dst not in known
-        ]
-        counts["set_entries"] = await _del_entries(kernel, entries)
-    counts["rules"] = await kernel.remove_rules()
+    """Remove what resolverd owns while the daemon is stopped (`resolverd --cleanup`)."""
+    if not has_net_admin():
+        raise needs_net_admin("remove routes, rules and set entries")
+    loop = asyncio.get_running_loop()
+    kernel = Kernel(cfg)
+    try:
+        await kernel.open(loop, create=False, strict=False)
+
+        def delete(routes: list[Route]) -> Awaitable[list[int]]:
+            fut: asyncio.Future[list[int]] = loop.create_future()
+            kernel.del_table_routes(routes, fut.set_result)
+            return fut
+
+        known = []
+        for address in journal.load(state_dir).holds:
+            family = 6 if ":" in address else 4
+            try:
+                known.append((family, socket.inet_pton(AF[family], address)))
+            except OSError:
+                log.warning("journal names %r, not an address; skipped", address)
+        counts = await remove_owned(kernel, cfg, delete, known, set(cidrs))
+    finally:
+        kernel.close()
+    counts["state_file"] = int(journal.remove(state_dir))
+    log.info(
+        "cleanup: removed %d routes, %d policy prefixes, %d rules, %d set entries",
+        counts["routes"], counts["cidr_routes"], counts["rules"], counts["set_entries"],
+    )  # fmt: skip
     return counts
-
-
-def _learnt(routes: list[Route], prefixes: Collection[str]) -> list[Route]:
-    """The host routes learnt from DNS: those that are not one of the policy's prefixes."""
-    return [
-        r
-        for r in routes
-        if r.dst_len == HOST_LEN[r.family] and f"{r.dst}/{r.dst_len}" not in prefixes
-    ]
-
-
-async def _del_entries(kernel: KernelLike, entries: list[EntryItem]) -> int:
-    """Remove set entries; how many were there to remove."""
-    done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-    kernel.del_entries(entries, done.set_result)
-    return sum(1 for e in await done if e == 0)

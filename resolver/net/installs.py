@@ -1,38 +1,31 @@
 """The kernel side of the holds: installs batched per loop iteration, refreshes, removals.
 
 `Installs.enqueue` queues a hold; the first one of a loop iteration schedules a flush with
-`call_soon`, so the answers handled in the same iteration share one batch: every route message,
-then every set entry, each kind in one sendmsg (netlink.Channel). The batch's future completes
-when the kernel has acknowledged them all, or after `ack_timeout` (counted in `ack_timeouts`).
-Set-entry refreshes are collected and sent every REFRESH_DELAY, off the reply path. Deletions
-are remembered until their RTM_DELROUTE comes back, so that the monitor can tell them from
-deletions made by someone else.
+`call_soon`, so the answers handled in the same iteration share one batch: the journal records
+them (one write), then every route message, then every set entry, each kind in one netlink
+batch. The batch's future completes when the kernel has acknowledged them all, or after
+`ack_timeout` (counted in `ack_timeouts`). Set-entry refreshes are collected and sent every
+REFRESH_DELAY, off the reply path. Deletions are remembered until their RTM_DELROUTE comes
+back, so that the monitor can tell them from deletions made by someone else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import logging
-import os
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from resolver.net.errors import BreakoutError
-from resolver.net.holds import Hold
+from resolver.net.errors import GONE, Errnos
+from resolver.net.holds import Hold, Ledger
+from resolver.net.journal import Journal
 from resolver.net.kernel import KernelLike, set_timeout
 from resolver.net.prefixes import CidrRoute
-from resolver.net.ratelog import RateLimitedLog
-from resolver.net.routes import AF, HOST_LEN, Route
-
-log = logging.getLogger(__name__)
+from resolver.net.routes import Route
 
 REFRESH_DELAY = 0.5  # set-entry timeout refreshes wait this long, to go out together
 LATENCY_SAMPLES = 1024
-IGNORED_DELETE = (0, errno.ESRCH, errno.ENOENT)  # gone already: not an error
 
 
 @dataclass(eq=False)
@@ -48,36 +41,34 @@ class InstallBatch:
     timer: asyncio.TimerHandle | None = None
 
 
-def strerror(code: int) -> str:
-    return f"ipset error {code}" if code >= 4096 else os.strerror(code)
-
-
 class Installs:
     """Sends what the holds need to the kernel, in batches, and keeps the books on it."""
 
     def __init__(
         self,
-        holds: dict[str, Hold],
-        counters: dict[str, int],
+        ledger: Ledger,
+        kernel: KernelLike,
+        journal: Journal,
         clock: Callable[[], float],
         ack_timeout: float,
     ) -> None:
-        self.holds = holds  # shared with the breakout: "is this hold still current?"
-        self.counters = counters
+        self.ledger = ledger
+        self.counters = ledger.counters
+        self.kernel = kernel
+        self.journal = journal
         self.clock = clock
         self.ack_timeout = ack_timeout
-        self.kernel: KernelLike | None = None
+        self.errnos = Errnos(ledger.counters)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.rules_ok = False
+        self.ensure_rules: Callable[[], asyncio.Future[None]] | None = None
         self._pending: InstallBatch | None = None
-        self._refresh: dict[str, Hold] = {}
+        self._refresh: dict[bytes, Hold] = {}
         self._refresh_handle: asyncio.TimerHandle | None = None
-        self._rule_task: asyncio.Task[None] | None = None
         self._own_deletes: dict[str, int] = {}  # "dst/len" -> deletions not yet echoed
         self._latency: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._latency_count = 0
         self._latency_sum = 0.0
-        self.ratelog = RateLimitedLog(log)
 
     def close(self) -> None:
         if self._refresh_handle is not None:
@@ -108,33 +99,36 @@ class Installs:
         batch, self._pending = self._pending, None
         if batch is None:
             return
-        kernel = self.kernel
-        holds = [h for h in batch.holds if h.batch is batch and self.holds.get(h.address) is h]
+        current = self.ledger.current
+        holds = [h for h in batch.holds if h.batch is batch and current(h)]
         for h in batch.holds:
-            if h.batch is batch and self.holds.get(h.address) is not h:
+            if h.batch is batch and not current(h):
                 h.batch = None
-        if kernel is None or not holds:
+        if not holds:
             self._release(batch)
             return
         assert self.loop is not None
         now = self.clock()
+        self.journal.note(holds)  # before the routes: a kill after them must know them
         batch.started = time.perf_counter()
         batch.timer = self.loop.call_later(self.ack_timeout, self._ack_timeout, batch)
         batch.parts = 2
-        if not self.rules_ok:
+        if not self.rules_ok and self.ensure_rules is not None:
             batch.parts += 1
-            self._ensure_rules_then(lambda: self._part_done(batch))
-        entries = [(h.family, h.packed, set_timeout(h.expires, now)) for h in holds]
+            self.ensure_rules().add_done_callback(lambda _f: self._part_done(batch))
         expires = [h.expires for h in holds]
-        kernel.add_routes(
-            [(h.family, h.packed, HOST_LEN[h.family]) for h in holds],
+        self.kernel.add_routes(
+            [(h.family, h.packed, h.prefix_len) for h in holds],
             lambda errors: self._routes_added(batch, holds, errors),
         )
-        if kernel.has_sets:
-            kernel.add_entries(
-                entries, lambda errors: self._entries_added(batch, holds, expires, errors)
+        if self.kernel.has_sets:
+            self.kernel.add_entries(
+                [(h.family, h.packed, set_timeout(h.expires, now)) for h in holds],
+                lambda errors: self._entries_added(batch, holds, expires, errors),
             )
         else:
+            for h in holds:
+                h.set_expires = h.expires
             self._part_done(batch)
 
     def _routes_added(self, batch: InstallBatch, holds: list[Hold], errors: list[int]) -> None:
@@ -142,19 +136,16 @@ class Installs:
         self._latency.append(elapsed)
         self._latency_count += 1
         self._latency_sum += elapsed
+        current = self.ledger.current
         for h, code in zip(holds, errors, strict=True):
             if h.batch is batch:
                 h.batch = None
             if code == 0:
-                if self.holds.get(h.address) is h and not h.installed:
+                if current(h) and not h.installed:
                     h.installed = True
                     self.counters["installed"] += 1
             else:
-                self.counters["netlink_errors"] += 1
-                self.ratelog.log(
-                    logging.WARNING, f"route-{code}", "cannot install route for %s: %s",
-                    h.address, os.strerror(code),
-                )  # fmt: skip
+                self.errnos.failed("install route for", code, h.address)
         self._part_done(batch)
 
     def _entries_added(
@@ -164,11 +155,7 @@ class Installs:
             if code == 0:
                 h.set_expires = max(h.set_expires, exp)
             else:
-                self.counters["netlink_errors"] += 1
-                self.ratelog.log(
-                    logging.WARNING, f"set-{code}", "cannot add set entry for %s: %s",
-                    h.address, strerror(code),
-                )  # fmt: skip
+                self.errnos.failed("add set entry for", code, h.address)
         self._part_done(batch)
 
     def _part_done(self, batch: InstallBatch) -> None:
@@ -189,51 +176,34 @@ class Installs:
             return
         batch.timed_out = True
         batch.future.set_result(None)
-        if not batch.waiters:
-            return  # a restore or reconcile batch: no answer is waiting on it
-        self.counters["ack_timeouts"] += batch.waiters
-        self.ratelog.log(
-            logging.WARNING, "ack-timeout",
-            "kernel slower than breakout.ack_timeout (%.0f ms): %d answers sent before their "
-            "routes were acknowledged", self.ack_timeout * 1000, batch.waiters,
-        )  # fmt: skip
-
-    def _ensure_rules_then(self, done: Callable[[], None]) -> None:
-        """After a flush the rules are gone; the next install puts them back before releasing."""
-        assert self.loop is not None
-        if self._rule_task is None or self._rule_task.done():
-            self._rule_task = self.loop.create_task(self._restore_rules())
-        self._rule_task.add_done_callback(lambda _t: done())
-
-    async def _restore_rules(self) -> None:
-        assert self.kernel is not None
-        try:
-            await self.kernel.ensure_rules()
-            self.rules_ok = True
-        except (BreakoutError, OSError) as err:
-            self.counters["netlink_errors"] += 1
-            log.error("cannot restore the ip rules: %s", err)
+        if batch.waiters:  # a restore or reconcile batch has no answer waiting on it
+            self.counters["ack_timeouts"] += batch.waiters
+            self.errnos.ratelog.log(
+                30, "ack-timeout", "kernel slower than breakout.ack_timeout (%.0f ms): %d "
+                "answers sent before their routes were acknowledged",
+                self.ack_timeout * 1000, batch.waiters,
+            )  # fmt: skip
 
     # -- set-entry refreshes ----------------------------------------------------------------
 
     def queue_refresh(self, h: Hold) -> None:
-        if self.kernel is None or not self.kernel.has_sets:
+        if not self.kernel.has_sets:
             h.set_expires = h.expires  # nothing to refresh: routes do not expire by themselves
+            self.counters["refreshed"] += 1
             return
-        self._refresh[h.address] = h
+        self._refresh[h.packed] = h
         if self._refresh_handle is None and self.loop is not None:
             self._refresh_handle = self.loop.call_later(REFRESH_DELAY, self.flush_refresh)
 
     def forget(self, h: Hold) -> None:
-        self._refresh.pop(h.address, None)
+        self._refresh.pop(h.packed, None)
 
     def flush_refresh(self) -> None:
         self._refresh_handle = None
         queued, self._refresh = self._refresh, {}
-        if self.kernel is None:
-            return
         now = self.clock()
-        holds = [h for h in queued.values() if self.holds.get(h.address) is h and h.installed]
+        current = self.ledger.current
+        holds = [h for h in queued.values() if current(h) and h.installed]
         if not holds:
             return
         expires = [h.expires for h in holds]
@@ -244,11 +214,7 @@ class Installs:
                     h.set_expires = max(h.set_expires, exp)
                     self.counters["refreshed"] += 1
                 else:
-                    self.counters["netlink_errors"] += 1
-                    self.ratelog.log(
-                        logging.WARNING, f"refresh-{code}", "cannot refresh set entry for %s: %s",
-                        h.address, strerror(code),
-                    )  # fmt: skip
+                    self.errnos.failed("refresh set entry for", code, h.address)
 
         self.kernel.add_entries(
             [(h.family, h.packed, set_timeout(h.expires, now)) for h in holds], settled
@@ -273,38 +239,40 @@ class Installs:
     def forget_own_deletes(self) -> None:
         self._own_deletes.clear()
 
-    def delete_routes(self, holds: list[Hold]) -> None:
-        """Remove the host routes of `holds` (a route gone already is fine)."""
-        if not holds or self.kernel is None:
+    def delete_routes(self, items: list[tuple[int, bytes, int]], keys: list[str]) -> None:
+        """Remove routes (a route gone already is fine); `keys` are their "dst/len"."""
+        if not items:
             return
-        keys = [f"{h.address}/{HOST_LEN[h.family]}" for h in holds]
         for key in keys:
             self.expect_delete(key)
+        check = self.errnos.settle("remove routes", GONE)
 
         def settled(errors: list[int]) -> None:
             for key, code in zip(keys, errors, strict=True):
                 if code:  # no RTM_DELROUTE will come for it
                     self.own_delete(key)
-                if code not in IGNORED_DELETE:
-                    self.counters["netlink_errors"] += 1
-                    self.ratelog.log(
-                        logging.WARNING, f"del-{code}", "cannot remove route %s: %s",
-                        key, os.strerror(code),
-                    )  # fmt: skip
+            check(errors)
 
-        self.kernel.del_routes([(h.family, h.packed, HOST_LEN[h.family]) for h in holds], settled)
+        self.kernel.del_routes(items, settled)
+
+    def delete_holds(self, holds: Iterable[Hold]) -> None:
+        holds = list(holds)
+        self.delete_routes(
+            [(h.family, h.packed, h.prefix_len) for h in holds],
+            [f"{h.address}/{h.prefix_len}" for h in holds],
+        )
 
     def delete_entries(self, holds: Iterable[Hold], now: float) -> None:
         """Remove the set entries of `holds` that have not timed out in the kernel yet."""
-        if self.kernel is None or not self.kernel.has_sets:
+        if not self.kernel.has_sets:
             return
         live = [(h.family, h.packed, 0) for h in holds if h.set_expires > now]
         if live:
-            self.kernel.del_entries(live, self.count_errors("remove set entries"))
+            self.kernel.del_entries(live, self.errnos.settle("remove set entries", GONE))
 
     def delete_table_routes(self, routes: list[Route]) -> asyncio.Future[list[int]]:
         """Remove routes found in the table (stale ones, or all of ours on flush)."""
-        assert self.loop is not None and self.kernel is not None
+        assert self.loop is not None
         fut: asyncio.Future[list[int]] = self.loop.create_future()
         keys = [f"{r.dst}/{r.dst_len}" for r in routes]
         for key in keys:
@@ -316,29 +284,16 @@ class Installs:
                     self.own_delete(key)
             fut.set_result(errors)
 
-        items = [(r.family, socket.inet_pton(AF[r.family], r.dst), r.dst_len) for r in routes]
-        self.kernel.del_routes(items, settled)
+        self.kernel.del_table_routes(routes, settled)
         return fut
 
-    def count_errors(self, what: str) -> Callable[[list[int]], None]:
-        def settled(errors: list[int]) -> None:
-            bad = [e for e in errors if e not in IGNORED_DELETE]
-            if bad:
-                self.counters["netlink_errors"] += len(bad)
-                self.ratelog.log(
-                    logging.WARNING, f"{what}-{bad[0]}", "%s: %d failed (%s)", what, len(bad),
-                    strerror(bad[0]),
-                )  # fmt: skip
-
-        return settled
-
-    # -- policy prefixes --------------------------------------------------------------------
+    # -- the config's routes ----------------------------------------------------------------
 
     def install_prefixes(self, cidrs: Iterable[CidrRoute]) -> asyncio.Future[None]:
         assert self.loop is not None
         fut: asyncio.Future[None] = self.loop.create_future()
         todo = list(cidrs)
-        if self.kernel is None or not todo:
+        if not todo:
             fut.set_result(None)
             return fut
 
@@ -346,8 +301,7 @@ class Installs:
             for c, code in zip(todo, errors, strict=True):
                 c.installed = code == 0
                 if code:
-                    self.counters["netlink_errors"] += 1
-                    log.warning("cannot install policy prefix %s: %s", c.cidr, os.strerror(code))
+                    self.errnos.failed(f"install {c.kind}", code, c.cidr)
             fut.set_result(None)
 
         self.kernel.add_routes([(c.family, c.packed, c.length) for c in todo], settled)
@@ -357,19 +311,19 @@ class Installs:
         assert self.loop is not None
         fut: asyncio.Future[None] = self.loop.create_future()
         todo = list(cidrs)
-        if self.kernel is None or not todo:
+        if not todo:
             fut.set_result(None)
             return fut
         for c in todo:
             self.expect_delete(c.cidr)
+        check = self.errnos.settle("remove prefixes", GONE)
 
         def settled(errors: list[int]) -> None:
             for c, code in zip(todo, errors, strict=True):
                 c.installed = False
                 if code:
                     self.own_delete(c.cidr)
-                    if code not in IGNORED_DELETE:
-                        self.counters["netlink_errors"] += 1
+            check(errors)
             fut.set_result(None)
 
         self.kernel.del_routes([(c.family, c.packed, c.length) for c in todo], settled)

@@ -1,9 +1,10 @@
-"""ipset hash:ip sets with per-entry timeouts: created when missing, never flushed or recreated.
+"""ipset hash:ip sets with per-entry timeouts: encoders, and the check that a set is usable.
 
 Entries are added and deleted on the raw nfnetlink `Channel` (one message per address, many per
 sendmsg; the same transport as the routes). Adding an entry that exists updates its timeout:
-without NLM_F_EXCL the kernel treats an add as `ipset add -exist`. Creating and inspecting the
-sets uses pyroute2's AsyncIPSet, once per start (on a side loop, see sideloop).
+without NLM_F_EXCL the kernel treats an add as `ipset add -exist`. `inspect` reads a set's
+header (start, reload, and the periodic check that finds a set someone destroyed); creating a
+missing set is an admin operation (resolver.net.admin, pyroute2).
 """
 
 from __future__ import annotations
@@ -12,22 +13,29 @@ import errno
 import logging
 import socket
 import struct
-
-from pyroute2.ipset import AsyncIPSet
-from pyroute2.netlink.exceptions import NetlinkError
+from dataclasses import dataclass
 
 from resolver.net import netlink
 from resolver.net.errors import BreakoutError
-from resolver.net.netlink import NLA_F_NET_BYTEORDER, NLM_F_EXCL, NLM_F_REQUEST, Message
-from resolver.net.sideloop import in_side_loop
+from resolver.net.netlink import (
+    NLA_F_NET_BYTEORDER,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    Message,
+)
 
 log = logging.getLogger(__name__)
 
 NFNL_SUBSYS_IPSET = 6
+IPSET_CMD_LIST = 7
 IPSET_CMD_ADD = 9
 IPSET_CMD_DEL = 10
 IPSET_ATTR_PROTOCOL = 1
 IPSET_ATTR_SETNAME = 2
+IPSET_ATTR_TYPENAME = 3
+IPSET_ATTR_FAMILY = 5
+IPSET_ATTR_FLAGS = 6
 IPSET_ATTR_DATA = 7
 IPSET_ATTR_IP = 1
 IPSET_ATTR_TIMEOUT = 6
@@ -82,65 +90,49 @@ def delete_ok(code: int) -> bool:
     return code in (0, IPSET_ERR_EXIST, errno.ENOENT)
 
 
-async def inspect_ipset(name: str, family: int) -> int | None:
-    """The netlink protocol to use for existing set `name`, or None when there is no such set.
-
-    Changes nothing. An existing set is used as it is (never flushed, never recreated), but it
-    must be a hash:ip set of the right family created with `timeout`, else entries with
-    timeouts cannot go in: BreakoutError.
-    """
-    return await in_side_loop(lambda: _inspect_ipset(name, family))
-
-
-async def create_ipset(name: str, family: int, default_timeout: int, maxelem: int) -> int:
-    """Create hash:ip set `name` with timeout support (a set created meanwhile with the same
-    type is fine); return the protocol. BreakoutError when the kernel refuses."""
-    return await in_side_loop(lambda: _create_ipset(name, family, default_timeout, maxelem))
+def list_header_request(name: str, family: int) -> Message:
+    """`ipset list -terse NAME`: the set's header (type, family, timeout support)."""
+    body = (
+        NFGENMSG.pack(AF[family], 0, 0)
+        + netlink.attr(IPSET_ATTR_PROTOCOL, bytes([IPSET_PROTOCOL]))
+        + netlink.attr(IPSET_ATTR_SETNAME, netlink.asciiz(name))
+        + netlink.attr(IPSET_ATTR_FLAGS | NLA_F_NET_BYTEORDER, _BE32.pack(IPSET_FLAG_LIST_HEADER))
+    )
+    return (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, body
 
 
-async def _inspect_ipset(name: str, family: int) -> int | None:
-    async with AsyncIPSet() as ips:
-        protocol = int(ips._proto_version or IPSET_PROTOCOL)
-        try:
-            msgs = [m async for m in await ips.list(name=name, flags=IPSET_FLAG_LIST_HEADER)]
-        except NetlinkError as err:
-            if err.code != errno.ENOENT:
-                raise
-            msgs = []
-        if not msgs:
-            return None
-        head = msgs[0]
-        kind = head.get_attr("IPSET_ATTR_TYPENAME")
-        fam = head.get_attr("IPSET_ATTR_FAMILY")
-        data = head.get_attr("IPSET_ATTR_DATA")
-        timeout = data.get_attr("IPSET_ATTR_TIMEOUT") if data is not None else None
-        if kind != "hash:ip" or fam != AF[family] or timeout is None:
-            raise BreakoutError(
-                f"ipset {name} exists as {kind} family {fam} "
-                f"{'with' if timeout is not None else 'without'} timeout support; breakout "
-                f"needs hash:ip family inet{'6' if family == 6 else ''} with timeout: "
-                "destroy it or name another set in breakout.ipset"
-                f"{family}"
-            )
-        return protocol
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: str  # "hash:ip"
+    family: int  # AF_INET or AF_INET6
+    timeout: bool  # created with timeout support
 
 
-async def _create_ipset(name: str, family: int, default_timeout: int, maxelem: int) -> int:
-    async with AsyncIPSet() as ips:
-        protocol = int(ips._proto_version or IPSET_PROTOCOL)
-        try:
-            await ips.create(
-                name, stype="hash:ip", family=AF[family], timeout=default_timeout,
-                maxelem=maxelem, exclusive=False,
-            )  # fmt: skip
-        except NetlinkError as err:
-            if err.code == errno.EPERM:
-                raise
-            raise BreakoutError(f"cannot create ipset {name}: {err}") from err
-        log.info(
-            "created ipset %s (hash:ip, inet%s, timeout %d)",
-            name,
-            "6" if family == 6 else "",
-            default_timeout,
+def parse_header(body: bytes) -> Header:
+    attrs = netlink.parse_attrs(body, NFGENMSG.size)
+    kind = attrs.get(IPSET_ATTR_TYPENAME, b"").split(b"\0", 1)[0].decode(errors="replace")
+    family = attrs.get(IPSET_ATTR_FAMILY, b"\0")[0]
+    data = netlink.parse_attrs(attrs.get(IPSET_ATTR_DATA, b""))
+    return Header(kind, family, IPSET_ATTR_TIMEOUT in data)
+
+
+async def inspect(channel: netlink.Channel, name: str, family: int) -> bool:
+    """Whether ipset `name` exists; BreakoutError when it cannot take entries with timeouts
+    for this family. Changes nothing."""
+    try:
+        replies = await channel.request(*list_header_request(name, family))
+    except netlink.NetlinkSocketError as err:
+        if err.code == errno.ENOENT:
+            return False
+        raise
+    if not replies:
+        return False
+    head = parse_header(replies[0])
+    if head.kind != "hash:ip" or head.family != AF[family] or not head.timeout:
+        raise BreakoutError(
+            f"ipset {name} exists as {head.kind} family {head.family} "
+            f"{'with' if head.timeout else 'without'} timeout support; breakout needs hash:ip "
+            f"family inet{'6' if family == 6 else ''} with timeout: destroy it or name another "
+            f"set in breakout.ipset{family}"
         )
-        return protocol
+    return True

@@ -1,9 +1,10 @@
-"""Everything resolverd changes in the kernel, behind one small interface.
+"""Everything resolverd changes in the kernel, behind one interface, and its dry-run twin.
 
-`Kernel` programs routes in the breakout table, the ip rules, and the ipset/nftables entries.
-Its batch methods never block and never raise for kernel errors: they hand back an errno per
-item through a callback (see netlink.Channel). The breakout's tests substitute a fake with
-the same methods.
+`Kernel` programs routes in resolverd's tables, the ip rules, and the ipset/nftables entries,
+through two `netlink.Channel`s (rtnetlink, nfnetlink). Its batch methods never block and never
+raise for kernel errors: they hand back an errno per item through a callback, on the loop.
+`dryrun.DryRunKernel` has the same methods and changes nothing. The breakout holds one or the
+other and never asks which (breakout.mode off means no breakout at all).
 """
 
 from __future__ import annotations
@@ -12,47 +13,297 @@ import asyncio
 import errno
 import logging
 import math
-from collections.abc import Callable, Sequence
-from typing import Protocol
-
-from pyroute2.netlink.exceptions import NetlinkError
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from resolver.config import BreakoutConfig, NftSet
-from resolver.net import ipsets, netlink, nftsets, routes
-from resolver.net.errors import BreakoutError
-from resolver.net.routes import Route, RouteEncoder
+from resolver.net import admin, ipsets, netlink, nftsets, routes
+from resolver.net.errors import BreakoutError, has_net_admin, needs_net_admin
+from resolver.net.routes import AF, Path, Route, RouteEncoder, Rule, RuleSpec
 
 log = logging.getLogger(__name__)
 
-CAP_NET_ADMIN = 12
 RouteItem = tuple[int, bytes, int]  # family, packed address, prefix length
 EntryItem = tuple[int, bytes, int]  # family, packed address, timeout seconds
-Settled = Callable[[list[int]], None]
-
-
-def has_net_admin() -> bool:
-    """Whether this process holds CAP_NET_ADMIN in its effective set."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except OSError as err:
-        log.warning("cannot read capabilities from /proc/self/status: %s", err)
-    return False
-
-
-def needs_net_admin(what: str) -> BreakoutError:
-    return BreakoutError(
-        f"breakout mode kernel needs CAP_NET_ADMIN to {what}: run resolverd as root or with "
-        "AmbientCapabilities=CAP_NET_ADMIN (see systemd/resolverd.service), or set "
-        "breakout.mode: dry-run"
-    )
+Settled = Callable[[list[int]], Any]
 
 
 def set_timeout(expires: float, now: float) -> int:
     """Seconds for a set entry that must live until `expires` (at least 1: 0 means forever)."""
     return max(1, math.ceil(expires - now))
+
+
+class KernelLike(Protocol):
+    """What the breakout needs from the kernel side: `Kernel`, `DryRunKernel`, or a fake."""
+
+    @property
+    def has_sets(self) -> bool: ...
+    async def open(
+        self, loop: asyncio.AbstractEventLoop, create: bool = True, strict: bool = True
+    ) -> None: ...
+    async def create_sets(self) -> None: ...
+    def close(self) -> None: ...
+    def set_paths(self, paths: dict[int, Path | None]) -> None: ...
+    def add_routes(self, items: Sequence[RouteItem], settled: Settled) -> None: ...
+    def del_routes(self, items: Sequence[RouteItem], settled: Settled) -> None: ...
+    def del_table_routes(self, found: Sequence[Route], settled: Settled) -> None: ...
+    def add_entries(self, items: Sequence[EntryItem], settled: Settled) -> None: ...
+    def del_entries(self, items: Sequence[EntryItem], settled: Settled) -> None: ...
+    def probe_table(self, table: int, family: int, path: Path | None, settled: Settled) -> None: ...
+    async def dump_routes(self, table: int | None = None) -> list[Route]: ...
+    async def dump_rules(self) -> list[Rule]: ...
+    async def change_rules(self, add: Iterable[RuleSpec], remove: Iterable[RuleSpec]) -> int: ...
+    async def missing_sets(self) -> list[str]: ...
+    def note(self, action: str, address: str, names: Iterable[str], reason: str) -> None: ...
+
+
+class Kernel:
+    """Routes, rules and set entries for one breakout configuration."""
+
+    def __init__(self, cfg: BreakoutConfig) -> None:
+        self.cfg = cfg
+        self.rtnl: netlink.Channel | None = None
+        self.nfnl: netlink.Channel | None = None
+        self.encoder = RouteEncoder(cfg.table, cfg.route_protocol, {4: None, 6: None})
+        self.ipset: dict[int, ipsets.IpsetEncoder] = {}
+        self.nftset: dict[int, nftsets.NftSetEncoder] = {}
+        self._missing: list[tuple[int, str]] = []  # ipsets to create: (family, name)
+
+    @property
+    def has_sets(self) -> bool:
+        return bool(self.ipset or self.nftset)
+
+    async def open(
+        self, loop: asyncio.AbstractEventLoop, create: bool = True, strict: bool = True
+    ) -> None:
+        """Open the sockets and check every set, changing nothing; with `create`, then create
+        the missing ipsets. BreakoutError for a set that cannot be used. Not `strict`
+        (cleanup): missing sets and unusable nftables sets are left alone."""
+        if not has_net_admin():
+            raise needs_net_admin("install routes, rules and set entries")
+        sets = [(4, self.cfg.ipset4, self.cfg.nftset4), (6, self.cfg.ipset6, self.cfg.nftset6)]
+        try:
+            if self.rtnl is None:
+                self.rtnl = netlink.Channel(netlink.NETLINK_ROUTE, strict=True)
+                self.rtnl.attach(loop)
+            if self.nfnl is None and any(name or nft for _, name, nft in sets):
+                self.nfnl = netlink.Channel(netlink.NETLINK_NETFILTER)
+                self.nfnl.attach(loop)
+        except PermissionError as err:
+            raise needs_net_admin("open netlink sockets") from err
+        except OSError as err:
+            raise BreakoutError(f"cannot open a netlink socket: {err}") from err
+        self._missing = []
+        for family, name, nft in sets:
+            if name:
+                await self._check_ipset(family, name, strict)
+            if nft is not None:
+                await self._check_nftset(family, nft, strict)
+        if create:
+            await self.create_sets()
+
+    async def _check_ipset(self, family: int, name: str, strict: bool) -> None:
+        assert self.nfnl is not None
+        try:
+            exists = await ipsets.inspect(self.nfnl, name, family)
+        except netlink.NetlinkSocketError as err:
+            if err.code == errno.EPERM:
+                raise needs_net_admin("use ipsets") from err
+            raise BreakoutError(f"ipset {name}: {err.strerror}") from err
+        if exists:
+            self.ipset[family] = ipsets.IpsetEncoder(name, family)
+        elif strict:
+            self._missing.append((family, name))
+
+    async def _check_nftset(self, family: int, nft: NftSet, strict: bool) -> None:
+        assert self.nfnl is not None
+        try:
+            await nftsets.check_nftset(self.nfnl, nft, family)
+        except BreakoutError as err:
+            if strict:
+                raise
+            log.info("leaving nftables set alone: %s", err)
+            return
+        self.nftset[family] = nftsets.NftSetEncoder(nft, family)
+
+    async def create_sets(self) -> None:
+        """Create the ipsets `open` found missing. BreakoutError (after trying all)."""
+        cfg = self.cfg
+        missing, self._missing = self._missing, []
+        failed: list[str] = []
+        for family, name in missing:
+            try:
+                await admin.create_ipset(
+                    name, family, cfg.min_hold + cfg.grace or 1, max(65536, cfg.max_entries)
+                )
+            except BreakoutError as err:
+                failed.append(str(err))
+                continue
+            self.ipset[family] = ipsets.IpsetEncoder(name, family)
+        if failed:
+            raise BreakoutError("; ".join(failed))
+
+    async def missing_sets(self) -> list[str]:
+        """The configured ipsets that do not exist any more (someone destroyed one); they are
+        queued for `create_sets`. nftables sets belong to the firewall: only reported."""
+        gone: list[str] = []
+        if self.nfnl is None:
+            return gone
+        for family, encoder in list(self.ipset.items()):
+            if not await ipsets.inspect(self.nfnl, encoder.name, family):
+                gone.append(f"ipset {encoder.name}")
+                self._missing.append((family, encoder.name))
+        for family, nft in list(self.nftset.items()):
+            try:
+                await nftsets.check_nftset(self.nfnl, nft.set, family)
+            except BreakoutError:
+                gone.append(f"nftables set {nftsets.describe(nft.set)}")
+        return gone
+
+    def close(self) -> None:
+        for ch in (self.rtnl, self.nfnl):
+            if ch is not None:
+                ch.close()
+        self.rtnl = self.nfnl = None
+
+    def set_paths(self, paths: dict[int, Path | None]) -> None:
+        """Where each family's routes go now (None: nowhere, the family is withdrawn)."""
+        if paths != self.encoder.paths:
+            self.encoder = RouteEncoder(self.cfg.table, self.cfg.route_protocol, dict(paths))
+
+    # -- routes and rules ---------------------------------------------------------------------
+
+    def add_routes(self, items: Sequence[RouteItem], settled: Settled) -> None:
+        enc = self.encoder
+        if self.rtnl is None:
+            settled([errno.ESHUTDOWN] * len(items))
+            return
+        if not all(enc.can_add(f) for f, _, _ in items):
+            settled([0 if enc.can_add(f) else errno.ENETUNREACH for f, _, _ in items])
+            return
+        self.rtnl.submit([enc.add(f, p, n) for f, p, n in items], settled)
+
+    def del_routes(self, items: Sequence[RouteItem], settled: Settled) -> None:
+        if self.rtnl is None:
+            settled([errno.ESHUTDOWN] * len(items))
+            return
+        enc = self.encoder
+        self.rtnl.submit([enc.delete(f, p, n) for f, p, n in items], settled)
+
+    def del_table_routes(self, found: Sequence[Route], settled: Settled) -> None:
+        """Remove routes a dump found, each in its own table (ours: the protocol must match)."""
+        if self.rtnl is None:
+            settled([errno.ESHUTDOWN] * len(found))
+            return
+        encoders: dict[int, RouteEncoder] = {}
+        messages = []
+        for r in found:
+            enc = encoders.get(r.table)
+            if enc is None:
+                enc = encoders[r.table] = RouteEncoder(r.table, self.cfg.route_protocol, {})
+            messages.append(enc.delete(r.family, socket.inet_pton(AF[r.family], r.dst), r.dst_len))
+        self.rtnl.submit(messages, settled)
+
+    def probe_table(self, table: int, family: int, path: Path | None, settled: Settled) -> None:
+        """A health probe table of ours: `unreachable default` (its last word, so that a
+        lookup there never falls through to the next rule: to the tunnel) and, while the link
+        is there, the default route through it."""
+        if self.rtnl is None:
+            settled([errno.ESHUTDOWN])
+            return
+        enc = RouteEncoder(table, self.cfg.route_protocol, {family: path})
+        messages = [enc.unreachable(family)]
+        if path is not None:
+            messages.append(enc.add(family, bytes(4 if family == 4 else 16), 0))
+        self.rtnl.submit(messages, settled)
+
+    async def dump_routes(self, table: int | None = None) -> list[Route]:
+        """Every route in the breakout table (or `table`), ours and others'."""
+        assert self.rtnl is not None
+        return await routes.dump_routes(self.rtnl, self.cfg.table if table is None else table)
+
+    async def dump_rules(self) -> list[Rule]:
+        assert self.rtnl is not None
+        return await routes.dump_rules(self.rtnl)
+
+    async def change_rules(self, add: Iterable[RuleSpec], remove: Iterable[RuleSpec]) -> int:
+        """Add the rules of `add` that are missing (v4 and v6), remove those of `remove` that
+        carry our protocol; returns how many were changed. BreakoutError on a refusal."""
+        assert self.rtnl is not None
+        present = await self.dump_rules()
+        messages: list[netlink.Message] = []
+        for spec in add:
+            for family in (4, 6):
+                if not any(r.family == family and spec.matches(r) for r in present):
+                    messages.append(spec.message(family, add=True))
+        for spec in remove:
+            for family in (4, 6):
+                if any(r.family == family and spec.matches(r) and r.protocol == spec.protocol
+                       for r in present):  # fmt: skip
+                    messages.append(spec.message(family, add=False))
+        done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self.rtnl.submit(messages, done.set_result)
+        codes = await done
+        bad = [c for c in codes if c not in (0, errno.EEXIST, errno.ENOENT)]
+        if errno.EPERM in bad:
+            raise needs_net_admin("change ip rules")
+        if bad:
+            raise BreakoutError(f"cannot change the ip rules: {os.strerror(bad[0])}")
+        return sum(1 for c in codes if c == 0)
+
+    # -- set entries --------------------------------------------------------------------------
+
+    def add_entries(self, items: Sequence[EntryItem], settled: Settled) -> None:
+        """Add (or refresh the timeout of) the set entries of (family, packed, timeout)."""
+        self._entries(items, settled, add=True)
+
+    def del_entries(self, items: Sequence[EntryItem], settled: Settled) -> None:
+        """Remove set entries: 0 removed, ENOENT was not there (nftables always says 0)."""
+        self._entries(items, settled, add=False)
+
+    def _entries(self, items: Sequence[EntryItem], settled: Settled, add: bool) -> None:
+        if self.nfnl is None or not items:
+            settled([0] * len(items))
+            return
+        jobs: list[tuple[list[int], list[netlink.Message], bool]] = []
+        for family in (4, 6):
+            index = [i for i, it in enumerate(items) if it[0] == family]
+            if not index:
+                continue
+            ips = self.ipset.get(family)
+            if ips is not None:
+                msgs = [
+                    ips.add(items[i][1], items[i][2]) if add else ips.delete(items[i][1])
+                    for i in index
+                ]
+                jobs.append((index, msgs, False))
+            nft = self.nftset.get(family)
+            if nft is not None:
+                # One transaction per message group; each covers a slice of the items.
+                step = nftsets.ELEMENTS_PER_MESSAGE
+                txs = (
+                    nft.add([(items[i][1], items[i][2]) for i in index])
+                    if add
+                    else nft.delete([items[i][1] for i in index])
+                )
+                for k, tx in enumerate(txs):
+                    jobs.append((index[k * step : (k + 1) * step], tx, True))
+        if not jobs:
+            settled([0] * len(items))
+            return
+        join = _Join(len(items), len(jobs), settled)
+        for index, msgs, atomic in jobs:
+            done = join.part(index)
+            if atomic:
+                # A transaction settles as one: its element message's errno covers all items.
+                self.nfnl.submit(msgs, _spread(done, len(index)), atomic=True)
+            else:
+                self.nfnl.submit(msgs, done if add else _ipset_errors(done))
+
+    def note(self, action: str, address: str, names: Iterable[str], reason: str) -> None:
+        """A decision worth recording: only the dry-run kernel keeps them."""
 
 
 class _Join:
@@ -73,228 +324,6 @@ class _Join:
                 self.settled(self.errors)
 
         return done
-
-
-class KernelLike(Protocol):
-    """What the breakout needs from the kernel side: `Kernel`, or a fake in unit tests."""
-
-    @property
-    def has_sets(self) -> bool: ...
-    async def start(self, loop: asyncio.AbstractEventLoop) -> None: ...
-    async def check(self, loop: asyncio.AbstractEventLoop) -> None: ...
-    async def create_sets(self) -> None: ...
-    def close(self) -> None: ...
-    def set_link(self, oif: int | None) -> None: ...
-    def add_routes(self, items: Sequence[RouteItem], settled: Settled) -> None: ...
-    def del_routes(self, items: Sequence[RouteItem], settled: Settled) -> None: ...
-    def add_entries(self, items: Sequence[EntryItem], settled: Settled) -> None: ...
-    def del_entries(self, items: Sequence[EntryItem], settled: Settled) -> None: ...
-    async def dump_routes(self) -> list[Route]: ...
-    async def ensure_rules(self) -> int: ...
-    async def remove_rules(self) -> int: ...
-
-
-class Kernel:
-    """Routes, rules and set entries for one breakout configuration."""
-
-    def __init__(self, cfg: BreakoutConfig) -> None:
-        self.cfg = cfg
-        self.rtnl: netlink.Channel | None = None
-        self.nfnl: netlink.Channel | None = None
-        self.encoder = RouteEncoder(cfg.table, cfg.route_protocol, None, cfg.gateway4, cfg.gateway6)
-        self.ipset: dict[int, ipsets.IpsetEncoder] = {}
-        self.nftset: dict[int, nftsets.NftSetEncoder] = {}
-        self._missing: list[tuple[int, str]] = []  # ipsets to create: (family, name)
-
-    @property
-    def has_sets(self) -> bool:
-        return bool(self.ipset or self.nftset)
-
-    async def start(self, loop: asyncio.AbstractEventLoop, create: bool = True) -> None:
-        """Check everything, then create the missing ipsets. Raises BreakoutError.
-
-        With `create` false (cleanup), missing sets and unusable nftables sets are left alone.
-        """
-        await self.check(loop, strict=create)
-        if create:
-            await self.create_sets()
-
-    async def check(self, loop: asyncio.AbstractEventLoop, strict: bool = True) -> None:
-        """Open the sockets and check every set, changing nothing (`create_sets` then creates
-        the missing ipsets). Raises BreakoutError for a set that cannot be used; with `strict`
-        false, a missing or unusable nftables set is logged and left out instead."""
-        if not has_net_admin():
-            raise needs_net_admin("install routes, rules and set entries")
-        sets = self._sets()
-        self._missing = []
-        try:
-            if self.rtnl is None:
-                self.rtnl = netlink.Channel(netlink.NETLINK_ROUTE, strict=True)
-                self.rtnl.attach(loop)
-            if self.nfnl is None and any(name or nft for _, name, nft in sets):
-                self.nfnl = netlink.Channel(netlink.NETLINK_NETFILTER)
-                self.nfnl.attach(loop)
-        except PermissionError as err:
-            raise needs_net_admin("open netlink sockets") from err
-        except OSError as err:
-            raise BreakoutError(f"cannot open a netlink socket: {err}") from err
-        for family, name, nft in sets:
-            try:
-                if name:
-                    proto = await ipsets.inspect_ipset(name, family)
-                    if proto is None:
-                        if strict:
-                            self._missing.append((family, name))
-                    else:
-                        log.info("using existing ipset %s", name)
-                        self.ipset[family] = ipsets.IpsetEncoder(name, family, proto)
-                if nft is not None and self.nfnl is not None:
-                    try:
-                        await nftsets.check_nftset(self.nfnl, nft, family)
-                    except BreakoutError as err:
-                        if strict:
-                            raise
-                        log.info("leaving nftables set alone: %s", err)
-                        continue
-                    self.nftset[family] = nftsets.NftSetEncoder(nft, family)
-            except (OSError, NetlinkError) as err:
-                raise _set_error(err, "use ipsets and nftables sets") from err
-
-    async def create_sets(self) -> None:
-        """Create the ipsets `check` found missing. Raises BreakoutError (after trying all)."""
-        cfg = self.cfg
-        default_timeout = cfg.min_hold + cfg.grace or 1
-        missing, self._missing = self._missing, []
-        failed: list[str] = []
-        for family, name in missing:
-            try:
-                proto = await ipsets.create_ipset(
-                    name, family, default_timeout, max(65536, cfg.max_entries)
-                )
-            except BreakoutError as err:
-                failed.append(str(err))
-                continue
-            except (OSError, NetlinkError) as err:
-                failed.append(str(_set_error(err, "create ipsets")))
-                continue
-            self.ipset[family] = ipsets.IpsetEncoder(name, family, proto)
-        if failed:
-            raise BreakoutError("; ".join(failed))
-
-    def _sets(self) -> list[tuple[int, str | None, NftSet | None]]:
-        cfg = self.cfg
-        return [(4, cfg.ipset4, cfg.nftset4), (6, cfg.ipset6, cfg.nftset6)]
-
-    def close(self) -> None:
-        for ch in (self.rtnl, self.nfnl):
-            if ch is not None:
-                ch.close()
-        self.rtnl = self.nfnl = None
-
-    def set_link(self, oif: int | None) -> None:
-        """The breakout interface's current index (None: gone); routes go out through it."""
-        if oif != self.encoder.oif:
-            cfg = self.cfg
-            self.encoder = RouteEncoder(
-                cfg.table, cfg.route_protocol, oif, cfg.gateway4, cfg.gateway6
-            )
-
-    # -- routes -----------------------------------------------------------------------------
-
-    def add_routes(self, items: Sequence[RouteItem], settled: Settled) -> None:
-        if self.rtnl is None or self.encoder.oif is None:
-            settled([errno.ENODEV] * len(items))
-            return
-        enc = self.encoder
-        self.rtnl.submit([enc.add(f, p, n) for f, p, n in items], settled)
-
-    def del_routes(self, items: Sequence[RouteItem], settled: Settled) -> None:
-        if self.rtnl is None:
-            settled([errno.ESHUTDOWN] * len(items))
-            return
-        enc = self.encoder
-        self.rtnl.submit([enc.delete(f, p, n) for f, p, n in items], settled)
-
-    async def dump_routes(self) -> list[Route]:
-        """Every route in the breakout table, ours and others'."""
-        assert self.rtnl is not None
-        return await routes.dump_routes(self.rtnl, self.cfg.table)
-
-    async def ensure_rules(self) -> int:
-        cfg = self.cfg
-        try:
-            return await routes.ensure_rules(cfg.table, cfg.rule_priority, cfg.route_protocol)
-        except NetlinkError as err:
-            if err.code == errno.EPERM:
-                raise needs_net_admin("add ip rules") from err
-            raise BreakoutError(f"cannot add the ip rule for table {cfg.table}: {err}") from err
-
-    async def remove_rules(self) -> int:
-        cfg = self.cfg
-        try:
-            return await routes.remove_rules(cfg.table, cfg.rule_priority, cfg.route_protocol)
-        except NetlinkError as err:
-            if err.code == errno.EPERM:
-                raise needs_net_admin("remove ip rules") from err
-            raise BreakoutError(f"cannot remove the ip rules for table {cfg.table}: {err}") from err
-
-    # -- set entries ------------------------------------------------------------------------
-
-    def add_entries(self, items: Sequence[EntryItem], settled: Settled) -> None:
-        """Add (or refresh the timeout of) the set entries of (family, packed, timeout)."""
-        self._entries(items, settled, add=True)
-
-    def del_entries(self, items: Sequence[EntryItem], settled: Settled) -> None:
-        """Remove set entries: 0 removed, ENOENT was not there (nftables always says 0)."""
-        self._entries(items, settled, add=False)
-
-    def _entries(self, items: Sequence[EntryItem], settled: Settled, add: bool) -> None:
-        if self.nfnl is None or not items:
-            settled([0] * len(items))
-            return
-        jobs: list[tuple[list[int], list[list[netlink.Message]], bool]] = []
-        for family in (4, 6):
-            index = [i for i, it in enumerate(items) if it[0] == family]
-            if not index:
-                continue
-            ips = self.ipset.get(family)
-            if ips is not None:
-                msgs = [
-                    ips.add(items[i][1], items[i][2]) if add else ips.delete(items[i][1])
-                    for i in index
-                ]
-                jobs.append((index, [msgs], False))
-            nft = self.nftset.get(family)
-            if nft is not None:
-                # One transaction per message group; each covers a slice of the items.
-                step = nftsets.ELEMENTS_PER_MESSAGE
-                txs = (
-                    nft.add([(items[i][1], items[i][2]) for i in index])
-                    if add
-                    else nft.delete([items[i][1] for i in index])
-                )
-                for k, tx in enumerate(txs):
-                    jobs.append((index[k * step : (k + 1) * step], [tx], True))
-        if not jobs:
-            settled([0] * len(items))
-            return
-        join = _Join(len(items), len(jobs), settled)
-        for index, groups, atomic in jobs:
-            for msgs in groups:
-                done = join.part(index)
-                if atomic:
-                    # A transaction settles as one: its element message's errno covers all items.
-                    self.nfnl.submit(msgs, _spread(done, len(index)), atomic=True)
-                else:
-                    self.nfnl.submit(msgs, done if add else _ipset_errors(done))
-
-
-def _set_error(err: OSError | NetlinkError, what: str) -> BreakoutError:
-    """A BreakoutError for a failure to inspect or create a set (EPERM: the capability)."""
-    code = err.code if isinstance(err, NetlinkError) else err.errno
-    if isinstance(err, PermissionError) or code == errno.EPERM:
-        return needs_net_admin(what)
-    return BreakoutError(f"breakout sets: {err}")
 
 
 def _spread(done: Settled, count: int) -> Settled:

@@ -1,5 +1,8 @@
 """The router's links, addresses and device routes, read at start and kept current from netlink.
 
+This is the link-watching module: `Monitor` listens, `NetView` is what it learnt; which link
+carries the routes is paths.py's business.
+
 Two uses: whether the breakout interface can carry routes (up, running, with an address of the
 family), and which networks the router is connected to (never routed, see neverroute): the
 prefixes of its addresses, and the main table's device routes that stand for an attached
@@ -41,8 +44,16 @@ RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
+RTMGRP_IPV4_RULE = 0x80
+RTMGRP_IPV6_RULE = 1 << (19 - 1)  # RTNLGRP_IPV6_RULE
 GROUPS = (
-    RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+    RTMGRP_LINK
+    | RTMGRP_IPV4_IFADDR
+    | RTMGRP_IPV4_ROUTE
+    | RTMGRP_IPV6_IFADDR
+    | RTMGRP_IPV6_ROUTE
+    | RTMGRP_IPV4_RULE
+    | RTMGRP_IPV6_RULE
 )
 
 # Device routes shorter than this are ways out, not attached networks (see attached_network).
@@ -220,10 +231,11 @@ class NetView:
             self.apply_route(True, route)
 
 
-EventHandler = Callable[[int, bool, object], None]  # (RTM_* base kind, new?, Link|list[Addr]|Route)
+EventHandler = Callable[[int, bool, object], None]  # (kind, new?, Link|list[Addr]|Route|Rule)
 KIND_LINK = RTM_NEWLINK
 KIND_ADDR = RTM_NEWADDR
 KIND_ROUTE = routes.RTM_NEWROUTE
+KIND_RULE = routes.RTM_NEWRULE
 
 
 class Monitor:
@@ -268,3 +280,7 @@ class Monitor:
             self._handler(KIND_LINK, kind == RTM_NEWLINK, parse_link(buf, start, end))
         elif kind in (RTM_NEWADDR, RTM_DELADDR):
             self._handler(KIND_ADDR, kind == RTM_NEWADDR, parse_addr(buf, start, end))
+        elif kind in (routes.RTM_NEWRULE, routes.RTM_DELRULE):
+            rule = routes.parse_rule(buf, start, end)
+            if rule is not None:
+                self._handler(KIND_RULE, kind == routes.RTM_NEWRULE, rule)

@@ -1,4 +1,4 @@
-"""A small netlink transport for the per-answer path: struct-packed messages, many per sendmsg.
+"""A small netlink transport: struct-packed messages, many per sendmsg, sent by a thread.
 
 Why not pyroute2 here: on these machines `AsyncIPRoute.route("replace")` programs about
 2.5-2.9k routes/s and encoding a prepared pyroute2 `rtmsg` about 6.4k/s, while a DNS answer
@@ -11,10 +11,15 @@ error mapping are worth their cost.
 Acknowledgements: every message but the last of a `sendmsg` goes without NLM_F_ACK; the kernel
 answers those only when they fail. The last one asks for an ack. The kernel handles a netlink
 datagram's messages in order, so once that ack is read every message before it is settled:
-failures came in as NLMSG_ERROR before it, the rest succeeded. One `recv` settles a batch.
-rtnetlink and nfnetlink process requests synchronously inside `sendmsg`, so the acks are
-normally waiting by the time `send` returns and are read at once; the socket is also
-watched with `loop.add_reader` for anything that comes later.
+failures came in as NLMSG_ERROR before it, the rest succeeded.
+
+The thread: rtnetlink and nfnetlink process a request synchronously inside `sendmsg`, under
+the kernel's routing lock (rtnl_lock) or the subsystem's mutex. When another process holds
+that lock (a big `ip route flush`, a link being torn down), `sendmsg` blocks, and a blocking
+call on the event loop would stop every DNS answer, cached ones included. So each `Channel`
+owns a writer thread that does the sending and reads the acks; the loop only queues work and
+gets each batch's errnos back through `call_soon_threadsafe`. A reply waits for its routes at
+most `ack_timeout` (the breakout's timer), whatever the kernel is doing.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import logging
 import os
 import socket
 import struct
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -151,84 +158,80 @@ def open_socket(proto: int, groups: int = 0, strict: bool = False) -> socket.soc
     return sock
 
 
-@dataclass(slots=True)
-class _Chunk:
-    """Messages sent in one sendmsg: sequence numbers first..last, the last one acked."""
-
-    first: int
-    last: int
-    batch: _Batch
-    base: int  # index of the chunk's first message within the batch
+RECV_TIMEOUT = 5.0  # seconds the writer waits for an ack the kernel owes before giving up
 
 
 @dataclass(slots=True)
-class _Batch:
-    errors: list[int]
-    open_chunks: int
-    settled: Settled
+class _Job:
+    """Work for the writer thread: datagrams to send, and what to collect of the answers."""
 
-
-@dataclass(slots=True)
-class _Request:
-    """A request that expects replies (a dump, or a get): collected until DONE or ERROR."""
-
-    future: asyncio.Future[list[bytes]]
-    replies: list[bytes] = field(default_factory=list)
+    datagrams: list[tuple[bytes, int, int]]  # (bytes, first seq, seq whose ack closes it)
+    count: int  # messages in all
+    done: Callable[[list[int], list[bytes]], None]  # errnos per message, reply bodies
+    dump: bool = False  # a request: collect reply bodies until DONE (or its ack)
 
 
 class Channel:
     """One netlink socket for requests: batches with settle callbacks, and dumps/gets.
 
-    Everything runs on the event loop thread. `submit` never blocks and never raises for
-    kernel errors: each message's errno comes back through the callback.
+    Called on the event loop thread; the socket belongs to the writer thread (module doc).
+    `submit` never blocks and never raises for kernel errors: each message's errno comes back
+    through the callback, on the loop. `sock` is for tests (a fake socket).
     """
 
-    def __init__(self, proto: int, strict: bool = False) -> None:
+    def __init__(self, proto: int, strict: bool = False, sock: socket.socket | None = None):
         self.proto = proto
-        self.sock = open_socket(proto, strict=strict)
+        self.sock = sock if sock is not None else open_socket(proto, strict=strict)
+        self.sock.setblocking(True)
+        self.sock.settimeout(RECV_TIMEOUT)
         self._seq = 1
-        self._chunks: dict[int, _Chunk] = {}  # by the sequence number of the chunk's last message
-        self._requests: dict[int, _Request] = {}
-        self._buf = bytearray(_RECV_SIZE)
+        self._jobs: deque[_Job | None] = deque()
+        self._wake = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._buf = bytearray(_RECV_SIZE)
+        self.pending = 0  # jobs queued or in progress
+        self.overruns = 0
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is None:
+        if self._thread is None:
             self._loop = loop
-            loop.add_reader(self.sock.fileno(), self.drain)
+            self._thread = threading.Thread(
+                target=self._run, name=f"netlink-{self.proto}", daemon=True
+            )
+            self._thread.start()
 
     def close(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
-            self._loop = None
-        self._fail_all(errno.ESHUTDOWN)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            with self._wake:
+                self._jobs.append(None)
+                self._wake.notify()
+            thread.join(RECV_TIMEOUT + 1.0)
+        for job in self._take_all():
+            job.done([errno.ESHUTDOWN] * job.count, [])
+        self.pending = 0
         self.sock.close()
-
-    @property
-    def pending(self) -> int:
-        return len(self._chunks) + len(self._requests)
 
     def _next_seq(self) -> int:
         seq = self._seq
         self._seq = seq + 1 if seq < 0x7FFFFFFF else 1
         return seq
 
+    # -- the loop's side ---------------------------------------------------------------------
+
     def submit(self, messages: Sequence[Message], settled: Settled, atomic: bool = False) -> None:
-        """Send `messages`, CHUNK per sendmsg (all in one when `atomic`); call `settled` once."""
+        """Send `messages`, CHUNK per sendmsg (all in one when `atomic`); call `settled` once,
+        on the loop, with an errno per message."""
         if not messages:
             settled([])
             return
-        batch = _Batch([0] * len(messages), 1, settled)  # 1: held open until all are sent
         step = len(messages) if atomic else CHUNK
-        for base in range(0, len(messages), step):
-            self._send_chunk(batch, base, messages[base : base + step])
-            self.drain()  # the kernel has already answered: settle now, keep the buffer empty
-        batch.open_chunks -= 1
-        if batch.open_chunks == 0:
-            self._finish(batch)
+        datagrams = [self._pack(messages[i : i + step]) for i in range(0, len(messages), step)]
+        self._queue(_Job(datagrams, len(messages), lambda errors, _replies: settled(errors)))
 
-    def _send_chunk(self, batch: _Batch, base: int, part: Sequence[Message]) -> None:
-        # The chunk is closed by the ack of its last message asking for one (an nf_tables
+    def _pack(self, part: Sequence[Message]) -> tuple[bytes, int, int]:
+        # The datagram is settled by the ack of its last message asking for one (an nf_tables
         # transaction acks its element message, not BATCH_END); when none does, the last does.
         ack_index = len(part) - 1
         for i in range(len(part) - 1, -1, -1):
@@ -237,25 +240,15 @@ class Channel:
                 break
         first = self._seq
         data = bytearray()
-        acked_seq = -1
+        acked = -1
         for i, (kind, flags, body) in enumerate(part):
             seq = self._next_seq()
             if i == ack_index:
                 flags |= NLM_F_ACK
-                acked_seq = seq
+                acked = seq
             data += HEADER.pack(16 + len(body), kind, flags, seq, 0)
             data += body
-        chunk = _Chunk(first, acked_seq, batch, base)
-        try:
-            self.sock.send(data)
-        except OSError as err:
-            code = err.errno or errno.EIO
-            for i in range(len(part)):
-                batch.errors[base + i] = code
-            log.warning("netlink send of %d messages failed: %s", len(part), os.strerror(code))
-            return
-        batch.open_chunks += 1
-        self._chunks[acked_seq] = chunk
+        return bytes(data), first, acked
 
     def request(self, kind: int, flags: int, body: bytes) -> asyncio.Future[list[bytes]]:
         """Send one request; the future gets every reply body (dump parts or the single reply).
@@ -264,88 +257,114 @@ class Channel:
         """
         loop = self._loop or asyncio.get_running_loop()
         self.attach(loop)
-        seq = self._next_seq()
         fut: asyncio.Future[list[bytes]] = loop.create_future()
-        self._requests[seq] = _Request(fut)
-        try:
-            self.sock.send(HEADER.pack(16 + len(body), kind, flags | NLM_F_ACK, seq, 0) + body)
-        except OSError as err:
-            del self._requests[seq]
-            fut.set_exception(NetlinkSocketError(err.errno or errno.EIO, "netlink send"))
-            return fut
-        self.drain()
+
+        def done(errors: list[int], replies: list[bytes]) -> None:
+            if fut.done():
+                return
+            if errors and errors[0]:
+                fut.set_exception(NetlinkSocketError(errors[0]))
+            else:
+                fut.set_result(replies)
+
+        seq = self._next_seq()
+        data = HEADER.pack(16 + len(body), kind, flags | NLM_F_ACK, seq, 0) + body
+        self._queue(_Job([(data, seq, seq)], 1, done, dump=True))
         return fut
 
-    def drain(self) -> None:
-        """Read everything queued on the socket and settle what it answers."""
-        buf = self._buf
-        while (size := recv(self.sock, buf, self._overrun)) is not None:
-            for kind, _flags, seq, start, end in iter_messages(buf, size):
-                if kind == NLMSG_ERROR:
-                    code = -_ERROR.unpack_from(buf, start)[0] if end - start >= 4 else errno.EIO
-                    self._on_error(seq, code)
-                elif kind == NLMSG_DONE:
-                    self._finish_request(seq, 0)
-                else:
-                    req = self._requests.get(seq)
-                    if req is not None:
-                        req.replies.append(bytes(buf[start:end]))
+    def _queue(self, job: _Job) -> None:
+        if self._thread is None:
+            self.attach(asyncio.get_running_loop())
+        self.pending += 1
+        with self._wake:
+            self._jobs.append(job)
+            self._wake.notify()
 
-    def _overrun(self) -> None:
-        # Replies were lost: nothing pending can be trusted to settle by itself.
-        log.warning("netlink receive buffer overrun: failing %d requests", self.pending)
-        self._fail_all(errno.ENOBUFS)
-
-    def _on_error(self, seq: int, code: int) -> None:
-        if seq in self._requests:
-            self._finish_request(seq, code)
-            return
-        chunk = self._chunks.get(seq)
-        if chunk is not None:  # the chunk's own ack: everything before it is settled
-            del self._chunks[seq]
-            if code:
-                chunk.batch.errors[chunk.base + seq - chunk.first] = code
-            chunk.batch.open_chunks -= 1
-            if chunk.batch.open_chunks == 0:
-                self._finish(chunk.batch)
-            return
-        if not code:
-            return
-        for c in self._chunks.values():
-            if c.first <= seq < c.last:  # a failure reported before the chunk's closing ack
-                c.batch.errors[c.base + seq - c.first] = code
-                return
-
-    def _finish_request(self, seq: int, code: int) -> None:
-        req = self._requests.pop(seq, None)
-        if req is None or req.future.done():
-            return
-        if code:
-            req.future.set_exception(NetlinkSocketError(code))
-        else:
-            req.future.set_result(req.replies)
-
-    def _finish(self, batch: _Batch) -> None:
-        settled, batch.settled = batch.settled, _done
+    def _settle(self, job: _Job, errors: list[int], replies: list[bytes]) -> None:
+        self.pending -= 1
         try:
-            settled(batch.errors)
+            job.done(errors, replies)
         except Exception:
             log.exception("netlink settle callback failed")
 
-    def _fail_all(self, code: int) -> None:
-        chunks, self._chunks = self._chunks, {}
-        for chunk in chunks.values():
-            for i in range(chunk.last - chunk.first + 1):
-                if not chunk.batch.errors[chunk.base + i]:
-                    chunk.batch.errors[chunk.base + i] = code
-            chunk.batch.open_chunks -= 1
-            if chunk.batch.open_chunks == 0:
-                self._finish(chunk.batch)
-        requests, self._requests = self._requests, {}
-        for req in requests.values():
-            if not req.future.done():
-                req.future.set_exception(NetlinkSocketError(code))
+    def _take_all(self) -> list[_Job]:
+        with self._wake:
+            jobs = [job for job in self._jobs if job is not None]
+            self._jobs.clear()
+        return jobs
 
+    # -- the writer thread -------------------------------------------------------------------
 
-def _done(errors: list[int]) -> None:
-    """Placeholder callback for a batch that has been settled already."""
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._jobs:
+                    self._wake.wait()
+                job = self._jobs.popleft()
+            if job is None:
+                return
+            errors, replies = self._do(job)
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                return
+            try:
+                loop.call_soon_threadsafe(self._settle, job, errors, replies)
+            except RuntimeError:  # the loop closed meanwhile
+                return
+
+    def _do(self, job: _Job) -> tuple[list[int], list[bytes]]:
+        errors = [0] * job.count
+        replies: list[bytes] = []
+        base = 0
+        for data, first, acked in job.datagrams:
+            try:
+                self.sock.send(data)
+            except OSError as err:
+                code = err.errno or errno.EIO
+                self._fail_range(errors, base, first, acked, code)
+                log.warning("netlink send failed: %s", os.strerror(code))
+            else:
+                self._collect(first, acked, errors, base, replies if job.dump else None)
+            base += acked - first + 1
+        return errors, replies
+
+    def _collect(
+        self, first: int, acked: int, errors: list[int], base: int, replies: list[bytes] | None
+    ) -> None:
+        """Read until the ack (or DONE) for `acked` arrives; record errors and reply bodies."""
+        buf = self._buf
+        while True:
+            try:
+                size = self.sock.recv_into(buf)
+            except TimeoutError:
+                self._fail_range(errors, base, first, acked, errno.ETIMEDOUT)
+                log.warning("netlink: no ack within %.0f s", RECV_TIMEOUT)
+                return
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:  # replies were lost: nothing here is certain
+                    self.overruns += 1
+                    self._fail_range(errors, base, first, acked, errno.ENOBUFS)
+                    log.warning("netlink receive buffer overrun: %d requests failed",
+                                acked - first + 1)  # fmt: skip
+                    return
+                raise
+            for kind, _flags, seq, start, end in iter_messages(buf, size):
+                if not first <= seq <= acked:
+                    continue  # an answer to an earlier request that timed out
+                if kind == NLMSG_ERROR:
+                    code = -_ERROR.unpack_from(buf, start)[0] if end - start >= 4 else errno.EIO
+                    if code:
+                        errors[base + seq - first] = code
+                    if seq == acked:
+                        return
+                elif kind == NLMSG_DONE:
+                    if seq == acked:
+                        return
+                elif replies is not None:
+                    replies.append(bytes(buf[start:end]))
+
+    @staticmethod
+    def _fail_range(errors: list[int], base: int, first: int, acked: int, code: int) -> None:
+        for i in range(base, base + max(acked - first + 1, 1)):
+            if i < len(errors) and not errors[i]:
+                errors[i] = code

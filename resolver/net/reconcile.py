@@ -1,12 +1,15 @@
-"""Start-up reconciliation: what the state file and the kernel's table say, sorted out.
+"""Start-up: what the journal and the kernel's table say, sorted out before anything is served.
 
-- A saved hold still running, whose names still match the policy and whose address may be
-  routed, is restored.
-- In the table: an owned route (our protocol) for a restored hold or a policy prefix is adopted
-  (kept as it is when its next hop is the configured one, else re-installed in place); any
-  other owned route is stale and removed; routes of other protocols are never touched, and
-  their addresses are never taken over.
-- Then (`apply`) the stale routes go and what is not in the table yet goes in, in one batch.
+- A journaled hold still running, whose names still match the policy and whose address may be
+  routed, is restored (its expiry is the journal's, which is never short of the truth).
+- In the table: an owned route (our protocol) for a restored hold or a config route is adopted
+  (kept as it is when it goes through the link now active for its family, else re-installed
+  in place: NLM_F_REPLACE, no gap); any other owned route is stale and removed, unless the
+  journal could not be read: then nothing of ours is removed (a route we cannot account for
+  may be live), the unknown host routes are held for one hold period, and status says why.
+  Routes of other protocols are never touched, and their addresses never taken over.
+- Then the stale routes go and what is missing goes in, in one batch, the set entries'
+  timeouts are realigned, and the journal is rewritten from what is held now.
 """
 
 from __future__ import annotations
@@ -15,103 +18,129 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from resolver.config import BreakoutConfig
+from resolver.net import journal
 from resolver.net.holds import Hold
-from resolver.net.installs import Installs
-from resolver.net.links import Link
-from resolver.net.prefixes import CidrRoute, PolicyPrefixes
 from resolver.net.routes import AF, HOST_LEN, Route, foreign_hosts, owned
-from resolver.net.state import SavedHold
+
+if TYPE_CHECKING:
+    from resolver.net.breakout import Breakout
 
 log = logging.getLogger(__name__)
 
+UNACCOUNTED = "(kept: the hold journal was unreadable)"
+
 
 def restore_holds(
-    saved: list[SavedHold],
+    saved: dict[str, journal.Saved],
     match: Callable[[str], Any],
-    routable: Callable[[int, bytes, str], bool],
+    skip_reason: Callable[[bytes], str | None],
     now: float,
     wall: float,
-) -> dict[str, Hold]:
-    """Holds from the state file that are still running and still wanted (monotonic times)."""
-    out: dict[str, Hold] = {}
-    for s in saved:
+) -> dict[bytes, Hold]:
+    """Holds from the journal that are still running and still wanted (monotonic times)."""
+    out: dict[bytes, Hold] = {}
+    for address, s in saved.items():
         if s.expires <= wall:
             continue
         names = {n: now + (e - wall) for n, e in s.names.items() if e > wall}
         if not names or not any(match(n) is not None for n in names):
             continue
-        family = 6 if ":" in s.address else 4
         try:
-            packed = socket.inet_pton(AF[family], s.address)
+            packed = socket.inet_pton(AF[6 if ":" in address else 4], address)
         except OSError:
             continue
-        address = socket.inet_ntop(AF[family], packed)
-        if routable(family, packed, address):
-            out[address] = Hold(address, family, packed, now + (s.expires - wall), names, s.row)
+        if skip_reason(packed) is not None:
+            continue
+        first = next(iter(names))
+        h = Hold(packed, first, now + (s.expires - wall), s.row)
+        if len(names) > 1:
+            h.names = names
+        h.noted = h.expires
+        out[packed] = h
     return out
 
 
 @dataclass
-class TableReview:
+class Review:
     adopted: list[Hold] = field(default_factory=list)
     stale: list[Route] = field(default_factory=list)
+    unaccounted: list[Route] = field(default_factory=list)  # kept: the journal was unreadable
     foreign: set[str] = field(default_factory=set)  # host addresses routed by someone else
 
 
-def review_table(
-    routes: list[Route],
-    cfg: BreakoutConfig,
-    holds: dict[str, Hold],
-    cidrs: dict[str, CidrRoute],
-    link: Link | None,
-    ready: dict[int, bool],
-) -> TableReview:
-    """Sort the table's routes; mark adopted holds and prefixes installed (when unchanged)."""
-    review = TableReview(foreign=foreign_hosts(routes, cfg.route_protocol))
+def review_table(b: Breakout, routes: list[Route], trust: bool) -> Review:
+    """Sort the table's routes; mark adopted holds and config routes installed when they go
+    where they should."""
+    cfg = b.cfg
+    review = Review(foreign=foreign_hosts(routes, cfg.route_protocol))
+    paths = b.paths.paths()
     for r in owned(routes, cfg.route_protocol):
+        path = paths[r.family]
+        same_hop = path is not None and r.oif == path.oif and r.gateway == path.gateway
         host = r.dst_len == HOST_LEN[r.family]
-        same_hop = (
-            link is not None
-            and r.oif == link.index
-            and r.gateway == (cfg.gateway4 if r.family == 4 else cfg.gateway6)
-        )
-        held = holds.get(r.dst) if host else None
-        cidr = cidrs.get(f"{r.dst}/{r.dst_len}")
-        if held is not None and ready[r.family]:
+        held = b.holds.get(socket.inet_pton(AF[r.family], r.dst)) if host else None
+        config_route = b.ledger.routes.routed.get(f"{r.dst}/{r.dst_len}")
+        if held is not None and path is not None:
             held.installed = same_hop  # a changed next hop is re-installed in place
             review.adopted.append(held)
-        elif cidr is not None and ready[r.family]:
-            cidr.installed = same_hop
-        else:
+        elif config_route is not None and path is not None:
+            config_route.installed = same_hop
+        elif trust:
             review.stale.append(r)
+        else:
+            review.unaccounted.append(r)
     return review
 
 
-async def apply(
-    review: TableReview, io: Installs, prefixes: PolicyPrefixes, ready: dict[int, bool], table: int
-) -> int:
-    """Act on `review` for the restored holds (`io.holds`): give up those someone else routes,
-    remove the stale routes, install the prefixes and holds the table lacks and wait for them,
-    then align the adopted holds' set timeouts. Returns how many holds were installed."""
-    holds = io.holds
+async def run(b: Breakout) -> None:
+    """Reconcile at start (see the module docstring)."""
+    cfg, now, wall = b.cfg, b.clock(), b.wall()
+    loaded = journal.load(b.state_dir) if not b.dry_run else journal.Loaded({}, True, [], False)
+    for problem in loaded.problems:
+        log.error("hold journal: %s", problem)
+    if not loaded.ok:
+        log.error(
+            "the hold journal cannot be trusted: keeping every route of ours in table %d for "
+            "one hold period rather than removing what may be live", cfg.table,
+        )  # fmt: skip
+    b.journal_problems = loaded.problems
+    restored = restore_holds(loaded.holds, b.matcher.match, b.skip_reason, now, wall)
+    b.holds.update(restored)
+    resolvers = [host for host, _port in cfg.resolvers]
+    _gone, skipped = b.ledger.routes.load(b.policy.cidrs, resolvers, b.never)
+    b.counters["skipped"] += skipped
+    review = review_table(b, await b.kernel.dump_routes(), loaded.ok)
+    b.foreign = review.foreign
     for address in review.foreign:
-        if holds.pop(address, None) is not None:
-            log.warning("not adopting %s: table %d routes it for someone else", address, table)
+        packed = socket.inet_pton(AF[6 if ":" in address else 4], address)
+        if b.holds.pop(packed, None) is not None:
+            log.warning("not adopting %s: table %d routes it for someone else", address, cfg.table)
+    expires = now + cfg.min_hold + cfg.grace
+    for r in review.unaccounted:
+        if r.dst_len == HOST_LEN[r.family]:
+            h = Hold(socket.inet_pton(AF[r.family], r.dst), UNACCOUNTED, expires, 0)
+            h.installed = True
+            b.holds[h.packed] = h
+    b.counters["adopted"] += len(review.adopted)
     if review.stale:
-        io.count_errors("remove stale routes")(await io.delete_table_routes(review.stale))
-    await io.install_prefixes(prefixes.missing(ready))
-    todo = [h for h in holds.values() if not h.installed and ready[h.family]]
+        b.io.errnos.settle("remove stale routes")(await b.io.delete_table_routes(review.stale))
+    ready = b.paths.ready()
+    await b.io.install_prefixes(b.ledger.routes.missing(ready))
+    todo = [h for h in b.holds.values() if not h.installed and ready[h.family]]
     for h in todo:
-        io.enqueue(h)
-    fut = io.flush_now()
+        b.io.enqueue(h)
+    fut = b.io.flush_now()
     if fut is not None:
         await fut
-    # The set timeouts kept running in the kernel; align them with the restored holds.
-    for h in review.adopted:
+    for h in review.adopted:  # the set timeouts kept running in the kernel: realign them
         if h.installed:
-            io.queue_refresh(h)
-    io.flush_refresh()
-    return len(todo)
+            b.io.queue_refresh(h)
+    b.io.flush_refresh()
+    await b.journal.compact(list(b.holds.values()))
+    log.info(
+        "reconciled table %d: %d holds from %s, %d routes adopted, %d installed, %d removed, "
+        "%d kept unaccounted", cfg.table, len(restored), journal.path_of(b.state_dir),
+        len(review.adopted), len(todo), len(review.stale), len(review.unaccounted),
+    )  # fmt: skip

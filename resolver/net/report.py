@@ -1,69 +1,89 @@
 """What `resolverctl status` and `resolverctl routes` show of the breakout, read from its books.
 
-Pure functions of the holds, the policy's prefixes, the counters and the link's readiness; the
-breakout adds what only it can read (netlink latency, connected networks, dry-run decisions).
+`status` keeps the contract's fields (DESIGN.md): interface (the first link), link_up, table,
+routes_v4/_v6, cidr_routes, ipset_v4/_v6, errors, active (the interface IPv4 routes go through,
+else IPv6's; null when no link is usable) and links[{interface, link_up, healthy}], and adds
+what helps an operator: per-family readiness and active link, counters, the journal, the
+netlink latency, the connected networks, and in dry-run the recorded decisions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+import socket
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from resolver.config import BreakoutConfig
+from resolver.net.dryrun import DryRunKernel
 from resolver.net.holds import Hold
-from resolver.net.prefixes import PolicyPrefixes
+from resolver.net.prefixes import POLICY, RESOLVER
+
+if TYPE_CHECKING:
+    from resolver.net.breakout import Breakout
 
 
-def status(
-    cfg: BreakoutConfig,
-    holds: Collection[Hold],
-    prefixes: PolicyPrefixes,
-    counters: Mapping[str, int],
-    ready: Mapping[int, bool],
-    now: float,
-) -> dict[str, Any]:
-    """Routes, set entries and counters per family; `link_up` is readiness for either family
-    (the link is there, up and running, with an address)."""
+def status(b: Breakout) -> dict[str, Any]:
+    cfg, now = b.cfg, b.clock()
     routes = {4: 0, 6: 0}
     entries = {4: 0, 6: 0}
-    for h in holds:
+    for h in b.holds.values():
+        family = 4 if len(h.packed) == 4 else 6
         if h.installed:
-            routes[h.family] += 1
+            routes[family] += 1
         if h.set_expires > now:
-            entries[h.family] += 1
-    return {
+            entries[family] += 1
+    ready = b.paths.ready()
+    active = {f: (s.cfg.interface if (s := b.paths.active[f]) is not None else None)
+              for f in (4, 6)}  # fmt: skip
+    counters = b.counters
+    out: dict[str, Any] = {
         "interface": cfg.interface,
-        "link_up": ready[4] or ready[6],
+        "link_up": any(s.carries[4] or s.carries[6] for s in b.paths.links[:1]),
         "table": cfg.table,
         "routes_v4": routes[4],
         "routes_v6": routes[6],
-        "cidr_routes": sum(1 for c in prefixes.routed.values() if c.installed),
+        "cidr_routes": b.ledger.routes.installed(POLICY),
         "ipset_v4": entries[4] if cfg.ipset4 else 0,
         "ipset_v6": entries[6] if cfg.ipset6 else 0,
         "errors": counters["netlink_errors"],
-        "mode": cfg.mode,
+        "active": active[4] or active[6],
+        "links": [s.status() for s in b.paths.links],
+        "mode": str(cfg.mode),
+        "active_v4": active[4],
+        "active_v6": active[6],
         "ready_v4": ready[4],
         "ready_v6": ready[6],
-        "holds": len(holds),
+        "holds": len(b.holds),
+        "resolver_routes": b.ledger.routes.installed(RESOLVER),
         "nftset_v4": entries[4] if cfg.nftset4 else 0,
         "nftset_v6": entries[6] if cfg.nftset6 else 0,
         "skipped": counters["skipped"],
         "ack_timeouts": counters["ack_timeouts"],
         "capped": counters["capped"],
+        "failovers": counters["failovers"],
+        "journal": {**b.journal.status(), "problems": b.journal_problems},
         "counters": dict(counters),
+        "netlink_latency": b.io.latency_percentiles(),
+        "connected_networks": [c for c, _ in b.view.connected()],
     }
+    if isinstance(b.kernel, DryRunKernel):
+        out["dry_run_decisions"] = list(b.kernel.decisions)
+        out["dry_run_decisions_total"] = b.kernel.total
+    return out
 
 
 def routes(holds: Iterable[Hold], now: float) -> list[dict[str, Any]]:
     """One row per hold, IPv4 first, in address order."""
-    return [
-        {
-            "address": h.address,
-            "family": h.family,
-            "names": h.live_names(now),
+    ntop, af4, af6 = socket.inet_ntop, socket.AF_INET, socket.AF_INET6
+    rows = []
+    for h in sorted(holds, key=lambda h: (len(h.packed), h.packed)):
+        v4 = len(h.packed) == 4
+        names = h.names
+        rows.append({
+            "address": ntop(af4 if v4 else af6, h.packed),
+            "family": 4 if v4 else 6,
+            "names": [names] if isinstance(names, str) else h.live_names(now),
             "row": h.row,
             "hold_s": max(0, int(h.expires - now)),
             "installed": h.installed,
-        }
-        for h in sorted(holds, key=lambda h: (h.family, h.packed))
-    ]
+        })  # fmt: skip
+    return rows

@@ -1,11 +1,12 @@
-"""Host and prefix routes in resolverd's table, and the ip rules that send traffic to it.
+"""Routes in resolverd's tables and the ip rules that send traffic to them: pure encoders.
 
-Routes go through the raw `netlink.Channel` (see there for why): a route message is an rtmsg
-header, RTA_DST, and a suffix (table, output interface, gateway) packed once per configuration.
-Installing uses NLM_F_CREATE|NLM_F_REPLACE, so installing twice is harmless; deleting names
-the table and the protocol, so the kernel never deletes a route resolverd does not own, even
-one for the same prefix. The rules use pyroute2 (on a side loop, see sideloop): they change
-once per start.
+A route message is an rtmsg header, RTA_DST, and a suffix (table, output interface, gateway)
+packed once per path. Installing uses NLM_F_CREATE|NLM_F_REPLACE, so installing twice is
+harmless and moving a route to another link is one message with no gap; deleting names the
+table and the protocol, so the kernel never deletes a route resolverd does not own, even one
+for the same prefix. A rule is a fib_rule_hdr and a few attributes; resolverd's carry its
+route protocol number, so they too are told apart from rules someone else added. Nothing here
+does I/O but `dump_routes` and `dump_rules`, which read through a `netlink.Channel`.
 """
 
 from __future__ import annotations
@@ -16,21 +17,17 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from resolver.net import netlink
 from resolver.net.netlink import (
     NLM_F_CREATE,
     NLM_F_DUMP,
+    NLM_F_EXCL,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
     Buffer,
     Message,
 )
-from resolver.net.sideloop import in_side_loop
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +38,14 @@ RTM_GETROUTE = 26
 RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
+RTA_PRIORITY = 6
 RTA_TABLE = 15
 
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 RTN_UNICAST = 1
+RTN_UNREACHABLE = 7
 RTPROT_KERNEL = 2  # routes the kernel adds for an address's prefix
 RT_TABLE_MAIN = 254
 
@@ -96,35 +95,39 @@ def parse_route(body: Buffer, start: int = 0, end: int | None = None) -> Route |
     return Route(family, dst, dst_len, table, proto, scope, rtype, oif, gw)
 
 
-class RouteEncoder:
-    """Packs resolverd's route messages for one configuration (table, protocol, link, gateways)."""
+@dataclass(frozen=True, slots=True)
+class Path:
+    """Where a family's routes go: out of interface `oif`, via `gateway` (None: on-link)."""
 
-    def __init__(
-        self,
-        table: int,
-        protocol: int,
-        oif: int | None,
-        gateway4: str | None,
-        gateway6: str | None,
-    ) -> None:
+    oif: int
+    gateway: str | None
+
+
+class RouteEncoder:
+    """Packs resolverd's route messages for one table and the current path of each family."""
+
+    def __init__(self, table: int, protocol: int, paths: dict[int, Path | None]) -> None:
         self.table = table
         self.protocol = protocol
-        self.oif = oif
-        table_u8 = table if table < 256 else 0
-        self._table_u8 = table_u8
+        self.paths = paths
+        self._table_u8 = table if table < 256 else 0
         table_attr = netlink.attr(RTA_TABLE, _U32.pack(table))
         self._del_tail = table_attr
         self._add_tail: dict[int, bytes] = {}
         self._scope: dict[int, int] = {}
-        for family, gw in ((4, gateway4), (6, gateway6)):
-            tail = table_attr
-            if oif is not None:
-                tail += netlink.attr(RTA_OIF, _U32.pack(oif))
-            if gw is not None:
-                tail += netlink.attr(RTA_GATEWAY, socket.inet_pton(AF[family], gw))
+        for family, path in paths.items():
+            if path is None:
+                continue
+            tail = table_attr + netlink.attr(RTA_OIF, _U32.pack(path.oif))
+            if path.gateway is not None:
+                tail += netlink.attr(RTA_GATEWAY, socket.inet_pton(AF[family], path.gateway))
             self._add_tail[family] = tail
             # A device-only IPv4 route is on-link (scope link); IPv6 routes are always universe.
-            self._scope[family] = RT_SCOPE_LINK if gw is None and family == 4 else RT_SCOPE_UNIVERSE
+            on_link = path.gateway is None and family == 4
+            self._scope[family] = RT_SCOPE_LINK if on_link else RT_SCOPE_UNIVERSE
+
+    def can_add(self, family: int) -> bool:
+        return family in self._add_tail
 
     def add(self, family: int, packed: bytes, prefix_len: int) -> Message:
         head = RTMSG.pack(
@@ -140,6 +143,16 @@ class RouteEncoder:
             AF[family], prefix_len, 0, 0, self._table_u8, self.protocol, RT_SCOPE_NOWHERE, 0, 0
         )
         return RTM_DELROUTE, NLM_F_REQUEST, head + netlink.attr(RTA_DST, packed) + self._del_tail
+
+    def unreachable(self, family: int) -> Message:
+        """`unreachable default metric 4294967295`: the table's last word, so that a lookup
+        that finds no other route there fails instead of falling through to the next rule."""
+        head = RTMSG.pack(
+            AF[family], 0, 0, 0, self._table_u8, self.protocol, RT_SCOPE_UNIVERSE,
+            RTN_UNREACHABLE, 0,
+        )  # fmt: skip
+        body = head + self._del_tail + netlink.attr(RTA_PRIORITY, _U32.pack(0xFFFFFFFF))
+        return RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, body
 
 
 def dump_request(family: int, table: int) -> tuple[int, int, bytes]:
@@ -166,68 +179,116 @@ async def dump_routes(channel: netlink.Channel, table: int) -> list[Route]:
     return out
 
 
-def is_selectorless_rule(rule: Any, table: int, priority: int) -> bool:
-    """True for a `from all lookup <table>` rule at `priority` (a pyroute2 fibmsg)."""
-    if rule.get("priority") != priority:
-        return False
-    if (rule.get("table") or rule["table"]) != table:
-        return False
-    if rule["action"] != 1 or rule["src_len"] or rule["dst_len"]:  # FR_ACT_TO_TBL
-        return False
-    for selector in ("iifname", "oifname", "fwmark", "uid_range", "ip_proto", "dport_range"):
-        if rule.get(selector):
-            return False
-    return True
+# -- ip rules ---------------------------------------------------------------------------------
+
+RTM_NEWRULE = 32
+RTM_DELRULE = 33
+RTM_GETRULE = 34
+FIB_RULE_HDR = struct.Struct(
+    "=BBBBBBBBI"
+)  # family dst_len src_len tos table res1 res2 action flags
+FR_ACT_TO_TBL = 1
+FRA_DST, FRA_SRC, FRA_IIFNAME = 1, 2, 3
+FRA_PRIORITY = 6
+FRA_FWMARK = 10
+FRA_TABLE = 15
+FRA_FWMASK = 16
+FRA_OIFNAME = 17
+FRA_L3MDEV = 19
+FRA_UID_RANGE = 20
+FRA_PROTOCOL = 21
+FRA_IP_PROTO = 22
+FRA_SPORT_RANGE = 23
+FRA_DPORT_RANGE = 24
+_SELECTORS = (FRA_IIFNAME, FRA_OIFNAME, FRA_L3MDEV, FRA_UID_RANGE, FRA_IP_PROTO,
+              FRA_SPORT_RANGE, FRA_DPORT_RANGE)  # fmt: skip
 
 
-async def ensure_rules(table: int, priority: int, protocol: int) -> int:
-    """Add `priority: from all lookup table` (IPv4 and IPv6) unless present; return the count."""
-    return await in_side_loop(lambda: _ensure_rules(table, priority, protocol))
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An ip rule as the kernel reports it: `from all [fwmark M] lookup TABLE` and the rest."""
+
+    family: int
+    priority: int
+    table: int
+    action: int
+    protocol: int
+    fwmark: int | None
+    selectors: bool  # any selector other than a fwmark (from, to, iif, oif, uid, ports...)
 
 
-async def remove_rules(table: int, priority: int, protocol: int) -> int:
-    """Remove our `from all lookup table` rules (those carrying our protocol); return the count."""
-    return await in_side_loop(lambda: _remove_rules(table, priority, protocol))
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """A rule resolverd owns: `priority: from all [fwmark M] lookup table proto P`."""
+
+    priority: int
+    table: int
+    protocol: int
+    fwmark: int | None = None
+
+    def matches(self, rule: Rule) -> bool:
+        """Whether `rule` does what this one would (whoever added it)."""
+        return (
+            rule.priority == self.priority and rule.table == self.table
+            and rule.action == FR_ACT_TO_TBL and not rule.selectors
+            and rule.fwmark == self.fwmark
+        )  # fmt: skip
+
+    def message(self, family: int, add: bool) -> Message:
+        head = FIB_RULE_HDR.pack(
+            AF[family], 0, 0, 0, self.table if self.table < 256 else 0, 0, 0, FR_ACT_TO_TBL, 0
+        )
+        body = head + netlink.attr(FRA_PRIORITY, _U32.pack(self.priority))
+        body += netlink.attr(FRA_TABLE, _U32.pack(self.table))
+        body += netlink.attr(FRA_PROTOCOL, bytes((self.protocol,)))
+        if self.fwmark is not None:
+            body += netlink.attr(FRA_FWMARK, _U32.pack(self.fwmark))
+            body += netlink.attr(FRA_FWMASK, _U32.pack(0xFFFFFFFF))
+        if add:
+            return RTM_NEWRULE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, body
+        return RTM_DELRULE, NLM_F_REQUEST, body
 
 
-async def _ensure_rules(table: int, priority: int, protocol: int) -> int:
-    added = 0
-    async with AsyncIPRoute() as ipr:
-        for af in (socket.AF_INET, socket.AF_INET6):
-            rules = [r async for r in await ipr.get_rules(family=af)]
-            if any(is_selectorless_rule(r, table, priority) for r in rules):
-                continue
-            try:
-                await ipr.rule(
-                    "add", family=af, table=table, priority=priority, action="to_tbl",
-                    protocol=protocol,
-                )  # fmt: skip
-                added += 1
-            except NetlinkError as err:
-                if err.code != errno.EEXIST:
-                    raise
-    return added
+def parse_rule(body: Buffer, start: int = 0, end: int | None = None) -> Rule | None:
+    """Decode an RTM_NEWRULE/RTM_DELRULE body; None for families other than IPv4/IPv6."""
+    end = len(body) if end is None else end
+    fam, dst_len, src_len, _tos, table, _r1, _r2, action, _flags = FIB_RULE_HDR.unpack_from(
+        body, start
+    )
+    family = FAMILY.get(fam)
+    if family is None:
+        return None
+    attrs = netlink.parse_attrs(body, start + FIB_RULE_HDR.size, end)
+
+    def u32(kind: int, default: int) -> int:
+        raw = attrs.get(kind)
+        return _U32.unpack(raw[:4])[0] if raw is not None and len(raw) >= 4 else default
+
+    fwmark = u32(FRA_FWMARK, 0)
+    mask = u32(FRA_FWMASK, 0xFFFFFFFF if FRA_FWMARK in attrs else 0)
+    selectors = bool(dst_len or src_len or any(k in attrs for k in _SELECTORS))
+    if fwmark and mask != 0xFFFFFFFF:
+        selectors = True  # a masked mark: not one of ours
+    protocol = attrs.get(FRA_PROTOCOL, b"\0")[0]
+    return Rule(
+        family, u32(FRA_PRIORITY, 0), u32(FRA_TABLE, table), action, protocol,
+        fwmark or None, selectors,
+    )  # fmt: skip
 
 
-async def _remove_rules(table: int, priority: int, protocol: int) -> int:
-    removed = 0
-    async with AsyncIPRoute() as ipr:
-        for af in (socket.AF_INET, socket.AF_INET6):
-            rules = [r async for r in await ipr.get_rules(family=af)]
-            for r in rules:
-                if not is_selectorless_rule(r, table, priority):
-                    continue
-                if r.get("protocol") not in (protocol, None):
-                    continue  # someone else's identical rule: not ours to remove
-                try:
-                    await ipr.rule(
-                        "del", family=af, table=table, priority=priority, protocol=protocol
-                    )
-                    removed += 1
-                except NetlinkError as err:
-                    if err.code not in (errno.ENOENT, errno.ESRCH):
-                        raise
-    return removed
+def rule_dump_request(family: int) -> Message:
+    return RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, FIB_RULE_HDR.pack(AF[family], *([0] * 8))
+
+
+async def dump_rules(channel: netlink.Channel) -> list[Rule]:
+    """Every IPv4 and IPv6 ip rule."""
+    out: list[Rule] = []
+    for family in (4, 6):
+        for body in await channel.request(*rule_dump_request(family)):
+            rule = parse_rule(body)
+            if rule is not None:
+                out.append(rule)
+    return out
 
 
 def split_cidr(cidr: str) -> tuple[int, bytes, int]:

@@ -76,13 +76,12 @@ class Router:
         return d
 
     def start(
-        self, policy: str | None = None, sweep_interval: float = 1.0, save_interval: float = 30.0,
-        **cfg: Any,
+        self, policy: str | None = None, sweep_interval: float = 1.0, **cfg: Any
     ) -> DriverProcess:  # fmt: skip
         d = self.driver()
         d.call(
             "start", breakout=breakout_cfg(**cfg), state_dir=self.state_dir, policy=policy,
-            sweep_interval=sweep_interval, save_interval=save_interval,
+            sweep_interval=sweep_interval,
         )  # fmt: skip
         return d
 

@@ -5,7 +5,7 @@
 Each request is one JSON object with "op"; each reply one JSON object ("error" on failure):
 
     {"op": "start", "breakout": {...config keys...}, "state_dir": "...", "policy": YAML|null,
-     "sweep_interval": 1.0, "save_interval": 30.0}
+     "sweep_interval": 1.0}
     {"op": "answer", "name": "x.office.com", "qname": null, "addresses": [...], "ttl": 60}
         -> {"waited": bool, "ms": float, "matched": bool}
     {"op": "status"} {"op": "routes"} {"op": "flush"} {"op": "sweep"} {"op": "stop"}
@@ -30,7 +30,8 @@ from policy.matcher import Matcher
 from policy.model import Policy
 from resolver.config import BreakoutConfig, parse_config
 from resolver.hooks import Tagged, pack_addresses
-from resolver.net.breakout import Breakout, cleanup
+from resolver.net.breakout import Breakout
+from resolver.net.cleanup import cleanup
 
 
 def breakout_config(data: dict[str, Any]) -> BreakoutConfig:
@@ -57,7 +58,6 @@ class Driver:
             self.breakout = Breakout(
                 breakout_config(req["breakout"]), req["state_dir"], self.matcher, policy,
                 sweep_interval=req.get("sweep_interval", 1.0),
-                save_interval=req.get("save_interval", 30.0),
             )  # fmt: skip
             await self.breakout.start()
             return self.breakout.status()

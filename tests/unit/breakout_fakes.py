@@ -9,10 +9,10 @@ from typing import Any
 
 from policy.matcher import Matcher
 from policy.model import Policy, Rule
-from resolver.config import BreakoutConfig
+from resolver.config import BreakoutConfig, LinkConfig, Mode
 from resolver.hooks import Tagged, pack_addresses
 from resolver.net.links import Addr, Link, NetView
-from resolver.net.routes import AF, HOST_LEN, Route
+from resolver.net.routes import AF, HOST_LEN, Path, Route
 
 Settled = Callable[[list[int]], None]
 
@@ -51,37 +51,53 @@ class FakeKernel:
         self.fail: dict[bytes, int] = {}
         self.defer = False
         self.deferred: list[tuple[Settled, list[int]]] = []
-        self.rules = 0
+        self.rules_present: set[tuple[int, int, int | None]] = set()  # (priority, table, mark)
         self.extra_routes: list[Route] = []
-        self.oif: int | None = None
+        self.paths: dict[int, Path | None] = {4: None, 6: None}
         self.started = False
-        self.check_error: Exception | None = None  # check() raises it
+        self.check_error: Exception | None = None  # open() raises it
         self.dump_error: Exception | None = None  # dump_routes() raises it
-        self.rules_error: Exception | None = None  # ensure_rules() and remove_rules() raise it
+        self.rules_error: Exception | None = None  # rules() raises it
         self.sets_created = 0
+        self.sets_missing: list[str] = []
         self.closed = False
+        self.notes: list[tuple[str, str, str]] = []
+        self.probes: dict[tuple[int, int], Path | None] = {}
+
+    @property
+    def rules(self) -> int:
+        return len(self.rules_present)
 
     @property
     def has_sets(self) -> bool:
         return self._has_sets
 
-    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        await self.check(loop)
-        await self.create_sets()
-
-    async def check(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def open(
+        self, loop: asyncio.AbstractEventLoop, create: bool = True, strict: bool = True
+    ) -> None:
         if self.check_error is not None:
             raise self.check_error
         self.started = True
+        if create:
+            await self.create_sets()
 
     async def create_sets(self) -> None:
         self.sets_created += 1
 
+    async def missing_sets(self) -> list[str]:
+        gone, self.sets_missing = self.sets_missing, []
+        return gone
+
     def close(self) -> None:
         self.closed = True
 
-    def set_link(self, oif: int | None) -> None:
-        self.oif = oif
+    def set_paths(self, paths: dict[int, Path | None]) -> None:
+        self.paths = dict(paths)
+
+    @property
+    def oif(self) -> int | None:
+        path = self.paths.get(4) or self.paths.get(6)
+        return path.oif if path is not None else None
 
     def _settle(self, settled: Settled, errors: list[int]) -> None:
         if self.defer:
@@ -99,6 +115,8 @@ class FakeKernel:
         errors = []
         for item in items:
             code = self.fail.get(item[1], 0)
+            if not code and self.paths.get(item[0]) is None:
+                code = 101  # ENETUNREACH: no path for the family
             if not code:
                 self.routes[item] = True
             errors.append(code)
@@ -110,6 +128,10 @@ class FakeKernel:
         for item in items:
             errors.append(0 if self.routes.pop(item, None) else 3)  # ESRCH
         self._settle(settled, errors)
+
+    def del_table_routes(self, found: Sequence[Route], settled: Settled) -> None:
+        items = [(r.family, socket.inet_pton(AF[r.family], r.dst), r.dst_len) for r in found]
+        self.del_routes(items, settled)
 
     def add_entries(self, items: Sequence[tuple[int, bytes, int]], settled: Settled) -> None:
         self.calls.append(("add_entries", list(items)))
@@ -123,28 +145,45 @@ class FakeKernel:
             self.entries.pop((fam, packed), None)
         self._settle(settled, [0] * len(items))
 
-    async def dump_routes(self) -> list[Route]:
+    def probe_table(self, table: int, family: int, path: Path | None, settled: Settled) -> None:
+        self.probes[(table, family)] = path
+        settled([0])
+
+    async def dump_routes(self, table: int | None = None) -> list[Route]:
         if self.dump_error is not None:
             raise self.dump_error
+        if table is not None and table != 365:
+            return []
         out = list(self.extra_routes)
         for fam, packed, plen in self.routes:
+            path = self.paths.get(fam)
             out.append(
-                Route(fam, socket.inet_ntop(AF[fam], packed), plen, 365, 245, 0, 1, WAN,
-                      "192.0.2.1" if fam == 4 else "2001:db8:b::1")
+                Route(fam, socket.inet_ntop(AF[fam], packed), plen, 365, 245, 0, 1,
+                      path.oif if path else WAN, path.gateway if path else None)
             )  # fmt: skip
         return out
 
-    async def ensure_rules(self) -> int:
-        if self.rules_error is not None:
-            raise self.rules_error
-        self.rules = 1
-        return 1
+    async def dump_rules(self) -> list[Any]:
+        return []
 
-    async def remove_rules(self) -> int:
+    async def change_rules(self, add: Any, remove: Any) -> int:
         if self.rules_error is not None:
             raise self.rules_error
-        n, self.rules = self.rules, 0
-        return n
+        changed = 0
+        for spec in add:
+            key = (spec.priority, spec.table, spec.fwmark)
+            if key not in self.rules_present:
+                self.rules_present.add(key)
+                changed += 1
+        for spec in remove:
+            key = (spec.priority, spec.table, spec.fwmark)
+            if key in self.rules_present:
+                self.rules_present.discard(key)
+                changed += 1
+        return changed
+
+    def note(self, action: str, address: str, names: Any, reason: str) -> None:
+        self.notes.append((action, address, reason))
 
     def ops(self, name: str) -> list[list[Any]]:
         return [items for op, items in self.calls if op == name]
@@ -185,6 +224,12 @@ def make_cfg(**kw: Any) -> BreakoutConfig:
         "ack_timeout": 0.05,
     }
     base.update(kw)
+    base["mode"] = Mode(base["mode"])
+    if "links" not in kw:  # the single-link form means a list of one, as the config says
+        base["links"] = (LinkConfig(base["interface"], base.get("gateway4"), base.get("gateway6")),)
+    else:
+        first = base["links"][0]
+        base.update(interface=first.interface, gateway4=first.gateway4, gateway6=first.gateway6)
     return BreakoutConfig(**base)
 
 
@@ -210,3 +255,8 @@ def device_route(cidr: str, oif: int, proto: int = 3) -> Route:
     fam = 6 if ":" in dst else 4
     scope = 253 if fam == 4 else 0  # link for IPv4; IPv6 routes are always universe
     return Route(fam, dst, int(plen), 254, proto, scope, 1, oif, None)
+
+
+def by_address(b: Any) -> dict[str, Any]:
+    """The breakout's holds by address text (they are keyed by packed address)."""
+    return {h.address: h for h in b.holds.values()}

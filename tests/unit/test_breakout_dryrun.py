@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from resolver.net.breakout import Breakout
-from tests.unit.breakout_fakes import MATCHER, POLICY, Clock, make_cfg, make_view, tagged
+from resolver.net.dryrun import DryRunKernel
+from tests.unit.breakout_fakes import MATCHER, POLICY, Clock, answer, make_cfg, make_view, tagged
 
 pytestmark = pytest.mark.unit
 
@@ -21,8 +22,8 @@ def test_dry_run_records_decisions_and_touches_no_kernel(tmp_path: Any) -> None:
             clock=clock, view=make_view(),
         )  # fmt: skip
         await b.start()
-        assert b._kernel is None
-        assert b.on_answer(tagged("x.office.com", "203.0.113.1", "10.0.0.1"), 60) is None
+        assert isinstance(b.kernel, DryRunKernel)
+        await answer(b, tagged("x.office.com", "203.0.113.1", "10.0.0.1"), 60)
         clock.now += 60  # 40 s left < half of a new 100 s hold
         assert b.on_answer(tagged("x.office.com", "203.0.113.1"), 60) is None
         clock.now += 200
@@ -52,6 +53,7 @@ def test_dry_run_decision_list_is_bounded(tmp_path: Any) -> None:
         await b.start()
         for i in range(700):
             b.on_answer(tagged("x.office.com", f"2001:db8:365::{i:x}"), 60)
+        await asyncio.sleep(0)  # the batch "goes in"
         s = b.status()
         assert len(s["dry_run_decisions"]) == 500
         assert s["dry_run_decisions_total"] == 700

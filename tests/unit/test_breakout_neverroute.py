@@ -12,7 +12,19 @@ from resolver.net import netlink
 from resolver.net.ipsets import IpsetEncoder
 from resolver.net.links import Link, NetView, parse_addr, parse_link
 from resolver.net.neverroute import NeverRoute, PrefixIndex
-from resolver.net.routes import RTM_DELROUTE, RTM_NEWROUTE, Route, RouteEncoder, parse_route
+from resolver.net.routes import (
+    RTM_DELROUTE,
+    RTM_DELRULE,
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
+    RTN_UNREACHABLE,
+    Path,
+    Route,
+    RouteEncoder,
+    RuleSpec,
+    parse_route,
+    parse_rule,
+)
 from tests.unit.breakout_fakes import LAN, TUN, WAN, device_route, make_view
 
 pytestmark = pytest.mark.unit
@@ -90,7 +102,7 @@ def test_parse_addr_gives_network_and_host() -> None:
 
 
 def test_route_messages_round_trip() -> None:
-    enc = RouteEncoder(365, 245, 7, "192.0.2.1", None)
+    enc = RouteEncoder(365, 245, {4: Path(7, "192.0.2.1"), 6: Path(7, None)})
     kind, flags, body = enc.add(4, socket.inet_pton(socket.AF_INET, "203.0.113.10"), 32)
     assert kind == RTM_NEWROUTE and flags & netlink.NLM_F_REPLACE
     r = parse_route(body)
@@ -102,6 +114,22 @@ def test_route_messages_round_trip() -> None:
     deleted = parse_route(body)
     assert kind == RTM_DELROUTE and deleted is not None
     assert (deleted.protocol, deleted.table, deleted.gateway) == (245, 365, None)
+    assert not RouteEncoder(365, 245, {4: None}).can_add(4)  # no usable link: nothing to add
+
+
+def test_rule_messages_round_trip() -> None:
+    spec = RuleSpec(1000, 365, 245)
+    kind, flags, body = spec.message(4, add=True)
+    assert kind == RTM_NEWRULE and flags & netlink.NLM_F_EXCL
+    rule = parse_rule(body)
+    assert rule is not None and spec.matches(rule) and rule.protocol == 245
+    marked = RuleSpec(999, 366, 245, fwmark=0x73650000)
+    kind, _, body = marked.message(6, add=False)
+    probe = parse_rule(body)
+    assert kind == RTM_DELRULE and probe is not None and probe.family == 6
+    assert marked.matches(probe) and not spec.matches(probe) and probe.fwmark == 0x73650000
+    unreachable = parse_route(RouteEncoder(366, 245, {4: None}).unreachable(4)[2])
+    assert unreachable is not None and unreachable.type == RTN_UNREACHABLE
 
 
 def test_ipset_add_carries_net_order_address_and_timeout() -> None:

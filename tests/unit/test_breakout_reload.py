@@ -41,7 +41,6 @@ async def started(
     b = Breakout(
         make_cfg(**cfg), str(tmp_path), MATCHER, POLICY, clock=clock, kernel=old,
         kernel_factory=lambda _cfg: new or old, view=make_view(), sweep_interval=3600,
-        save_interval=3600,
     )  # fmt: skip
     await b.start()
     await answer(b, tagged("x.office.com", *HOSTS), 60)
@@ -72,7 +71,7 @@ def test_a_reload_that_drops_one_family_withdraws_only_that_family(tmp_path: Any
         k = FakeKernel()
         b = await started(tmp_path, k)
         # A global IPv6 gateway on a link with no global IPv6 address: IPv6 is not usable.
-        b._view.addrs = {a for a in b._view.addrs if not (a.family == 6 and a.index == 2)}
+        b.view.addrs = {a for a in b.view.addrs if not (a.family == 6 and a.index == 2)}
         await b.reconfigure(make_cfg(gateway6="2001:db8:f::1"), MATCHER, POLICY)
         assert k.has_route("203.0.113.1") and not k.has_route("2001:db8:365::1")
         assert (b.status()["ready_v4"], b.status()["ready_v6"]) == (True, False)
@@ -153,8 +152,8 @@ def test_a_moved_table_loses_what_was_installed_after_verification(tmp_path: Any
         old.dump_error = None
         real_dump = old.dump_routes
 
-        async def dump_then_answer() -> list[Any]:
-            routes = await real_dump()
+        async def dump_then_answer(table: int | None = None) -> list[Any]:
+            routes = await real_dump(table)
             await answer(b, tagged("x.office.com", "203.0.113.8"), 60)  # in between
             return routes
 

@@ -1,0 +1,134 @@
+"""Active health checks of the breakout paths: TCP connects through each link, and their verdict.
+
+A link whose carrier is up can still lead nowhere (the DSL modem keeps its link while the ISP
+behind it is down). With `breakout.health`, every `interval` seconds resolverd connects to each
+target through each link. A probe must not be able to take another path (the tunnel), so its
+socket carries the link's mark (SO_MARK: an ip rule sends marked packets to the link's own
+probe table, which holds the default route through that link and `unreachable default` behind
+it) and is bound to the link's interface (SO_BINDTODEVICE). A round is good for a link when a
+target answers: a completed handshake, or a reset (the path carried packets both ways).
+
+`Verdict` is the state machine: a link is down after `failures` failed rounds in a row and up
+again after `successes` good rounds; its first round decides its starting state. `Prober` runs
+the rounds: one at a time (a slow round delays the next, never piles up), every connect
+bounded by `timeout`, nothing on the DNS path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from resolver.config import Address
+
+log = logging.getLogger(__name__)
+
+SO_MARK = 36
+SO_BINDTODEVICE = 25
+
+
+class Verdict:
+    """One link's health from its probe rounds (see the module docstring)."""
+
+    __slots__ = ("bad", "failures", "good", "healthy", "rtt_ms", "successes")
+
+    def __init__(self, failures: int, successes: int) -> None:
+        self.failures = failures
+        self.successes = successes
+        self.healthy: bool | None = None  # unknown until the first round
+        self.good = 0  # good rounds in a row
+        self.bad = 0  # failed rounds in a row
+        self.rtt_ms: float | None = None
+
+    def round(self, good: bool, rtt_ms: float | None = None) -> bool:
+        """Count one round; True when it changed the verdict."""
+        if good:
+            self.good, self.bad = self.good + 1, 0
+            self.rtt_ms = rtt_ms
+        else:
+            self.good, self.bad = 0, self.bad + 1
+        before = self.healthy
+        if before is None:
+            self.healthy = good
+        elif before and self.bad >= self.failures:
+            self.healthy = False
+        elif not before and self.good >= self.successes:
+            self.healthy = True
+        return self.healthy != before
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What one link's probes need: its interface, its mark, and the families it carries."""
+
+    interface: str
+    mark: int
+    families: frozenset[int]
+
+
+Outcome = Callable[[int, bool, float | None], None]  # (link index, good, rtt in ms)
+
+
+class Prober:
+    """Probe rounds over every link until cancelled (see the module docstring)."""
+
+    def __init__(
+        self, targets: Sequence[Address], interval: float, timeout: float, outcome: Outcome
+    ) -> None:
+        self.targets = tuple(targets)
+        self.interval = interval
+        self.timeout = timeout
+        self.outcome = outcome
+        self.probes: list[Probe] = []
+        self.rounds = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await self.round()
+            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+
+    async def round(self) -> None:
+        """One round: every link at once, each bounded by the timeout."""
+        probes = list(self.probes)
+        results = await asyncio.gather(*(self.probe(p) for p in probes))
+        self.rounds += 1
+        for index, (good, rtt) in enumerate(results):
+            self.outcome(index, good, rtt)
+
+    async def probe(self, probe: Probe) -> tuple[bool, float | None]:
+        """Whether one target answered through `probe`'s link, and the fastest answer's RTT."""
+        targets = [t for t in self.targets if (6 if ":" in t[0] else 4) in probe.families]
+        if not targets:
+            return False, None
+        results = await asyncio.gather(*(self._connect(probe, t) for t in targets))
+        rtts = [rtt for rtt in results if rtt is not None]
+        return (True, min(rtts)) if rtts else (False, None)
+
+    async def _connect(self, probe: Probe, target: Address) -> float | None:
+        """The connect's RTT in ms when the path answered (handshake or reset), else None."""
+        family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        started = time.perf_counter()
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, probe.mark)
+            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, probe.interface.encode())
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(loop.sock_connect(sock, target), self.timeout)
+        except ConnectionRefusedError:
+            pass  # a reset came back through the link: the path works
+        except (TimeoutError, OSError) as err:
+            if isinstance(err, OSError) and err.errno == errno.EPERM:
+                log.warning("health probe through %s: %s (needs CAP_NET_ADMIN)", probe.interface,
+                            err)  # fmt: skip
+            return None
+        finally:
+            sock.close()
+        return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,323 @@
+"""The hold journal: which routes are resolverd's, and until when, on disk before the reply.
+
+A route that is live in the kernel must survive the death of resolverd at any instant (SIGKILL,
+the OOM killer): a restart that does not know a route removes it as stale, and with it the
+Microsoft 365 connections using it. So every new hold is appended to the journal, with one
+write(2) per batch, before its route is installed and before its reply leaves. Data a write
+has handed to the kernel survives the process, whatever kills it (not a power cut of the
+machine: then the routes are gone as well).
+
+Extensions (every answer, cache hits included) are not written one by one: a hold is recorded
+`AHEAD` seconds beyond its expiry, and recorded again only when its expiry comes within
+`AHEAD / 2` of what the journal says. The journal therefore never says less than the truth, and
+at most `AHEAD` seconds more: after a crash a route may live up to that much longer than its
+hold, never shorter. Removals and those re-recordings are buffered and written within a second.
+The file is rewritten from the live holds when it has grown well past them (`compact`), into
+a temporary file that replaces it atomically; lines written meanwhile are added to the new one.
+
+Format, one record per line (`address` as text, `expires` wall-clock whole seconds):
+
+    resolverd-holds 1 TABLE PROTOCOL
+    + ADDRESS EXPIRES ROW NAME
+    - ADDRESS
+    F                               (flush: every hold is gone)
+
+Reading tolerates a last line cut short (a write interrupted by the kill); any other line that
+does not parse makes the journal untrustworthy (`Loaded.ok` false): the caller then keeps the
+kernel's routes rather than removing what it cannot account for. A full or read-only state
+directory stops none of this from running: the failure is counted, logged once, and shown in
+status until a write succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from resolver.net.holds import Hold
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "holds.journal"
+LEGACY_FILE = "breakout-state.json"  # resolverd 0.1's state file, read once if no journal
+VERSION = 1
+AHEAD = 30.0  # seconds a recorded expiry runs ahead of the hold's own
+COMPACT_FACTOR = 4  # rewrite when the file has this many lines per live hold (and more than:)
+COMPACT_MIN = 20_000
+
+
+@dataclass
+class Saved:
+    """A hold as the journal knows it: expiry (wall clock), row, names -> expiry."""
+
+    expires: float
+    row: int
+    names: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Loaded:
+    holds: dict[str, Saved]
+    ok: bool  # False: the file is damaged or unreadable; keep what the kernel holds
+    problems: list[str]
+    found: bool  # a journal (or a legacy state file) was there
+
+
+def path_of(state_dir: str) -> str:
+    return os.path.join(state_dir, FILE_NAME)
+
+
+def load(state_dir: str) -> Loaded:
+    """Replay the journal (or import the legacy state file when there is no journal)."""
+    path = path_of(state_dir)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return _load_legacy(state_dir)
+    except OSError as err:
+        return Loaded({}, False, [f"{path}: cannot read: {err.strerror}"], True)
+    return parse(data, path)
+
+
+def parse(data: bytes, path: str = FILE_NAME) -> Loaded:
+    holds: dict[str, Saved] = {}
+    problems: list[str] = []
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    elif lines:
+        log.info("%s: last line cut short (written as resolverd was killed); ignored", path)
+        lines.pop()
+    if not lines or not lines[0].startswith(b"resolverd-holds 1 "):
+        if lines:
+            problems.append(f"{path}:1: not a resolverd hold journal")
+        return Loaded({}, not problems, problems, True)
+    for number, raw in enumerate(lines[1:], start=2):
+        try:
+            _apply(holds, raw.decode("ascii").split(" "))
+        except (UnicodeDecodeError, ValueError, IndexError):
+            problems.append(f"{path}:{number}: cannot read {raw[:80]!r}")
+    return Loaded(holds, not problems, problems, True)
+
+
+def _apply(holds: dict[str, Saved], parts: list[str]) -> None:
+    op = parts[0]
+    if op == "+" and len(parts) == 5:
+        address, expires, row, name = parts[1], float(parts[2]), int(parts[3]), parts[4]
+        socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+        saved = holds.get(address)
+        if saved is None:
+            saved = holds[address] = Saved(expires, row)
+        saved.expires = max(saved.expires, expires)
+        saved.row = row
+        saved.names[name] = max(saved.names.get(name, 0.0), expires)
+    elif op == "-" and len(parts) == 2:
+        holds.pop(parts[1], None)
+    elif op == "F" and len(parts) == 1:
+        holds.clear()
+    else:
+        raise ValueError("unknown record")
+
+
+def _load_legacy(state_dir: str) -> Loaded:
+    path = os.path.join(state_dir, LEGACY_FILE)
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read())
+        holds = {
+            str(address): Saved(float(h["expires"]), int(h.get("row", 0)),
+                                {str(n): float(e) for n, e in h.get("names", {}).items()})
+            for address, h in doc["holds"].items()
+        }  # fmt: skip
+    except FileNotFoundError:
+        return Loaded({}, True, [], False)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return Loaded({}, False, [f"{path}: unreadable: {err}"], True)
+    return Loaded(holds, True, [], True)
+
+
+class Journal:
+    """The journal of one running breakout (see the module docstring)."""
+
+    def __init__(
+        self,
+        state_dir: str,  # empty: keep nothing (dry-run)
+        table: int,
+        protocol: int,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+    ) -> None:
+        self.state_dir = state_dir
+        self.path = path_of(state_dir)
+        self.header = f"resolverd-holds {VERSION} {table} {protocol}\n".encode()
+        self._clock, self._wall = clock, wall
+        self._fd = -1
+        self._lines = 0
+        self._buffer: list[bytes] = []
+        self._since: list[bytes] | None = None  # written while a compaction is in flight
+        self.errors = 0
+        self.last_error: str | None = None
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def note(self, holds: Iterable[Hold]) -> None:
+        """Record new or extended holds now, before their routes go in (one write)."""
+        lines = [self._record(h) for h in holds]
+        if lines:
+            self._write(b"".join(lines), len(lines))
+
+    def extended(self, h: Hold) -> None:
+        """Called for every answer: records the hold again only when due (buffered)."""
+        if h.expires > h.noted - AHEAD / 2:
+            self._buffer.append(self._record(h))
+
+    def removed(self, holds: Iterable[Hold]) -> None:
+        self._buffer.extend(f"- {h.address}\n".encode() for h in holds)
+
+    def flushed(self) -> None:
+        self._buffer.clear()
+        self._write(b"F\n", 1)
+
+    def write_buffered(self) -> None:
+        if self._buffer:
+            lines, self._buffer = self._buffer, []
+            self._write(b"".join(lines), len(lines))
+
+    def _record(self, h: Hold) -> bytes:
+        h.noted = h.expires + AHEAD
+        return _format(h.packed, h.names, h.expires, h.row, self._wall() - self._clock())
+
+    def _write(self, data: bytes, lines: int) -> None:
+        if not self.state_dir:
+            return  # dry-run: no state is kept
+        if self._since is not None:
+            self._since.append(data)
+        try:
+            if self._fd < 0:
+                self._open()
+            os.write(self._fd, data)
+        except OSError as err:
+            self._failed(err)
+            return
+        self._lines += lines
+        if self.last_error is not None:
+            log.warning("hold journal %s is writable again", self.path)
+            self.last_error = None
+
+    def _open(self) -> None:
+        os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        if os.fstat(fd).st_size == 0:
+            os.write(fd, self.header)
+        self._fd = fd
+
+    def _failed(self, err: OSError) -> None:
+        self.errors += 1
+        message = f"{self.path}: {err.strerror or err}"
+        if self.last_error is None:
+            log.error(
+                "cannot write the hold journal (%s): routes are still installed and answers "
+                "still served, but a crash now would forget the newest holds", message,
+            )  # fmt: skip
+        self.last_error = message
+
+    def close(self) -> None:
+        self.write_buffered()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- compaction ---------------------------------------------------------------------------
+
+    def due(self, live: int) -> bool:
+        if not self.state_dir or self._since is not None:
+            return False
+        return self._lines > max(COMPACT_MIN, COMPACT_FACTOR * live) or self.last_error is not None
+
+    async def compact(self, holds: Iterable[Hold]) -> bool:
+        """Rewrite the journal from `holds` (off the event loop); False when it failed."""
+        if self._since is not None or not self.state_dir:
+            return False
+        self.write_buffered()
+        offset = self._wall() - self._clock()
+        snapshot = []
+        for h in holds:
+            h.noted = h.expires + AHEAD
+            names = h.names if isinstance(h.names, str) else dict(h.names)
+            snapshot.append((h.packed, names, h.expires, h.row))
+        self._since = []
+        loop = asyncio.get_running_loop()
+        try:
+            count = await loop.run_in_executor(None, self._replace, snapshot, offset)
+        except OSError as err:
+            self._since = None
+            self._failed(err)
+            return False
+        since, self._since = self._since, None
+        old, self._fd = self._fd, -1
+        if old >= 0:
+            os.close(old)
+        self._lines = count
+        for data in since:
+            self._write(data, data.count(b"\n"))
+        return True
+
+    def _replace(self, snapshot: list[Snapshot], offset: float) -> int:
+        """Write the header and the holds of `snapshot` to a temporary file, then rename it
+        over the journal. Runs in a worker thread."""
+        records = [_format(*item, offset) for item in snapshot]
+        os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".holds.", suffix=".tmp", dir=self.state_dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.header)
+                fh.write(b"".join(records))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.state_dir, LEGACY_FILE))
+        return len(records)
+
+    def status(self) -> dict[str, object]:
+        return {"file": self.path, "writable": self.last_error is None,
+                "errors": self.errors, "last_error": self.last_error}  # fmt: skip
+
+
+Snapshot = tuple[bytes, "str | dict[str, float]", float, int]
+
+
+def _format(packed: bytes, names: str | dict[str, float], expires: float, row: int,
+            offset: float) -> bytes:  # fmt: skip
+    """The record of a hold; `offset` maps monotonic onto wall-clock time."""
+    address = socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+    if isinstance(names, str):
+        return f"+ {address} {math.ceil(expires + AHEAD + offset)} {row} {names}\n".encode()
+    return b"".join(
+        f"+ {address} {math.ceil(e + AHEAD + offset)} {row} {n}\n".encode()
+        for n, e in names.items()
+    )
+
+
+def remove(state_dir: str) -> bool:
+    """Delete the journal (cleanup); True when there was one."""
+    found = False
+    for name in (FILE_NAME, LEGACY_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(state_dir, name))
+            found = True
+    return found
