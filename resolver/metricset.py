@@ -24,6 +24,12 @@ class BreakoutCounters(Protocol):
 
 def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
     c = dns.counters
+    status = dns.status()
+    forwarding = status["forwarding"]
+
+    def counter(name: str, value: int, help_text: str) -> Metric:
+        return Metric(name, "counter", help_text, [({}, value)])
+
     out = [
         Metric(
             "resolverd_queries",
@@ -34,7 +40,8 @@ def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
         Metric(
             "resolverd_queries_dropped",
             "counter",
-            "DNS queries dropped without an answer, by reason",
+            "DNS queries not served: dropped (malformed, shutdown), ratelimited (TC over UDP, "
+            "SERVFAIL over TCP), pending_full (SERVFAIL)",
             [({"reason": r}, c[r]) for r in DROPS],
         ),
         Metric(
@@ -47,7 +54,12 @@ def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
             "resolverd_cache_entries",
             "gauge",
             "Answers in the cache",
-            [({}, dns.status()["cache"]["entries"])],
+            [({}, status["cache"]["entries"])],
+        ),
+        counter(
+            "resolverd_cache_evictions",
+            status["cache"]["evicted"],
+            "Answers evicted from the full cache, least recently used first",
         ),
         Metric(
             "resolverd_tagged_answers",
@@ -56,6 +68,30 @@ def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
             [({"row": str(row)}, n) for row, n in sorted(dns.tagged_by_row.items())],
         ),
     ]
+    out += [
+        counter(
+            "resolverd_breakout_fallbacks",
+            forwarding["breakout_fallbacks"],
+            "Questions for the breakout resolvers that the default upstreams answered instead",
+        ),
+        counter(
+            "resolverd_spliced_answers",
+            forwarding["spliced"],
+            "CNAME chains into a policy name finished through the breakout resolvers",
+        ),
+        counter(
+            "resolverd_canary_answers",
+            forwarding["canaries"],
+            "Queries for a canary name answered NXDOMAIN by resolverd itself",
+        ),
+        counter(
+            "resolverd_udp_send_dropped",
+            status["udp"]["send_dropped"],
+            "UDP replies dropped unsent (send buffer full, or the socket closed at shutdown)",
+        ),
+    ]
+    # An upstream is named by its address and its role: default, breakout or zone:NAME (the
+    # same address may serve two roles).
     upstreams = dns.upstream_stats()
     out.append(
         Metric(
@@ -63,7 +99,7 @@ def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
             "gauge",
             "Smoothed round-trip time of each upstream",
             [
-                ({"upstream": u["address"]}, u["rtt_ms"] / 1000.0)
+                ({"upstream": u["address"], "role": u["role"]}, u["rtt_ms"] / 1000.0)
                 for u in upstreams
                 if u["rtt_ms"] is not None
             ],
@@ -74,7 +110,10 @@ def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
             "resolverd_upstream_healthy",
             "gauge",
             "1 when the upstream answers, 0 while it is probed as dead",
-            [({"upstream": u["address"]}, 1.0 if u["healthy"] else 0.0) for u in upstreams],
+            [
+                ({"upstream": u["address"], "role": u["role"]}, 1.0 if u["healthy"] else 0.0)
+                for u in upstreams
+            ],
         )
     )
     if breakout is not None:

@@ -14,8 +14,8 @@ Zone YAML (fixed format, other test tiers rely on it):
       alias.example.test:
         - {type: CNAME, value: www.example.test, ttl: 300}
 
-Types: A, AAAA, CNAME, TXT, MX ("10 mail.example.test"), NS, SOA ("mname rname serial refresh
-retry expire minimum").
+Types: A, AAAA, CNAME, TXT, MX ("10 mail.example.test"), NS, PTR, SOA ("mname rname serial
+refresh retry expire minimum").
 
 In process (integration tests):
 
@@ -52,6 +52,7 @@ from dnslib import (
     EDNS0,
     MX,
     NS,
+    PTR,
     QTYPE,
     RCODE,
     RD,
@@ -78,7 +79,7 @@ MODES = (
 )
 BAD_MODES = ("wrong_id", "wrong_source", "garbage", "loop", "mismatch", "no_qr")
 NEGATIVE_TTL = 30
-TYPES = ("A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA")
+TYPES = ("A", "AAAA", "CNAME", "TXT", "MX", "NS", "PTR", "SOA")
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,8 @@ def _record(name: str, rtype: str, value: str, ttl: int) -> RR:
         return RR(owner, QTYPE.MX, rdata=MX(exchange, int(pref)), ttl=ttl)
     if rtype == "NS":
         return RR(owner, QTYPE.NS, rdata=NS(value), ttl=ttl)
+    if rtype == "PTR":
+        return RR(owner, QTYPE.PTR, rdata=PTR(value), ttl=ttl)
     mname, rname, *times = value.split()
     return RR(owner, QTYPE.SOA, rdata=SOA(mname, rname, tuple(int(t) for t in times)), ttl=ttl)
 

@@ -151,6 +151,8 @@ def _global(status: Mapping[str, Any]) -> Block:
 
 
 def _upstreams(status: Mapping[str, Any]) -> Block:
+    """One line per upstream: its role (``default``, ``breakout``, ``zone:NAME``), health and
+    smoothed RTT, e.g. ``203.0.113.53:53: breakout, healthy, rtt 3.2 ms``."""
     pairs: list[tuple[str, str]] = []
     upstreams = status.get("upstreams")
     for up in upstreams if isinstance(upstreams, list) else []:
@@ -161,8 +163,31 @@ def _upstreams(status: Mapping[str, Any]) -> Block:
         rtt = up.get("rtt_ms")
         if isinstance(rtt, int | float) and not isinstance(rtt, bool):
             state += f", rtt {rtt:.1f} ms"
+        role = up.get("role")
+        if isinstance(role, str) and role:  # a daemon from before split DNS has none
+            state = f"{role}, {state}"
         pairs.append((_address(up.get("address")), state))
     return "Upstreams", pairs or [("Servers", "none")]
+
+
+def _forwarding(status: Mapping[str, Any]) -> list[Block]:
+    """Split DNS's counters, when the daemon reports them (none, no block)."""
+    f = status.get("forwarding")
+    if not isinstance(f, Mapping):
+        return []
+    known = {"breakout_fallbacks", "spliced", "canaries", "routes_deferred"}
+    return [
+        (
+            "Forwarding",
+            [
+                ("Breakout fallbacks", text(f.get("breakout_fallbacks"))),
+                ("Spliced", text(f.get("spliced"))),
+                ("Canaries", text(f.get("canaries"))),
+                ("Routes deferred", text(f.get("routes_deferred"))),
+                *_extras(f, known),
+            ],
+        )
+    ]
 
 
 def _cache(status: Mapping[str, Any]) -> Block:
@@ -241,6 +266,7 @@ def render_status(status: Any) -> str:
             _upstreams(status),
             _cache(status),
             _queries(status),
+            *_forwarding(status),
             _policy(status),
             _breakout(status),
         ]

@@ -10,11 +10,12 @@ When no breakout resolver answers, the default upstreams are asked (counted in `
 
 An answer from a zone or the default upstreams whose CNAME chain enters a policy name
 (``autodiscover.corp.example CNAME outlook.office365.com``) is finished through the breakout
-resolvers: they are asked the same question about the first policy name on the chain, and the
-client gets the chain down to that name followed by their answer (`replies.splice`), so the
-addresses it connects to, and that get routed, are the ones close to the branch. With DO set
-the upstream's answer is passed unchanged: a spliced answer would not validate. Only A and
-AAAA questions are spliced (they carry the addresses that are routed).
+resolvers: they are asked the same question about the first policy name on the chain that no
+forward zone holds (a zone beats the policy on a chain too), and the client gets the chain down
+to that name followed by their answer (`replies.splice`), so the addresses it connects to, and
+that get routed, are the ones close to the branch. With DO set the upstream's answer is passed
+unchanged: a spliced answer would not validate. Only A and AAAA questions are spliced (they
+carry the addresses that are routed).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from dataclasses import dataclass
 
 from resolver.config import Config
 from resolver.dns import replies, wire
-from resolver.dns.exchange import Reply
 from resolver.dns.tagging import NameMatcher
-from resolver.dns.upstream import Address, Upstream, UpstreamSet
+from resolver.dns.upstream import Upstream, UpstreamSet
 from resolver.dns.zones import Zones
+from resolver.hooks import Tagged
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,12 @@ SPLICED_TYPES = (wire.T_A, wire.T_AAAA)
 
 @dataclass(frozen=True, slots=True)
 class Spliced:
-    """The origin of an answer finished locally: both sets it depends on."""
+    """The origin of an answer finished locally: both sets it depends on, and the policy
+    name the breakout resolvers were asked about."""
 
     first: UpstreamSet
     breakout: UpstreamSet
+    target: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,8 @@ class Forwarder:
         return out if self.breakout is None else [*out, self.breakout]
 
     def choose(self, question: bytes, qname: str, matcher: NameMatcher, ready: bool) -> UpstreamSet:
-        """The set for a question (lower-case wire name + type + class) about `qname`."""
+        """The set for a question (lower-case wire name + type + class) about `qname`: with
+        `ready` false, the one the config says, whatever the links."""
         zone = self.zones.find_wire(question[:-4]) if self.zones else None
         if zone is not None:
             return self.zone_sets[zone]
@@ -107,15 +111,44 @@ class Forwarder:
             return self.breakout
         return self.default
 
+    def _route(
+        self, question: bytes, qname: str, matcher: NameMatcher, ready: bool
+    ) -> tuple[UpstreamSet, UpstreamSet | Fallback]:
+        """The set to ask now, and the origin to record: a breakout name asked of the default
+        upstreams because no link is usable or every breakout resolver is down (probed in the
+        background meanwhile) is a `Fallback`, so that a reload can tell it apart."""
+        chosen = self.choose(question, qname, matcher, True)
+        if chosen is not self.breakout:
+            return chosen, chosen
+        if ready and chosen.healthy():
+            return chosen, chosen
+        self.fallbacks += ready  # resolvers down; without a link it is the design, not a failure
+        return self.default, Fallback(chosen)
+
     def origin_ok(self, origin: object, question: bytes, qname: str, matcher: NameMatcher) -> bool:
         """Whether a cached answer from `origin` is still what this config would give."""
         chosen = self.choose(question, qname, matcher, True)
         if isinstance(origin, Spliced):
-            return origin.breakout is self.breakout and origin.first is chosen
+            return (
+                origin.breakout is self.breakout
+                and origin.first is chosen
+                and self.zones.find(origin.target) is None  # a new zone takes the target
+            )
         if isinstance(origin, Fallback):
             return origin.breakout is self.breakout is chosen
-        # Without a usable link a breakout name goes to the default upstreams too.
-        return origin is chosen or (origin is self.default and chosen is self.breakout)
+        return origin is chosen
+
+    def would_splice(self, origin: object, tag: Tagged | None, qname: str) -> bool:
+        """Whether a cached answer, not finished locally, has a chain into a policy name that
+        the breakout resolvers would now finish (they were added by a reload)."""
+        return (
+            self.breakout is not None
+            and isinstance(origin, UpstreamSet)
+            and origin is not self.breakout
+            and tag is not None
+            and tag.via != qname
+            and self.zones.find(tag.via) is None
+        )
 
     async def resolve(
         self, question: bytes, do: bool, cd: bool, matcher: NameMatcher, ready: bool
@@ -123,9 +156,8 @@ class Forwarder:
         """The answer for `question` (name, type, class; the name in lower case), or None when
         no set gave one (the caller answers SERVFAIL)."""
         qname = wire.read_name(question, 0)
-        chosen = self.choose(question, qname, matcher, ready)
+        chosen, origin = self._route(question, qname, matcher, ready)
         got = await chosen.resolve(question, do, cd)
-        origin: UpstreamSet | Fallback = chosen
         if got is None and chosen is self.breakout:
             self.fallbacks += 1
             log.debug("no breakout resolver answered for %s: asking the default upstreams", qname)
@@ -157,7 +189,13 @@ class Forwarder:
         if layout.rcode != wire.NOERROR or not layout.answers:
             return resolved
         chain, _ = replies.chain_of(data, layout, qname)
-        target = next((n for n in chain[1:] if "\\" not in n and matcher.match(n)), None)
+        # A policy name inside a forward zone is the zone's to answer (a zone beats the
+        # policy), on a chain as much as asked directly: it is no target.
+        zones = self.zones
+        target = next(
+            (n for n in chain[1:] if "\\" not in n and matcher.match(n) and zones.find(n) is None),
+            None,
+        )
         if target is None:
             return resolved
         local_question = wire.encode_name(target) + question[-4:]
@@ -177,7 +215,7 @@ class Forwarder:
         self.spliced += 1
         first = resolved.origin
         assert isinstance(first, UpstreamSet)
-        return Resolved(joined, joined_layout, up, Spliced(first, breakout))
+        return Resolved(joined, joined_layout, up, Spliced(first, breakout, target))
 
     async def close(self) -> None:
         for upstreams in self.sets():

@@ -147,8 +147,10 @@ class Handler:
         forwarder, matcher = self.forwarder, self.matcher
         for entry in self.cache:
             question = entry.key[:-1]
-            if rerouted and not forwarder.origin_ok(
-                entry.origin, question, wire.read_name(question, 0), matcher
+            qname = wire.read_name(question, 0)
+            if rerouted and (
+                not forwarder.origin_ok(entry.origin, question, qname, matcher)
+                or forwarder.would_splice(entry.origin, entry.tag, qname)
             ):
                 self.cache.drop(entry)
                 dropped += 1

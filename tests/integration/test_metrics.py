@@ -10,7 +10,11 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 
+from resolver.config import BreakoutConfig
 from resolver.metrics import CONTENT_TYPE, Metric, MetricsServer, render
+from resolver.metricset import collect
+from tests.fakeupstream import FakeUpstream
+from tests.integration.conftest import DnsEnv, RecordingHook, StubMatcher
 
 pytestmark = pytest.mark.integration
 
@@ -182,3 +186,59 @@ def test_urllib_404() -> None:
         assert info.value.code == 404
 
     serve(check)
+
+
+async def test_a_scrape_shows_split_dns_at_work() -> None:
+    """Roles on the upstream metrics and the split DNS counters, after real queries: a chain
+    finished through the breakout resolver, a fallback, a canary, a cache eviction."""
+    breakout = await FakeUpstream(
+        {"www.example.test": [{"type": "A", "value": "203.0.113.10", "ttl": 60}]}
+    ).start()
+    office = await FakeUpstream(
+        {"autodiscover.corp.example": [{"type": "CNAME", "value": "www.example.test", "ttl": 60}],
+         "www.example.test": [{"type": "A", "value": "192.0.2.80", "ttl": 60}]}
+    ).start()  # fmt: skip
+    hook = RecordingHook()
+    hook.ready = True
+    env = DnsEnv(
+        hook=hook,
+        matcher=StubMatcher({"www.example.test": 1, "n1.example.test": 2}),
+        forward_zones={"corp.example": (office.address,)},
+        breakout=BreakoutConfig(interface="wan0", resolvers=(breakout.address,)),
+        cache={"max_entries": 1},
+    )
+    try:
+        async with env:
+            metrics = MetricsServer(("127.0.0.1", 0), lambda: collect(env.srv, None))
+            await metrics.start()
+            try:
+                spliced = await env.ask("autodiscover.corp.example")
+                assert [str(rr.rdata) for rr in spliced.rr][-1] == "203.0.113.10"
+                breakout.mode = "timeout"
+                fallback = await env.ask("n1.example.test")  # the default upstream answers
+                assert [str(rr.rdata) for rr in fallback.rr] == ["203.0.113.2"]
+                await env.ask("use-application-dns.net")
+                response = await exchange(metrics.port, b"GET /metrics HTTP/1.0\r\n\r\n")
+            finally:
+                await metrics.stop()
+    finally:
+        await breakout.stop()
+        await office.stop()
+    status, _, body = split(response)
+    assert status == "HTTP/1.1 200 OK"
+    lines = body.decode().splitlines()
+    for line in (
+        "resolverd_spliced_answers_total 1",
+        "resolverd_breakout_fallbacks_total 1",
+        "resolverd_canary_answers_total 1",
+        "resolverd_cache_evictions_total 1",  # two answers cached, room for one
+        "resolverd_udp_send_dropped_total 0",
+        f'resolverd_upstream_healthy{{upstream="{env.fake.text}",role="default"}} 1',
+        f'resolverd_upstream_healthy{{upstream="{office.text}",role="zone:corp.example"}} 1',
+        f'resolverd_upstream_healthy{{upstream="{breakout.text}",role="breakout"}} 1',
+    ):
+        assert line in lines
+    rtts = [line for line in lines if line.startswith("resolverd_upstream_rtt_seconds{")]
+    assert [line.split("role=")[1].split("}")[0] for line in rtts] == [
+        '"default"', '"zone:corp.example"', '"breakout"',
+    ]  # fmt: skip

@@ -17,11 +17,18 @@ STATUS: dict[str, Any] = {
     "config": "/etc/resolverd/resolverd.yaml",
     "version": "0.1.0",
     "upstreams": [
-        {"address": "192.0.2.53:53", "healthy": True, "rtt_ms": 12.25},
-        {"address": "198.51.100.53:53", "healthy": False, "rtt_ms": None},
+        {"address": "192.0.2.53:53", "healthy": True, "rtt_ms": 12.25, "role": "default"},
+        {"address": "198.51.100.53:53", "healthy": False, "rtt_ms": None, "role": "breakout"},
+        {
+            "address": "[2001:db8::53]:53",
+            "healthy": True,
+            "rtt_ms": 3.0,
+            "role": "zone:corp.example",
+        },
     ],
     "cache": {"entries": 120, "hits": 300, "misses": 100},
     "queries": {"total": 400, "tagged": 50, "refused": 2, "servfail": 1, "dropped": 7},
+    "forwarding": {"breakout_fallbacks": 4, "spliced": 9, "routes_deferred": 0, "canaries": 3},
     "policy": {"source": "builtin:microsoft365", "version": "seed-000", "rules": 16},
     "breakout": {
         "interface": "wan0",
@@ -44,8 +51,9 @@ Global
   Version: 0.1.0
 
 Upstreams
-     192.0.2.53:53: healthy, rtt 12.2 ms
-  198.51.100.53:53: unhealthy
+      192.0.2.53:53: default, healthy, rtt 12.2 ms
+   198.51.100.53:53: breakout, unhealthy
+  [2001:db8::53]:53: zone:corp.example, healthy, rtt 3.0 ms
 
 Cache
     Entries: 120
@@ -59,6 +67,12 @@ Queries
    Refused: 2
   SERVFAIL: 1
    Dropped: 7
+
+Forwarding
+  Breakout fallbacks: 4
+             Spliced: 9
+            Canaries: 3
+     Routes deferred: 0
 
 Policy
    Source: builtin:microsoft365
@@ -87,6 +101,17 @@ def test_status_text_survives_missing_and_odd_fields() -> None:
     assert "  Hit ratio: -\n" in text
     assert "Breakout\n  Mode: off\n" in text
     assert render_status(None).startswith("Global\n")
+
+
+def test_status_text_from_a_daemon_without_roles_or_forwarding() -> None:
+    old = {k: v for k, v in STATUS.items() if k != "forwarding"}
+    old["upstreams"] = [{"address": "192.0.2.53:53", "healthy": True, "rtt_ms": 1.0}]
+    text = render_status(old)
+    assert "Upstreams\n  192.0.2.53:53: healthy, rtt 1.0 ms\n" in text
+    assert "Forwarding" not in text
+    odd = render_status({**STATUS, "forwarding": {"spliced": "many", "new_counter": 5}})
+    assert "Forwarding\n  Breakout fallbacks: -\n             Spliced: many\n" in odd
+    assert "         New counter: 5\n" in odd
 
 
 def test_status_text_without_traffic_has_no_ratio() -> None:

@@ -6,7 +6,12 @@ import math
 
 import pytest
 
+from policy.matcher import Matcher
+from resolver.config import parse_config
+from resolver.dns.server import DnsServer
+from resolver.hooks import NullHook
 from resolver.metrics import Metric, format_value, render
+from resolver.metricset import collect
 
 pytestmark = pytest.mark.unit
 
@@ -41,6 +46,49 @@ def test_render_help_type_and_samples() -> None:
         "# TYPE resolverd_upstream_rtt_seconds gauge\n"
         'resolverd_upstream_rtt_seconds{upstream="192.0.2.53:53"} 0.0125\n'
     )
+
+
+def test_upstream_metrics_carry_the_role() -> None:
+    text = render(
+        [
+            Metric(
+                "resolverd_upstream_healthy",
+                "gauge",
+                "Up.",
+                [({"upstream": "203.0.113.53:53", "role": "breakout"}, 0)],
+            )
+        ]
+    )
+    assert 'resolverd_upstream_healthy{upstream="203.0.113.53:53",role="breakout"} 0\n' in text
+
+
+def test_the_metric_set_names_every_upstream_by_role_and_counts_split_dns() -> None:
+    config = parse_config(
+        {
+            "upstreams": ["198.51.100.53"],
+            "forward_zones": {"corp.example": ["192.0.2.53:5353"]},
+            "breakout": {"interface": "wan0", "resolvers": ["203.0.113.53"]},
+        }
+    )
+    dns = DnsServer(config, Matcher([]), NullHook())  # not started: no sockets
+    dns.handler.forwarder.default.upstreams[0].answered(0.0125)  # one RTT sample
+    lines = render(collect(dns, None)).splitlines()
+    rtt = 'resolverd_upstream_rtt_seconds{upstream="198.51.100.53:53",role="default"} 0.0125'
+    assert [line for line in lines if line.startswith("resolverd_upstream_rtt_seconds{")] == [rtt]
+    assert [line for line in lines if line.startswith("resolverd_upstream_healthy{")] == [
+        'resolverd_upstream_healthy{upstream="198.51.100.53:53",role="default"} 1',
+        'resolverd_upstream_healthy{upstream="192.0.2.53:5353",role="zone:corp.example"} 1',
+        'resolverd_upstream_healthy{upstream="203.0.113.53:53",role="breakout"} 1',
+    ]
+    for name in (
+        "resolverd_breakout_fallbacks_total",
+        "resolverd_spliced_answers_total",
+        "resolverd_canary_answers_total",
+        "resolverd_cache_evictions_total",
+        "resolverd_udp_send_dropped_total",
+    ):
+        assert f"# TYPE {name} counter" in lines
+        assert f"{name} 0" in lines
 
 
 def test_counter_names_end_in_total() -> None:
