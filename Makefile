@@ -4,8 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests, the demo and the benchmarks drive.
-SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd
-SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze
+SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd nodejs
+SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node
 
 .PHONY: all venv sysdeps test test-unit test-integration test-netns test-package bench demo lint \
 	deb clean
@@ -35,7 +35,7 @@ sysdeps:
 test: venv sysdeps
 	$(PY) -m pytest tests/unit tests/integration tests/netns tests/package -q
 
-test-unit: venv
+test-unit: venv sysdeps
 	$(PY) -m pytest tests/unit -q -m unit
 
 test-integration: venv
@@ -62,9 +62,11 @@ demo: venv sysdeps
 	$(PY) -m tests.demo
 
 lint: venv
-	$(VENV)/bin/ruff check policy resolver tests
-	$(VENV)/bin/ruff format --check policy resolver tests
+	$(VENV)/bin/ruff check policy resolver tests vulture_whitelist.py
+	$(VENV)/bin/ruff format --check policy resolver tests vulture_whitelist.py
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/vulture
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -131,10 +131,6 @@ class Document:
     def error_count(self) -> int:
         return len(self._found)
 
-    def raise_errors(self, error: Callable[[list[str]], Exception] = DocumentError) -> None:
-        if self._found:
-            raise error(self.errors)
-
     # -- scalars ----------------------------------------------------------------------------
 
     def scalar(self, node: yaml.Node, path: str) -> Any:

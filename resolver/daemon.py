@@ -43,10 +43,6 @@ HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 DRAIN_TIMEOUT = 3.0
 
 
-class StartError(Exception):
-    """Start-up failed; the message is for the operator."""
-
-
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """Everything derived from one config file, verified before it is used."""
@@ -229,6 +225,7 @@ class Daemon:
             "queries": dns["queries"],
             "forwarding": dns["forwarding"],
             "udp": dns["udp"],
+            "tcp": dns["tcp"],
             "policy": self._policy_status(),
             "breakout": breakout,
         }
@@ -309,7 +306,7 @@ async def serve(loaded: Loaded, loop_name: str) -> int:
     daemon = Daemon(loaded)
     try:
         await daemon.start()
-    except (OSError, ValueError, BreakoutError, StartError) as err:
+    except (OSError, ValueError, BreakoutError) as err:
         # OSError: a port or socket path in use; ValueError: an unknown control.group.
         log.error("start failed: %s", err)
         await daemon.stop()

@@ -63,7 +63,6 @@ class RemoteError(CtlError):
             text = f"{head}:" + "".join(f"\n  {line}" for line in lines)
         super().__init__(text)
         self.name = name
-        self.remote_message = message
 
 
 class SocketPath(NamedTuple):

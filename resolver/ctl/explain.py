@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from policy.model import Match
+    from resolver.config import Config
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,8 +32,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
 
 
-def _text_lines(rows: list[tuple[str, Match | None, str | None]]) -> list[str]:
-    """One aligned line per name: name, row, pattern, required/optional, [category,] ports."""
+def upstream_set(name: str, match: Match | None, config: Config | None) -> str:
+    """Where the daemon sends a query for `name`: ``zone:NAME`` (the longest forward zone
+    holding it), ``breakout`` (a policy name, with breakout.resolvers set, while a breakout
+    link is usable; else the default upstreams) or ``default``."""
+    if config is None:
+        return "default"
+    from resolver.dns.zones import Zones  # pure: no sockets, no asyncio
+
+    zone = Zones(config.forward_zones).find(name)
+    if zone is not None:
+        return f"zone:{zone}"
+    if match is not None and config.breakout.resolvers:
+        return "breakout"
+    return "default"
+
+
+def _text_lines(
+    rows: list[tuple[str, Match | None, str | None]], upstreams: list[str] | None = None
+) -> list[str]:
+    """One aligned line per name: name, row, pattern, required/optional, [category,] ports,
+    [the upstream set, when the config forwards anything but to the default upstreams]."""
     categories = any(match is not None and match.rule.category for _, match, _ in rows)
     table: list[list[str]] = []
     for name, match, problem in rows:
@@ -48,6 +68,11 @@ def _text_lines(rows: list[tuple[str, Match | None, str | None]]) -> list[str]:
                 cells.append(rule.category or "-")
             cells.append(",".join(rule.ports) or "-")
             table.append(cells)
+    if upstreams is not None:
+        width = max(len(cells) for cells in table)
+        for cells, upstream in zip(table, upstreams, strict=True):
+            cells.extend([""] * (width - len(cells)))
+            cells.append(f"upstream: {upstream}")
     widths: dict[int, int] = {}
     for cells in table:
         for column, cell in enumerate(cells[:-1]):
@@ -65,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from resolver.ctl import policysource
 
     try:
-        policy = policysource.load(args.config)
+        policy, config = policysource.load_with_config(args.config)
     except PolicyError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
@@ -79,15 +104,20 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"explain: {name!r}: invalid name: {exc}", file=sys.stderr)
             rows.append((name, None, str(exc)))
+    upstreams = [upstream_set(name, match, config) for name, match, _ in rows]
+    # Only a config that forwards elsewhere than the default upstreams has anything to say.
+    split = config is not None and bool(config.forward_zones or config.breakout.resolvers)
     if args.json:
         out: list[dict[str, object]] = []
-        for name, match, problem in rows:
+        for (name, match, problem), upstream in zip(rows, upstreams, strict=True):
             item: dict[str, object] = {"name": name, "match": match and match.to_json()}
+            if split:
+                item["upstream"] = upstream
             if problem is not None:
                 item["error"] = f"invalid name: {problem}"
             out.append(item)
         print(json.dumps(out, indent=2))
     else:
-        for line in _text_lines(rows):
+        for line in _text_lines(rows, upstreams if split else None):
             print(line)
     return 1 if any(problem is not None for _, _, problem in rows) else 0

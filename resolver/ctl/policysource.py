@@ -12,17 +12,22 @@ import os
 
 from policy.loader import PolicyError, load_policy
 from policy.model import Policy
-from resolver.config import DEFAULT_CONFIG, ConfigError, load_config
+from resolver.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from resolver.ctl import client
 from resolver.endpointcache import effective_policy
 
 
 def load(config: str | None) -> Policy:
     """Raises PolicyError listing every problem (config errors included, with their file)."""
+    return load_with_config(config)[0]
+
+
+def load_with_config(config: str | None) -> tuple[Policy, Config | None]:
+    """The policy, and the config it came from (None: the built-in table, no config)."""
     if config is None and os.path.exists(DEFAULT_CONFIG):
         config = DEFAULT_CONFIG
     if config is None:
-        return load_policy("microsoft365", (), include_optional=True)
+        return load_policy("microsoft365", (), include_optional=True), None
     try:
         cfg = load_config(config)
     except ConfigError as exc:
@@ -31,4 +36,4 @@ def load(config: str | None) -> Policy:
     policy = effective_policy(cfg, warnings=warnings)
     for warning in warnings:
         client.warn(warning)
-    return policy
+    return policy, cfg

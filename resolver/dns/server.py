@@ -209,6 +209,7 @@ class DnsServer:
                 "routes_deferred": c["routes_deferred"], "canaries": c["canaries"],
             },
             "udp": self.udp_stats(),
+            "tcp": self.tcp_stats(),
         }  # fmt: skip
 
 

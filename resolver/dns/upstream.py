@@ -164,7 +164,6 @@ class UpstreamSet:
         self.upstreams: list[Upstream] = []
         self.closed = False
         self.clock = time.monotonic  # for the soft-failure scores
-        self.failed_answers = 0  # questions none of the set answered
         self.configure(upstreams, timeout)
 
     @property
@@ -211,7 +210,6 @@ class UpstreamSet:
             if reply is not None:
                 up.stats["answers"] += 1
                 return reply, up
-        self.failed_answers += 1
         return None
 
     async def _ask(self, up: Upstream, question: bytes, do: bool, cd: bool) -> Reply | None:

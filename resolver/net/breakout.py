@@ -232,7 +232,9 @@ class Breakout:
                 if h.expires > h.noted - 15.0:
                     journal.extended(h)
             if h.installed:
-                if h.set_expires - now < (h.expires - now) * 0.5:  # Hold.wants_set_refresh
+                if (
+                    h.set_expires - now < (h.expires - now) * 0.5
+                ):  # less than half the hold left on them
                     self._refresh(h)
                 continue
             batch = h.batch

@@ -85,7 +85,6 @@ class Prober:
         self.timeout = timeout
         self.outcome = outcome
         self.probes: list[Probe] = []
-        self.rounds = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -98,7 +97,6 @@ class Prober:
         """One round: every link at once, each bounded by the timeout."""
         probes = list(self.probes)
         results = await asyncio.gather(*(self.probe(p) for p in probes))
-        self.rounds += 1
         for index, (good, rtt) in enumerate(results):
             self.outcome(index, good, rtt)
 

@@ -90,11 +90,6 @@ class Hold:
         live = sorted(n for n, exp in names.items() if exp > now)
         return live or sorted(names)
 
-    def wants_set_refresh(self, now: float) -> bool:
-        """True when the set entries would lapse well before the hold: less than half of the
-        remaining hold is left on them. Bounds refreshes to about two per hold per address."""
-        return self.set_expires - now < (self.expires - now) * 0.5
-
 
 class Ledger:
     """The breakout's books: holds by packed address, the config's routes, the counters."""

@@ -40,12 +40,10 @@ log = logging.getLogger(__name__)
 NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
 
-NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 
 NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
@@ -57,9 +55,7 @@ NLA_F_NET_BYTEORDER = 0x4000
 NLA_TYPE_MASK = 0x3FFF
 
 SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33  # not exported by the socket module
 
@@ -191,7 +187,6 @@ class Channel:
         self._thread: threading.Thread | None = None
         self._buf = bytearray(_RECV_SIZE)
         self.pending = 0  # jobs queued or in progress
-        self.overruns = 0
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._thread is None:
@@ -342,7 +337,6 @@ class Channel:
                 return
             except OSError as err:
                 if err.errno == errno.ENOBUFS:  # replies were lost: nothing here is certain
-                    self.overruns += 1
                     self._fail_range(errors, base, first, acked, errno.ENOBUFS)
                     log.warning("netlink receive buffer overrun: %d requests failed",
                                 acked - first + 1)  # fmt: skip

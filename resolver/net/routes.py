@@ -188,7 +188,7 @@ FIB_RULE_HDR = struct.Struct(
     "=BBBBBBBBI"
 )  # family dst_len src_len tos table res1 res2 action flags
 FR_ACT_TO_TBL = 1
-FRA_DST, FRA_SRC, FRA_IIFNAME = 1, 2, 3
+FRA_IIFNAME = 3
 FRA_PRIORITY = 6
 FRA_FWMARK = 10
 FRA_TABLE = 15

@@ -1,22 +1,20 @@
 """Integration tier: the real DnsServer on loopback against the in-process fake upstream.
 
-No pytest plugin is needed for asyncio: `async def test_...` functions are run with
-asyncio.run by the hook below (with a time limit). Each test builds its world with
-`async with DnsEnv(...) as env:` and queries it with dnslib on the client side.
+`async def test_...` functions are run with asyncio.run by the hook in tests/conftest.py. Each
+test builds its world with `async with DnsEnv(...) as env:` and queries it with dnslib on the
+client side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
-import pytest
 from dnslib import EDNS0, QTYPE, DNSRecord
 
 from policy.model import Match, Rule
@@ -30,18 +28,6 @@ from resolver.config import (
 from resolver.dns.server import DnsServer
 from resolver.hooks import Tagged
 from tests.fakeupstream import FakeUpstream
-
-TEST_TIME_LIMIT = 30.0
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    names = pyfuncitem._fixtureinfo.argnames
-    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), TEST_TIME_LIMIT))
-    return True
 
 
 def _big_txt(count: int) -> list[dict[str, Any]]:

@@ -20,7 +20,9 @@ async def test_status_has_the_contract_keys() -> None:
         await env.ask("www.example.test")
         await env.ask("www.example.test")
         status = env.srv.status()
-        assert set(status) == {"listen", "upstreams", "cache", "queries", "forwarding", "udp"}
+        assert set(status) == {
+            "listen", "upstreams", "cache", "queries", "forwarding", "udp", "tcp",
+        }  # fmt: skip
         assert status["listen"] == [
             f"127.0.0.1:{env.address()[1]}",
             f"[::1]:{env.address(v6=True)[1]}",

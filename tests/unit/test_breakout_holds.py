@@ -11,7 +11,6 @@ import pytest
 
 from resolver.net import watch
 from resolver.net.breakout import Breakout
-from resolver.net.holds import Hold
 from resolver.net.links import KIND_ADDR, KIND_LINK, KIND_ROUTE, Addr, Link
 from resolver.net.routes import Route
 from tests.unit.breakout_fakes import (
@@ -539,13 +538,6 @@ def test_capability_check_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
             await k.open(asyncio.get_running_loop())
 
     run(body)
-
-
-def test_hold_refresh_rule() -> None:
-    h = Hold(b"\xcb\x00q\x01", "x.office.com", 400.0, 1)
-    h.set_expires = 300.0
-    assert not h.wants_set_refresh(150.0)  # 150 s left of 250
-    assert h.wants_set_refresh(250.0)  # 50 s left of 150
 
 
 def test_a_cancelled_answer_does_not_cancel_the_others(tmp_path: Any) -> None:

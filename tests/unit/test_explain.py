@@ -315,3 +315,34 @@ def test_resolverctl_process_imports_no_daemon_modules(tmp_path: Path, with_conf
         assert matches[1]["match"]["pattern"] == "contoso.sharepoint.com"
     else:
         assert matches[1]["match"] is None  # not in the built-in table
+
+
+def test_explain_says_which_upstream_set_a_name_goes_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path,
+        f"""\
+        state_dir: {tmp_path}/state
+        forward_zones: {{corp.example: ["198.51.100.53"], office.com: ["198.51.100.54"]}}
+        breakout: {{interface: wan0, resolvers: ["203.0.113.53"]}}
+        """,
+    )
+    names = ["outlook.office365.com", "intranet.corp.example", "x.office.com", "example.com"]
+    code, out, err = run_explain(["explain", "--config", config, "--json", *names], capsys)
+    assert (code, err) == (0, "")
+    assert [item["upstream"] for item in json.loads(out)] == [
+        "breakout",  # a policy name: the ISP's resolvers
+        "zone:corp.example",
+        "zone:office.com",  # a zone beats the policy
+        "default",
+    ]
+    code, out, _ = run_explain(["explain", "--config", config, *names], capsys)
+    lines = out.splitlines()
+    assert lines[0].endswith("upstream: breakout") and lines[3].endswith("upstream: default")
+    # Without zones or resolvers everything goes to the default upstreams: nothing to show.
+    plain = write_config(tmp_path, f"state_dir: {tmp_path}/state\n")
+    code, out, _ = run_explain(["explain", "--config", plain, "outlook.office365.com"], capsys)
+    assert "upstream" not in out
+    code, out, _ = run_explain(["explain", "--config", plain, "--json", "example.com"], capsys)
+    assert "upstream" not in json.loads(out)[0]
