@@ -87,6 +87,7 @@ class Daemon:
         self.dns = DnsServer(cfg, matcher, hook)
         await self.dns.start()
         self.control = ControlServer(cfg.control.socket, self, cfg.control.group)
+        self.control.monitor.connect(self.dns.handler)  # resolverctl monitor: the observer
         await self.control.start()
         if cfg.metrics.listen is not None:
             self.metrics = MetricsServer(cfg.metrics.listen, self.collect_metrics)

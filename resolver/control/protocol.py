@@ -8,9 +8,21 @@ connection may carry several requests::
     {"version": 1, "ok": false, "error": {"name": "PermissionDenied", "message": "..."}}
 
 Read commands (``status``, ``routes``, ``ping``, ``version``) are open to anyone who can connect
-to the socket. Commands that change state (``flush``, ``reload``, ``policy_update``) need root,
-the daemon's own user (so that ``ExecReload=resolverctl reload`` works), or membership of the
-socket file's group, as the peer's primary or a supplementary group.
+to the socket. Commands that change state (``flush``, ``reload``, ``policy_update``) and
+``monitor`` (it shows which client asked for which name) need root, the daemon's own user (so
+that ``ExecReload=resolverctl reload`` works), or membership of the socket file's group, as the
+peer's primary or a supplementary group.
+
+``monitor`` is the one streaming command and the one that takes arguments, all optional::
+
+    {"version": 1, "command": "monitor", "args": {"client": "10.1.0.0/24",
+                                                  "name": "teams.microsoft.com", "tagged": true}}
+    {"version": 1, "ok": true, "result": {"streaming": true}}
+    {"time": ..., "client": ..., "name": ..., ...}      one line per answered query
+    {"dropped": 12}                                       events this watcher was too slow for
+
+The event lines follow until the client closes the connection (or its sending side); nothing
+the client sends after the request is read. See resolver.control.monitor.
 
 This module is stdlib only and imports no asyncio: ``resolverctl`` uses it too. `Dispatcher`
 holds the parse/validate/authorize/dispatch logic; `resolver.control.server` only moves lines.
@@ -24,6 +36,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from resolver import __version__
+from resolver.control.monitor import Filter, Watcher, Watchers
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +54,9 @@ UPDATE_FAILED = "UpdateFailed"
 BUSY = "Busy"
 INTERNAL = "Internal"
 
+MONITOR = "monitor"  # the streaming command
 READ_COMMANDS = frozenset({"status", "routes", "ping", "version"})
-ADMIN_COMMANDS = frozenset({"flush", "reload", "policy_update"})
+ADMIN_COMMANDS = frozenset({"flush", "reload", "policy_update", MONITOR})
 COMMANDS = READ_COMMANDS | ADMIN_COMMANDS
 
 
@@ -115,6 +129,14 @@ class Request(NamedTuple):
     args: dict[str, Any]
 
 
+class Answer(NamedTuple):
+    """What `Dispatcher.handle` sends back: the response line, and for ``monitor`` the watcher
+    whose events follow it on the same connection."""
+
+    data: bytes
+    watcher: Watcher | None = None
+
+
 class Peer(NamedTuple):
     """The credentials of a connected client, from SO_PEERCRED (and SO_PEERGROUPS)."""
 
@@ -177,7 +199,12 @@ def parse_request(line: bytes) -> Request:
         raise UnknownCommand(
             f"unknown command {command[:64]!r} (known: {', '.join(sorted(COMMANDS))})"
         )
-    if args:
+    if command == MONITOR:
+        try:
+            args = Filter.from_args(args).to_args()
+        except ValueError as exc:
+            raise BadRequest(f"monitor: {exc}") from None
+    elif args:
         raise BadRequest(f"{command} takes no arguments, got: {', '.join(sorted(args))}")
     return Request(command, args)
 
@@ -205,7 +232,8 @@ def may_run(command: str, peer: Peer, admin_gid: int, daemon_uid: int) -> bool:
 
 
 class Dispatcher:
-    """Turns request lines into response objects: parse, authorize, call the handler."""
+    """Turns request lines into response objects: parse, authorize, call the handler (or, for
+    ``monitor``, open a watcher in `watchers`)."""
 
     def __init__(
         self,
@@ -213,11 +241,13 @@ class Dispatcher:
         admin_gid: int,
         daemon_uid: int,
         admin_group_name: str = "",
+        watchers: Watchers | None = None,
     ) -> None:
         self.handlers = handlers
         self.admin_gid = admin_gid
         self.daemon_uid = daemon_uid
         self.admin_group_name = admin_group_name or str(admin_gid)
+        self.watchers = watchers
 
     def _table(self) -> dict[str, Callable[[], Any]]:
         h = self.handlers
@@ -231,8 +261,21 @@ class Dispatcher:
             "policy_update": h.policy_update,
         }
 
-    async def handle_line(self, line: bytes, peer: Peer) -> bytes:
-        """The encoded response line for one request line; never raises."""
+    def _monitor(self, request: Request, peer: Peer) -> Answer:
+        watchers = self.watchers
+        if watchers is None:
+            raise UnknownCommand("monitor is not available on this socket")
+        if watchers.full:
+            raise ControlError(
+                f"too many monitors open ({watchers.limit}); close one and try again", BUSY
+            )
+        label = f"uid {peer.uid} pid {peer.pid}"
+        watcher = watchers.open(Filter.from_args(request.args), label)
+        return Answer(encode(ok_response({"streaming": True})), watcher)
+
+    async def handle(self, line: bytes, peer: Peer) -> Answer:
+        """The encoded response line for one request line; never raises. For ``monitor`` the
+        answer carries the watcher: the caller streams its events, then closes it."""
         command = "?"
         try:
             request = parse_request(line)
@@ -248,19 +291,23 @@ class Dispatcher:
                 raise PermissionDenied(
                     f"{command} needs root or membership of group {self.admin_group_name}"
                 )
+            if command == MONITOR:
+                return self._monitor(request, peer)  # logged by Watchers.open, with the filter
             if command in ADMIN_COMMANDS:
                 log.info("control: %s by uid %d pid %d", command, peer.uid, peer.pid)
             result = self._table()[command]()
             if isinstance(result, Awaitable):
                 result = await result
-            return encode(ok_response(result))  # a result JSON cannot carry is a bug: below
+            return Answer(encode(ok_response(result)))  # a result JSON cannot carry: below
         except ControlError as exc:
             if command in ADMIN_COMMANDS and not isinstance(exc, PermissionDenied):
                 log.info("control: %s failed: %s: %s", command, exc.name, exc.message)
-            return encode(error_response(exc.name, exc.message))
+            return Answer(encode(error_response(exc.name, exc.message)))
         except Exception as exc:
             log.exception("control: %s: internal error", command)
-            return encode(error_response(INTERNAL, f"{command}: {type(exc).__name__}: {exc}"))
+            return Answer(
+                encode(error_response(INTERNAL, f"{command}: {type(exc).__name__}: {exc}"))
+            )
 
 
 def parse_proc_groups(status_text: str) -> frozenset[int]:

@@ -9,6 +9,10 @@ socket left by a crashed daemon is replaced; a live one (another daemon answerin
 Each connection may carry several requests, one line each, answered in order. A request line is
 at most `protocol.MAX_REQUEST_BYTES`; a connection idle for `idle_timeout` seconds is closed.
 Commands that change state run one at a time.
+
+A ``monitor`` request turns its connection into a stream: the watcher's events (see
+resolver.control.monitor), one JSON line each, until the client closes. `monitor` holds the
+watchers; the daemon connects it to the DNS handler.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import stat
 import struct
 from typing import Any
 
+from resolver.control.monitor import Event, Watcher, Watchers
 from resolver.control.protocol import (
     BUSY,
     MAX_REQUEST_BYTES,
@@ -96,14 +101,19 @@ class _Connection:
 
 
 class _Serialized:
-    """The daemon's handlers, with the state-changing ones run one at a time."""
+    """The daemon's handlers, with the state-changing ones run one at a time; `status` gains the
+    monitor's counts once the monitor is connected to the DNS handler."""
 
-    def __init__(self, handlers: ControlHandlers) -> None:
+    def __init__(self, handlers: ControlHandlers, watchers: Watchers) -> None:
         self._handlers = handlers
+        self._watchers = watchers
         self._lock = asyncio.Lock()
 
     def status(self) -> dict[str, Any]:
-        return self._handlers.status()
+        status = self._handlers.status()
+        if self._watchers.connected:  # a monitor that watches DNS answers: its counts too
+            status = {**status, "monitor": self._watchers.status()}
+        return status
 
     def routes(self) -> list[dict[str, Any]]:
         return self._handlers.routes()
@@ -149,11 +159,14 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._identity: tuple[int, int] | None = None  # st_dev, st_ino of our socket file
         self._conns: dict[asyncio.Task[Any], _Connection] = {}
+        self.monitor = Watchers()
 
     async def start(self) -> None:
         gid, group_name = resolve_group(self.group)
         self.gid = gid
-        self._dispatcher = Dispatcher(_Serialized(self.handlers), gid, os.geteuid(), group_name)
+        self._dispatcher = Dispatcher(
+            _Serialized(self.handlers, self.monitor), gid, os.geteuid(), group_name, self.monitor
+        )
         sock = self._bind(gid)
         try:
             self._server = await asyncio.start_unix_server(
@@ -319,10 +332,59 @@ class ControlServer:
             if line.strip():
                 conn.busy = True
                 try:
-                    response = await self._dispatcher.handle_line(line, peer)
+                    answer = await self._dispatcher.handle(line, peer)
                 finally:
                     conn.busy = False
-                writer.write(response)
+                if answer.watcher is not None:
+                    await self._stream(reader, writer, answer.data, answer.watcher)
+                    return
+                writer.write(answer.data)
                 await writer.drain()
             if last:
                 return
+
+    async def _stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        first: bytes,
+        watcher: Watcher,
+    ) -> None:
+        """``monitor``: `first` (the ok response), then the watcher's events until the client
+        closes. A client that does not read stalls only this task: its watcher's queue fills and
+        the events beyond it are dropped and counted; the DNS path never waits for a socket."""
+        wake = asyncio.Event()
+        watcher.wake = wake.set
+        closed = asyncio.create_task(_until_eof(reader))
+        closed.add_done_callback(lambda _task: wake.set())
+        try:
+            writer.write(first)
+            await writer.drain()
+            while not closed.done():
+                events, dropped = watcher.take()
+                if not events and not dropped:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                writer.write(_event_lines(events, dropped))
+                await writer.drain()
+        finally:
+            closed.cancel()
+            self.monitor.close(watcher)
+
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    """Read and discard whatever a monitoring client sends, until it closes."""
+    try:
+        while await reader.read(4096):
+            pass
+    except ConnectionError as exc:
+        log.debug("control: monitor connection ended: %s", exc)
+
+
+def _event_lines(events: list[Event], dropped: int) -> bytes:
+    """JSON lines for `events`, then ``{"dropped": N}`` for the events lost after them."""
+    lines = [encode(event) for event in events]
+    if dropped:
+        lines.append(encode({"dropped": dropped}))
+    return b"".join(lines)

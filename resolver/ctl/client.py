@@ -1,4 +1,5 @@
-"""resolverctl's side of the control socket: blocking, stdlib only, one request per call.
+"""resolverctl's side of the control socket: blocking, stdlib only, one request per call (or,
+for ``monitor``, one stream of lines per call).
 
 Where the socket is: ``--socket``, else ``control.socket`` from the config file (``--config``, or
 the default config file when it exists), else the built-in default. Errors become `CtlError`,
@@ -14,9 +15,11 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from resolver.control.protocol import (
+    MAX_REQUEST_BYTES,
     MAX_RESPONSE_BYTES,
     PERMISSION_DENIED,
     RELOAD_FAILED,
@@ -147,30 +150,76 @@ def request(args: argparse.Namespace, command: str, timeout: float = READ_TIMEOU
     """Run `command` on the daemon named by the command line; errors become CtlError."""
     where = socket_path(getattr(args, "socket", None), getattr(args, "config", None))
     timeout = getattr(args, "timeout", None) or timeout
-    path = where.path
     try:
-        return call(path, command, timeout=timeout)
-    except (FileNotFoundError, NotADirectoryError):
-        raise CtlError(
+        return call(where.path, command, timeout=timeout)
+    except (OSError, ControlError, ValueError) as exc:
+        raise _failure(exc, where, command, timeout) from None
+
+
+def stream(args: argparse.Namespace, command: str, command_args: dict[str, Any]) -> Iterator[Any]:
+    """Run a streaming command (``monitor``): its lines as parsed JSON, until the daemon
+    closes the connection (CtlError, exit 3: it stopped). Errors become CtlError, as for
+    `request`; only the first answer is bounded by the timeout."""
+    where = socket_path(getattr(args, "socket", None), getattr(args, "config", None))
+    timeout = getattr(args, "timeout", None) or READ_TIMEOUT
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, sock.makefile("rb") as lines:
+        try:
+            sock.settimeout(timeout)
+            sock.connect(where.path)
+            sock.sendall(encode_request(command, command_args))
+            parse_response(_read_line(lines))  # an error answer raises ControlError
+            sock.settimeout(None)
+        except (OSError, ControlError, ValueError) as exc:
+            raise _failure(exc, where, command, timeout) from None
+        while True:
+            try:
+                line = _read_line(lines)
+            except ConnectionError:
+                raise CtlError(
+                    f"resolverd closed the connection at {where.path} (it stopped or restarted)",
+                    EXIT_NOT_RUNNING,
+                ) from None
+            except (OSError, ValueError) as exc:
+                raise _failure(exc, where, command, timeout) from None
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                raise _failure(exc, where, command, timeout) from None
+            yield item
+
+
+def _read_line(lines: Any) -> bytes:
+    line: bytes = lines.readline(MAX_REQUEST_BYTES)
+    if not line:
+        raise ConnectionResetError(errno.ECONNRESET, "the daemon closed the connection")
+    if not line.endswith(b"\n"):
+        raise ValueError(f"line longer than {MAX_REQUEST_BYTES} bytes")
+    return line
+
+
+def _failure(exc: Exception, where: SocketPath, command: str, timeout: float) -> CtlError:
+    """A socket or protocol error while talking to the daemon, as the CtlError to report."""
+    path = where.path
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return CtlError(
             f"resolverd is not running (no socket at {path}, from {where.origin})",
             EXIT_NOT_RUNNING,
-        ) from None
-    except ConnectionRefusedError:
-        raise CtlError(
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return CtlError(
             f"resolverd is not running (nothing listens on {path}, from {where.origin})",
             EXIT_NOT_RUNNING,
-        ) from None
-    except PermissionError:
-        raise CtlError(f"cannot connect to {path}: permission denied; {_hint(path)}") from None
-    except TimeoutError:
-        raise CtlError(f"no answer from resolverd at {path} within {timeout:g}s") from None
-    except OSError as exc:
-        raise CtlError(f"cannot talk to resolverd at {path}: {exc.strerror or exc}") from None
-    except ControlError as exc:
+        )
+    if isinstance(exc, PermissionError):
+        return CtlError(f"cannot connect to {path}: permission denied; {_hint(path)}")
+    if isinstance(exc, TimeoutError):
+        return CtlError(f"no answer from resolverd at {path} within {timeout:g}s")
+    if isinstance(exc, OSError):
+        return CtlError(f"cannot talk to resolverd at {path}: {exc.strerror or exc}")
+    if isinstance(exc, ControlError):
         hint = _hint(path) if exc.name == PERMISSION_DENIED else ""
-        raise RemoteError(command.replace("_", " "), exc.name, exc.message, hint) from None
-    except ValueError as exc:
-        raise CtlError(f"garbled answer from resolverd at {path}: {exc}") from None
+        return RemoteError(command.replace("_", " "), exc.name, exc.message, hint)
+    return CtlError(f"garbled answer from resolverd at {path}: {exc}")
 
 
 def _hint(path: str) -> str:

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from resolver.ctl import client, explain, flush, policy, reload, routes, status
+from resolver.ctl import client, explain, flush, monitor, policy, reload, routes, status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, metavar="SECONDS", help="how long to wait for the daemon"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (status, routes, flush, reload, policy, explain):
+    for module in (status, routes, flush, reload, monitor, policy, explain):
         module.register(sub)
     return parser
 

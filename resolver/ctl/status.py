@@ -235,12 +235,15 @@ def _policy(status: Mapping[str, Any]) -> Block:
 
 
 def _breakout(status: Mapping[str, Any]) -> Block:
+    """The breakout's fields; with several links (or health checks) also the active link and
+    one line per link, e.g. ``Link wan1: up, healthy, rtt 1.4 ms, active``."""
     if status.get("breakout") is None:
         return "Breakout", [("Mode", "off")]
     b = _section(status, "breakout")
     link = b.get("link_up")
     known = {"interface", "link_up", "table", "routes_v4", "routes_v6", "cidr_routes"}
-    known |= {"ipset_v4", "ipset_v6", "errors"}
+    known |= {"ipset_v4", "ipset_v6", "errors", "active", "links", "active_v4", "active_v6"}
+    known |= {"failovers"}
     return (
         "Breakout",
         [
@@ -251,9 +254,67 @@ def _breakout(status: Mapping[str, Any]) -> Block:
             ("CIDR routes", text(b.get("cidr_routes"))),
             ("IPset entries", _pair(b.get("ipset_v4"), b.get("ipset_v6"))),
             ("Errors", text(b.get("errors"))),
+            *_links(b),
             *_extras(b, known),
         ],
     )
+
+
+def _links(b: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``Active`` and one ``Link NAME`` line per link, from a daemon that reports them."""
+    if "active" not in b and "links" not in b:  # a daemon from before several links
+        return []
+    pairs = [("Active", _active(b))]
+    links = b.get("links")
+    for item in links if isinstance(links, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        up, healthy = item.get("link_up"), item.get("healthy")
+        state = ["up" if up is True else "down" if up is False else "-"]
+        state.append(
+            "healthy" if healthy is True else "unhealthy" if healthy is False else "not probed"
+        )
+        rtt = item.get("probe_rtt_ms")
+        if isinstance(rtt, int | float) and not isinstance(rtt, bool):
+            state.append(f"rtt {rtt:.1f} ms")
+        name = item.get("interface")
+        used = [f for f in (4, 6) if name and b.get(f"active_v{f}", b.get("active")) == name]
+        if used:
+            state.append("active" if len(used) == 2 else f"active for IPv{used[0]}")
+        pairs.append((f"Link {text(name)}", ", ".join(state)))
+    pairs.append(("Failovers", text(b.get("failovers"))))
+    return pairs
+
+
+def _active(b: Mapping[str, Any]) -> str:
+    """The link the routes go through; ``none`` (the main table: the tunnel) when none is
+    usable; both when the families use different links."""
+    active = b.get("active")
+    v4, v6 = b.get("active_v4", active), b.get("active_v6", active)
+    if v4 != v6:
+        return f"{text(v4 or 'none')} (IPv4), {text(v6 or 'none')} (IPv6)"
+    if active is None:
+        return "none: the main table (the tunnel)"
+    return text(active)
+
+
+def _monitor(status: Mapping[str, Any]) -> list[Block]:
+    """`resolverctl monitor`'s counts, when the daemon reports them (none, no block)."""
+    m = status.get("monitor")
+    if not isinstance(m, Mapping):
+        return []
+    known = {"watchers", "events", "dropped"}
+    return [
+        (
+            "Monitor",
+            [
+                ("Watchers", text(m.get("watchers"))),
+                ("Events", text(m.get("events"))),
+                ("Dropped", text(m.get("dropped"))),
+                *_extras(m, known),
+            ],
+        )
+    ]
 
 
 def render_status(status: Any) -> str:
@@ -269,5 +330,6 @@ def render_status(status: Any) -> str:
             *_forwarding(status),
             _policy(status),
             _breakout(status),
+            *_monitor(status),
         ]
     )

@@ -2,7 +2,8 @@
 
 Built only while somebody watches (or debug logging is on): the handler's fast path checks one
 flag and builds nothing otherwise. The fields are the monitor's contract (DESIGN.md):
-``{time, client, name, type, rcode, source, row, via, addresses, installed, waited_ms}``.
+``{time, client, name, type, rcode, source, row, via, addresses, installed, waited_ms}``, plus
+``pattern``: the policy pattern that matched `via` (null when untagged).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def event(
         "source": source,
         "row": tag.match.rule.row if tag is not None else None,
         "via": tag.via if tag is not None else None,
+        "pattern": tag.match.pattern if tag is not None else None,  # extra: the rule's pattern
         "addresses": address_texts(tag.addresses) if tag is not None else [],
         "installed": [address_text(a) for a in installed or ()],
         "waited_ms": round(waited * 1000.0, 3),

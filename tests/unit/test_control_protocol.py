@@ -59,7 +59,7 @@ def line(command: str, **extra: Any) -> bytes:
 
 
 def handle(dispatcher: Dispatcher, data: bytes, peer: Peer = ROOT) -> dict[str, Any]:
-    out = asyncio.run(dispatcher.handle_line(data, peer))
+    out = asyncio.run(dispatcher.handle(data, peer)).data
     assert out.endswith(b"\n") and out.count(b"\n") == 1
     response: dict[str, Any] = json.loads(out)
     assert response["version"] == protocol.VERSION
@@ -118,7 +118,7 @@ def test_parse_request_rejects(data: bytes, name: str, fragment: str) -> None:
 
 
 def test_unknown_command_lists_the_known_ones() -> None:
-    with pytest.raises(protocol.UnknownCommand, match="known: flush, ping, policy_update"):
+    with pytest.raises(protocol.UnknownCommand, match="known: flush, monitor, ping, policy_update"):
         parse_request(line("nope"))
 
 

@@ -40,6 +40,14 @@ STATUS: dict[str, Any] = {
         "ipset_v4": 12,
         "ipset_v6": 3,
         "errors": 0,
+        "active": "wan1",
+        "links": [
+            {"interface": "wan0", "link_up": True, "healthy": False, "probe_rtt_ms": None},
+            {"interface": "wan1", "link_up": True, "healthy": True, "probe_rtt_ms": 1.25},
+        ],
+        "active_v4": "wan1",
+        "active_v6": "wan1",
+        "failovers": 1,
     },
 }
 
@@ -87,6 +95,10 @@ Breakout
     CIDR routes: 0
   IPset entries: 12 IPv4, 3 IPv6
          Errors: 0
+         Active: wan1
+      Link wan0: up, unhealthy
+      Link wan1: up, healthy, rtt 1.2 ms, active
+      Failovers: 1
 """
 
 
@@ -112,6 +124,30 @@ def test_status_text_from_a_daemon_without_roles_or_forwarding() -> None:
     odd = render_status({**STATUS, "forwarding": {"spliced": "many", "new_counter": 5}})
     assert "Forwarding\n  Breakout fallbacks: -\n             Spliced: many\n" in odd
     assert "         New counter: 5\n" in odd
+
+
+def test_status_text_of_the_breakout_links() -> None:
+    down = {
+        **STATUS["breakout"], "active": None, "active_v4": None, "active_v6": None,
+        "links": [
+            {"interface": "wan0", "link_up": False, "healthy": None, "probe_rtt_ms": None},
+            {"interface": "wan1", "link_up": True, "healthy": False, "probe_rtt_ms": None},
+        ],
+    }  # fmt: skip
+    text = render_status({**STATUS, "breakout": down})
+    assert "         Active: none: the main table (the tunnel)\n" in text
+    assert "      Link wan0: down, not probed\n      Link wan1: up, unhealthy\n" in text
+    split = {**STATUS["breakout"], "active": "wan0", "active_v4": "wan0", "active_v6": "wan1"}
+    text = render_status({**STATUS, "breakout": split})
+    assert "         Active: wan0 (IPv4), wan1 (IPv6)\n" in text
+    assert "Link wan0: up, unhealthy, active for IPv4\n" in text
+    assert "Link wan1: up, healthy, rtt 1.2 ms, active for IPv6\n" in text
+    # A daemon from before several links: no Active, no link lines.
+    old = {k: v for k, v in STATUS["breakout"].items()
+           if k not in ("active", "links", "active_v4", "active_v6", "failovers")}  # fmt: skip
+    text = render_status({**STATUS, "breakout": old})
+    assert "Active" not in text and "Link wan" not in text and "Failovers" not in text
+    assert text.endswith("         Errors: 0\n")
 
 
 def test_status_text_without_traffic_has_no_ratio() -> None:
