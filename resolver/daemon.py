@@ -26,7 +26,7 @@ from policy.matcher import Matcher
 from policy.model import Policy
 from resolver import __version__, sdnotify
 from resolver.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from resolver.control.protocol import ReloadFailed, UpdateFailed
+from resolver.control.protocol import RawJSON, ReloadFailed, UpdateFailed
 from resolver.control.server import ControlServer
 from resolver.dns.server import DnsServer
 from resolver.endpointcache import EndpointSets, effective_policy
@@ -231,8 +231,8 @@ class Daemon:
             "breakout": breakout,
         }
 
-    def routes(self) -> list[dict[str, Any]]:
-        return self.breakout.routes() if self.breakout is not None else []
+    def routes(self) -> RawJSON:
+        return RawJSON(self.breakout.routes_json() if self.breakout is not None else b"[]")
 
     def _policy_status(self) -> dict[str, Any]:
         p = self.loaded.policy

@@ -37,6 +37,7 @@ from resolver.control.protocol import (
     ControlHandlers,
     Dispatcher,
     Peer,
+    RawJSON,
     encode,
     error_response,
     groups_of,
@@ -115,7 +116,7 @@ class _Serialized:
             status = {**status, "monitor": self._watchers.status()}
         return status
 
-    def routes(self) -> list[dict[str, Any]]:
+    def routes(self) -> list[dict[str, Any]] | RawJSON:
         return self._handlers.routes()
 
     async def flush(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from resolver.control.protocol import (
     ControlError,
     encode_request,
     parse_response,
+    raw_result,
 )
 
 EXIT_OK = 0
@@ -126,6 +127,13 @@ def call(path: str, command: str, args: dict[str, Any] | None = None, timeout: f
     Raises OSError for socket errors (TimeoutError when no answer comes in time), ControlError
     for an error response and ValueError for an answer that is not the protocol.
     """
+    return parse_response(call_line(path, command, args, timeout))
+
+
+def call_line(
+    path: str, command: str, args: dict[str, Any] | None = None, timeout: float = 10.0
+) -> bytes:
+    """Send one request and return its response line, unparsed (see `call`)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
@@ -142,16 +150,27 @@ def call(path: str, command: str, args: dict[str, Any] | None = None, timeout: f
                 break
             if size > MAX_RESPONSE_BYTES:
                 raise ValueError(f"answer longer than {MAX_RESPONSE_BYTES} bytes")
-    line = b"".join(chunks).split(b"\n", 1)[0]
-    return parse_response(line)
+    return b"".join(chunks).split(b"\n", 1)[0]
 
 
 def request(args: argparse.Namespace, command: str, timeout: float = READ_TIMEOUT) -> Any:
     """Run `command` on the daemon named by the command line; errors become CtlError."""
+    return _request(args, command, timeout, raw=False)
+
+
+def request_raw(args: argparse.Namespace, command: str, timeout: float = READ_TIMEOUT) -> bytes:
+    """`request`, with the result as the JSON bytes the daemon sent (not parsed)."""
+    result: bytes = _request(args, command, timeout, raw=True)
+    return result
+
+
+def _request(args: argparse.Namespace, command: str, timeout: float, raw: bool) -> Any:
     where = socket_path(getattr(args, "socket", None), getattr(args, "config", None))
     timeout = getattr(args, "timeout", None) or timeout
     try:
-        return call(where.path, command, timeout=timeout)
+        line = call_line(where.path, command, timeout=timeout)
+        result = raw_result(line) if raw else None
+        return result if result is not None else parse_response(line)
     except (OSError, ControlError, ValueError) as exc:
         raise _failure(exc, where, command, timeout) from None
 

@@ -355,6 +355,9 @@ class Breakout:
     def routes(self) -> list[dict[str, Any]]:
         return report.routes(self.holds.values(), self.clock())
 
+    def routes_json(self) -> bytes:
+        return report.routes_json(self.holds.values(), self.clock())
+
 
 def _health(cfg: BreakoutConfig) -> tuple[int, int] | None:
     return None if cfg.health is None else (cfg.health.failures, cfg.health.successes)

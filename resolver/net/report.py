@@ -9,6 +9,7 @@ netlink latency, the connected networks, and in dry-run the recorded decisions.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,28 @@ def status(b: Breakout) -> dict[str, Any]:
         out["dry_run_decisions"] = list(b.kernel.decisions)
         out["dry_run_decisions_total"] = b.kernel.total
     return out
+
+
+def routes_json(holds: Iterable[Hold], now: float) -> bytes:
+    """`routes` as compact JSON, written directly (30,000 routes in a few tens of ms)."""
+    ntop, af4, af6, dumps = socket.inet_ntop, socket.AF_INET, socket.AF_INET6, json.dumps
+    parts = []
+    for h in sorted(holds, key=lambda h: (len(h.packed), h.packed)):
+        v4 = len(h.packed) == 4
+        names = h.names
+        listed = [names] if isinstance(names, str) else h.live_names(now)
+        text = ",".join(f'"{n}"' if _plain(n) else dumps(n) for n in listed)
+        parts.append(
+            f'{{"address":"{ntop(af4 if v4 else af6, h.packed)}","family":{4 if v4 else 6},'
+            f'"names":[{text}],"row":{h.row},"hold_s":{max(0, int(h.expires - now))},'
+            f'"installed":{"true" if h.installed else "false"}}}'
+        )
+    return ("[" + ",".join(parts) + "]").encode("ascii")
+
+
+def _plain(name: str) -> bool:
+    """A name that needs no JSON escaping (letters, digits, dots, hyphens, underscores)."""
+    return name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
 
 
 def routes(holds: Iterable[Hold], now: float) -> list[dict[str, Any]]:
