@@ -8,7 +8,7 @@ SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd n
 SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node
 
 .PHONY: all venv sysdeps test test-unit test-integration test-netns test-package bench demo lint \
-	deb clean
+	deb clean soak profile
 
 all: test
 
@@ -56,7 +56,16 @@ deb:
 	debian/build-deb $(DIST)
 
 bench: venv sysdeps
-	$(PY) -m pytest tests/bench -q -s -m bench
+	$(PY) -m pytest tests/bench -q -s -m bench --tb=short
+
+# Not part of test or bench. SOAK_SECONDS=60 shortens it; SOAK_QPS=N skips the rate burst.
+soak: venv sysdeps
+	$(PY) -m pytest tests/bench/test_soak.py -q -s -m soak --tb=short
+
+# cProfile, py-spy and tracemalloc of the miss path; tables in tests/bench/results/profile-*.txt
+profile: venv sysdeps
+	-$(PY) -m pip install -q py-spy
+	$(PY) -m tests.bench.profiling
 
 demo: venv sysdeps
 	$(PY) -m tests.demo

@@ -88,7 +88,7 @@ def _pyroute2_rate() -> float:
 async def _on_answer_latency(state_dir: str) -> dict[str, Any]:
     from policy.matcher import Matcher
     from policy.model import Policy, Rule
-    from resolver.config import BreakoutConfig, Mode
+    from resolver.config import BreakoutConfig, LinkConfig, Mode
     from resolver.hooks import Tagged, pack_addresses
     from resolver.net.breakout import Breakout
 
@@ -96,6 +96,7 @@ async def _on_answer_latency(state_dir: str) -> dict[str, Any]:
     matcher = Matcher([rule])
     cfg = BreakoutConfig(
         mode=Mode.KERNEL, interface="wan0", gateway4="192.0.2.1", table=365, ipset4="bench-v4",
+        links=(LinkConfig("wan0", "192.0.2.1", None),),  # what the config loader derives
         ipset6="bench-v6", max_entries=1_000_000, never_route=(),  # 198.18/15 is special
     )  # fmt: skip
     b = Breakout(cfg, state_dir, matcher, Policy((rule,)))
