@@ -30,6 +30,21 @@ from resolver.hooks import Tagged
 _TTL = struct.Struct("!I")
 _OFFSETS = "!{}H"
 _OPT = (wire.opt_record(False), wire.opt_record(True))  # by the DO bit of the key
+_SHARED: dict[int, int] = {}
+SHARED_MAX = 4096
+
+
+def shared_int(n: int) -> int:
+    """One int object per value for TTLs (a few hundred distinct ones in practice): each entry
+    holding its own 300 would cost 28 bytes a time."""
+    if -5 <= n <= 256:
+        return n
+    found = _SHARED.get(n)
+    if found is not None:
+        return found
+    if len(_SHARED) < SHARED_MAX:
+        _SHARED[n] = n
+    return n
 
 
 @dataclass(slots=True)
@@ -47,7 +62,6 @@ class Entry:
 
     __slots__ = (
         "addr_base",
-        "expires",
         "key",
         "origin",
         "qend",
@@ -67,12 +81,19 @@ class Entry:
         self.ttl_at = ttl_at  # the TTL fields' offsets in `wire`, two bytes each
         self.qend = qend
         self.result = wire.RCODE_NAMES.get(template[3] & 0xF, "other")
-        self.ttl = ttl  # how long the entry lives; 0 = not cacheable
+        self.ttl = shared_int(ttl)  # how long the entry lives; 0 = not cacheable
         self.stored = stored
-        self.expires = stored + ttl
         self.tag: Tagged | None = None
         self.addr_base = 0  # the smallest address TTL at age 0 (tagged entries)
         self.origin: object = None  # the upstream set that answered (see forwarder)
+
+    @property
+    def expires(self) -> float:
+        return self.stored + self.ttl
+
+    def kill(self) -> None:
+        """Evicted or replaced: it expired long ago."""
+        self.stored, self.ttl = -1.0, 0
 
     def addr_ttl(self, el: int) -> int:
         """The smallest TTL of the chain's address records as handed out at age `el`."""
@@ -193,9 +214,9 @@ class Cache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if now >= entry.expires:
+        if now >= entry.stored + entry.ttl:
             del self._entries[key]
-            entry.expires = -1.0
+            entry.kill()
             return None
         self._entries.move_to_end(key)
         return entry
@@ -204,14 +225,14 @@ class Cache:
         entries = self._entries
         old = entries.pop(entry.key, None)
         if old is not None:
-            old.expires = -1.0
+            old.kill()
         entries[entry.key] = entry
         self._shrink()
 
     def drop(self, entry: Entry) -> None:
         if self._entries.get(entry.key) is entry:
             del self._entries[entry.key]
-        entry.expires = -1.0
+        entry.kill()
 
     def resize(self, max_entries: int) -> None:
         self.max_entries = max_entries
@@ -221,10 +242,10 @@ class Cache:
         entries = self._entries
         while len(entries) > self.max_entries:
             _key, old = entries.popitem(last=False)
-            old.expires = -1.0
+            old.kill()
             self.evicted += 1
 
     def clear(self) -> None:
         for entry in self._entries.values():
-            entry.expires = -1.0
+            entry.kill()
         self._entries.clear()

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from resolver.config import Config
 from resolver.dns import events, wire
-from resolver.dns.cache import Cache, Entry, build_entry
+from resolver.dns.cache import Cache, Entry, build_entry, shared_int
 from resolver.dns.forwarder import Forwarder
 from resolver.dns.ratelimit import Budgets
 from resolver.dns.tagging import NameMatcher, tag
@@ -158,7 +158,7 @@ class Handler:
             if retag:
                 chain = entry.chain()
                 entry.tag = tag(chain, matcher)
-                entry.addr_base = chain.addr_ttl
+                entry.addr_base = shared_int(chain.addr_ttl)
             tagged += entry.tag is not None
         log.info(
             "cache reviewed: %d answers kept (%d tagged), %d dropped for their upstream set",
@@ -388,7 +388,7 @@ class Handler:
             return None
         entry.origin = origin
         entry.tag = tag(chain, self.matcher)
-        entry.addr_base = chain.addr_ttl
+        entry.addr_base = shared_int(chain.addr_ttl)
         if entry.ttl > 0:
             self.cache.put(entry)
         return entry
