@@ -12,6 +12,7 @@ from resolver.metrics import Metric
 
 RESULTS = ("noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "other")
 DROPS = ("dropped", "ratelimited", "pending_full")
+Sample = tuple[dict[str, str], float]
 
 
 class BreakoutCounters(Protocol):
@@ -156,6 +157,59 @@ def _breakout(breakout: BreakoutCounters) -> list[Metric]:
             "counter",
             "Time spent waiting for netlink acks (divide by the requests for the mean)",
             [({}, seconds)],
+        ),
+        *_links(status),
+        counter(
+            "resolverd_breakout_failovers",
+            "failovers",
+            "Moves of the breakout routes to another link, to none (the tunnel) or back",
+        ),
+    ]
+
+
+def _links(status: dict[str, object]) -> list[Metric]:
+    """Per breakout link, labelled `interface`: up, healthy (probed links only), the last
+    good probe round's fastest connect, and whether the routes go through it."""
+    raw = status.get("links")
+    links = [s for s in raw if isinstance(s, dict)] if isinstance(raw, list) else []
+    active = {status.get("active_v4"), status.get("active_v6")} - {None}
+    up: list[Sample] = []
+    healthy: list[Sample] = []
+    rtt: list[Sample] = []
+    used: list[Sample] = []
+    for s in links:
+        labels = {"interface": str(s.get("interface"))}
+        up.append((labels, 1.0 if s.get("link_up") else 0.0))
+        if isinstance(s.get("healthy"), bool):
+            healthy.append((labels, 1.0 if s["healthy"] else 0.0))
+        ms = s.get("probe_rtt_ms")
+        if isinstance(ms, int | float) and not isinstance(ms, bool):
+            rtt.append((labels, ms / 1000.0))
+        used.append((labels, 1.0 if s.get("interface") in active else 0.0))
+    return [
+        Metric(
+            "resolverd_breakout_interface_up",
+            "gauge",
+            "1 when the breakout link is up and running with an address",
+            up,
+        ),
+        Metric(
+            "resolverd_breakout_interface_healthy",
+            "gauge",
+            "1 when the breakout link passes its health probes, 0 when it fails them",
+            healthy,
+        ),
+        Metric(
+            "resolverd_breakout_probe_rtt_seconds",
+            "gauge",
+            "Fastest health probe connect through the breakout link in its last good round",
+            rtt,
+        ),
+        Metric(
+            "resolverd_breakout_interface_active",
+            "gauge",
+            "1 for the breakout link the routes go through now",
+            used,
         ),
     ]
 

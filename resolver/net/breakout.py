@@ -34,7 +34,7 @@ from resolver.net.journal import Journal
 from resolver.net.kernel import Kernel, KernelLike
 from resolver.net.links import Monitor, NetView
 from resolver.net.neverroute import NeverRoute
-from resolver.net.paths import Paths
+from resolver.net.paths import Paths, health_thresholds
 
 __all__ = ["Breakout", "BreakoutError"]
 
@@ -86,7 +86,7 @@ class Breakout:
         self.io = Installs(self.ledger, kernel, self.journal, clock, cfg.ack_timeout)
         self.io.ensure_rules = lambda: repair.rules_now(self)
         self.never = NeverRoute(cfg.never_route)
-        self.paths = Paths(cfg.links, _health(cfg))
+        self.paths = Paths(cfg.links, health_thresholds(cfg))
         self.view = view if view is not None else NetView()
         self._view_given = view is not None
         self._watch = watch
@@ -105,6 +105,7 @@ class Breakout:
         self._rules_task: asyncio.Future[int] | None = None
         self.prober: Prober | None = None
         self._probe_paths: dict[tuple[int, int], Any] = {}  # (table, family) -> the Path there
+        self._probes_live = False  # the probe tables and rules are in place (watch.py)
         self._cap_logged = False
         self._repair_logged: set[str] = set()
         self.journal_problems: list[str] = []
@@ -357,10 +358,6 @@ class Breakout:
 
     def routes_json(self) -> bytes:
         return report.routes_json(self.holds.values(), self.clock())
-
-
-def _health(cfg: BreakoutConfig) -> tuple[int, int] | None:
-    return None if cfg.health is None else (cfg.health.failures, cfg.health.successes)
 
 
 async def _wait_all(futures: list[asyncio.Future[None]]) -> None:

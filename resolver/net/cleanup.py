@@ -2,8 +2,10 @@
 
 One routine for both (`remove_owned`): every route carrying `route_protocol` in the breakout
 table and in the health probes' tables (host routes, the config's routes, the probe routes),
-every rule carrying it (the main rules and the probe rules), and the set entries of the
-addresses resolverd routed (those it knows of, and those of the owned host routes found).
+every rule carrying it (the main rules and the probe rules, those an earlier config left
+included), and the set entries of the addresses resolverd routed (those it knows of, and
+those of the owned host routes found). After a flush the health probes pause until the next
+install has put the rules back (watch.probe_gate), then their tables come back too.
 `cleanup` also removes the journal. Left alone: routes and rules of other protocols, and the
 sets themselves. ipsets are not destroyed even when resolverd created them: a firewall rule
 that references a set makes `destroy` fail (IPSET_ERR_REFERENCED), and removing a set the
@@ -44,12 +46,21 @@ async def remove_owned(
     removes routes (the running breakout's goes through its books), `known` are the
     addresses whose set entries may be live, `cidrs` the config's routes (counted apart)."""
     counts = {"routes": 0, "cidr_routes": 0, "rules": 0, "set_entries": 0}
-    ours: list[Route] = []
-    for table in (cfg.table, *watch.probe_tables(cfg)):
-        ours += owned(await kernel.dump_routes(table), cfg.route_protocol)
+    ours = owned(await kernel.dump_routes(cfg.table), cfg.route_protocol)
     for r, code in zip(ours, await delete(ours), strict=True):
-        if code == 0 and r.table == cfg.table:
+        if code == 0:
             counts["cidr_routes" if f"{r.dst}/{r.dst_len}" in cidrs else "routes"] += 1
+    # The probe tables: the config's, and those of probe rules of ours that an earlier config
+    # left (a link removed while resolverd was stopped). Not through `delete`: the breakout's
+    # books know nothing of them.
+    probe_rules = watch.owned_probe_rules(await kernel.dump_rules(), cfg)
+    probe: list[Route] = []
+    for table in sorted({*watch.probe_tables(cfg), *(spec.table for spec in probe_rules)}):
+        probe += owned(await kernel.dump_routes(table), cfg.route_protocol)
+    if probe:
+        gone: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        kernel.del_table_routes(probe, gone.set_result)
+        await gone
     if kernel.has_sets:
         entries: dict[bytes, EntryItem] = {p: (f, p, 0) for f, p in known}
         for r in ours:
@@ -60,7 +71,8 @@ async def remove_owned(
         done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         kernel.del_entries(list(entries.values()), done.set_result)
         counts["set_entries"] = sum(1 for e in await done if e == 0)
-    counts["rules"] = await kernel.change_rules((), watch.rule_specs(cfg))
+    rules = list(dict.fromkeys([*watch.rule_specs(cfg), *probe_rules]))
+    counts["rules"] = await kernel.change_rules((), rules)
     return counts
 
 
@@ -70,6 +82,7 @@ async def flush(b: Breakout) -> dict[str, int]:
     routes come back with the next reload or restart, host routes with the next answers (the
     rules with the first of them)."""
     b.io.rules_ok = False  # the rules go too, and stay away until the next install
+    watch.stop_probes(b)  # the probe tables too: no round may run on them meanwhile
     holds = list(b.holds.values())
     cidrs = b.ledger.routes.clear()
     now = b.clock()
@@ -78,12 +91,14 @@ async def flush(b: Breakout) -> dict[str, int]:
     if b.dry_run:
         return {"routes": len(holds), "cidr_routes": len(cidrs), "rules": 0, "set_entries": 0}
     known = [(h.family, h.packed) for h in holds if h.set_expires > now]
-    counts = await remove_owned(b.kernel, b.cfg, b.io.delete_table_routes, known, cidrs)
+    try:
+        counts = await remove_owned(b.kernel, b.cfg, b.io.delete_table_routes, known, cidrs)
+    finally:
+        watch.resume_probes(b)  # held back until an install puts our rules back (probe_gate)
     b.io.rules_ok = False
     for h in holds:
         h.installed = False
     b.epoch += 1
-    b._probe_paths.clear()
     log.info(
         "flushed: %d routes, %d policy prefixes, %d rules, %d set entries",
         counts["routes"], counts["cidr_routes"], counts["rules"], counts["set_entries"],

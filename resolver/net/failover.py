@@ -6,7 +6,9 @@ routes overlapping one are held back), and when a family's active link changes i
 move in one batch (`move`): withdrawn when no link is usable (the traffic stays on the main
 table: the tunnel; the holds are kept), restored when one is again, or re-installed through
 the new link (NLM_F_REPLACE: a connection opened after the switch takes the new path at once).
-Each move is logged once with its reason and counted (`failovers`, `withdrawn`, `restored`).
+Set entries stay (a move re-adds them with their holds' timeouts). Each move (the families
+that changed together, from one link to another, to none or back) is logged once with its
+reason and counted once (`failovers`); `withdrawn` and `restored` count the holds.
 """
 
 from __future__ import annotations
@@ -38,43 +40,59 @@ def reassess(b: Breakout, initial: bool = False) -> None:
     watch.update_probe_tables(b)
     changes = b.paths.choose()
     b.kernel.set_paths(b.paths.paths())
-    if initial:
+    if initial or not changes:
         return
+    # One move per (old, new) pair: both families leaving wan0 for wan1 are one event.
+    moves: dict[tuple[LinkState | None, LinkState | None], list[int]] = {}
     for family, (old, new) in changes.items():
-        move(b, family, old, new)
+        moves.setdefault((old, new), []).append(family)
+    for (old, new), families in moves.items():
+        move(b, families, old, new)
 
 
-def move(b: Breakout, family: int, old: LinkState | None, new: LinkState | None) -> None:
-    """The family's active link changed: withdraw, restore or move its routes, one batch."""
-    routes = b.ledger.routes.family(family)
+def move(b: Breakout, families: list[int], old: LinkState | None, new: LinkState | None) -> None:
+    """The active link of `families` changed: withdraw, restore or move their routes, in one
+    batch; logged once with its reason and counted once (`failovers`)."""
+    routes = [c for family in families for c in b.ledger.routes.family(family)]
+    fams = " and ".join(f"IPv{family}" for family in families)
     now = b.clock()
+    b.counters["failovers"] += 1
+    b.epoch += 1  # hooks.BreakoutHook.epoch: a remembered "nothing to do" is stale now
     if new is None:
-        holds = [h for h in b.ledger.family(family) if h.installed or h.batch]
+        holds = [h for f in families for h in b.ledger.family(f) if h.installed or h.batch]
         log.warning(
-            "breakout IPv%d: no usable link (%s): withdrawing %d routes and %d config "
-            "routes, the traffic stays on the main table", family, watch.why(b.paths),
-            len(holds), len(routes),
+            "breakout %s: no usable link (%s): withdrawing %d routes and %d config routes, "
+            "the traffic stays on the main table", fams, watch.why(b.paths), len(holds),
+            len(routes),
         )  # fmt: skip
         b.io.delete_holds(holds)  # the kernel may have flushed them: ESRCH is fine
         for h in holds:
             h.installed, h.batch = False, None
         b.io.remove_prefixes(routes)
         b.counters["withdrawn"] += len(holds)
-        b.epoch += 1
         return
-    holds = [h for h in b.ledger.family(family) if h.expires > now and not h.batch]
+    # Every live hold goes (again) through the new path: those queued go with the next flush,
+    # which encodes the new path; those in a batch already sent carry the old one.
+    holds = [
+        h for f in families for h in b.ledger.family(f)
+        if h.expires > now and (h.batch is None or h.batch.started)
+    ]  # fmt: skip
     for h in holds:
         b.io.enqueue(h)  # NLM_F_REPLACE: a route that stays moves without a gap
     b.io.install_prefixes(routes)
     if old is None:
         b.counters["restored"] += len(holds)
-        log.warning("breakout IPv%d: %s usable: restoring %d routes", family,
-                    new.cfg.interface, len(holds))  # fmt: skip
+        log.warning("breakout %s: %s usable: restoring %d routes and %d config routes", fams,
+                    new.cfg.interface, len(holds), len(routes))  # fmt: skip
+    elif old is new:
+        log.warning("breakout %s: the path through %s changed: re-installing %d routes and %d "
+                    "config routes", fams, new.cfg.interface, len(holds), len(routes))  # fmt: skip
     else:
-        b.counters["failovers"] += 1
+        usable = all(old.usable(f) for f in families)  # failback, or a reload's new order
+        reason = f"{new.cfg.interface} is preferred" if usable else watch.why(b.paths, old)
         log.warning(
-            "breakout IPv%d: moving %d routes from %s to %s (%s)", family, len(holds),
-            old.cfg.interface, new.cfg.interface, watch.why(b.paths, old),
+            "breakout %s: moving %d routes and %d config routes from %s to %s (%s)", fams,
+            len(holds), len(routes), old.cfg.interface, new.cfg.interface, reason,
         )  # fmt: skip
 
 

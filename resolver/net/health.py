@@ -11,7 +11,11 @@ target answers: a completed handshake, or a reset (the path carried packets both
 `Verdict` is the state machine: a link is down after `failures` failed rounds in a row and up
 again after `successes` good rounds; its first round decides its starting state. `Prober` runs
 the rounds: one at a time (a slow round delays the next, never piles up), every connect
-bounded by `timeout`, nothing on the DNS path.
+bounded by `timeout`, nothing on the DNS path. A `gate` may hold a round back (the probe
+tables are not in place): that round counts neither way.
+
+A probe with mark 0 sets no SO_MARK (setting one needs CAP_NET_ADMIN): the unit tests probe
+through `lo` that way, unprivileged; resolverd's marks are never 0.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from resolver.config import Address
@@ -46,12 +50,13 @@ class Verdict:
         self.rtt_ms: float | None = None
 
     def round(self, good: bool, rtt_ms: float | None = None) -> bool:
-        """Count one round; True when it changed the verdict."""
+        """Count one round; True when it changed the verdict (the first round always does)."""
         if good:
             self.good, self.bad = self.good + 1, 0
             self.rtt_ms = rtt_ms
         else:
             self.good, self.bad = 0, self.bad + 1
+            self.rtt_ms = None  # no answer: no current RTT to report
         before = self.healthy
         if before is None:
             self.healthy = good
@@ -72,29 +77,46 @@ class Probe:
 
 
 Outcome = Callable[[int, bool, float | None], None]  # (link index, good, rtt in ms)
+Gate = Callable[[], Awaitable[bool]]  # may a round run now?
 
 
 class Prober:
     """Probe rounds over every link until cancelled (see the module docstring)."""
 
     def __init__(
-        self, targets: Sequence[Address], interval: float, timeout: float, outcome: Outcome
-    ) -> None:
+        self, targets: Sequence[Address], interval: float, timeout: float, outcome: Outcome,
+        gate: Gate | None = None,
+    ) -> None:  # fmt: skip
         self.targets = tuple(targets)
         self.interval = interval
         self.timeout = timeout
         self.outcome = outcome
+        self.gate = gate
         self.probes: list[Probe] = []
+        self.started: float | None = None  # loop time the last round started
+        self._eperm_logged = False
 
     async def run(self) -> None:
+        """A round every `interval` seconds from the start of the last one (a round made by
+        hand included), one at a time: a slow round delays the next, never overlaps it."""
         loop = asyncio.get_running_loop()
         while True:
-            started = loop.time()
-            await self.round()
-            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+            if self.started is not None:
+                await asyncio.sleep(max(0.0, self.started + self.interval - loop.time()))
+            try:
+                if self.gate is None or await self.gate():
+                    await self.round()
+                else:
+                    self.started = loop.time()  # held back: the slot passes all the same
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not end the health checks for good
+                self.started = loop.time()
+                log.exception("health probe round failed")
 
     async def round(self) -> None:
         """One round: every link at once, each bounded by the timeout."""
+        self.started = asyncio.get_running_loop().time()
         probes = list(self.probes)
         results = await asyncio.gather(*(self.probe(p) for p in probes))
         for index, (good, rtt) in enumerate(results):
@@ -112,20 +134,26 @@ class Prober:
     async def _connect(self, probe: Probe, target: Address) -> float | None:
         """The connect's RTT in ms when the path answered (handshake or reset), else None."""
         family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
         started = time.perf_counter()
         try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as err:  # out of descriptors or memory: this round counts as failed
+            log.warning("health probe through %s: cannot open a socket: %s", probe.interface, err)
+            return None
+        try:
             sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, probe.mark)
+            if probe.mark:
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, probe.mark)
             sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, probe.interface.encode())
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(loop.sock_connect(sock, target), self.timeout)
         except ConnectionRefusedError:
             pass  # a reset came back through the link: the path works
-        except (TimeoutError, OSError) as err:
-            if isinstance(err, OSError) and err.errno == errno.EPERM:
-                log.warning("health probe through %s: %s (needs CAP_NET_ADMIN)", probe.interface,
-                            err)  # fmt: skip
+        except OSError as err:  # TimeoutError included: no answer within the timeout
+            if err.errno == errno.EPERM and not self._eperm_logged:
+                self._eperm_logged = True
+                log.warning("health probe through %s to %s: %s (SO_MARK and SO_BINDTODEVICE "
+                            "need CAP_NET_ADMIN)", probe.interface, target[0], err)  # fmt: skip
             return None
         finally:
             sock.close()

@@ -12,12 +12,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from resolver.config import LinkConfig
+from resolver.config import BreakoutConfig, LinkConfig, Mode
 from resolver.net.health import Verdict
 from resolver.net.links import Link, NetView
 from resolver.net.routes import Path
 
 FAMILIES = (4, 6)
+
+
+def health_thresholds(cfg: BreakoutConfig) -> tuple[int, int] | None:
+    """(failures, successes) for the links' verdicts; None, link state alone, without health
+    checks and in dry-run, which sends no probes (a verdict that never comes would keep every
+    link out)."""
+    if cfg.health is None or cfg.mode is Mode.DRY_RUN:
+        return None
+    return cfg.health.failures, cfg.health.successes
 
 
 @dataclass(eq=False)

@@ -23,7 +23,7 @@ from resolver.net import failover, repair, watch
 from resolver.net.errors import BreakoutError
 from resolver.net.kernel import KernelLike
 from resolver.net.neverroute import NeverRoute
-from resolver.net.paths import Paths
+from resolver.net.paths import Paths, health_thresholds
 from resolver.net.routes import Route, owned
 
 if TYPE_CHECKING:
@@ -119,14 +119,20 @@ async def reconfigure(
 
 
 async def _new_links(b: Breakout, old: BreakoutConfig, cfg: BreakoutConfig) -> None:
-    """New links or health checks: a new `Paths` (links that stay keep their verdict), the
-    old probe tables and rules emptied, the prober restarted with the new ones."""
-    health = None if cfg.health is None else (cfg.health.failures, cfg.health.successes)
+    """New links or health checks: a new `Paths` (links that stay keep their verdict: the
+    same one, or with new thresholds its state), the old probe tables and rules emptied, the
+    prober restarted with the new ones."""
     verdicts = {s.cfg.interface: s.verdict for s in b.paths.links}
-    paths = Paths(cfg.links, health)
-    if cfg.health == old.health:
-        for state in paths.links:
-            state.verdict = verdicts.get(state.cfg.interface, state.verdict)
+    paths = Paths(cfg.links, health_thresholds(cfg))
+    paths.follow(b.view)  # the links' state now: the first probe round needs it
+    for state in paths.links:
+        before = verdicts.get(state.cfg.interface)
+        if before is None or state.verdict is None:
+            continue  # a new link, or health checks turned on or off
+        if cfg.health == old.health:
+            state.verdict = before
+        else:  # new thresholds or targets: the state stays until the rounds say otherwise
+            state.verdict.healthy, state.verdict.rtt_ms = before.healthy, before.rtt_ms
     paths.active = {  # keep the active links known, so that only real changes move routes
         f: next((s for s in paths.links if s.cfg.interface == a.cfg.interface), None)
         if (a := b.paths.active[f]) is not None
@@ -135,12 +141,9 @@ async def _new_links(b: Breakout, old: BreakoutConfig, cfg: BreakoutConfig) -> N
     }
     paths.last = dict(b.paths.last)
     b.paths = paths
-    if b._probe_task is not None:
-        b._probe_task.cancel()
-        b._probe_task = None
+    watch.stop_probes(b)
     b.prober = None
     await _drop_probe_tables(b, old)
-    b._probe_paths.clear()
     b.cfg = cfg
     await watch.start_health(b)
 

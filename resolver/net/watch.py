@@ -7,7 +7,11 @@
   again.
 - Health probes (health.Prober) run only with `breakout.health`; each link gets a probe table
   (`health.table` + its position, default `table` + 1 + position) and a rule sending its mark
-  there, both carrying our route protocol, so that `--cleanup` finds them like the rest.
+  there, both carrying our route protocol, so that `--cleanup` finds them like the rest. A
+  probe route someone else deletes is put back at once. After a flush (which removes them)
+  the rounds pause, verdicts kept, until the next install has put our rules back (or at once
+  when no link is usable: then nothing would be installed); the tables come back before the
+  next round.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from resolver.config import BreakoutConfig
 from resolver.net import netlink
+from resolver.net.errors import BreakoutError
 from resolver.net.health import Probe, Prober
 from resolver.net.links import KIND_ADDR, KIND_LINK, KIND_ROUTE, KIND_RULE, Addr, Link, Monitor
 from resolver.net.paths import LinkState, Paths
@@ -28,6 +34,7 @@ from resolver.net.routes import (
     RT_TABLE_MAIN,
     Path,
     Route,
+    Rule,
     RuleSpec,
     foreign_hosts,
     owned,
@@ -53,6 +60,21 @@ def rule_specs(cfg: BreakoutConfig) -> list[RuleSpec]:
 
 def probe_tables(cfg: BreakoutConfig) -> list[int]:
     return [cfg.probe_table + i for i in range(len(cfg.links))] if cfg.health else []
+
+
+def probe_rule_specs(cfg: BreakoutConfig) -> list[RuleSpec]:
+    return [spec for spec in rule_specs(cfg) if spec.fwmark is not None]
+
+
+def owned_probe_rules(rules: list[Rule], cfg: BreakoutConfig) -> list[RuleSpec]:
+    """The probe rules in the kernel that carry our protocol, whichever config made them:
+    resolverd's only rules with a fwmark."""
+    found = {
+        RuleSpec(r.priority, r.table, r.protocol, r.fwmark)
+        for r in rules
+        if r.protocol == cfg.route_protocol and r.fwmark is not None and not r.selectors
+    }
+    return sorted(found, key=lambda spec: (spec.priority, spec.table, spec.fwmark or 0))
 
 
 # -- the view and its events ----------------------------------------------------------------------
@@ -94,6 +116,8 @@ def on_route(b: Breakout, new: bool, r: Route) -> None:
             b.schedule_reassess()
         return
     if r.table != cfg.table:
+        if not new and r.protocol == cfg.route_protocol:
+            on_probe_route_gone(b, r)
         return
     host = r.dst_len == HOST_LEN[r.family]
     if r.protocol != cfg.route_protocol:
@@ -128,6 +152,8 @@ async def resync(b: Breakout) -> None:
     if b._reader is not None:
         await b.view.load(b._reader)
     b.io.forget_own_deletes()
+    if b._probes_live:
+        b._probe_paths.clear()  # a probe route's deletion may be among the lost: program again
     b.reassess()
     table = await b.kernel.dump_routes()
     b.foreign = foreign_hosts(table, b.cfg.route_protocol)
@@ -146,39 +172,156 @@ async def resync(b: Breakout) -> None:
 
 
 async def start_health(b: Breakout) -> None:
-    """With health checks: probe tables in place, one round to learn each link's state before
-    anything is installed, then rounds every interval."""
+    """With health checks: probe tables and rules in place, one round to learn each link's
+    state before anything is installed, then rounds every interval."""
     health = b.cfg.health
-    if health is None or b.dry_run or b._loop is None:
+    if b.dry_run or b._loop is None:
+        return
+    await drop_stale_probes(b)  # with health checks off too: then every probe rule is stale
+    if health is None:
         return
     b.prober = Prober(health.targets, health.interval, health.timeout,
-                      lambda i, good, rtt: on_probe(b, i, good, rtt))  # fmt: skip
-    update_probe_tables(b)
-    await b.kernel.change_rules(rule_specs(b.cfg), ())
+                      lambda i, good, rtt: on_probe(b, i, good, rtt),
+                      lambda: probe_gate(b))  # fmt: skip
+    warn_strict_rp_filter(b)
+    await restore_probes(b)
     await b.prober.round()
     b._probe_task = b._loop.create_task(b.prober.run())
     b._tasks.append(b._probe_task)
 
 
-def update_probe_tables(b: Breakout) -> None:
+async def drop_stale_probes(b: Breakout) -> None:
+    """Probe rules of ours that no link of this config uses (an earlier config had more
+    links, or other marks or tables) go, with the routes of ours in their tables."""
+    cfg = b.cfg
+    try:
+        stale = [s for s in owned_probe_rules(await b.kernel.dump_rules(), cfg)
+                 if s not in probe_rule_specs(cfg)]  # fmt: skip
+        if not stale:
+            return
+        await b.kernel.change_rules((), stale)
+        keep = {cfg.table, *probe_tables(cfg)}
+        routes: list[Route] = []
+        for table in sorted({s.table for s in stale} - keep):
+            routes += owned(await b.kernel.dump_routes(table), cfg.route_protocol)
+        if routes:
+            gone: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            b.kernel.del_table_routes(routes, gone.set_result)
+            b.io.errnos.settle("remove stale probe routes")(await gone)
+        log.info("removed %d probe rules and %d probe routes an earlier config left",
+                 len(stale), len(routes))  # fmt: skip
+    except (BreakoutError, OSError) as err:
+        b.counters["netlink_errors"] += 1
+        log.error("cannot remove the probe rules an earlier config left: %s", err)
+
+
+async def restore_probes(b: Breakout) -> None:
+    """Every link's probe table, then the probe rules, in the kernel; awaited, so that the
+    next probe finds them. BreakoutError when a rule is refused."""
+    b._probes_live = True
+    b._probe_paths.clear()
+    done = update_probe_tables(b)
+    if done is not None:
+        await done
+    await b.kernel.change_rules(probe_rule_specs(b.cfg), ())
+
+
+async def probe_gate(b: Breakout) -> bool:
+    """Whether a probe round may run now (health.Prober's gate). After a flush our rules and
+    probe tables are gone: a probe would find no path and fail for no fault of the link. The
+    rounds pause, the verdicts kept, until an install has put our rules back (`rules_ok`),
+    or at once when no link is usable (nothing would ever be installed)."""
+    if b._probes_live:
+        return True
+    if not b.io.rules_ok and any(b.paths.ready().values()):
+        return False
+    try:
+        await restore_probes(b)
+    except (BreakoutError, OSError) as err:
+        b._probes_live = False
+        b.counters["netlink_errors"] += 1
+        b.io.errnos.ratelog.log(logging.ERROR, "probe-rules", "health probes paused: cannot "
+                                "put the probe rules back: %s", err)  # fmt: skip
+        return False
+    log.info("health probes resume: probe tables and rules are back")
+    return True
+
+
+def stop_probes(b: Breakout) -> None:
+    """Flush or a reload is about to remove the probe tables and rules: stop the rounds (the
+    one in progress is cancelled, its result void) and leave the tables alone from now on."""
+    b._probes_live = False
+    b._probe_paths.clear()
+    if b._probe_task is not None:
+        b._probe_task.cancel()
+        b._probe_task = None
+    b._tasks = [task for task in b._tasks if not task.done()]
+
+
+def resume_probes(b: Breakout) -> None:
+    """After a flush: the rounds again, each behind `probe_gate`."""
+    if b.prober is not None and b._loop is not None and b._probe_task is None:
+        b._probe_task = b._loop.create_task(b.prober.run())
+        b._tasks.append(b._probe_task)
+
+
+def update_probe_tables(b: Breakout) -> asyncio.Future[None] | None:
     """Each link's probe table: the default route through it while it exists (whatever its
-    health: the probes must be able to see it come back), unreachable behind it."""
+    health: the probes must be able to see it come back), unreachable behind it. Only what
+    changed is sent; returns a future settled with the kernel's answers, or None when nothing
+    was sent."""
     health = b.cfg.health
     if health is None or b.dry_run:
-        return
+        return None
     probes: list[Probe] = []
+    pending: list[asyncio.Future[list[int]]] = []
     for i, state in enumerate(b.paths.links):
         families = frozenset(f for f in (4, 6) if state.carries[f])
         probes.append(Probe(state.cfg.interface, health.fwmark + i, families))
+        if not b._probes_live or b._loop is None:
+            continue
         oif = state.link.index if state.link is not None else None
         for family in (4, 6):
             path = Path(oif, state.gateway(family)) if oif and state.carries[family] else None
             key = (b.cfg.probe_table + i, family)
             if b._probe_paths.get(key, 0) != path:
                 b._probe_paths[key] = path
-                b.kernel.probe_table(key[0], family, path, b.io.errnos.settle("probe table"))
+                fut: asyncio.Future[list[int]] = b._loop.create_future()
+                settle = b.io.errnos.settle(f"probe table {key[0]}")
+                b.kernel.probe_table(key[0], family, path, _then(settle, fut.set_result))
+                pending.append(fut)
     if b.prober is not None:
         b.prober.probes = probes
+    if not pending:
+        return None
+    return asyncio.ensure_future(_settled(pending))
+
+
+def _then(
+    first: Callable[[list[int]], list[int]], then: Callable[[list[int]], object]
+) -> Callable[[list[int]], None]:
+    def settled(codes: list[int]) -> None:
+        then(first(codes))
+
+    return settled
+
+
+async def _settled(pending: list[asyncio.Future[list[int]]]) -> None:
+    await asyncio.gather(*pending)
+
+
+def on_probe_route_gone(b: Breakout, r: Route) -> None:
+    """A route of ours left a probe table. Ours to remove (flush, reload): nothing to do, the
+    table is not live. Someone else's doing (or the kernel's, when the link went): program the
+    table again; the link's own state decides what goes back."""
+    if not b._probes_live or b.cfg.health is None:
+        return
+    key = (r.table, r.family)
+    if key in b._probe_paths and r.table in probe_tables(b.cfg):
+        del b._probe_paths[key]
+        log.info("probe table %d lost its route %s/%d: putting it back", r.table, r.dst,
+                 r.dst_len)  # fmt: skip
+        b.schedule_reassess()
 
 
 def on_probe(b: Breakout, index: int, good: bool, rtt: float | None) -> None:
@@ -186,15 +329,46 @@ def on_probe(b: Breakout, index: int, good: bool, rtt: float | None) -> None:
         return
     state = b.paths.links[index]
     verdict = state.verdict
+    first = verdict is not None and verdict.healthy is None
     if verdict is None or not verdict.round(good, rtt):
         return
-    if verdict.healthy:
-        log.warning("breakout link %s is healthy again (%d good probe rounds)",
-                    state.cfg.interface, verdict.good)  # fmt: skip
+    name = state.cfg.interface
+    if first:
+        log.info("breakout link %s: %s in the first probe round", name,
+                 "healthy" if good else "no target answered")  # fmt: skip
+    elif verdict.healthy:
+        log.warning("breakout link %s is healthy again (%d good probe rounds in a row)", name,
+                    verdict.good)  # fmt: skip
     else:
-        log.warning("breakout link %s is unhealthy: %d probe rounds failed in a row",
-                    state.cfg.interface, verdict.bad)  # fmt: skip
-    b.reassess()
+        log.warning("breakout link %s is unhealthy: %d probe rounds failed in a row", name,
+                    verdict.bad)  # fmt: skip
+    # Before the breakout is active (its first round at start), nothing is installed yet:
+    # the start's reconcile installs through the links chosen now.
+    b.reassess(initial=not b._active)
+
+
+def warn_strict_rp_filter(b: Breakout) -> None:
+    """IPv4 probe replies come from beyond the link, from addresses the main table routes
+    through the tunnel: strict reverse-path filtering (rp_filter 1) on a breakout interface
+    drops them, and the link would never count as healthy. Say so at start."""
+    health = b.cfg.health
+    if health is None or all(":" in host for host, _port in health.targets):
+        return
+    for link in b.cfg.links:
+        values = []
+        for name in ("all", link.interface):
+            path = f"/proc/sys/net/ipv4/conf/{name}/rp_filter"
+            try:
+                with open(path, encoding="ascii") as fh:
+                    values.append(int(fh.read().strip() or 0))
+            except (OSError, ValueError):
+                values.append(0)  # no such interface yet: nothing to say
+        if max(values) == 1:
+            log.warning(
+                "breakout link %s: strict reverse-path filtering (rp_filter 1) drops the IPv4 "
+                "health probes' replies; set net.ipv4.conf.%s.rp_filter=2 (loose) and "
+                "net.ipv4.conf.all.rp_filter to 0 or 2", link.interface, link.interface,
+            )  # fmt: skip
 
 
 def why(paths: Paths, state: LinkState | None = None) -> str:

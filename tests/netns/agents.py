@@ -4,6 +4,9 @@ python -m tests.netns.agents serve IDENTITY PORT      identity server (v4 and v6
 python -m tests.netns.agents connect HOST PORT [TIMEOUT]            prints the identity
 python -m tests.netns.agents reach HOST...    a TCP round trip to each (refused counts),
     retried for up to 5 s: warms the neighbour caches both ways (there is no ping here)
+python -m tests.netns.agents loop HOST PORT SECONDS
+    connects again and again for SECONDS, a new connection each time, and prints one line
+    per connection: the identity, or "error: ..."
 python -m tests.netns.agents resolve-connect SERVER NAME A|AAAA PORT
     asks SERVER (port 53; TCP when the UDP answer is truncated), connects at once to the
     first address of the answer and prints JSON {name, address, identity, truncated,
@@ -47,6 +50,17 @@ def connect(host: str, port: int, timeout: float = 2.0) -> str:
                 break
             data += chunk
     return data.decode().strip()
+
+
+def loop(host: str, port: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            print(connect(host, port, 0.5), flush=True)
+        except OSError as err:
+            print(f"error: {err}", flush=True)
+        time.sleep(0.01)
+    return 0
 
 
 def reach(hosts: Sequence[str]) -> int:
@@ -127,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}")
             return 1
         return 0
+    if args[:1] == ["loop"]:
+        return loop(args[1], int(args[2]), float(args[3]))
     if args[:1] == ["reach"]:
         return reach(args[1:])
     if args[:1] == ["resolve-connect"]:

@@ -2,11 +2,16 @@
 
     client (C) --lan0-- router (R) --wan0-- breakout server (B)   "the local internet link"
                                    --tun0-- tunnel server (T)     "the tunnel to head office"
+                                  [--wan1-- breakout server (B2)  "a second internet link"]
 
 The router's default route (v4 and v6) goes through the tunnel. B and T both own the same
 service addresses (SERVICE4/SERVICE6, on their loopback) and each runs an identity server on
 PORT that answers "breakout" or "tunnel": a test connects and learns which path the connection
-took. Everything is built in namespaces with names unique to this run (``r365t-<pid>-<n>-``)
+took. ``Lab(links=2)`` adds a second breakout link, wan1, to a server B2 that owns the same
+service addresses and answers "breakout2"; with it, the breakout servers (and the tunnel
+server) also own PROBE4/PROBE6, a health-probe target, B and B2 own BREAKOUT_RESOLVER4 (a
+breakout resolver's address), and `blackhole` drops the probe target's packets inside one
+server. Everything is built in namespaces with names unique to this run (``r365t-<pid>-<n>-``)
 and removed on exit, failure included: the processes in the namespaces are killed first.
 
     with Lab() as lab:
@@ -41,6 +46,12 @@ SERVICE4 = tuple(f"203.0.113.{i}" for i in range(10, 60))
 SERVICE6 = tuple(f"2001:db8:365::{i:x}" for i in range(0x10, 0x40))
 PORT = 8080
 WAN_IF, TUN_IF, LAN_IF = "wan0", "tun0", "lan0"
+# The second breakout link (Lab(links=2) only).
+WAN1_IF = "wan1"
+WAN1_NET4, ROUTER_WAN1_4, BREAKOUT2_GW4 = "198.51.100.128/25", "198.51.100.130", "198.51.100.129"
+WAN1_NET6, ROUTER_WAN1_6, BREAKOUT2_GW6 = "2001:db8:d::/64", "2001:db8:d::2", "2001:db8:d::1"
+PROBE4, PROBE6 = "203.0.113.200", "2001:db8:365::200"  # owned by B, B2 and T (links=2)
+BREAKOUT_RESOLVER4 = "203.0.113.153"  # owned by B and B2 only (links=2)
 
 _counter = itertools.count(1)
 
@@ -52,13 +63,19 @@ class LabError(RuntimeError):
 class Lab:
     """The namespaces, their processes, and helpers to run things inside them."""
 
-    def __init__(self, tag: str = "") -> None:
+    def __init__(self, tag: str = "", links: int = 1) -> None:
+        if links not in (1, 2):
+            raise LabError(f"a lab has 1 or 2 breakout links, not {links}")
         self.prefix = f"r365t-{os.getpid()}-{next(_counter)}{'-' + tag if tag else ''}-"
         self.router = self.prefix + "r"
         self.client = self.prefix + "c"
         self.breakout = self.prefix + "b"
         self.tunnel = self.prefix + "t"
-        self.namespaces = (self.router, self.client, self.breakout, self.tunnel)
+        self.links = links
+        self.breakout2 = self.prefix + "b2" if links == 2 else ""
+        self.namespaces: tuple[str, ...] = (self.router, self.client, self.breakout, self.tunnel)
+        if links == 2:
+            self.namespaces += (self.breakout2,)
         self.procs: list[subprocess.Popen[str]] = []
         self._created: list[str] = []
 
@@ -150,9 +167,14 @@ class Lab:
                 "net.ipv6.conf.default.keep_addr_on_down=1",
             )  # fmt: skip
             self.ip(ns, "link", "set", "lo", "up")
-        r, c, b, t = self.router, self.client, self.breakout, self.tunnel
+            if self.breakout2 and ns not in (self.router, self.client):
+                # A server answers ARP only for its link's own address, as an ISP's gateway
+                # does: a packet for an internet address must be sent to the gateway.
+                self.run(ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
+        r, c, b, t, b2 = self.router, self.client, self.breakout, self.tunnel, self.breakout2
         self.run(r, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-        for ifname, peer in ((WAN_IF, b), (TUN_IF, t), (LAN_IF, c)):
+        peers = [(WAN_IF, b), (TUN_IF, t), (LAN_IF, c)] + ([(WAN1_IF, b2)] if b2 else [])
+        for ifname, peer in peers:
             self.ip(r, "link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", peer)
         plan = [
             (r, WAN_IF, f"{ROUTER_WAN4}/25", f"{ROUTER_WAN6}/64"),
@@ -162,6 +184,11 @@ class Lab:
             (t, "eth0", f"{TUNNEL_GW4}/25", f"{TUNNEL_GW6}/64"),
             (c, "eth0", f"{CLIENT4}/25", f"{CLIENT6}/64"),
         ]
+        if b2:
+            plan += [
+                (r, WAN1_IF, f"{ROUTER_WAN1_4}/25", f"{ROUTER_WAN1_6}/64"),
+                (b2, "eth0", f"{BREAKOUT2_GW4}/25", f"{BREAKOUT2_GW6}/64"),
+            ]
         for ns, ifname, a4, a6 in plan:
             self.ip(ns, "addr", "add", a4, "dev", ifname)
             self.ip(ns, "-6", "addr", "add", a6, "dev", ifname, "nodad")
@@ -171,12 +198,17 @@ class Lab:
         self.ip(r, "-6", "route", "add", "default", "via", TUNNEL_GW6)
         self.ip(c, "route", "add", "default", "via", ROUTER_LAN4)
         self.ip(c, "-6", "route", "add", "default", "via", ROUTER_LAN6)
-        for ns in (b, t):
+        servers = [(b, "breakout"), (t, "tunnel")] + ([(b2, "breakout2")] if b2 else [])
+        for ns, _name in servers:
             self.server_routes(ns)
             batch = [f"addr add {a}/32 dev lo" for a in SERVICE4]
             batch += [f"addr add {a}/128 dev lo nodad" for a in SERVICE6]
+            if b2:  # the probe target everywhere (a probe that leaked would still succeed)
+                batch += [f"addr add {PROBE4}/32 dev lo", f"addr add {PROBE6}/128 dev lo nodad"]
+                if ns != t:
+                    batch.append(f"addr add {BREAKOUT_RESOLVER4}/32 dev lo")
             self.batch(ns, batch)
-        for ns, name in ((b, "breakout"), (t, "tunnel")):
+        for ns, name in servers:
             proc = self.spawn(
                 ns, sys.executable, "-m", "tests.netns.agents", "serve", name, str(PORT)
             )
@@ -188,24 +220,42 @@ class Lab:
 
     def server_routes(self, ns: str) -> None:
         """A server's routes back to the LAN (the kernel drops them when its link goes down)."""
-        gw4, gw6 = (ROUTER_WAN4, ROUTER_WAN6) if ns == self.breakout else (ROUTER_TUN4, ROUTER_TUN6)
+        gw4, gw6 = {
+            self.breakout: (ROUTER_WAN4, ROUTER_WAN6),
+            self.breakout2: (ROUTER_WAN1_4, ROUTER_WAN1_6),
+        }.get(ns, (ROUTER_TUN4, ROUTER_TUN6))
         self.ip(ns, "route", "replace", LAN_NET4, "via", gw4)
         self.ip(ns, "-6", "route", "replace", LAN_NET6, "via", gw6)
 
     def set_link(self, ns: str, ifname: str, up: bool) -> None:
         """Take a link down or up; a server's routes are put back when its link returns."""
         self.ip(ns, "link", "set", ifname, "up" if up else "down")
-        if up and ns in (self.breakout, self.tunnel):
+        if up and ns in (self.breakout, self.tunnel, self.breakout2):
             self.server_routes(ns)
+
+    def blackhole(self, ns: str, on: bool) -> None:
+        """Drop (or stop dropping) every packet for PROBE4/PROBE6 inside server `ns`, with an
+        nftables table of the lab's in that namespace: the server's link stays up, the upstream
+        behind it looks dead to a health probe."""
+        self.run(ns, "nft", "delete", "table", "inet", "lab_blackhole", check=False)
+        if on:
+            self.run(ns, "nft", "-f", "-", input=(
+                "table inet lab_blackhole {\n"
+                "  chain input { type filter hook input priority 0; policy accept;\n"
+                f"    ip daddr {PROBE4} drop\n    ip6 daddr {PROBE6} drop\n  }}\n}}\n"
+            ))  # fmt: skip
 
     def warm(self) -> None:
         """A round trip each way on every link, so first packets find their neighbours."""
-        targets = {
+        targets: dict[str, tuple[str, ...]] = {
             self.client: (ROUTER_LAN4, ROUTER_LAN6),
             self.router: (CLIENT4, CLIENT6, BREAKOUT_GW4, BREAKOUT_GW6, TUNNEL_GW4, TUNNEL_GW6),
             self.breakout: (ROUTER_WAN4, ROUTER_WAN6),
             self.tunnel: (ROUTER_TUN4, ROUTER_TUN6),
         }
+        if self.breakout2:
+            targets[self.router] += (BREAKOUT2_GW4, BREAKOUT2_GW6)
+            targets[self.breakout2] = (ROUTER_WAN1_4, ROUTER_WAN1_6)
         for ns, hosts in targets.items():
             res = self.python(ns, "-m", "tests.netns.agents", "reach", *hosts, check=False)
             if res.returncode != 0:
@@ -240,8 +290,8 @@ def _env() -> dict[str, str]:
 
 
 @contextmanager
-def lab(tag: str = "") -> Iterator[Lab]:
-    with Lab(tag) as built:
+def lab(tag: str = "", links: int = 1) -> Iterator[Lab]:
+    with Lab(tag, links) as built:
         yield built
 
 

@@ -17,15 +17,20 @@ import time
 from typing import Any
 
 from tests.netns.lab import (
+    BREAKOUT2_GW4,
+    BREAKOUT2_GW6,
     BREAKOUT_GW4,
     BREAKOUT_GW6,
     CLIENT4,
     PORT,
+    PROBE4,
+    PROBE6,
     REPO,
     ROUTER_LAN4,
     ROUTER_LAN6,
     SERVICE4,
     SERVICE6,
+    WAN1_IF,
     WAN_IF,
     Lab,
 )
@@ -61,8 +66,25 @@ ZONE: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def config(tmp: str, policy: str = "builtin: microsoft365", hold: tuple[int, int] = (2, 0)) -> str:
-    """resolverd's config for the lab; `hold` is (min_hold, grace): short for the tests."""
+def config(
+    tmp: str, policy: str = "builtin: microsoft365", hold: tuple[int, int] = (2, 0),
+    links: int = 1,
+) -> str:  # fmt: skip
+    """resolverd's config for the lab; `hold` is (min_hold, grace): short for the tests.
+    `links=2` (for a `Lab(links=2)`): both breakout links, wan0 preferred, with health probes
+    to PROBE4/PROBE6 every half second (down after 2 failed rounds, up after 2 good ones)."""
+    if links == 1:
+        link_keys = f'interface: {WAN_IF}\n  gateway4: {BREAKOUT_GW4}\n  gateway6: "{BREAKOUT_GW6}"'
+    else:
+        link_keys = f"""links:
+    - {{interface: {WAN_IF}, gateway4: {BREAKOUT_GW4}, gateway6: "{BREAKOUT_GW6}"}}
+    - {{interface: {WAN1_IF}, gateway4: {BREAKOUT2_GW4}, gateway6: "{BREAKOUT2_GW6}"}}
+  health:
+    targets: ["{PROBE4}:{PORT}", "[{PROBE6}]:{PORT}"]
+    interval: 0.5
+    timeout: 0.4
+    failures: 2
+    successes: 2"""
     return f"""
 listen: ["{ROUTER_LAN4}:53", "[{ROUTER_LAN6}]:53"]
 upstreams: ["127.0.0.1:5300"]
@@ -71,9 +93,7 @@ state_dir: {tmp}/state
 control: {{socket: {tmp}/control.sock}}
 breakout:
   mode: kernel
-  interface: {WAN_IF}
-  gateway4: {BREAKOUT_GW4}
-  gateway6: "{BREAKOUT_GW6}"
+  {link_keys}
   table: {TABLE}
   rule_priority: {PRIORITY}
   route_protocol: {PROTOCOL}
@@ -87,9 +107,14 @@ policy:
 
 
 class Daemon:
-    """resolverd and the fake upstream in the router namespace."""
+    """resolverd and the fake upstream in the router namespace. `text` replaces the config
+    (its control socket must be `tmp`/control.sock); `records` are added to the upstream's
+    zone."""
 
-    def __init__(self, lab: Lab, tmp: str, hold: tuple[int, int] = (2, 0)) -> None:
+    def __init__(
+        self, lab: Lab, tmp: str, hold: tuple[int, int] = (2, 0), text: str | None = None,
+        records: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> None:  # fmt: skip
         self.lab = lab
         self.tmp = tmp
         self.cfg = os.path.join(tmp, "resolverd.yaml")
@@ -98,9 +123,9 @@ class Daemon:
         self.starts = 0
         zone = os.path.join(tmp, "zone.yaml")
         with open(zone, "w") as fh:
-            json.dump({"records": ZONE}, fh)  # JSON is YAML
+            json.dump({"records": {**ZONE, **(records or {})}}, fh)  # JSON is YAML
         with open(self.cfg, "w") as fh:
-            fh.write(config(tmp, hold=hold))
+            fh.write(config(tmp, hold=hold) if text is None else text)
         self.upstream = lab.spawn(
             lab.router, sys.executable, "-m", "tests.fakeupstream", "--listen", "127.0.0.1:5300",
             "--zone", zone, stdout=subprocess.DEVNULL,

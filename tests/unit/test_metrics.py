@@ -91,6 +91,61 @@ def test_the_metric_set_names_every_upstream_by_role_and_counts_split_dns() -> N
         assert f"{name} 0" in lines
 
 
+class FakeBreakout:
+    """What the metric set reads of the breakout: counters, status, latency."""
+
+    counters = {"installed": 7, "failovers": 3}
+
+    def status(self) -> dict[str, object]:
+        return {
+            "routes_v4": 5, "routes_v6": 2, "link_up": True,
+            "active_v4": "wan1", "active_v6": "wan1",
+            "links": [
+                {"interface": "wan0", "link_up": True, "healthy": False, "probe_rtt_ms": None},
+                {"interface": "wan1", "link_up": True, "healthy": True, "probe_rtt_ms": 2.5},
+                {"interface": "wan2", "link_up": False, "healthy": None, "probe_rtt_ms": None},
+            ],
+        }  # fmt: skip
+
+    def latency(self) -> tuple[int, float]:
+        return 4, 0.002
+
+
+def test_the_breakout_metrics_per_link_and_failovers() -> None:
+    config = parse_config({"upstreams": ["198.51.100.53"]})
+    dns = DnsServer(config, Matcher([]), NullHook())
+    lines = render(collect(dns, FakeBreakout())).splitlines()
+
+    def samples(name: str) -> list[str]:
+        return [
+            line for line in lines if line.startswith(name + "{") or line.startswith(name + " ")
+        ]
+
+    assert samples("resolverd_breakout_interface_up") == [
+        'resolverd_breakout_interface_up{interface="wan0"} 1',
+        'resolverd_breakout_interface_up{interface="wan1"} 1',
+        'resolverd_breakout_interface_up{interface="wan2"} 0',
+    ]
+    assert samples("resolverd_breakout_interface_healthy") == [  # wan2 is not probed
+        'resolverd_breakout_interface_healthy{interface="wan0"} 0',
+        'resolverd_breakout_interface_healthy{interface="wan1"} 1',
+    ]
+    assert samples("resolverd_breakout_probe_rtt_seconds") == [
+        'resolverd_breakout_probe_rtt_seconds{interface="wan1"} 0.0025'
+    ]
+    assert samples("resolverd_breakout_interface_active") == [
+        'resolverd_breakout_interface_active{interface="wan0"} 0',
+        'resolverd_breakout_interface_active{interface="wan1"} 1',
+        'resolverd_breakout_interface_active{interface="wan2"} 0',
+    ]
+    assert "# TYPE resolverd_breakout_failovers_total counter" in lines
+    assert samples("resolverd_breakout_failovers_total") == ["resolverd_breakout_failovers_total 3"]
+    # The metrics from before several links stay as they were.
+    assert samples("resolverd_breakout_link_up") == ["resolverd_breakout_link_up 1"]
+    assert samples("resolverd_routes_installed_total") == ["resolverd_routes_installed_total 7"]
+    assert 'resolverd_routes{family="4"} 5' in lines
+
+
 def test_counter_names_end_in_total() -> None:
     text = render([Metric("resolverd_routes_installed", "counter", "Routes.", [({}, 3)])])
     assert text.splitlines() == [
