@@ -85,6 +85,7 @@ class Breakout:
         )
         self.io = Installs(self.ledger, kernel, self.journal, clock, cfg.ack_timeout)
         self.io.ensure_rules = lambda: repair.rules_now(self)
+        self.io.errnos.on_lost = repair.LostReplies(self)
         self.never = NeverRoute(cfg.never_route)
         self.paths = Paths(cfg.links, health_thresholds(cfg))
         self.view = view if view is not None else NetView()
@@ -226,11 +227,14 @@ class Breakout:
                 if h is None:
                     continue
             else:
+                before = h.expires
                 if h.names != qname or via != qname:
                     h.extend(names, row, expires)
                 elif expires > h.expires:
                     h.expires, h.row = expires, row
-                if h.expires > h.noted - 15.0:
+                # Only an extension can outrun the journal (a hold restored at start is at
+                # what the journal says: recording it again would add AHEAD on top).
+                if h.expires > before and h.expires > h.noted - 15.0:
                     journal.extended(h)
             if h.installed:
                 if (

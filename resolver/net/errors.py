@@ -55,6 +55,9 @@ class Errnos:
     def __init__(self, counters: dict[str, int]) -> None:
         self.counters = counters
         self.ratelog = RateLimitedLog(log)
+        # Called when a batch failed with ENOBUFS: its replies were lost, or it was never
+        # sent; either way the kernel's state is not what the books say (repair.LostReplies).
+        self.on_lost: Callable[[], None] | None = None
 
     def failed(self, what: str, code: int, subject: object = "") -> None:
         """One failure of `what` (e.g. "install route") for `subject`."""
@@ -62,6 +65,8 @@ class Errnos:
         self.ratelog.log(
             logging.WARNING, f"{what}-{code}", "cannot %s %s: %s", what, subject, strerror(code)
         )
+        if code == errno.ENOBUFS and self.on_lost is not None:
+            self.on_lost()
 
     def settle(self, what: str, ok: Iterable[int] = (0,)) -> Callable[[list[int]], list[int]]:
         """A callback for a batch: counts and logs every errno not in `ok`; returns the
@@ -76,6 +81,8 @@ class Errnos:
                     logging.WARNING, f"{what}-{bad[0]}", "%s: %d failed (%s)", what, len(bad),
                     strerror(bad[0]),
                 )  # fmt: skip
+                if errno.ENOBUFS in bad and self.on_lost is not None:
+                    self.on_lost()
             return codes
 
         return settled

@@ -11,9 +11,13 @@ Extensions (every answer, cache hits included) are not written one by one: a hol
 `AHEAD` seconds beyond its expiry, and recorded again only when its expiry comes within
 `AHEAD / 2` of what the journal says. The journal therefore never says less than the truth, and
 at most `AHEAD` seconds more: after a crash a route may live up to that much longer than its
-hold, never shorter. Removals and those re-recordings are buffered and written within a second.
-The file is rewritten from the live holds when it has grown well past them (`compact`), into
-a temporary file that replaces it atomically; lines written meanwhile are added to the new one.
+hold, never shorter. Removals and those re-recordings are written by the sweep, within a
+second; a hold the file would otherwise no longer cover within `SYNC_MARGIN` (an answer after a
+long pause, a longer TTL) is recorded at once, before the reply. The file is rewritten from the
+live holds when it has grown well past them (`compact`): a temporary file is written off the
+loop, then, on the loop, the lines written meanwhile are added and it replaces the journal (no
+line can fall between the two). A compaction keeps what the file says of each hold: restarts
+do not push expiries further out.
 
 Format, one record per line (`address` as text, `expires` wall-clock whole seconds):
 
@@ -24,15 +28,18 @@ Format, one record per line (`address` as text, `expires` wall-clock whole secon
 
 Reading tolerates a last line cut short (a write interrupted by the kill); any other line that
 does not parse makes the journal untrustworthy (`Loaded.ok` false): the caller then keeps the
-kernel's routes rather than removing what it cannot account for. A full or read-only state
-directory stops none of this from running: the failure is counted, logged once, and shown in
-status until a write succeeds again.
+kernel's routes rather than removing what it cannot account for. Appending drops such a tail
+first, and a short write (a full disk) is undone: no half record is left in the middle. A full
+or read-only state directory stops none of this from running: the failure is counted, logged
+once, and shown in status; records were lost, so the journal counts as writable (and resolverd
+as crash-safe) again only once it has been rewritten from the live holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -50,6 +57,7 @@ FILE_NAME = "holds.journal"
 LEGACY_FILE = "breakout-state.json"  # resolverd 0.1's state file, read once if no journal
 VERSION = 1
 AHEAD = 30.0  # seconds a recorded expiry runs ahead of the hold's own
+SYNC_MARGIN = 5.0  # a due re-recording closer than this to the journal's expiry is not buffered
 COMPACT_FACTOR = 4  # rewrite when the file has this many lines per live hold (and more than:)
 COMPACT_MIN = 20_000
 
@@ -103,7 +111,7 @@ def parse(data: bytes, path: str = FILE_NAME) -> Loaded:
         return Loaded({}, not problems, problems, True)
     for number, raw in enumerate(lines[1:], start=2):
         try:
-            _apply(holds, raw.decode("ascii").split(" "))
+            _apply(holds, raw.decode("ascii").split(" ", 4))  # a name is the last field
         except (UnicodeDecodeError, ValueError, IndexError):
             problems.append(f"{path}:{number}: cannot read {raw[:80]!r}")
     return Loaded(holds, not problems, problems, True)
@@ -162,10 +170,12 @@ class Journal:
         self._clock, self._wall = clock, wall
         self._fd = -1
         self._lines = 0
-        self._buffer: list[bytes] = []
+        self._buffer: list[bytes] = []  # removals, for the sweep to write
+        self._due: dict[bytes, Hold] = {}  # holds to record again, by the sweep
         self._since: list[bytes] | None = None  # written while a compaction is in flight
         self.errors = 0
         self.last_error: str | None = None
+        self._dirty = False  # records were lost: the file must be rewritten to be complete
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -176,25 +186,39 @@ class Journal:
             self._write(b"".join(lines), len(lines))
 
     def extended(self, h: Hold) -> None:
-        """Called for every answer: records the hold again only when due (buffered)."""
-        if h.expires > h.noted - AHEAD / 2:
-            self._buffer.append(self._record(h))
+        """Called for every answer that extended the hold (`noted` is what the file says): due
+        again, it is recorded by the next sweep; the file nearly overtaken, at once."""
+        if h.expires > h.noted - SYNC_MARGIN:
+            self._due.pop(h.packed, None)
+            data = self._record(h)
+            self._write(data, data.count(b"\n"))
+        elif h.expires > h.noted - AHEAD / 2:
+            self._due[h.packed] = h
 
     def removed(self, holds: Iterable[Hold]) -> None:
-        self._buffer.extend(f"- {h.address}\n".encode() for h in holds)
+        for h in holds:
+            if self._due.get(h.packed) is h:
+                del self._due[h.packed]
+            self._buffer.append(f"- {h.address}\n".encode())
 
     def flushed(self) -> None:
         self._buffer.clear()
+        self._due.clear()
         self._write(b"F\n", 1)
 
     def write_buffered(self) -> None:
-        if self._buffer:
-            lines, self._buffer = self._buffer, []
-            self._write(b"".join(lines), len(lines))
+        """Write the removals, then the holds due again (recorded as they are now)."""
+        lines, self._buffer = self._buffer, []
+        if self._due:
+            lines += [self._record(h) for h in self._due.values()]
+            self._due = {}
+        if lines:
+            data = b"".join(lines)
+            self._write(data, data.count(b"\n"))
 
     def _record(self, h: Hold) -> bytes:
         h.noted = h.expires + AHEAD
-        return _format(h.packed, h.names, h.expires, h.row, self._wall() - self._clock())
+        return _format(h.packed, h.names, h.expires, h.row, self._wall() - self._clock(), AHEAD)
 
     def _write(self, data: bytes, lines: int) -> None:
         if not self.state_dir:
@@ -204,24 +228,32 @@ class Journal:
         try:
             if self._fd < 0:
                 self._open()
-            os.write(self._fd, data)
+            _append(self._fd, data)
         except OSError as err:
             self._failed(err)
             return
         self._lines += lines
-        if self.last_error is not None:
-            log.warning("hold journal %s is writable again", self.path)
-            self.last_error = None
 
     def _open(self) -> None:
         os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        if os.fstat(fd).st_size == 0:
-            os.write(fd, self.header)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A record cut short by a kill: drop it, or the next one would be glued to it.
+                tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
+                size = size - len(tail) + tail.rfind(b"\n") + 1
+                os.ftruncate(fd, size)
+            if size == 0:
+                _append(fd, self.header)
+        except OSError:
+            os.close(fd)
+            raise
         self._fd = fd
 
     def _failed(self, err: OSError) -> None:
         self.errors += 1
+        self._dirty = True
         message = f"{self.path}: {err.strerror or err}"
         if self.last_error is None:
             log.error(
@@ -229,6 +261,14 @@ class Journal:
                 "still served, but a crash now would forget the newest holds", message,
             )  # fmt: skip
         self.last_error = message
+
+    def _complete(self) -> None:
+        """The file holds every live hold again (a compaction succeeded)."""
+        self._dirty = False
+        if self.last_error is not None:
+            log.warning("hold journal %s is writable again: rewritten from the live holds",
+                        self.path)  # fmt: skip
+            self.last_error = None
 
     def close(self) -> None:
         self.write_buffered()
@@ -241,40 +281,46 @@ class Journal:
     def due(self, live: int) -> bool:
         if not self.state_dir or self._since is not None:
             return False
-        return self._lines > max(COMPACT_MIN, COMPACT_FACTOR * live) or self.last_error is not None
+        return self._dirty or self._lines > max(COMPACT_MIN, COMPACT_FACTOR * live)
 
     async def compact(self, holds: Iterable[Hold]) -> bool:
-        """Rewrite the journal from `holds` (off the event loop); False when it failed."""
+        """Rewrite the journal from `holds` (see the module docstring); False when it failed.
+        Each hold keeps the expiry the journal has for it (`noted`), unless that is short."""
         if self._since is not None or not self.state_dir:
             return False
         self.write_buffered()
         offset = self._wall() - self._clock()
         snapshot = []
         for h in holds:
-            h.noted = h.expires + AHEAD
+            if h.noted < h.expires:  # not recorded yet (or short of it): ahead, as `_record`
+                h.noted = h.expires + AHEAD
             names = h.names if isinstance(h.names, str) else dict(h.names)
-            snapshot.append((h.packed, names, h.expires, h.row))
+            snapshot.append((h.packed, names, h.expires, h.row, offset, h.noted - h.expires))
         self._since = []
         loop = asyncio.get_running_loop()
         try:
-            count = await loop.run_in_executor(None, self._replace, snapshot, offset)
+            tmp, count = await loop.run_in_executor(None, self._prepare, snapshot)
         except OSError as err:
             self._since = None
             self._failed(err)
             return False
         since, self._since = self._since, None
-        old, self._fd = self._fd, -1
+        try:
+            fd = self._adopt(tmp, since)
+        except OSError as err:
+            self._failed(err)
+            return False
+        old, self._fd = self._fd, fd
         if old >= 0:
             os.close(old)
-        self._lines = count
-        for data in since:
-            self._write(data, data.count(b"\n"))
+        self._lines = count + sum(data.count(b"\n") for data in since)
+        self._complete()
         return True
 
-    def _replace(self, snapshot: list[Snapshot], offset: float) -> int:
-        """Write the header and the holds of `snapshot` to a temporary file, then rename it
-        over the journal. Runs in a worker thread."""
-        records = [_format(*item, offset) for item in snapshot]
+    def _prepare(self, snapshot: list[Snapshot]) -> tuple[str, int]:
+        """Write the header and the holds of `snapshot` to a temporary file, synced; its path
+        and the number of records. Runs in a worker thread."""
+        records = [_format(*item) for item in snapshot]
         os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".holds.", suffix=".tmp", dir=self.state_dir)
         try:
@@ -284,33 +330,60 @@ class Journal:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o640)
-            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return tmp, len(records)
+
+    def _adopt(self, tmp: str, since: list[bytes]) -> int:
+        """On the loop: add the lines written during the compaction to `tmp`, then rename it
+        over the journal; no write can fall between the two. Returns its descriptor."""
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                for data in since:
+                    _append(fd, data)
+                os.replace(tmp, self.path)
+            except BaseException:
+                os.close(fd)
+                raise
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.state_dir, LEGACY_FILE))
-        return len(records)
+        return fd
 
     def status(self) -> dict[str, object]:
         return {"file": self.path, "writable": self.last_error is None,
                 "errors": self.errors, "last_error": self.last_error}  # fmt: skip
 
 
-Snapshot = tuple[bytes, "str | dict[str, float]", float, int]
+Snapshot = tuple[bytes, "str | dict[str, float]", float, int, float, float]
 
 
 def _format(packed: bytes, names: str | dict[str, float], expires: float, row: int,
-            offset: float) -> bytes:  # fmt: skip
-    """The record of a hold; `offset` maps monotonic onto wall-clock time."""
+            offset: float, ahead: float) -> bytes:  # fmt: skip
+    """The record of a hold, each expiry `ahead` seconds beyond its own; `offset` maps
+    monotonic onto wall-clock time."""
     address = socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
     if isinstance(names, str):
-        return f"+ {address} {math.ceil(expires + AHEAD + offset)} {row} {names}\n".encode()
+        return f"+ {address} {math.ceil(expires + ahead + offset)} {row} {names}\n".encode()
     return b"".join(
-        f"+ {address} {math.ceil(e + AHEAD + offset)} {row} {n}\n".encode()
+        f"+ {address} {math.ceil(e + ahead + offset)} {row} {n}\n".encode()
         for n, e in names.items()
     )
+
+
+def _append(fd: int, data: bytes) -> None:
+    """One write(2) of `data` at the end of the file. A short write (the disk filled up in the
+    middle of it) is undone and raised as ENOSPC: no half record is left to be appended to."""
+    done = os.write(fd, data)
+    if done < len(data):
+        os.ftruncate(fd, os.fstat(fd).st_size - done)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def remove(state_dir: str) -> bool:

@@ -298,7 +298,11 @@ class Channel:
                 job = self._jobs.popleft()
             if job is None:
                 return
-            errors, replies = self._do(job)
+            try:
+                errors, replies = self._do(job)
+            except Exception:  # never let the writer die: every later request would hang
+                log.exception("netlink writer: request failed unexpectedly")
+                errors, replies = [errno.EIO] * job.count, []
             loop = self._loop
             if loop is None or loop.is_closed():
                 return
@@ -335,13 +339,12 @@ class Channel:
                 self._fail_range(errors, base, first, acked, errno.ETIMEDOUT)
                 log.warning("netlink: no ack within %.0f s", RECV_TIMEOUT)
                 return
-            except OSError as err:
-                if err.errno == errno.ENOBUFS:  # replies were lost: nothing here is certain
-                    self._fail_range(errors, base, first, acked, errno.ENOBUFS)
-                    log.warning("netlink receive buffer overrun: %d requests failed",
-                                acked - first + 1)  # fmt: skip
-                    return
-                raise
+            except OSError as err:  # ENOBUFS: replies were lost, nothing here is certain
+                code = err.errno or errno.EIO
+                self._fail_range(errors, base, first, acked, code)
+                log.warning("netlink receive failed (%s): %d requests failed",
+                            os.strerror(code), acked - first + 1)  # fmt: skip
+                return
             for kind, _flags, seq, start, end in iter_messages(buf, size):
                 if not first <= seq <= acked:
                     continue  # an answer to an earlier request that timed out

@@ -45,7 +45,9 @@ def restore_holds(
         if s.expires <= wall:
             continue
         names = {n: now + (e - wall) for n, e in s.names.items() if e > wall}
-        if not names or not any(match(n) is not None for n in names):
+        # A route kept unaccounted (an earlier start could not read the journal) stays for
+        # the hold period it was given, whatever the policy says.
+        if not names or not any(n == UNACCOUNTED or match(n) is not None for n in names):
             continue
         try:
             packed = socket.inet_pton(AF[6 if ":" in address else 4], address)

@@ -4,7 +4,10 @@
   or an install that failed) are put back, the journal's buffered records are written and the
   journal is compacted when due;
 - `audit` (every `AUDIT_INTERVAL`, and at once when a rule is deleted): our ip rules and sets
-  are checked, and put back (a destroyed ipset is created again and refilled).
+  are checked, and put back (a destroyed ipset is created again and refilled);
+- `LostReplies` (when a kernel batch fails with ENOBUFS: its acks were dropped, or it was never
+  sent): the table is read again, what is missing is marked lost (the sweep puts it back), and
+  the routes of ours that nothing holds (a removal that never happened) are removed.
 Each kind of repair is logged once, until an audit finds that kind of state right again.
 """
 
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from resolver.net import reload, watch
-from resolver.net.errors import BreakoutError
+from resolver.net.errors import GONE, BreakoutError
 from resolver.net.holds import Hold
+from resolver.net.routes import AF, HOST_LEN, owned
 
 if TYPE_CHECKING:
     from resolver.net.breakout import Breakout
@@ -133,3 +138,62 @@ def forget(b: Breakout, holds: list[Hold], reason: str) -> None:
     b.ledger.forget(holds)
     b.journal.removed(holds)
     log.debug("removing %d holds: %s", len(holds), reason)
+
+
+class LostReplies:
+    """`Errnos.on_lost` of a breakout: resync the table with the books, one run at a time (a
+    loss during a run makes it run again), retried a few times when a dump fails."""
+
+    RETRIES = 5
+
+    def __init__(self, b: Breakout) -> None:
+        self.b = b
+        self.task: asyncio.Task[None] | None = None
+        self.again = False
+
+    def __call__(self) -> None:
+        b = self.b
+        if b._loop is None or not b._active:
+            return  # at start, reconcile reads the table anyway
+        if self.task is not None and not self.task.done():
+            self.again = True
+            return
+        self.task = b._loop.create_task(self._run())
+        b._tasks = [task for task in b._tasks if not task.done()]
+        b._tasks.append(self.task)  # cancelled by stop()
+
+    async def _run(self) -> None:
+        tries = 0
+        self.again = True
+        while self.again:
+            self.again = False
+            try:
+                await resettle(self.b)
+            except (BreakoutError, OSError) as err:
+                tries += 1
+                if tries >= self.RETRIES:
+                    log.error("cannot re-read table %d after lost netlink replies: %s",
+                              self.b.cfg.table, err)  # fmt: skip
+                    return
+                self.again = True
+                await asyncio.sleep(1.0)
+
+
+async def resettle(b: Breakout) -> None:
+    """Believe the kernel again: what is missing is marked lost (watch.resync), and routes of
+    ours that neither a hold nor the config accounts for are removed."""
+    await watch.resync(b)
+    present = owned(await b.kernel.dump_routes(), b.cfg.route_protocol)
+    routed = b.ledger.routes.routed
+    stale = [
+        r for r in present
+        if f"{r.dst}/{r.dst_len}" not in routed
+        and not (r.dst_len == HOST_LEN[r.family]
+                 and socket.inet_pton(AF[r.family], r.dst) in b.holds)
+    ]  # fmt: skip
+    if stale:
+        b.io.errnos.ratelog.log(
+            logging.WARNING, "stale-routes", "removing %d routes of ours from table %d that "
+            "nothing holds (netlink replies were lost)", len(stale), b.cfg.table,
+        )  # fmt: skip
+        b.io.errnos.settle("remove stale routes", GONE)(await b.io.delete_table_routes(stale))

@@ -5,7 +5,9 @@ Prints, from one run on the same kernel:
   next to `ip -batch` and pyroute2's AsyncIPRoute.route("replace");
 - the latency on_answer adds on the miss path for answers with 1, 2 and 8 new addresses
   (from the call to the awaitable's completion: the queue flush, the routes, the ipset
-  entries and their acks), p50 and p99; and the cost of a cache hit.
+  entries and their acks), p50 and p99; and the cost of a cache hit;
+- what the hold journal costs there: the same miss path with and without it (a Breakout with no
+  state directory keeps no journal), and the cost of recording one new hold.
 
 The measuring half runs inside the namespace: ``python -m tests.bench.test_routes_bench
 --inside``; the test builds the namespace, runs it, prints the figures and removes it.
@@ -134,6 +136,74 @@ async def _on_answer_latency(state_dir: str) -> dict[str, Any]:
     return out
 
 
+def _journal_note_us(state_dir: str, n: int = 20_000) -> float:
+    """Mean cost of recording one new hold in the journal (`Journal.note`: one write(2))."""
+    from resolver.net.holds import Hold
+    from resolver.net.journal import Journal
+
+    j = Journal(state_dir, 365, 245, time.monotonic, time.time)
+    holds = [Hold(_addr(i), "x.office.com", time.monotonic() + 330, 1) for i in range(n)]
+    t0 = time.perf_counter()
+    for h in holds:
+        j.note([h])
+    took = time.perf_counter() - t0
+    j.close()
+    return round(took / n * 1e6, 2)
+
+
+async def _journal_cost(state_dir: str) -> dict[str, Any]:
+    """on_answer on the miss path with the journal and without it, side by side: two breakouts
+    (tables 365 and 366; the second has no state directory, so keeps no journal) answer in
+    turn, so that both see the same load on the machine. Plus the cost of recording one new
+    hold (`Journal.note`: formatting and one write(2))."""
+    from policy.matcher import Matcher
+    from policy.model import Policy, Rule
+    from resolver.config import BreakoutConfig, LinkConfig, Mode
+    from resolver.hooks import Tagged, pack_addresses
+    from resolver.net.breakout import Breakout
+
+    rule = Rule(row=1, purpose="bench", required=True, patterns=("*.office.com",))
+    matcher = Matcher([rule])
+    match = matcher.match("x.office.com")
+    sides: dict[str, Breakout] = {}
+    for side, table, where in (("journal", 365, state_dir), ("none", 366, "")):
+        cfg = BreakoutConfig(
+            mode=Mode.KERNEL, interface="wan0", gateway4="192.0.2.1", table=table,
+            rule_priority=1000 + table, ipset4=f"bench-{table}", ipset6=f"bench6-{table}",
+            links=(LinkConfig("wan0", "192.0.2.1", None),), max_entries=1_000_000,
+            never_route=(),
+        )  # fmt: skip
+        sides[side] = Breakout(cfg, where, matcher, Policy((rule,)))
+        await sides[side].start()
+    samples: dict[str, dict[int, list[float]]] = {side: {1: [], 2: [], 8: []} for side in sides}
+    base = 200_000
+    for n in (1, 2, 8):
+        for k in range(2 * N_ANSWERS):
+            side = ("journal", "none")[k % 2]
+            addrs = pack_addresses(_text(base + j) for j in range(n))
+            base += n
+            t = Tagged("x.office.com", "x.office.com", match, addrs)  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            wait = sides[side].on_answer(t, 300)
+            assert wait is not None
+            await wait
+            samples[side][n].append(time.perf_counter() - t0)
+            if k % 50 == 0:
+                await asyncio.sleep(0)
+    out: dict[str, Any] = {"note_us": _journal_note_us(os.path.join(state_dir, "note"))}
+    for side, b in sides.items():
+        out[side] = {}
+        for n, values in samples[side].items():
+            values.sort()
+            out[side][f"miss_{n}"] = {
+                "p50_us": round(values[len(values) // 2] * 1e6, 1),
+                "p99_us": round(values[int(len(values) * 0.99)] * 1e6, 1),
+            }
+        await b.flush()
+        await b.stop()
+    return out
+
+
 def inside() -> dict[str, Any]:
     figures: dict[str, Any] = {}
     figures["channel_routes_per_s"] = round(asyncio.run(_channel_rate()))
@@ -141,6 +211,8 @@ def inside() -> dict[str, Any]:
     figures["pyroute2_replace_per_s"] = round(_pyroute2_rate())
     with tempfile.TemporaryDirectory(prefix="r365-bench-") as state_dir:
         figures["on_answer"] = asyncio.run(_on_answer_latency(state_dir))
+    with tempfile.TemporaryDirectory(prefix="r365-bench-") as state_dir:
+        figures["journal_cost"] = asyncio.run(_journal_cost(state_dir))
     return figures
 
 
@@ -193,6 +265,14 @@ def test_route_programming_and_on_answer_latency(bench_ns: str) -> None:
             f"on_answer miss, {n} new address(es): p50 {m['p50_us']:>7} us  p99 {m['p99_us']:>7} us"
         )
     print(f"on_answer cache hit: {a['hit_us']} us")
+    cost = figures["journal_cost"]
+    print(f"hold journal: one new hold recorded in {cost['note_us']} us (Journal.note, write(2))")
+    for n in (1, 2, 8):
+        j, none = cost["journal"][f"miss_{n}"], cost["none"][f"miss_{n}"]
+        print(
+            f"on_answer miss, {n} new: with the journal p50 {j['p50_us']:>7} us p99 "
+            f"{j['p99_us']:>7} us; without p50 {none['p50_us']:>7} us p99 {none['p99_us']:>7} us"
+        )
     assert a["errors"] == 0 and a["ack_timeouts"] == 0
     assert figures["channel_routes_per_s"] > figures["pyroute2_replace_per_s"]
 
