@@ -212,7 +212,7 @@ def test_compaction_keeps_the_live_holds_and_the_lines_written_meanwhile(tmp_pat
             j.write_buffered()
             noted.set()
 
-        def slow_prepare(snapshot: list[journal.Snapshot]) -> tuple[str, int]:
+        def slow_prepare(snapshot: journal.Snapshot) -> tuple[str, int]:
             out = prepare(snapshot)
             # While the worker is still busy, the loop records more: a kill at this instant
             # must find them in the journal.
