@@ -320,6 +320,7 @@ async def serve(loaded: Loaded, loop_name: str) -> int:
             return
         task = asyncio.create_task(_reload_logged(daemon))
         daemon.tasks.append(task)
+        task.add_done_callback(daemon.tasks.remove)  # one per SIGHUP: not kept once done
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
