@@ -8,7 +8,7 @@ SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd n
 SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node
 
 .PHONY: all venv sysdeps test test-unit test-integration test-netns test-package bench demo lint \
-	deb clean soak profile
+	deb clean soak profile fuzz
 
 all: test
 
@@ -32,8 +32,9 @@ sysdeps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS) >/dev/null; \
 	fi
 
+# tests/fuzz: the fuzz corpus replayed, then atheris on each target for FUZZ_SECONDS in all.
 test: venv sysdeps
-	$(PY) -m pytest tests/unit tests/integration tests/netns tests/package -q
+	$(PY) -m pytest tests/unit tests/integration tests/fuzz tests/netns tests/package -q
 
 test-unit: venv sysdeps
 	$(PY) -m pytest tests/unit -q -m unit
@@ -43,6 +44,10 @@ test-integration: venv
 
 test-netns: venv sysdeps
 	$(PY) -m pytest tests/netns -q -m netns
+
+# The fuzzers alone, longer: FUZZ_SECONDS=600 make fuzz (FUZZ_CORPUS=DIR keeps what they find).
+fuzz: venv
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} $(PY) -m pytest tests/fuzz -q -s -m fuzz
 
 # Builds the .deb (make deb), installs, runs, upgrades and purges it in a namespace (root).
 test-package: venv sysdeps

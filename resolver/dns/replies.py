@@ -11,6 +11,7 @@ CNAME chain from the query name and collects its A and AAAA addresses.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from resolver.dns.wire import (
@@ -99,7 +100,12 @@ def accept_reply(data: bytes, qid: int, question: bytes) -> Layout | None:
         return None
     if data[2] & 0x02:
         return Layout(rcode=rcode, qend=12 + len(question), end=len(data), truncated=True)
-    return scan_reply(data, trailing=True)
+    layout = scan_reply(data, trailing=True)
+    if layout.end < len(data):
+        # A name read through a pointer can run on into the bytes past the last record: walk
+        # what will be kept once more (rare: only replies with trailing bytes pay for it).
+        return scan_reply(data[: layout.end])
+    return layout
 
 
 # -- replies from upstreams -------------------------------------------------------------------
@@ -189,9 +195,35 @@ def scan_reply(data: bytes, records: bool = True, trailing: bool = False) -> Lay
         pos = end
     if pos != n and not trailing:
         raise WireError("trailing bytes after the last record")
+    if pointers and offsets:
+        _clear_of_ttls(data, pointers, offsets)
     layout.end = pos
     layout.answer_ttls = an if an < len(ttls) else len(ttls)
     return layout
+
+
+def _clear_of_ttls(data: bytes, pointers: list[int], offsets: list[int]) -> None:
+    """WireError when a name, through a compression pointer, reads bytes of a TTL field: the
+    cache re-writes those as the answer ages, and the name would change with them (or stop
+    being one). Each label is looked at once, however many names share it."""
+    first = offsets[0]
+    seen: set[int] = set()
+    for at in pointers:
+        pos = ((data[at] & 0x3F) << 8) | data[at + 1]
+        while pos not in seen:
+            seen.add(pos)
+            length = data[pos]
+            size = 2 if length & 0xC0 else length + 1
+            if pos + size > first:
+                i = bisect_right(offsets, pos + size - 1) - 1
+                if i >= 0 and offsets[i] + 4 > pos:
+                    raise WireError("a compressed name runs through a TTL field")
+            if length & 0xC0:
+                pos = ((length & 0x3F) << 8) | data[pos + 1]
+            elif length:
+                pos += size
+            else:
+                break
 
 
 def without_opt(data: bytes, layout: Layout) -> tuple[bytes, list[int]]:

@@ -328,11 +328,14 @@ def name_text(wire: bytes) -> str:
 
 
 def encode_name(text: str) -> bytes:
-    """'www.example.com' -> wire format (no compression)."""
+    """'www.example.com' -> wire format (no compression).
+
+    Characters are bytes as `read_name` decodes them (latin-1), so that a name read from an
+    upstream reply encodes back to the bytes it was read from, whatever they are."""
     out = bytearray()
     for label in text.rstrip(".").split("."):
         if label:
-            raw = label.encode("ascii")
+            raw = label.encode("latin-1")
             if len(raw) > 63:
                 raise ValueError(f"label longer than 63 octets: {label!r}")
             out.append(len(raw))
