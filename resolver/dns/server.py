@@ -183,13 +183,8 @@ class DnsServer:
         }
 
     def tcp_stats(self) -> dict[str, int]:
-        tcp = self.tcp
-        return {
-            "connections": len(tcp.connections),
-            "rejected": tcp.rejected,
-            "oversized": tcp.oversized,
-            "idle_closed": tcp.idle_closed,
-        }
+        """Open connections, and the ones closed by each limit (tcp.py)."""
+        return self.tcp.stats()
 
     def status(self) -> dict[str, Any]:
         handler = self.handler

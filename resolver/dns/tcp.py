@@ -1,21 +1,39 @@
-"""DNS over TCP (RFC 7766): two-byte length prefix, pipelined queries, idle timeout, a cap.
+"""DNS over TCP (RFC 7766): two-byte length prefix, pipelined queries, and connections that
+cannot be held hostage.
 
 Each connection hands every complete message to the handler as soon as it has arrived, so
 several queries on one connection are worked on at once and answered in whatever order their
-answers are ready (each reply carries its query's id). A connection is closed after
-`idle_timeout` seconds without a query or a reply. Beyond `max_connections` a new connection
-is closed at once. A connection the client has half-closed is closed once every reply it is
-owed has been sent, and idleness counts only while nothing is owed. A length prefix above
-`MAX_QUERY` closes the connection: no query is that big, and it keeps a connection's buffer
-bounded. When the client does not read its replies (`pause_writing`) we stop reading its
-queries. A query the handler will not work on (budget spent, full pending table) is answered
-(SERVFAIL) rather than left without an answer; only a message that is no query gets nothing.
+answers are ready (each reply carries its query's id). A connection the client has half-closed
+is closed once every reply it is owed has been sent. A length prefix above `MAX_QUERY` closes
+the connection: no query is that big, and it keeps a connection's buffer bounded. A query the
+handler will not work on (budget spent, full pending table) is answered (SERVFAIL) rather
+than left without an answer; only a message that is no query gets nothing.
+
+What a slow or silent client can hold, and for how long (as Knot's tcp-io-timeout and
+Unbound's per-address limits do it):
+- a message must arrive whole within `message_timeout` of its first byte, and the first one
+  within `message_timeout` of the connection's start: a client that sends nothing, or one
+  byte a second, is closed (`slow_closed`) however busy it looks;
+- between messages, a connection that is owed nothing is closed after `idle_timeout`
+  (`idle_closed`);
+- a client that does not read its replies stops being read (`pause_writing`), and after
+  `idle_timeout` of that it is closed (`stalled_closed`);
+- one client (an IPv4 address, an IPv6 /64) holds at most `max_per_client` connections: a new
+  one closes that client's own least recently active connection (`client_evicted`);
+- when `max_connections` are open, a new connection closes the least recently active one
+  that is owed nothing (`evicted`). "Active" is a whole query received or a reply sent, so a
+  connection dribbling bytes is never fresher than a client that asks. Only when every
+  candidate is owed replies is the new connection closed at once (`rejected`).
+A connection owed replies is never evicted: what it asked is answered or the client gives up.
+The search for a connection to evict looks at `EVICT_SCAN` candidates at most.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+from collections import OrderedDict
 from typing import Any, cast
 
 from resolver.dns.handler import Handler
@@ -23,23 +41,66 @@ from resolver.dns.handler import Handler
 log = logging.getLogger(__name__)
 
 MAX_QUERY = 4096
+MESSAGE_TIMEOUT = 2.0  # seconds for a message to arrive whole, from its first byte
+PER_CLIENT_SHARE = 8  # a client may hold max_connections / PER_CLIENT_SHARE connections
+EVICT_SCAN = 64  # connections looked at for one to evict
+COUNTERS = (
+    "rejected", "evicted", "client_evicted", "slow_closed", "idle_closed", "stalled_closed",
+    "oversized",
+)  # fmt: skip
+
+
+def client_key(peer: Any) -> str:
+    """Whose connection this is: the IPv4 address, or the /64 of an IPv6 address (one host
+    can have many addresses in its /64, and they are cheap)."""
+    host = str(peer[0]).partition("%")[0] if peer else ""
+    if ":" not in host:
+        return host
+    try:
+        ip = ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address)
+
+
+def per_client(max_connections: int) -> int:
+    return max(1, max_connections // PER_CLIENT_SHARE)
 
 
 class TcpServer:
-    """The connections of every TCP listener, their cap and their idle timeout."""
+    """The connections of every TCP listener, their limits and their timeouts."""
 
-    def __init__(self, handler: Handler, idle_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        idle_timeout: float,
+        max_connections: int,
+        *,
+        message_timeout: float = MESSAGE_TIMEOUT,
+        max_per_client: int | None = None,
+    ) -> None:
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self.connections: set[TcpConnection] = set()
-        self.rejected = 0  # connections closed because of the cap
-        self.oversized = 0  # connections closed for a length prefix above MAX_QUERY
-        self.idle_closed = 0
+        self.message_timeout = message_timeout
+        self._per_client_given = max_per_client is not None
+        self.max_per_client = max_per_client or per_client(max_connections)
+        # Least recently active first; a whole query received or a reply sent moves it last.
+        self.connections: OrderedDict[TcpConnection, None] = OrderedDict()
+        self.clients: dict[str, OrderedDict[TcpConnection, None]] = {}
+        self.counters = dict.fromkeys(COUNTERS, 0)
 
     def configure(self, idle_timeout: float, max_connections: int) -> None:
+        """A reload: new limits apply to new connections and to the next checks."""
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        if not self._per_client_given:
+            self.max_per_client = per_client(max_connections)
+
+    def stats(self) -> dict[str, int]:
+        return {"connections": len(self.connections), **self.counters}
 
     def protocol(self) -> TcpConnection:
         return TcpConnection(self)
@@ -47,6 +108,53 @@ class TcpServer:
     def close_all(self) -> None:
         for conn in list(self.connections):
             conn.close()
+
+    # -- admission --------------------------------------------------------------------------
+    def admit(self, conn: TcpConnection) -> bool:
+        """Make room for `conn` (evicting if need be) and register it; False: no room."""
+        mine = self.clients.get(conn.client)
+        if mine is not None and len(mine) >= self.max_per_client:
+            victim = _evictable(mine)
+            if victim is None:
+                self.counters["rejected"] += 1
+                return False
+            self.counters["client_evicted"] += 1
+            log.debug("TCP client %s at its %d connections: closing its least active one",
+                      conn.client, self.max_per_client)  # fmt: skip
+            victim.close()
+        if len(self.connections) >= self.max_connections:
+            victim = _evictable(self.connections)
+            if victim is None:
+                self.counters["rejected"] += 1
+                return False
+            self.counters["evicted"] += 1
+            victim.close()
+        self.connections[conn] = None
+        self.clients.setdefault(conn.client, OrderedDict())[conn] = None
+        return True
+
+    def touch(self, conn: TcpConnection) -> None:
+        """`conn` was active: it moves to the back of the eviction order."""
+        if conn in self.connections:
+            self.connections.move_to_end(conn)
+            self.clients[conn.client].move_to_end(conn)
+
+    def forget(self, conn: TcpConnection) -> None:
+        if self.connections.pop(conn, 0) is None:
+            mine = self.clients[conn.client]
+            del mine[conn]
+            if not mine:
+                del self.clients[conn.client]
+
+
+def _evictable(conns: OrderedDict[TcpConnection, None]) -> TcpConnection | None:
+    """The least recently active connection that is owed no reply, among the first few."""
+    for index, conn in enumerate(conns):
+        if index >= EVICT_SCAN:
+            break
+        if not conn.owed:
+            return conn
+    return None
 
 
 class TcpConnection(asyncio.Protocol):
@@ -59,37 +167,44 @@ class TcpConnection(asyncio.Protocol):
         self._handle = server.handler.handle
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
+        self.client = ""
         self._buffer = bytearray()
-        self._last = 0.0
+        self._last = 0.0  # the last whole query received or reply sent
+        self._started: float | None = None  # when the message now arriving began
+        self._paused: float | None = None  # since when the client has not read its replies
         self._timer: asyncio.TimerHandle | None = None
         self.owed = 0  # deferred replies not sent yet
         self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
-        server = self.server
-        if len(server.connections) >= server.max_connections:
-            server.rejected += 1
+        self.peer = transport.get_extra_info("peername")
+        self.client = client_key(self.peer)
+        if not self.server.admit(self):
             transport.abort()
             return
         self.transport = transport
-        self.peer = transport.get_extra_info("peername")
-        server.connections.add(self)
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        self._timer = loop.call_later(server.idle_timeout, self._check_idle)
+        self._last = asyncio.get_running_loop().time()
+        self._begin(self._last)  # the first message is due from now
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
             return
-        self._last = asyncio.get_running_loop().time()
+        if self._started is None:
+            self._begin(asyncio.get_running_loop().time())
+        self._buffer += data
+        self._work()
+
+    def _work(self) -> None:
+        """Hand every whole message in the buffer to the handler, unless the client stopped
+        reading its replies (then the rest waits for `resume_writing`)."""
         buf = self._buffer
-        buf += data
         handle, peer = self._handle, self.peer
-        while len(buf) >= 2:
+        done = False
+        while len(buf) >= 2 and self._paused is None:
             size = (buf[0] << 8) | buf[1]
             if size > MAX_QUERY:
-                self.server.oversized += 1
+                self.server.counters["oversized"] += 1
                 log.debug("TCP client %s: %d-byte message refused, closing", peer, size)
                 self.close()
                 return
@@ -97,6 +212,7 @@ class TcpConnection(asyncio.Protocol):
                 break
             message = bytes(buf[2 : size + 2])
             del buf[: size + 2]
+            done = True
             reply = handle(message, peer, self)
             if reply:
                 self._write(reply)
@@ -104,6 +220,13 @@ class TcpConnection(asyncio.Protocol):
                 self.owed += 1
             if self.transport is None:
                 return
+        if done:
+            now = asyncio.get_running_loop().time()
+            self._last = now
+            self._started = None
+            if buf:
+                self._begin(now)  # the next message began in this read
+            self.server.touch(self)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -126,25 +249,66 @@ class TcpConnection(asyncio.Protocol):
             return
         transport.write(len(data).to_bytes(2, "big") + data)
         self._last = asyncio.get_running_loop().time()
+        self.server.touch(self)
 
     def pause_writing(self) -> None:
         if self.transport is not None:
+            self._paused = asyncio.get_running_loop().time()
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._paused = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+            self._started = None  # what is left of a message is due from now on
+            self._work()  # what arrived before the pause
+            if self._buffer and self._started is None and self.transport is not None:
+                self._begin(asyncio.get_running_loop().time())
 
-    def _check_idle(self) -> None:
+    # -- deadlines ----------------------------------------------------------------------------
+    def _begin(self, now: float) -> None:
+        """A message begins to arrive: it is due whole by its deadline; the timer rings then
+        at the latest."""
+        self._started = now
+        server = self.server
+        deadline = now + min(server.message_timeout, server.idle_timeout)
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._arm(asyncio.get_running_loop(), deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._timer = loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        """The one timer: the message deadline, the write stall, the idle timeout."""
         if self.transport is None:
             return
+        server = self.server
         loop = asyncio.get_running_loop()
-        left = self._last + self.server.idle_timeout - loop.time()
-        if left > 0 or self.owed:
-            left = left if left > 0 else self.server.idle_timeout
-            self._timer = loop.call_later(left, self._check_idle)
-            return
-        self.server.idle_closed += 1
+        now = loop.time()
+        due = now + server.idle_timeout
+        if self._started is not None and self._paused is None:  # paused: we do not read
+            deadline = self._started + min(server.message_timeout, server.idle_timeout)
+            if now >= deadline:
+                return self._close_for("slow_closed", "a message not whole in time")
+            due = min(due, deadline)
+        if self._paused is not None:
+            deadline = self._paused + server.idle_timeout
+            if now >= deadline:
+                return self._close_for("stalled_closed", "replies not read")
+            due = min(due, deadline)
+        elif not self.owed and self._started is None:
+            deadline = self._last + server.idle_timeout
+            if now >= deadline:
+                return self._close_for("idle_closed", "idle")
+            due = min(due, deadline)
+        self._arm(loop, due)
+
+    def _close_for(self, counter: str, why: str) -> None:
+        self.server.counters[counter] += 1
+        log.debug("TCP client %s: closing (%s)", self.peer, why)
         self.close()
 
     def close(self) -> None:
@@ -158,7 +322,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _forget(self) -> None:
         self.transport = None
-        self.server.connections.discard(self)
+        self.server.forget(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

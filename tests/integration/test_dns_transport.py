@@ -65,23 +65,38 @@ async def test_tcp_idle_timeout_closes_connection() -> None:
         assert env.srv.tcp_stats()["idle_closed"] == 1
 
 
-async def test_tcp_connection_cap() -> None:
+async def test_tcp_connection_cap_evicts_the_least_active_connection() -> None:
+    """At the cap a new connection closes the one silent longest, if it is owed nothing."""
     async with DnsEnv(tcp={"max_connections": 2}) as env:
+        env.srv.tcp.max_per_client = 3  # all from 127.0.0.1: the per-client cap is not tested here
         held = [await asyncio.open_connection(*env.address()) for _ in range(2)]
         await asyncio.sleep(0.05)
-        reader, writer = await asyncio.open_connection(*env.address())
-        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
-            data = query_bytes("www.example.test")
-            writer.write(struct.pack("!H", len(data)) + data)
-            await writer.drain()
-            got = await asyncio.wait_for(reader.read(), 2.0)
-            if got == b"":
-                raise ConnectionResetError("closed")
-        assert env.srv.tcp_stats()["rejected"] >= 1
+        assert (await env.ask("www.example.test", tcp=True)).rr  # a third one gets room
+        assert await asyncio.wait_for(held[0][0].read(), 2.0) == b""  # the oldest, closed
+        stats = env.srv.tcp_stats()
+        assert stats["evicted"] >= 1 and stats["rejected"] == 0
         for _r, w in held:
             w.close()
+
+
+async def test_tcp_connection_cap_rejects_when_every_connection_is_owed_replies() -> None:
+    async with DnsEnv(tcp={"max_connections": 2}) as env:
+        env.srv.tcp.max_per_client = 3
+        env.fake.delay = 0.2  # below the forward timeout (0.25): answered, but later
+        busy = [await asyncio.open_connection(*env.address()) for _ in range(2)]
+        for i, (_reader, writer) in enumerate(busy):
+            data = query_bytes(f"n{i}.example.test")
+            writer.write(struct.pack("!H", len(data)) + data)
+            await writer.drain()
         await asyncio.sleep(0.05)
-        assert (await env.ask("www.example.test", tcp=True)).rr  # room again
+        reader, writer = await asyncio.open_connection(*env.address())
+        assert await asyncio.wait_for(reader.read(), 2.0) == b""  # no room: closed at once
+        writer.close()
+        assert env.srv.tcp_stats()["rejected"] == 1
+        for reader, writer in busy:  # the busy ones are answered all the same
+            size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2.0))[0]
+            assert DNSRecord.parse(await reader.readexactly(size)).rr
+            writer.close()
 
 
 async def test_tcp_oversized_length_closes_connection() -> None:
@@ -122,11 +137,12 @@ async def test_bind_failure_names_the_address() -> None:
         blocker.close()
 
 
-async def test_tcp_length_prefix_then_stall_is_closed_by_the_idle_timeout() -> None:
+async def test_tcp_length_prefix_then_stall_is_closed_by_the_message_deadline() -> None:
+    """A message must arrive whole within min(message deadline, idle timeout) of its start."""
     async with DnsEnv(tcp={"idle_timeout": 0.3}) as env:
         reader, writer = await asyncio.open_connection(*env.address())
         writer.write(b"\0\x20")  # a 32-byte message announced, never sent
         await writer.drain()
         assert await asyncio.wait_for(reader.read(10), 2.0) == b""
         writer.close()
-        assert env.srv.tcp_stats()["idle_closed"] == 1
+        assert env.srv.tcp_stats()["slow_closed"] == 1
