@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from resolver.config import Address
+from resolver.config import Address, BreakoutConfig
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +158,27 @@ class Prober:
         finally:
             sock.close()
         return (time.perf_counter() - started) * 1000.0
+
+
+def warn_strict_rp_filter(cfg: BreakoutConfig) -> None:
+    """IPv4 probe replies come from beyond the link, from addresses the main table routes
+    through the tunnel: strict reverse-path filtering (rp_filter 1) on a breakout interface
+    drops them, and the link would never count as healthy. Say so at start."""
+    health = cfg.health
+    if health is None or all(":" in host for host, _port in health.targets):
+        return
+    for link in cfg.links:
+        values = []
+        for name in ("all", link.interface):
+            path = f"/proc/sys/net/ipv4/conf/{name}/rp_filter"
+            try:
+                with open(path, encoding="ascii") as fh:
+                    values.append(int(fh.read().strip() or 0))
+            except (OSError, ValueError):
+                values.append(0)  # no such interface yet: nothing to say
+        if max(values) == 1:
+            log.warning(
+                "breakout link %s: strict reverse-path filtering (rp_filter 1) drops the IPv4 "
+                "health probes' replies; set net.ipv4.conf.%s.rp_filter=2 (loose) and "
+                "net.ipv4.conf.all.rp_filter to 0 or 2", link.interface, link.interface,
+            )  # fmt: skip

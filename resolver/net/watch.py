@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from resolver.config import BreakoutConfig
 from resolver.net import netlink
 from resolver.net.errors import BreakoutError
-from resolver.net.health import Probe, Prober
+from resolver.net.health import Probe, Prober, warn_strict_rp_filter
 from resolver.net.links import KIND_ADDR, KIND_LINK, KIND_ROUTE, KIND_RULE, Addr, Link, Monitor
 from resolver.net.paths import LinkState, Paths
 from resolver.net.routes import (
@@ -183,7 +183,7 @@ async def start_health(b: Breakout) -> None:
     b.prober = Prober(health.targets, health.interval, health.timeout,
                       lambda i, good, rtt: on_probe(b, i, good, rtt),
                       lambda: probe_gate(b))  # fmt: skip
-    warn_strict_rp_filter(b)
+    warn_strict_rp_filter(b.cfg)
     await restore_probes(b)
     await b.prober.round()
     b._probe_task = b._loop.create_task(b.prober.run())
@@ -345,30 +345,6 @@ def on_probe(b: Breakout, index: int, good: bool, rtt: float | None) -> None:
     # Before the breakout is active (its first round at start), nothing is installed yet:
     # the start's reconcile installs through the links chosen now.
     b.reassess(initial=not b._active)
-
-
-def warn_strict_rp_filter(b: Breakout) -> None:
-    """IPv4 probe replies come from beyond the link, from addresses the main table routes
-    through the tunnel: strict reverse-path filtering (rp_filter 1) on a breakout interface
-    drops them, and the link would never count as healthy. Say so at start."""
-    health = b.cfg.health
-    if health is None or all(":" in host for host, _port in health.targets):
-        return
-    for link in b.cfg.links:
-        values = []
-        for name in ("all", link.interface):
-            path = f"/proc/sys/net/ipv4/conf/{name}/rp_filter"
-            try:
-                with open(path, encoding="ascii") as fh:
-                    values.append(int(fh.read().strip() or 0))
-            except (OSError, ValueError):
-                values.append(0)  # no such interface yet: nothing to say
-        if max(values) == 1:
-            log.warning(
-                "breakout link %s: strict reverse-path filtering (rp_filter 1) drops the IPv4 "
-                "health probes' replies; set net.ipv4.conf.%s.rp_filter=2 (loose) and "
-                "net.ipv4.conf.all.rp_filter to 0 or 2", link.interface, link.interface,
-            )  # fmt: skip
 
 
 def why(paths: Paths, state: LinkState | None = None) -> str:

@@ -622,10 +622,10 @@ def test_strict_reverse_path_filtering_is_reported(
     def fake_open(path: str, *args: Any, **kw: Any) -> Any:
         return io.StringIO(values[path.split("/")[-2]] + "\n")
 
-    monkeypatch.setattr(watch, "open", fake_open, raising=False)
+    monkeypatch.setattr(health, "open", fake_open, raising=False)
 
     async def body() -> None:
-        with caplog.at_level(logging.WARNING, logger="resolver.net.watch"):
+        with caplog.at_level(logging.WARNING, logger="resolver.net.health"):
             b, _k = await started(tmp_path)
         await b.stop()
 
