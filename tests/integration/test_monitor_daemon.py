@@ -83,6 +83,10 @@ def tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Monitor:
     """`resolverctl monitor ARGS` as a process; its stdout lines through a thread."""
 
@@ -98,6 +102,9 @@ class Monitor:
             stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
+            # Ctrl-C as at a terminal, even when this test runs in a background job (whose
+            # children inherit SIGINT ignored, and Python then installs no handler for it).
+            preexec_fn=_default_sigint,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         if stdout is subprocess.PIPE and thread:  # else: read_one() in this thread
