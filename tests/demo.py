@@ -7,10 +7,15 @@
 The servers own the same addresses and answer a TCP connection with their own name, so each
 connection shows which link it took. The client resolves through resolverd and connects at
 once: Microsoft 365 names must reach "breakout" on their first connection, other names
-"tunnel". Then the upstream behind wan0 dies (its server drops the health probes' target, the
-link stays up): the routes must move to wan1 and the next connection reach "breakout2"; when
-it comes back, they move back. Exit status 0 when every expectation held, 1 otherwise; the
-lab is removed either way.
+"tunnel". Split DNS: head office's DNS server (zone corp.example) sits behind the tunnel, the
+ISP's resolver (the breakout resolver) behind each breakout link, and the tunnel server owns
+the ISP resolver's address too, with other answers: a corporate name must be answered by head
+office, a Microsoft 365 name by the breakout resolver (through resolverd's route via wan0),
+and head office's CNAME into Microsoft 365 must be finished by the breakout resolver. Then the
+upstream behind wan0 dies (its server drops the health probes' target, the link stays up):
+the routes must move to wan1 and the next connection reach "breakout2"; when it comes back,
+they move back. Exit status 0 when every expectation held, 1 otherwise; the lab is removed
+either way.
 """
 
 from __future__ import annotations
@@ -22,16 +27,32 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from tests.netns.lab import (
+    BREAKOUT_RESOLVER4,
     CLIENT4,
+    HEAD_OFFICE4,
     ROUTER_LAN4,
     ROUTER_LAN6,
     SERVICE4,
     Lab,
     LabError,
 )
-from tests.netns.scenario import PROTOCOL, TABLE, Daemon, config, fetch
+from tests.netns.scenario import (
+    CHAIN,
+    INTRANET,
+    PROTOCOL,
+    SPLIT_M365,
+    TABLE,
+    Daemon,
+    answered_by,
+    config,
+    fetch,
+    query,
+    split_records,
+    start_split_servers,
+)
 
 PROBE_TABLES = (TABLE + 1, TABLE + 2)
 SWITCH_S = 0.5 * 2 + 2.0  # health interval x failures + 2 s: the longest a move may take
@@ -77,14 +98,25 @@ def run(lab: Lab, tmp: str) -> list[str]:
     show(f"client -> {SERVICE4[0]}:8080 answered by: {identity}")
     if identity != "tunnel":
         failures.append(f"before resolverd, {SERVICE4[0]} was reached via {identity}")
+    start_split_servers(lab, tmp)
+    res = query(lab, SPLIT_M365[0], server=BREAKOUT_RESOLVER4)
+    who = sources(res)
+    show(f"client asks {BREAKOUT_RESOLVER4} (the ISP's resolver) for {SPLIT_M365[0]}: "
+         f"{answer_text(res)}, from {WHO.get(who, who)} (via the tunnel)")  # fmt: skip
+    if who != "tunnel side":
+        failures.append(f"before resolverd, {BREAKOUT_RESOLVER4} was answered by {who}")
 
     step("Starting the upstream resolver and resolverd in the router")
-    # The defaults a router would run with; two breakout links, health probes every 0.5 s.
-    daemon = Daemon(lab, tmp, text=config(tmp, hold=(300, 30), links=2))
+    # The defaults a router would run with; two breakout links, health probes every 0.5 s;
+    # head office's zones and the ISP's resolver (split DNS).
+    text = config(tmp, hold=(300, 30), links=2, split_dns=True)
+    daemon = Daemon(lab, tmp, text=text, records=split_records("default"))
     try:
         daemon.start()
         show(f"resolverd listens on {ROUTER_LAN4}:53 and [{ROUTER_LAN6}]:53, breakout links "
              "wan0 (preferred) and wan1")  # fmt: skip
+        show(f"upstreams: 127.0.0.1:5300 (default), {HEAD_OFFICE4} (head office: corp.example "
+             f"and a reverse zone), {BREAKOUT_RESOLVER4} (the ISP's: Microsoft 365)")  # fmt: skip
 
         step("The client resolves through resolverd and connects at once")
         for name, qtype, expected in QUERIES:
@@ -101,6 +133,7 @@ def run(lab: Lab, tmp: str) -> list[str]:
                 failures.append(f"{name} {qtype}: expected {expected}, got {res['identity']}")
             if expected is None and CLIENT4 in daemon.routes():
                 failures.append(f"{CLIENT4} (the client itself) was routed")
+        split_dns(lab, failures)
 
         step("resolverctl status")
         show(daemon.ctl("status").stdout, limit=80)
@@ -132,6 +165,59 @@ def run(lab: Lab, tmp: str) -> list[str]:
         if rules:
             failures.append(f"ip rules left after --cleanup: {rules}")
     return failures
+
+
+# The split-DNS servers (scenario.SPLIT_AT), as the demo names them.
+WHO = {
+    "local": "the ISP's resolver",
+    "tunnel side": "the tunnel side",
+    "head office": "head office",
+    "default": "the default upstream",
+}
+
+
+def sources(res: dict[str, Any]) -> str:
+    """Which split-DNS server handed out the addresses of a `query` or `fetch` result."""
+    found = res.get("addresses") or [r[2] for r in res.get("answer", ()) if r[1] in ("A", "AAAA")]
+    return ", ".join(sorted({answered_by(a) for a in found})) or "no"
+
+
+def answer_text(res: dict[str, Any]) -> str:
+    return ", ".join(f"{rtype} {value}" for _owner, rtype, value, _ttl in res["answer"]) or "-"
+
+
+def split_dns(lab: Lab, failures: list[str]) -> None:
+    """Head office's names from head office, Microsoft 365 names from the ISP's resolver
+    through wan0, and head office's chains into Microsoft 365 finished by the ISP's resolver."""
+    step("Split DNS: head office (through the tunnel), the ISP's resolver (through wan0)")
+    out = lab.ip(lab.router, "route", "show", "table", str(TABLE), BREAKOUT_RESOLVER4).strip()
+    show(f"resolverd's route to the ISP's resolver, table {TABLE}: {out or 'none'}")
+    if " dev wan0 " not in f" {out} ":
+        failures.append(f"no route to the ISP's resolver {BREAKOUT_RESOLVER4} through wan0")
+    for name, expected, path in (
+        (INTRANET, "head office", "tunnel"),
+        (SPLIT_M365[0], "local", "breakout"),
+    ):
+        res = fetch(lab, name)
+        who = sources(res)
+        first = res["addresses"][0] if res["addresses"] else "-"
+        shown = WHO.get(who, who)
+        show(f"{name:27} A    -> {first:15} from {shown:20} first connection: {res['identity']}")
+        if (who, res["identity"]) != (expected, path):
+            failures.append(f"{name}: expected {expected} and {path}, got {who} and "
+                            f"{res['identity']}")  # fmt: skip
+    name, target = CHAIN
+    office = query(lab, target, server=HEAD_OFFICE4)
+    res = query(lab, name)
+    got = [(owner, rtype, value) for owner, rtype, value, _ttl in res["answer"]]
+    local = [value for owner, rtype, value in got if rtype == "A"]
+    identity = lab.connect(local[0]) if local else "not connected"
+    show(f"{name:27} A    -> {answer_text(res)}")
+    show(f"{'':27}         finished by {WHO.get(sources(res), sources(res))} (head office "
+         f"had {answer_text(office)}); connection: {identity}")  # fmt: skip
+    if got[:1] != [(name, "CNAME", target)] or sources(res) != "local" or identity != "breakout":
+        failures.append(f"{name}: the chain was not finished by the ISP's resolver: {got}, "
+                        f"{identity}")  # fmt: skip
 
 
 def failover(lab: Lab, daemon: Daemon, failures: list[str]) -> None:
@@ -189,7 +275,7 @@ def main() -> int:
         print("make demo builds network namespaces: run it as root", file=sys.stderr)
         return 1
     try:
-        with scratch() as tmp, Lab("demo", links=2) as lab:
+        with scratch() as tmp, Lab("demo", links=2, split_dns=True) as lab:
             step("Lab: namespaces " + " ".join(lab.namespaces))
             failures = run(lab, tmp)
     except (LabError, RuntimeError, OSError) as err:
@@ -202,7 +288,8 @@ def main() -> int:
         return 1
     print(
         "\nDemo OK: Microsoft 365 names left through the breakout link from their first packet,"
-        "\nand followed the healthy link when the primary's upstream died."
+        "\nand followed the healthy link when the primary's upstream died; head office answered"
+        "\nits zones, the ISP's resolver the Microsoft 365 names and head office's chains."
     )
     return 0
 

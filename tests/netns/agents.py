@@ -11,6 +11,10 @@ python -m tests.netns.agents resolve-connect SERVER NAME A|AAAA PORT
     asks SERVER (port 53; TCP when the UDP answer is truncated), connects at once to the
     first address of the answer and prints JSON {name, address, identity, truncated,
     resolve_ms, connect_ms}
+python -m tests.netns.agents query SERVER NAME TYPE [do]
+    asks SERVER (port 53; TCP when the UDP answer is truncated), with EDNS and the DO bit
+    when "do" is given, and prints JSON {rcode, answer: [[owner, type, value, ttl], ...],
+    edns, do, ad, truncated}: the whole answer section, CNAMEs included, in order
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 
 def serve(identity: str, port: int) -> int:
@@ -86,6 +91,16 @@ def _query(server: str, name: str, qtype: str) -> tuple[list[str], bool]:
     from dnslib import QTYPE, DNSRecord
 
     q = DNSRecord.question(name, qtype)
+    reply, truncated = _exchange(server, q)
+    want = getattr(QTYPE, qtype)
+    return [str(rr.rdata) for rr in reply.rr if rr.rtype == want], truncated
+
+
+def _exchange(server: str, q: Any) -> tuple[Any, bool]:
+    """`q` (a dnslib DNSRecord) to SERVER port 53 over UDP, again over TCP when truncated:
+    the reply, and whether the UDP one was truncated."""
+    from dnslib import DNSRecord
+
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as u:
         u.settimeout(3)
@@ -98,8 +113,29 @@ def _query(server: str, name: str, qtype: str) -> tuple[list[str], bool]:
             t.sendall(struct.pack("!H", len(wire)) + wire)
             size = struct.unpack("!H", _recv_exact(t, 2))[0]
             reply = DNSRecord.parse(_recv_exact(t, size))
-    want = getattr(QTYPE, qtype)
-    return [str(rr.rdata) for rr in reply.rr if rr.rtype == want], truncated
+    return reply, truncated
+
+
+def query(server: str, name: str, qtype: str, do: bool = False) -> dict[str, object]:
+    from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+
+    q = DNSRecord.question(name, qtype)
+    if do:
+        q.add_ar(EDNS0(flags="do", udp_len=1232))
+    reply, truncated = _exchange(server, q)
+    opt = next((rr for rr in reply.ar if rr.rtype == QTYPE.OPT), None)
+    answer = [
+        [str(rr.rname).rstrip("."), QTYPE.get(rr.rtype), str(rr.rdata).rstrip("."), rr.ttl]
+        for rr in reply.rr
+    ]
+    return {
+        "rcode": RCODE.get(reply.header.rcode),
+        "answer": answer,
+        "edns": opt is not None,
+        "do": bool(opt is not None and opt.ttl & 0x8000),
+        "ad": bool(reply.header.ad),
+        "truncated": truncated,
+    }
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -147,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reach(args[1:])
     if args[:1] == ["resolve-connect"]:
         print(json.dumps(resolve_connect(args[1], args[2], args[3], int(args[4]))))
+        return 0
+    if args[:1] == ["query"]:
+        print(json.dumps(query(args[1], args[2], args[3], args[4:5] == ["do"])))
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -11,7 +11,12 @@ took. ``Lab(links=2)`` adds a second breakout link, wan1, to a server B2 that ow
 service addresses and answers "breakout2"; with it, the breakout servers (and the tunnel
 server) also own PROBE4/PROBE6, a health-probe target, B and B2 own BREAKOUT_RESOLVER4 (a
 breakout resolver's address), and `blackhole` drops the probe target's packets inside one
-server. Everything is built in namespaces with names unique to this run (``r365t-<pid>-<n>-``)
+server. ``Lab(split_dns=True)`` (with one link or two) is the lab of split DNS: every server
+also owns BREAKOUT_RESOLVER4, the tunnel server included (the same address on the wrong path,
+so a DNS server there can answer differently and show which path a query took), the tunnel
+server alone owns HEAD_OFFICE4 (head office's DNS server, reached only through the tunnel),
+and every server owns SPLIT4/SPLIT6, addresses for the split-DNS servers to hand out.
+Everything is built in namespaces with names unique to this run (``r365t-<pid>-<n>-``)
 and removed on exit, failure included: the processes in the namespaces are killed first.
 
     with Lab() as lab:
@@ -19,7 +24,7 @@ and removed on exit, failure included: the processes in the namespaces are kille
         assert lab.connect("203.0.113.10") == "tunnel"
 
 Run ``python -m tests.netns.lab`` (root) to build the lab and print it, or ``--keep`` to keep
-it until Enter is pressed.
+it until Enter is pressed (``--split-dns`` for the split-DNS addresses).
 """
 
 from __future__ import annotations
@@ -51,7 +56,11 @@ WAN1_IF = "wan1"
 WAN1_NET4, ROUTER_WAN1_4, BREAKOUT2_GW4 = "198.51.100.128/25", "198.51.100.130", "198.51.100.129"
 WAN1_NET6, ROUTER_WAN1_6, BREAKOUT2_GW6 = "2001:db8:d::/64", "2001:db8:d::2", "2001:db8:d::1"
 PROBE4, PROBE6 = "203.0.113.200", "2001:db8:365::200"  # owned by B, B2 and T (links=2)
-BREAKOUT_RESOLVER4 = "203.0.113.153"  # owned by B and B2 only (links=2)
+BREAKOUT_RESOLVER4 = "203.0.113.153"  # owned by B and B2 only (links=2), and T (split_dns)
+# Split DNS (Lab(split_dns=True) only).
+HEAD_OFFICE4 = "203.0.113.250"  # head office's DNS server: owned by T only
+SPLIT4 = tuple(f"203.0.113.{i}" for i in range(60, 100))  # owned by every server
+SPLIT6 = tuple(f"2001:db8:365::{i:x}" for i in range(0x40, 0x68))
 
 _counter = itertools.count(1)
 
@@ -63,9 +72,10 @@ class LabError(RuntimeError):
 class Lab:
     """The namespaces, their processes, and helpers to run things inside them."""
 
-    def __init__(self, tag: str = "", links: int = 1) -> None:
+    def __init__(self, tag: str = "", links: int = 1, split_dns: bool = False) -> None:
         if links not in (1, 2):
             raise LabError(f"a lab has 1 or 2 breakout links, not {links}")
+        self.split_dns = split_dns
         self.prefix = f"r365t-{os.getpid()}-{next(_counter)}{'-' + tag if tag else ''}-"
         self.router = self.prefix + "r"
         self.client = self.prefix + "c"
@@ -205,8 +215,13 @@ class Lab:
             batch += [f"addr add {a}/128 dev lo nodad" for a in SERVICE6]
             if b2:  # the probe target everywhere (a probe that leaked would still succeed)
                 batch += [f"addr add {PROBE4}/32 dev lo", f"addr add {PROBE6}/128 dev lo nodad"]
-                if ns != t:
-                    batch.append(f"addr add {BREAKOUT_RESOLVER4}/32 dev lo")
+            if (b2 and ns != t) or self.split_dns:
+                batch.append(f"addr add {BREAKOUT_RESOLVER4}/32 dev lo")
+            if self.split_dns:
+                batch += [f"addr add {a}/32 dev lo" for a in SPLIT4]
+                batch += [f"addr add {a}/128 dev lo nodad" for a in SPLIT6]
+                if ns == t:
+                    batch.append(f"addr add {HEAD_OFFICE4}/32 dev lo")
             self.batch(ns, batch)
         for ns, name in servers:
             proc = self.spawn(
@@ -290,8 +305,8 @@ def _env() -> dict[str, str]:
 
 
 @contextmanager
-def lab(tag: str = "", links: int = 1) -> Iterator[Lab]:
-    with Lab(tag, links) as built:
+def lab(tag: str = "", links: int = 1, split_dns: bool = False) -> Iterator[Lab]:
+    with Lab(tag, links, split_dns) as built:
         yield built
 
 
@@ -304,7 +319,7 @@ def leftovers() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    with Lab("demo") as built:
+    with Lab("demo", split_dns="--split-dns" in args) as built:
         print("namespaces:", " ".join(built.namespaces))
         print(built.ip(built.router, "addr"))
         print("connect 203.0.113.10 ->", built.connect(SERVICE4[0]))
