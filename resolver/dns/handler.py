@@ -45,7 +45,7 @@ from resolver.hooks import BreakoutHook
 log = logging.getLogger(__name__)
 
 TCP_LIMIT = 65535
-MEMO_MAX = 16_384  # remembered query byte strings; the map is emptied when full
+MEMO_MAX = 4096  # remembered query byte strings (a hot set); the map is emptied when full
 ACL_CACHE_MAX = 16_384  # remembered ACL decisions per client address
 
 COUNTER_KEYS = (
