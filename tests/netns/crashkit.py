@@ -24,11 +24,11 @@ from typing import Any
 from tests.netns.lab import (
     BREAKOUT_GW4,
     BREAKOUT_GW6,
-    REPO,
     ROUTER_LAN4,
     WAN_IF,
     Lab,
 )
+from tests.netns.scenario import Ctl
 
 UPSTREAM_PORT = 5300
 HOLD_MARGIN = 0.3  # seconds before a hold's end that the prober stops expecting its route
@@ -84,7 +84,7 @@ class Upstream:
 # -- the daemon ----------------------------------------------------------------------------------
 
 
-class Resolverd:
+class Resolverd(Ctl):
     """resolverd in the lab's router namespace, with a config of its own (see the module doc).
 
     `tmpfs` (e.g. "size=256k" or "ro,size=256k"): the state directory is a tmpfs mounted in a
@@ -188,25 +188,6 @@ policy:
             ["nsenter", "-t", str(self.pid), "-m", "mount", "-o", f"remount,{options}",
              self.state_dir], check=True, capture_output=True, timeout=10,
         )  # fmt: skip
-
-    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            [sys.executable, "-m", "resolver.ctl.main", "--socket", self.socket, *args],
-            capture_output=True, text=True, timeout=20, env={**os.environ, "PYTHONPATH": REPO},
-        )  # fmt: skip
-        if check and res.returncode != 0:
-            raise RuntimeError(f"resolverctl {' '.join(args)}: {res.stderr}\n{self.log()}")
-        return res
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ctl(*args, "--json").stdout)
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.json("status")["breakout"]
-        return result
-
-    def routes(self) -> dict[str, dict[str, Any]]:
-        return {r["address"]: r for r in self.json("routes")}
 
     def log(self, start: int | None = None) -> str:
         starts = range(1, self.starts + 1) if start is None else (start,)

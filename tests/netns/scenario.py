@@ -223,7 +223,37 @@ policy:
 """
 
 
-class Daemon:
+class Ctl:
+    """resolverctl against a daemon of the lab, from the test process (the socket is a path in
+    the shared filesystem); `log()` goes into the error of a failed command."""
+
+    socket: str
+
+    def log(self) -> str:
+        raise NotImplementedError
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [sys.executable, "-m", "resolver.ctl.main", "--socket", self.socket, *args],
+            capture_output=True, text=True, timeout=20,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )  # fmt: skip
+        if check and res.returncode != 0:
+            raise RuntimeError(f"resolverctl {' '.join(args)}: {res.stderr}\n{self.log()}")
+        return res
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ctl(*args, "--json").stdout)
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.json("status")["breakout"]
+        return result
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        return {r["address"]: r for r in self.json("routes")}
+
+
+class Daemon(Ctl):
     """resolverd and the fake upstream in the router namespace. `text` replaces the config
     (its control socket must be `tmp`/control.sock); `records` are added to the upstream's
     zone."""
@@ -276,27 +306,6 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=10)
-
-    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """resolverctl, from the test process: the socket is a path in the shared filesystem."""
-        res = subprocess.run(
-            [sys.executable, "-m", "resolver.ctl.main", "--socket", self.socket, *args],
-            capture_output=True, text=True, timeout=20,
-            env={**os.environ, "PYTHONPATH": REPO},
-        )  # fmt: skip
-        if check and res.returncode != 0:
-            raise RuntimeError(f"resolverctl {' '.join(args)}: {res.stderr}\n{self.log()}")
-        return res
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ctl(*args, "--json").stdout)
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.json("status")["breakout"]
-        return result
-
-    def routes(self) -> dict[str, dict[str, Any]]:
-        return {r["address"]: r for r in self.json("routes")}
 
     def log(self) -> str:
         out = []
