@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tests.netns.agents import connect
 from tests.netns.crashkit import HOLD_MARGIN, v4_name, v6_name
 from tests.netns.lab import PORT
 
@@ -61,14 +62,7 @@ def _ask(server: str, port: int, name: str, qtype: str, timeout: float) -> list[
 
 def _identity(address: str, timeout: float = 1.0) -> str:
     try:
-        with socket.create_connection((address, PORT), timeout=timeout) as conn:
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(64)
-                if not chunk:
-                    break
-                data += chunk
-        return data.decode().strip()
+        return connect(address, PORT, timeout)
     except OSError as err:
         return f"error: {err}"
 

@@ -34,7 +34,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TextIO
 
@@ -63,6 +64,16 @@ SPLIT4 = tuple(f"203.0.113.{i}" for i in range(60, 100))  # owned by every serve
 SPLIT6 = tuple(f"2001:db8:365::{i:x}" for i in range(0x40, 0x68))
 
 _counter = itertools.count(1)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll `check` until it holds or `timeout` seconds pass; its last verdict."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return check()
 
 
 class LabError(RuntimeError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -27,6 +26,7 @@ from tests.netns.lab import (
     TUNNEL_GW4,
     TUNNEL_GW6,
     WAN_IF,
+    wait_for,
 )
 from tests.netns.scenario import PRIORITY, PROTOCOL, TABLE
 
@@ -45,15 +45,6 @@ rules:
     domains: ["*.sharepoint.com"]
     cidrs: [203.0.113.50/32]
 """
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def test_rules_sets_and_the_first_connection_takes_the_breakout(router: Router) -> None:

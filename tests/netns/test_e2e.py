@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.netns.lab import CLIENT4, ROUTER_LAN4, ROUTER_LAN6, SERVICE4, Lab
+from tests.netns.lab import CLIENT4, ROUTER_LAN4, ROUTER_LAN6, SERVICE4, Lab, wait_for
 from tests.netns.scenario import BIG, TABLE, Daemon, config, fetch
 
 pytestmark = pytest.mark.netns
@@ -28,15 +28,6 @@ def daemon(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemo
         d.stop()
         lab.run(lab.router, sys.executable, "-m", "resolver.daemon", "--cleanup", "--config", d.cfg,
                 check=False)  # fmt: skip
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def test_first_connection_of_a_microsoft_365_name_takes_the_breakout(

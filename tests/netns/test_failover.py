@@ -38,6 +38,7 @@ from tests.netns.lab import (
     SERVICE4,
     SERVICE6,
     Lab,
+    wait_for,
 )
 from tests.netns.scenario import PRIORITY, PROTOCOL, TABLE, Daemon, fetch
 
@@ -160,15 +161,6 @@ def both_healthy(lab2: Lab, daemon: Daemon) -> Iterator[None]:
 def state(daemon: Daemon) -> tuple[Any, list[Any]]:
     s = daemon.status()
     return s["active"], [link["healthy"] for link in s["links"]]
-
-
-def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)
-    return check()
 
 
 def timed(check: Callable[[], bool], timeout: float) -> float | None:

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,7 @@ from tests.netns.lab import (
     TUNNEL_GW4,
     WAN_IF,
     Lab,
+    wait_for,
 )
 from tests.netns.scenario import (
     CANARY,
@@ -126,15 +126,6 @@ def sent(before: dict[str, int], lab: Lab) -> dict[str, int]:
     """The queries the router sent since `before`, by counter."""
     now = counts(lab)
     return {name: now[name] - before[name] for name in COUNTERS}
-
-
-def wait_for(check: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)
-    return check()
 
 
 def route_dev(lab: Lab, address: str) -> str | None:
