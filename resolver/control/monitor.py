@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from resolver.clients import client_ip
+
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
@@ -139,14 +141,9 @@ class Matcher:
 
     def _inside(self, client: str) -> bool:
         assert self.filter.client is not None
-        try:
-            ip = ipaddress.ip_address(client.partition("%")[0])
-        except ValueError:
-            inside = False
-        else:
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            inside = ip.version == self.filter.client.version and ip in self.filter.client
+        ip = client_ip(client)
+        net = self.filter.client
+        inside = ip is not None and ip.version == net.version and ip in net
         if len(self._clients) >= _CLIENT_CACHE_MAX:
             self._clients.clear()
         self._clients[client] = inside

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from resolver.clients import client_ip
 from resolver.config import Config
 from resolver.dns import events, wire
 from resolver.dns.cache import Cache, Entry, shared_int
@@ -269,14 +270,10 @@ class Handler(MissPath):
 
     # -- the ACL -----------------------------------------------------------------------------
     def _acl_check(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            allowed = False
-        else:
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            allowed = any(ip in net for net in self._allow if net.version == ip.version)
+        ip = client_ip(host)
+        allowed = ip is not None and any(
+            ip in net for net in self._allow if net.version == ip.version
+        )
         cache = self._acl_cache
         if len(cache) >= ACL_CACHE_MAX:
             cache.clear()

@@ -36,6 +36,7 @@ import logging
 from collections import OrderedDict
 from typing import Any, cast
 
+from resolver.clients import client_ip
 from resolver.dns.handler import Handler
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,12 @@ COUNTERS = (
 def client_key(peer: Any) -> str:
     """Whose connection this is: the IPv4 address, or the /64 of an IPv6 address (one host
     can have many addresses in its /64, and they are cheap)."""
-    host = str(peer[0]).partition("%")[0] if peer else ""
-    if ":" not in host:
+    host = str(peer[0]) if peer else ""
+    ip = client_ip(host)
+    if ip is None:
         return host
-    try:
-        ip = ipaddress.IPv6Address(host)
-    except ValueError:
-        return host
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
+    if ip.version == 4:
+        return str(ip)
     return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address)
 
 
