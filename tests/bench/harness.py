@@ -592,6 +592,15 @@ def rss_kb(pid: int) -> int:
     return int(m.group(1))
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """A process's user and system CPU time so far, in clock ticks (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
 def memory_kb(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM and the anonymous/file split (smaps_rollup), in KiB."""
     out: dict[str, int] = {}

@@ -27,7 +27,9 @@ run and the medians are reported.
   start, so its RSS hardly moves.
 - test_routes_json_time: `resolverctl routes --json` wall time with 30,000 routes: < 0.3 s.
 
-Every test prints its figures before it asserts; results go to tests/bench/results/dns.json.
+Every test prints its figures before it asserts, with each server's CPU time per answered
+query (user and system, from /proc: the ratio of two servers sharing two cores with dnsperf
+follows these); results go to tests/bench/results/dns.json.
 The machine is shared and noisy: treat the figures as a baseline, with their timestamp.
 """
 
@@ -83,8 +85,19 @@ class World:
     def port(self, server: str) -> int:
         return h.RESOLVERD_PORT if server == "resolverd" else h.DNSMASQ_PORT
 
+    def pid(self, server: str) -> int:
+        return self.resolverd.pid if server == "resolverd" else self.dnsmasq.pid
+
     def perf(self, server: str, queries: Path, *opts: str) -> dict[str, Any]:
-        return h.dnsperf(self.lab, h.ROUTER_LAN4, self.port(server), queries, *opts)
+        """One dnsperf run against `server`, with the server's CPU time per answered query
+        (user and system, from /proc; system includes the kernel's delivery of its replies)."""
+        before = h.cpu_ticks(self.pid(server))
+        figures = h.dnsperf(self.lab, h.ROUTER_LAN4, self.port(server), queries, *opts)
+        after = h.cpu_ticks(self.pid(server))
+        done = figures.get("completed") or 1.0
+        for kind, t0, t1 in zip(("user", "sys"), before, after, strict=True):
+            figures[f"cpu_{kind}_us_per_query"] = round((t1 - t0) / h.CLK_TCK * 1e6 / done, 2)
+        return figures
 
     def save(self, key: str, value: Any) -> None:
         self.report[key] = value
@@ -172,7 +185,10 @@ def _cmdline(pid: int) -> list[str]:
 
 def _row(label: str, runs: list[dict[str, Any]], med: float, extra: str = "") -> str:
     each = ", ".join(f"{r['qps']:,.0f}" for r in runs)
-    return f"  {label:<10} median {med:>10,.0f} qps   runs [{each}]{extra}"
+    user = h.median(r["cpu_user_us_per_query"] for r in runs)
+    sys = h.median(r["cpu_sys_us_per_query"] for r in runs)
+    cpu = f"   CPU/query {user:.1f} us user + {sys:.1f} us sys"
+    return f"  {label:<10} median {med:>10,.0f} qps   runs [{each}]{cpu}{extra}"
 
 
 def _lost(runs: list[dict[str, Any]]) -> str:
