@@ -4,9 +4,13 @@
 `call_soon`, so the answers handled in the same iteration share one batch: the journal records
 them (one write), then every route message, then every set entry, each kind in one netlink
 batch. The batch's future completes when the kernel has acknowledged them all, or after
-`ack_timeout` (counted in `ack_timeouts`). Set-entry refreshes are collected and sent every
-REFRESH_DELAY, off the reply path. Deletions are remembered until their RTM_DELROUTE comes
-back, so that the monitor can tell them from deletions made by someone else.
+`ack_timeout` (counted in `ack_timeouts`). A timer that fires late because the whole process
+stood still (a garbage-collection pass, a long loop iteration; the netlink thread cannot read
+an ack without the interpreter lock either) waits STALL_GRACE more, once, so that an ack already
+in the kernel is not taken for a slow kernel: uvloop runs due timers before the callbacks the
+netlink thread queued meanwhile. Set-entry refreshes are collected and sent every REFRESH_DELAY,
+off the reply path. Deletions are remembered until their RTM_DELROUTE comes back, so that the
+monitor can tell them from deletions made by someone else.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from resolver.net.prefixes import CidrRoute
 from resolver.net.routes import Route
 
 REFRESH_DELAY = 0.5  # set-entry timeout refreshes wait this long, to go out together
+STALL = 0.01  # an ack timer this late means the process itself was stopped
+STALL_GRACE = 0.01  # then: two of the interpreter's switch intervals for the netlink thread
 LATENCY_SAMPLES = 1024
 
 
@@ -37,6 +43,7 @@ class InstallBatch:
     waiters: int = 0  # answers waiting on it
     parts: int = 0  # kernel batches not settled yet
     timed_out: bool = False
+    stalled: bool = False  # the ack timer fired late once and was given STALL_GRACE
     started: float = 0.0
     timer: asyncio.TimerHandle | None = None
 
@@ -173,6 +180,11 @@ class Installs:
     def _ack_timeout(self, batch: InstallBatch) -> None:
         batch.timer = None
         if batch.future.done():
+            return
+        late = time.perf_counter() - batch.started - self.ack_timeout
+        if late > STALL and not batch.stalled and self.loop is not None:
+            batch.stalled = True
+            batch.timer = self.loop.call_later(STALL_GRACE, self._ack_timeout, batch)
             return
         batch.timed_out = True
         batch.future.set_result(None)

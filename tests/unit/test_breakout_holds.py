@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -128,6 +131,72 @@ def test_slow_kernel_releases_the_answer_after_ack_timeout(tmp_path: Any) -> Non
         await b.stop()
 
     run(body)
+
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def run_on(kind: str, body: Callable[[], Awaitable[None]]) -> None:
+    """`body` on asyncio's own loop or on uvloop (the daemon's when installed): they order due
+    timers and callbacks queued from other threads differently."""
+    factory = asyncio.new_event_loop
+    if kind == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(body())  # type: ignore[arg-type]
+
+
+async def stand_still(b: Breakout, k: FakeKernel, ack_after: float | None) -> Awaitable[None]:
+    """An answer's batch sent, then the whole loop stopped for 60 ms (three ack_timeouts of
+    20 ms, as a long garbage-collection pass does), the kernel's ack queued by another thread
+    `ack_after` seconds into it (None: no ack). Returns what the answer waits on."""
+    k.defer = True
+    loop = asyncio.get_running_loop()
+    wait = b.on_answer(tagged("outlook.office.com", "203.0.113.10"), 60)
+    assert wait is not None
+    await asyncio.sleep(0)  # the flush, called soon, sends the batch
+    assert k.ops("add_routes")
+    ack = None
+    if ack_after is not None:
+        ack = threading.Timer(ack_after, loop.call_soon_threadsafe, (k.settle_all,))
+        ack.start()
+    time.sleep(0.06)  # the loop stands still
+    if ack is not None:
+        ack.join()
+    return wait
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_an_ack_queued_while_the_process_stood_still_is_no_timeout(
+    tmp_path: Any, loop_kind: str
+) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path, ack_timeout=0.02)
+        await (await stand_still(b, k, ack_after=0.01))
+        assert b.counters["ack_timeouts"] == 0
+        assert b.status()["routes_v4"] == 1
+        await b.stop()
+
+    run_on(loop_kind, body)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_stall_without_an_ack_still_releases_the_answer_once(
+    tmp_path: Any, loop_kind: str
+) -> None:
+    async def body() -> None:
+        b, k, _ = await started(tmp_path, ack_timeout=0.02)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await (await stand_still(b, k, ack_after=None))
+        assert loop.time() - t0 < 0.06 + 0.02 + 0.1  # the stall, one grace, some slack
+        assert b.counters["ack_timeouts"] == 1
+        assert b.status()["routes_v4"] == 0
+        k.settle_all()
+        assert b.status()["routes_v4"] == 1
+        await b.stop()
+
+    run_on(loop_kind, body)
 
 
 def test_hold_is_max_of_ttl_and_min_hold_plus_grace(tmp_path: Any) -> None:
