@@ -19,8 +19,9 @@ whose 10 s runs of one server differ by up to 20% on this shared machine), alter
 - test_cached_qps: names that are all cached, half under Microsoft 365 wildcards (checked with
   `resolverctl explain`), half untagged. Target: resolverd >= 0.9 x dnsmasq.
 - test_miss_path: unique names, half tagged with an AAAA address of their own (a new route and
-  ipset entry each, installed before the reply), half untagged. Target: >= 0.8 x dnsmasq and no
-  query lost.
+  ipset entry each, installed before the reply), half untagged. Checked: every tagged address
+  routed, no reply sent before its routes were acknowledged (`ack_timeouts` 0). Target: >= 0.8 x
+  dnsmasq and no query lost.
 - test_memory: RSS idle and after 60,000 cached names and 30,000 routes. Target <= 80 MiB.
   The miss runs leave both servers with those (2 x 30,000 names, half with a route); a fill
   phase then asks every name again from 16 LAN addresses, each under the default per-client
@@ -299,12 +300,17 @@ def test_miss_path(world: World) -> None:
     med = {s: h.median(r["qps"] for r in runs[s]) for s in SERVERS}
     lost = {s: sum(int(r["lost"]) for r in runs[s]) for s in SERVERS}
     ratio = med["resolverd"] / med["dnsmasq"]
+    counted = [r["resolverd_counters"] for r in runs["resolverd"]]
+    early = sum(c["ack_timeouts"] for c in counted)  # replies sent before their routes' ack
+    routed = sum(c["routes_installed"] for c in counted)
     figures = {
         "names": f"{MISS_PER_RUN} unique per run: half tagged (new AAAA address each), half not",
         "dnsperf_options": " ".join(MISS_OPTS),
         "runs": runs,
         "median_qps": med,
         "lost_total": lost,
+        "replies_before_their_routes": early,
+        "routes_installed": routed,
         "ratio": ratio,
         "target": TARGET_MISS,
         "reproduce": REPRO.format("miss"),
@@ -320,9 +326,15 @@ def test_miss_path(world: World) -> None:
         print(f"  resolverd counters: {r['resolverd_counters']}")
     added = [r["dnsmasq_ipset_v6_added"] for r in runs["dnsmasq"]]
     print(f"  dnsmasq ipset v6 entries added: {added}")
+    tagged = RUNS * MISS_PER_RUN // 2
+    print(f"  resolverd: {routed} of {tagged} tagged addresses routed, {early} replies sent "
+          "before their routes were acknowledged (ack_timeouts)")  # fmt: skip
     print(f"  ratio resolverd/dnsmasq {ratio:.3f}   (target >= {TARGET_MISS}, no lost queries)")
     print(f"  dnsperf: {runs['resolverd'][0]['command']}")
     print(f"  reproduce: {figures['reproduce']}")
+    assert routed == tagged and early == 0, (
+        f"miss path: {routed} of {tagged} routed, {early} replies before their routes"
+    )
     assert ratio >= TARGET_MISS and lost["resolverd"] == 0, (
         f"miss path: resolverd {ratio:.3f} x dnsmasq (target {TARGET_MISS}), "
         f"{lost['resolverd']} queries lost"
