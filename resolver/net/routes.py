@@ -72,6 +72,20 @@ class Route:
     gateway: str | None
 
 
+_TABLE_ATTR = struct.Struct("=HHI")  # a u32 attribute: length, type, value
+
+
+def added_to(body: Buffer, start: int, end: int, table: int, protocol: int) -> bool:
+    """Whether an RTM_NEWROUTE body is a route of `protocol` in `table`, read from its header and
+    first attribute alone (the kernel puts RTA_TABLE first, IPv4 and IPv6 alike); False when the
+    layout is any other, so that the caller parses the message as usual."""
+    at = start + RTMSG.size
+    if at + _TABLE_ATTR.size > end or body[start + 5] != protocol:
+        return False
+    length, kind, value = _TABLE_ATTR.unpack_from(body, at)
+    return bool(length == _TABLE_ATTR.size and kind == RTA_TABLE and value == table)
+
+
 def parse_route(body: Buffer, start: int = 0, end: int | None = None) -> Route | None:
     """Decode an RTM_NEWROUTE/RTM_DELROUTE body; None for families other than IPv4/IPv6."""
     end = len(body) if end is None else end

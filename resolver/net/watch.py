@@ -84,8 +84,11 @@ async def load_view(b: Breakout, loop: asyncio.AbstractEventLoop) -> None:
     if b._view_given:
         return
     if b._watch:
-        b._monitor = Monitor(lambda kind, new, obj: on_event(b, kind, new, obj),
-                             lambda: on_overrun(b))  # fmt: skip
+        b._monitor = Monitor(
+            lambda kind, new, obj: on_event(b, kind, new, obj),
+            lambda: on_overrun(b),
+            own_routes=lambda: (b.cfg.table, b.cfg.route_protocol),  # on_route ignores these
+        )
         b._monitor.start(loop)  # before the dump: no change falls between the two
     b._reader = netlink.Channel(netlink.NETLINK_ROUTE, strict=True)
     b._reader.attach(loop)

@@ -427,3 +427,54 @@ def test_a_failed_reload_changes_nothing_and_a_good_one_creates_its_set(router: 
     finally:
         lab.run(r, "ipset", "destroy", "rv-new-v4", check=False)
         lab.ip(r, "route", "flush", "table", "366", check=False)
+
+
+ECHO_PROBE = """
+import json, subprocess, sys
+from resolver.net import links, netlink, routes
+table, protocol, routes_to_add = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+sock = netlink.open_socket(netlink.NETLINK_ROUTE, groups=links.GROUPS)
+try:
+    for args in routes_to_add:
+        subprocess.run(["ip", *args], check=True)
+    seen, buf = [], bytearray(1 << 16)
+    while (size := netlink.recv(sock, buf, lambda: None)) is not None:
+        for kind, _flags, _seq, start, end in netlink.iter_messages(buf, size):
+            if kind == routes.RTM_NEWROUTE:
+                r = routes.parse_route(buf, start, end)
+                mine = routes.added_to(buf, start, end, table, protocol)
+                seen.append([r.dst, r.table, r.protocol, mine])
+    print(json.dumps(seen))
+finally:
+    for args in routes_to_add:
+        subprocess.run(["ip", *["del" if a == "add" else a for a in args]], check=False)
+"""
+
+
+def test_our_own_route_additions_are_told_apart_from_the_header(router: Router) -> None:
+    """The monitor drops the echo of each route we add without parsing it (routes.added_to: the
+    protocol byte and the first attribute, RTA_TABLE). Checked against the kernel's own
+    RTM_NEWROUTE messages, IPv4 and IPv6: ours, another protocol in our table, and our protocol
+    in the main table and in a table whose number fits the header's byte."""
+    import json
+
+    gw = {4: BREAKOUT_GW4, 6: "2001:db8:b::1"}
+    cases = []  # (dst, table, protocol)
+    for fam, dst in ((4, "203.0.113.{}"), (6, "2001:db8:77::{}")):
+        for n, (table, proto) in enumerate(
+            ((TABLE, PROTOCOL), (TABLE, 4), ("main", PROTOCOL), (200, PROTOCOL)), start=1
+        ):
+            cases.append((fam, dst.format(70 + n), table, proto))
+    add = [
+        [f"-{fam}", "route", "add", dst, "via", gw[fam], "dev", WAN_IF,
+         "table", str(table), "proto", str(proto)]
+        for fam, dst, table, proto in cases
+    ]  # fmt: skip
+    lab = router.lab
+    out = lab.python(lab.router, "-c", ECHO_PROBE, str(TABLE), str(PROTOCOL), json.dumps(add))
+    seen = {dst: (table, proto, mine) for dst, table, proto, mine in json.loads(out.stdout)}
+    assert len(seen) == len(cases), out.stdout
+    for _fam, dst, table, proto in cases:
+        number = 254 if table == "main" else table
+        assert seen[dst][:2] == (number, proto), dst  # parse_route read the same message
+        assert seen[dst][2] is (table == TABLE and proto == PROTOCOL), dst
