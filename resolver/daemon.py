@@ -24,7 +24,7 @@ from typing import Any
 from policy.loader import PolicyError
 from policy.matcher import Matcher
 from policy.model import Policy
-from resolver import __version__, allocator, sdnotify
+from resolver import __version__, allocator, collector, sdnotify
 from resolver.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from resolver.control.protocol import RawJSON, ReloadFailed, UpdateFailed
 from resolver.control.server import ControlServer
@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cleanup:
         return _cleanup(loaded)
     allocator.tune()
+    collector.tune()
     loop_name = _install_loop()
     return asyncio.run(serve(loaded, loop_name))
 
