@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import socket
 import struct
+import tempfile
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+import pytest
 from dnslib import EDNS0, QTYPE, DNSRecord
 
 from policy.model import Match, Rule
@@ -28,6 +32,17 @@ from resolver.config import (
 from resolver.dns.server import DnsServer
 from resolver.hooks import Tagged
 from tests.fakeupstream import FakeUpstream
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    """A temporary directory with a short path (under /tmp): a Unix socket's path holds at most
+    107 bytes, and pytest's tmp_path can be longer."""
+    path = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _big_txt(count: int) -> list[dict[str, Any]]:

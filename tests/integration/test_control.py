@@ -10,13 +10,11 @@ import errno
 import json
 import logging
 import os
-import shutil
 import socket
 import stat
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -146,23 +144,13 @@ class ServerThread:
 
 
 @pytest.fixture
-def tmpdir_short() -> Iterator[Path]:
-    """A temporary directory with a short path: sun_path holds 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 def daemon() -> FakeDaemon:
     return FakeDaemon()
 
 
 @pytest.fixture
-def served(tmpdir_short: Path, daemon: FakeDaemon) -> Iterator[ServerThread]:
-    with ServerThread(str(tmpdir_short / "control.sock"), daemon, None) as thread:
+def served(tmp: Path, daemon: FakeDaemon) -> Iterator[ServerThread]:
+    with ServerThread(str(tmp / "control.sock"), daemon, None) as thread:
         yield thread
 
 
@@ -185,8 +173,8 @@ def talk(path: str, data: bytes, answers: int = 1, half_close: bool = False) -> 
 # --- the socket file --------------------------------------------------------------------------
 
 
-def test_socket_file_mode_group_and_removal(tmpdir_short: Path, daemon: FakeDaemon) -> None:
-    path = tmpdir_short / "run" / "resolverd" / "control.sock"
+def test_socket_file_mode_group_and_removal(tmp: Path, daemon: FakeDaemon) -> None:
+    path = tmp / "run" / "resolverd" / "control.sock"
     with ServerThread(str(path), daemon, None):
         st = path.stat()
         assert stat.S_ISSOCK(st.st_mode)
@@ -198,10 +186,8 @@ def test_socket_file_mode_group_and_removal(tmpdir_short: Path, daemon: FakeDaem
 
 
 @needs_root
-def test_group_owns_the_socket_and_a_created_directory(
-    tmpdir_short: Path, daemon: FakeDaemon
-) -> None:
-    path = tmpdir_short / "resolverd" / "control.sock"
+def test_group_owns_the_socket_and_a_created_directory(tmp: Path, daemon: FakeDaemon) -> None:
+    path = tmp / "resolverd" / "control.sock"
     with ServerThread(str(path), daemon, "4242") as thread:
         assert path.stat().st_gid == 4242
         assert stat.S_IMODE(path.stat().st_mode) == 0o660
@@ -210,14 +196,14 @@ def test_group_owns_the_socket_and_a_created_directory(
         assert thread.server.gid == 4242
 
 
-def test_unknown_group_is_an_error(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+def test_unknown_group_is_an_error(tmp: Path, daemon: FakeDaemon) -> None:
     with pytest.raises(ValueError, match="no such group 'no-such-group-x'"):  # noqa: SIM117
-        with ServerThread(str(tmpdir_short / "c.sock"), daemon, "no-such-group-x"):
+        with ServerThread(str(tmp / "c.sock"), daemon, "no-such-group-x"):
             pass
 
 
-def test_stale_socket_is_replaced(tmpdir_short: Path, daemon: FakeDaemon) -> None:
-    path = tmpdir_short / "control.sock"
+def test_stale_socket_is_replaced(tmp: Path, daemon: FakeDaemon) -> None:
+    path = tmp / "control.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens: a crashed daemon's leftover
@@ -235,8 +221,8 @@ def test_live_socket_is_not_taken_over(served: ServerThread, daemon: FakeDaemon)
     assert talk(served.path, request_line("ping"))[0]["ok"] is True  # the first one still serves
 
 
-def test_a_file_that_is_not_a_socket_is_left_alone(tmpdir_short: Path, daemon: FakeDaemon) -> None:
-    path = tmpdir_short / "control.sock"
+def test_a_file_that_is_not_a_socket_is_left_alone(tmp: Path, daemon: FakeDaemon) -> None:
+    path = tmp / "control.sock"
     path.write_text("precious")
     with pytest.raises(OSError, match="not a socket"):  # noqa: SIM117
         with ServerThread(str(path), daemon, None):
@@ -244,8 +230,8 @@ def test_a_file_that_is_not_a_socket_is_left_alone(tmpdir_short: Path, daemon: F
     assert path.read_text() == "precious"
 
 
-def test_stop_removes_only_its_own_socket(tmpdir_short: Path, daemon: FakeDaemon) -> None:
-    path = tmpdir_short / "control.sock"
+def test_stop_removes_only_its_own_socket(tmp: Path, daemon: FakeDaemon) -> None:
+    path = tmp / "control.sock"
     with ServerThread(str(path), daemon, None):
         path.unlink()
         path.write_text("someone else's")
@@ -307,8 +293,8 @@ def test_over_long_request_is_refused_and_closed(served: ServerThread) -> None:
     assert talk(served.path, request_line("ping"))[0]["ok"] is True
 
 
-def test_idle_connection_is_closed(tmpdir_short: Path, daemon: FakeDaemon) -> None:
-    with ServerThread(str(tmpdir_short / "c.sock"), daemon, None, idle_timeout=0.2) as thread:
+def test_idle_connection_is_closed(tmp: Path, daemon: FakeDaemon) -> None:
+    with ServerThread(str(tmp / "c.sock"), daemon, None, idle_timeout=0.2) as thread:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5)
             sock.connect(thread.path)
@@ -318,8 +304,8 @@ def test_idle_connection_is_closed(tmpdir_short: Path, daemon: FakeDaemon) -> No
         assert talk(thread.path, request_line("ping"))[0]["ok"] is True
 
 
-def test_connection_limit(tmpdir_short: Path, daemon: FakeDaemon) -> None:
-    with ServerThread(str(tmpdir_short / "c.sock"), daemon, None, max_connections=1) as thread:
+def test_connection_limit(tmp: Path, daemon: FakeDaemon) -> None:
+    with ServerThread(str(tmp / "c.sock"), daemon, None, max_connections=1) as thread:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
             first.connect(thread.path)
             first.sendall(request_line("ping"))
@@ -363,9 +349,9 @@ def test_admin_commands_run_one_at_a_time(served: ServerThread, daemon: FakeDaem
     assert daemon.most_running == 1
 
 
-def test_stop_lets_a_running_command_finish(tmpdir_short: Path, daemon: FakeDaemon) -> None:
+def test_stop_lets_a_running_command_finish(tmp: Path, daemon: FakeDaemon) -> None:
     daemon.delay = 0.3
-    path = str(tmpdir_short / "c.sock")
+    path = str(tmp / "c.sock")
     thread = ServerThread(path, daemon, None).__enter__()
     answers: list[Any] = []
     client = threading.Thread(target=lambda: answers.extend(talk(path, request_line("flush"))))
@@ -458,10 +444,10 @@ def test_ctl_timeout(
 
 
 def test_ctl_socket_from_config(
-    tmpdir_short: Path, daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
+    tmp: Path, daemon: FakeDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = str(tmpdir_short / "c.sock")
-    config = tmpdir_short / "resolverd.yaml"
+    path = str(tmp / "c.sock")
+    config = tmp / "resolverd.yaml"
     config.write_text(f"upstreams: ['192.0.2.53']\ncontrol: {{socket: {path}}}\n")
     with ServerThread(path, daemon, None):
         code, out, _ = ctl(capsys, "--config", str(config), "status", "--json")
@@ -473,8 +459,8 @@ def test_ctl_socket_from_config(
     )
 
 
-def test_ctl_not_running(tmpdir_short: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    missing = tmpdir_short / "none.sock"
+def test_ctl_not_running(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp / "none.sock"
     for command in (["status"], ["routes", "--json"], ["flush"], ["reload"], ["policy", "update"]):
         code, out, err = ctl(capsys, "--socket", str(missing), *command)
         assert (code, out) == (3, "")
@@ -489,15 +475,15 @@ def test_ctl_not_running(tmpdir_short: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_ctl_not_running_default_socket(
-    tmpdir_short: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(resolver.config, "DEFAULT_CONFIG", str(tmpdir_short / "absent.yaml"))
-    monkeypatch.setattr(resolver.config, "DEFAULT_SOCKET", str(tmpdir_short / "default.sock"))
+    monkeypatch.setattr(resolver.config, "DEFAULT_CONFIG", str(tmp / "absent.yaml"))
+    monkeypatch.setattr(resolver.config, "DEFAULT_SOCKET", str(tmp / "default.sock"))
     code, _, err = ctl(capsys, "routes")
     assert code == 3
     assert err == (
         "resolverctl: resolverd is not running "
-        f"(no socket at {tmpdir_short / 'default.sock'}, from default)\n"
+        f"(no socket at {tmp / 'default.sock'}, from default)\n"
     )
 
 
@@ -528,9 +514,9 @@ def fake_raw_daemon(path: str, reply: bytes) -> threading.Thread:
     ],
 )
 def test_ctl_bad_answers_exit_1(
-    tmpdir_short: Path, capsys: pytest.CaptureFixture[str], reply: bytes, message: str
+    tmp: Path, capsys: pytest.CaptureFixture[str], reply: bytes, message: str
 ) -> None:
-    path = str(tmpdir_short / "odd.sock")
+    path = str(tmp / "odd.sock")
     thread = fake_raw_daemon(path, reply)
     code, _, err = ctl(capsys, "--socket", path, "status")
     thread.join(5)
@@ -644,9 +630,9 @@ def outcome(answer: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def admin_served(tmpdir_short: Path, daemon: FakeDaemon) -> Iterator[ServerThread]:
-    tmpdir_short.chmod(0o755)  # nobody must reach the socket
-    with ServerThread(str(tmpdir_short / "control.sock"), daemon, str(ADMIN)) as thread:
+def admin_served(tmp: Path, daemon: FakeDaemon) -> Iterator[ServerThread]:
+    tmp.chmod(0o755)  # nobody must reach the socket
+    with ServerThread(str(tmp / "control.sock"), daemon, str(ADMIN)) as thread:
         yield thread
 
 

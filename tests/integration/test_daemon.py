@@ -16,12 +16,10 @@ import http.server
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -346,16 +344,6 @@ class Resolverd:
 def upstream() -> Iterator[UpstreamThread]:
     with UpstreamThread() as thread:
         yield thread
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    """A short directory: Unix socket paths hold at most 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,14 +9,11 @@ across every swap.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import struct
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,15 +78,6 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_sighup_again_and_again_under_load_loses_no_query(tmp: Path) -> None:

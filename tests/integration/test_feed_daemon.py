@@ -6,9 +6,7 @@ goes to the service and makes its names exact."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -31,17 +29,13 @@ def service() -> Iterator[str]:
 
 
 @pytest.fixture
-def rd() -> Iterator[Resolverd]:
-    tmp = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))  # short: Unix socket paths
-    try:
-        with UpstreamThread() as upstream:
-            daemon = Resolverd(tmp, upstream.fake)
-            try:
-                yield daemon
-            finally:
-                daemon.close()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def rd(tmp: Path) -> Iterator[Resolverd]:
+    with UpstreamThread() as upstream:
+        daemon = Resolverd(tmp, upstream.fake)
+        try:
+            yield daemon
+        finally:
+            daemon.close()
 
 
 def wait_for_policy(rd: Resolverd, key: str, timeout: float = 10.0) -> dict[str, Any]:

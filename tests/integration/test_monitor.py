@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +22,6 @@ from tests.integration.conftest import DnsEnv, StubMatcher
 from tests.integration.test_control import FakeDaemon
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rm", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Built:
@@ -79,12 +67,12 @@ def watching(handler: Handler) -> bool:
 
 
 async def test_nothing_is_built_while_nobody_watches(
-    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built = Built(monkeypatch)
     async with DnsEnv(matcher=StubMatcher({"node.cdn.test": 7})) as env:
         handler = env.srv.handler
-        control = ControlServer(str(sock_dir / "c.sock"), FakeDaemon(), None)
+        control = ControlServer(str(tmp / "c.sock"), FakeDaemon(), None)
         control.monitor.connect(handler)
         await control.start()
         try:
@@ -93,7 +81,7 @@ async def test_nothing_is_built_while_nobody_watches(
             assert built.count == 0 and not watching(handler)
             assert control.monitor.status() == {"watchers": 0, "events": 0, "dropped": 0}
 
-            reader, writer = await open_monitor(sock_dir / "c.sock")
+            reader, writer = await open_monitor(tmp / "c.sock")
             assert watching(handler)
             await env.ask("www.example.test")  # a hit: the memo is off while somebody watches
             hit = await next_event(reader)
@@ -119,16 +107,16 @@ async def test_nothing_is_built_while_nobody_watches(
             await control.stop()
 
 
-async def test_the_stream_keeps_what_its_filter_asks_for(sock_dir: Path) -> None:
+async def test_the_stream_keeps_what_its_filter_asks_for(tmp: Path) -> None:
     async with DnsEnv(matcher=StubMatcher({"node.cdn.test": 7})) as env:
-        control = ControlServer(str(sock_dir / "c.sock"), FakeDaemon(), None)
+        control = ControlServer(str(tmp / "c.sock"), FakeDaemon(), None)
         control.monitor.connect(env.srv.handler)
         await control.start()
         try:
-            tagged, _w1 = await open_monitor(sock_dir / "c.sock", {"tagged": True})
-            named, _w2 = await open_monitor(sock_dir / "c.sock", {"name": "example.test"})
-            other, _w3 = await open_monitor(sock_dir / "c.sock", {"client": "::1"})
-            mine, _w4 = await open_monitor(sock_dir / "c.sock", {"client": "127.0.0.0/8"})
+            tagged, _w1 = await open_monitor(tmp / "c.sock", {"tagged": True})
+            named, _w2 = await open_monitor(tmp / "c.sock", {"name": "example.test"})
+            other, _w3 = await open_monitor(tmp / "c.sock", {"client": "::1"})
+            mine, _w4 = await open_monitor(tmp / "c.sock", {"client": "127.0.0.0/8"})
             await env.ask("www.example.test")
             await env.ask("alias.example.test")
             await env.ask("edge.cdn.test", v6=True)
@@ -151,19 +139,19 @@ async def test_the_stream_keeps_what_its_filter_asks_for(sock_dir: Path) -> None
 
 
 async def test_a_stream_that_cannot_write_loses_events_counted(
-    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The queue is bounded: while the stream task waits for its socket (drain() held here, as
     a client that stopped reading makes it wait), the events beyond the queue are dropped; once
     it can write, the client gets those that fitted and then {"dropped": N}. Every event is
     either sent or counted, and the DNS answers never waited."""
     async with DnsEnv() as env:
-        control = ControlServer(str(sock_dir / "c.sock"), FakeDaemon(), None)
+        control = ControlServer(str(tmp / "c.sock"), FakeDaemon(), None)
         control.monitor.connect(env.srv.handler)
         control.monitor.queue = 5
         await control.start()
         try:
-            reader, _writer = await open_monitor(sock_dir / "c.sock")
+            reader, _writer = await open_monitor(tmp / "c.sock")
             release = asyncio.Event()
             real_drain = asyncio.StreamWriter.drain
 

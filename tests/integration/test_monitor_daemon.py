@@ -15,13 +15,11 @@ import json
 import os
 import queue
 import select
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -72,15 +70,6 @@ def rd(tmp: Path) -> Iterator[Resolverd]:
             yield daemon
         finally:
             daemon.close()
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rm-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _default_sigint() -> None:
