@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from tests.nslab import NamespaceLab
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "tests" / "bench" / "results"
 
@@ -115,7 +117,7 @@ def _env() -> dict[str, str]:
 _STALE = re.compile(r"^r365bench-(\d+)-")
 
 
-class Lab:
+class Lab(NamespaceLab):
     """Three namespaces, their links, and every process started in them."""
 
     def __init__(self, tmp: Path, tag: str = "b") -> None:
@@ -124,17 +126,6 @@ class Lab:
         self.client, self.router, self.upstream = (self.prefix + s for s in "cru")
         self.procs: list[tuple[subprocess.Popen[bytes], TextIO]] = []
         self._created: list[str] = []
-
-    def __enter__(self) -> Lab:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # running things
     def run(

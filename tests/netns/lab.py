@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TextIO
 
+from tests.nslab import NamespaceLab
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Addressing (documentation ranges only).
@@ -80,7 +82,7 @@ class LabError(RuntimeError):
     pass
 
 
-class Lab:
+class Lab(NamespaceLab):
     """The namespaces, their processes, and helpers to run things inside them."""
 
     def __init__(self, tag: str = "", links: int = 1, split_dns: bool = False) -> None:
@@ -159,17 +161,6 @@ class Lab:
         return [line for line in out.splitlines() if line.strip()]
 
     # -- building ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Lab:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _build(self) -> None:
         if os.geteuid() != 0:

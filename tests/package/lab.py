@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.nslab import NamespaceLab
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "resolverd"
 USER = "resolverd"
@@ -183,7 +185,7 @@ class Daemon:
 # --- the namespace --------------------------------------------------------------------------
 
 
-class PackageLab:
+class PackageLab(NamespaceLab):
     """One namespace to install, run and purge the package in."""
 
     def __init__(self, tmp: Path) -> None:
@@ -193,17 +195,6 @@ class PackageLab:
         self._ns_created = False
         self._daemons = 0
         self.user_existed = _user_exists()
-
-    def __enter__(self) -> PackageLab:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _build(self) -> None:
         run("ip", "netns", "add", self.ns)
