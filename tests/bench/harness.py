@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,30 +290,31 @@ class Names:
 
     def tagged_v6(self, prefix: str, count: int) -> list[str]:
         """`count` tagged names, each with an AAAA address of its own (a new route each)."""
-        out = []
-        for i in range(count):
-            name = f"{prefix}{i}.{TAGGED_SUFFIXES[i % len(TAGGED_SUFFIXES)]}"
-            self._v6 += 1
-            addr = f"2001:db8:1:{self._v6 >> 16:x}::{self._v6 & 0xFFFF:x}"
-            self.hosts.append((addr, name))
-            out.append(f"{name} AAAA")
-        return out
+        return self._add(prefix, count, TAGGED_SUFFIXES, "AAAA", lambda _i: self._next_v6())
 
     def tagged_v4(self, prefix: str, count: int) -> list[str]:
         """Tagged names with A answers in 203.0.113.0/24 (shared: at most 250 addresses)."""
-        out = []
-        for i in range(count):
-            name = f"{prefix}{i}.{TAGGED_SUFFIXES[i % len(TAGGED_SUFFIXES)]}"
-            self.hosts.append((f"203.0.113.{i % 250 + 1}", name))
-            out.append(f"{name} A")
-        return out
+        return self._add(prefix, count, TAGGED_SUFFIXES, "A", lambda i: f"203.0.113.{i % 250 + 1}")
 
     def untagged(self, prefix: str, count: int) -> list[str]:
+        return self._add(
+            prefix, count, UNTAGGED_SUFFIXES, "A", lambda i: f"198.51.100.{i % 250 + 1}"
+        )
+
+    def _next_v6(self) -> str:
+        self._v6 += 1
+        return f"2001:db8:1:{self._v6 >> 16:x}::{self._v6 & 0xFFFF:x}"
+
+    def _add(
+        self, prefix: str, count: int, suffixes: Sequence[str], qtype: str,
+        address: Callable[[int], str],
+    ) -> list[str]:  # fmt: skip
+        """`count` names `prefix<i>.<suffix>` into the hosts file; the dnsperf lines asking them."""
         out = []
         for i in range(count):
-            name = f"{prefix}{i}.{UNTAGGED_SUFFIXES[i % len(UNTAGGED_SUFFIXES)]}"
-            self.hosts.append((f"198.51.100.{i % 250 + 1}", name))
-            out.append(f"{name} A")
+            name = f"{prefix}{i}.{suffixes[i % len(suffixes)]}"
+            self.hosts.append((address(i), name))
+            out.append(f"{name} {qtype}")
         return out
 
     def write(self, path: Path) -> None:
