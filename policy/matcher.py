@@ -98,7 +98,11 @@ class Matcher:
         return len(self.rules)
 
     def match(self, name: str) -> Match | None:
-        """The winning rule for ``name`` (any case, trailing dot or not), or None."""
+        """The winning rule for ``name`` (any case, trailing dot or not), or None. A name
+        with an escaped byte (``\\DDD``: a dot or a space inside a label, ...) is no host name
+        and matches nothing."""
+        if "\\" in name:
+            return None
         labels = name.lower().rstrip(".").split(".")
         first = labels.pop(0)
         node = self._root

@@ -193,7 +193,7 @@ class Forwarder:
         # policy), on a chain as much as asked directly: it is no target.
         zones = self.zones
         target = next(
-            (n for n in chain[1:] if "\\" not in n and matcher.match(n) and zones.find(n) is None),
+            (n for n in chain[1:] if matcher.match(n) and zones.find(n) is None),
             None,
         )
         if target is None:

@@ -26,10 +26,7 @@ class NameMatcher(Protocol):
 
 def tag(chain: Chain, matcher: NameMatcher) -> Tagged | None:
     """The tag of an answer with this chain, or None when no name on it matches."""
-    # A label holding a literal dot reads as "a\\.b": it is no host name and must not match
-    # as if the dot separated labels.
-    names = [n for n in chain.names if "\\" not in n]
-    found = matcher.match_any(names) if names else None
+    found = matcher.match_any(chain.names)  # escaped names (no host names) match nothing
     if found is None:
         return None
     return Tagged(chain.names[0], found[0], found[1], chain.addresses)

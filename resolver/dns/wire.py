@@ -295,11 +295,13 @@ def skip_name(data: bytes, pos: int, pointers: list[int] | None) -> int:
 
 
 def read_name(data: bytes, pos: int) -> str:
-    """The name at `pos` as lower-case text without the trailing dot ("" for the root).
+    """The name at `pos` in its one presentation form: lower case, no trailing dot ("" for the
+    root), every byte outside letters, digits, hyphen and underscore written as RFC 1035's
+    ``\\DDD`` (a dot inside a label is ``\\046``, a space ``\\032``). So a name from the wire
+    is plain ASCII with no space, control character or separator of ours in it, whatever its
+    bytes: it can be logged, journaled and printed as it is, and never poses as two labels.
 
-    Assumes `_skip_name` accepted it; a '.' inside a label is escaped so it cannot pose as a
-    label boundary to the policy matcher.
-    """
+    Assumes `skip_name` accepted it."""
     labels: list[str] = []
     hops = 0
     while True:
@@ -314,13 +316,21 @@ def read_name(data: bytes, pos: int) -> str:
             if pos < 12:
                 raise WireError("compression pointer into the header")
             continue
-        label = data[pos + 1 : pos + 1 + length].lower().decode("latin-1")
-        labels.append(label.replace(".", "\\.") if "." in label else label)
+        raw = data[pos + 1 : pos + 1 + length].lower()
+        if raw.translate(None, _PLAIN):
+            labels.append("".join(_ESCAPED[byte] for byte in raw))
+        else:
+            labels.append(raw.decode("ascii"))
         pos += length + 1
 
 
+# Bytes a label keeps as they are in text; every other byte is written \DDD (RFC 1035 5.1).
+_PLAIN = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_ESCAPED = tuple(chr(b) if bytes((b,)) in _PLAIN else f"\\{b:03d}" for b in range(256))
+
+
 def name_text(wire: bytes) -> str:
-    """An uncompressed wire name (as in a question) as lower-case text, for logs and tags."""
+    """An uncompressed wire name (as in a question) as text, for logs and tags."""
     try:
         return read_name(wire, 0)
     except (IndexError, WireError):
@@ -328,22 +338,53 @@ def name_text(wire: bytes) -> str:
 
 
 def encode_name(text: str) -> bytes:
-    """'www.example.com' -> wire format (no compression).
-
-    Characters are bytes as `read_name` decodes them (latin-1), so that a name read from an
-    upstream reply encodes back to the bytes it was read from, whatever they are."""
+    """A name in presentation form -> wire format (no compression); ValueError when it is not
+    one. ``\\DDD`` (and ``\\X`` for any other character X) stand for one byte, as `read_name`
+    writes them, so a name read from the wire encodes back to the bytes it was read from."""
     out = bytearray()
-    for label in text.rstrip(".").split("."):
-        if label:
-            raw = label.encode("latin-1")
-            if len(raw) > 63:
-                raise ValueError(f"label longer than 63 octets: {label!r}")
-            out.append(len(raw))
-            out += raw
+    if "\\" not in text:
+        labels = [label.encode("ascii") for label in text.rstrip(".").split(".") if label]
+    else:
+        labels = _unescaped_labels(text)
+    for raw in labels:
+        if len(raw) > 63:
+            raise ValueError(f"label longer than 63 octets: {raw!r}")
+        out.append(len(raw))
+        out += raw
     out.append(0)
     if len(out) > MAX_NAME:
         raise ValueError("name longer than 255 octets")
     return bytes(out)
+
+
+def _unescaped_labels(text: str) -> list[bytes]:
+    labels: list[bytes] = []
+    label = bytearray()
+    at, n = 0, len(text)
+    while at < n:
+        ch = text[at]
+        if ch == ".":
+            if not label:
+                raise ValueError(f"empty label in {text!r}")
+            labels.append(bytes(label))
+            label = bytearray()
+        elif ch != "\\":
+            label += ch.encode("ascii")
+        elif text[at + 1 : at + 4].isdigit() and len(text[at + 1 : at + 4]) == 3:
+            value = int(text[at + 1 : at + 4])
+            if value > 255:
+                raise ValueError(f"escape \\{value} is not a byte in {text!r}")
+            label.append(value)
+            at += 3
+        elif at + 1 < n:
+            label += text[at + 1].encode("ascii")
+            at += 1
+        else:
+            raise ValueError(f"name ends in a lone backslash: {text!r}")
+        at += 1
+    if label:
+        labels.append(bytes(label))
+    return labels
 
 
 def truncated_header(head: bytes, edns: bool) -> bytes:

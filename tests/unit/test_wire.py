@@ -334,7 +334,7 @@ def test_names() -> None:
     assert wire.encode_name("www.Example.test.") == b"\x03www\x07Example\x04test\x00"
     assert wire.encode_name(".") == b"\x00"
     assert wire.name_text(b"\x03www\x07Example\x04test\x00") == "www.example.test"
-    assert wire.name_text(b"\x03a.b\x00") == "a\\.b"
+    assert wire.name_text(b"\x03a.b\x00") == "a\\046b"
     assert wire.name_text(b"\x05ab") == "<bad name>"
     with pytest.raises(ValueError):
         wire.encode_name("x" * 64 + ".test")
