@@ -266,32 +266,46 @@ def without_opt(data: bytes, layout: Layout) -> tuple[bytes, list[int]]:
 
 
 def chain_of(data: bytes, layout: Layout, qname: str) -> tuple[list[str], list[tuple[bytes, int]]]:
-    """The CNAME chain that starts at `qname` (owner -> target, at most MAX_CHAIN, no loops),
-    and the A/AAAA addresses (packed) owned by a name on that chain, with their TTLs.
-
-    Records that are not on the chain (unrelated answers, additional data) do not count.
-    """
-    targets: dict[str, str] = {}
-    for rec in layout.answers:
-        if rec.rtype == T_CNAME and rec.owner not in targets:
-            targets[rec.owner] = read_name(data, rec.rdata)
-    chain = [qname]
-    seen = {qname}
-    name = qname
-    while len(chain) <= MAX_CHAIN:
-        target = targets.get(name)
-        if target is None or target in seen:
-            break
-        chain.append(target)
-        seen.add(target)
-        name = target
-    addresses: list[tuple[bytes, int]] = []
-    for rec in layout.answers:
-        if rec.owner not in seen:
-            continue
-        if (rec.rtype == T_A and rec.rdlen == 4) or (rec.rtype == T_AAAA and rec.rdlen == 16):
-            addresses.append((data[rec.rdata : rec.rdata + rec.rdlen], rec.ttl))
+    """The CNAME chain from `qname` and the A/AAAA addresses (packed, with their TTLs) of its
+    last name: see `walk_chain`."""
+    chain, _cnames, addresses = walk_chain(data, layout, qname)
     return chain, addresses
+
+
+def walk_chain(
+    data: bytes, layout: Layout, qname: str
+) -> tuple[list[str], list[Record], list[tuple[bytes, int]]]:
+    """The CNAME chain from `qname` as the answer section gives it, its CNAME records, and the
+    A/AAAA addresses owned by its last name.
+
+    The answer records are read in order, as a well-formed answer lists them (RFC 1034 4.3.2,
+    and what Unbound's scrubber keeps): a CNAME of the name reached so far leads to the next
+    name, and an address record of that name counts. Nothing else does: records of a name
+    already passed or not reached yet (out of chain order), of names off the chain, and the
+    authority and additional sections. A name with a CNAME has no other data (RFC 2181 10.1):
+    addresses of a name that turns out to have a CNAME too are dropped, and so are those of a
+    chain that loops or runs past MAX_CHAIN. So the addresses are always those of the last
+    name, the one a client connects to.
+    """
+    chain = [qname]
+    cnames: list[Record] = []
+    addresses: list[tuple[bytes, int]] = []
+    name = qname
+    for rec in layout.answers:
+        if rec.owner != name:
+            continue
+        rtype = rec.rtype
+        if rtype == T_CNAME:
+            addresses = []  # "CNAME and other data": the other data does not count
+            target = read_name(data, rec.rdata)
+            if target in chain or len(chain) > MAX_CHAIN:
+                return chain, cnames, []
+            chain.append(target)
+            cnames.append(rec)
+            name = target
+        elif (rtype == T_A and rec.rdlen == 4) or (rtype == T_AAAA and rec.rdlen == 16):
+            addresses.append((data[rec.rdata : rec.rdata + rec.rdlen], rec.ttl))
+    return chain, cnames, addresses
 
 
 def splice(
@@ -299,53 +313,40 @@ def splice(
 ) -> bytes | None:
     """The reply `data` with its CNAME chain cut at `target` and continued by `local` (the
     answer to the same question about `target`): the CNAMEs from the query name down to the
-    one pointing at `target`, then every answer record of `local`. Header and question come
-    from `data`, the rcode from `local`; no authority or additional records. Names are written
-    uncompressed. None when it cannot be done faithfully: `local` is not a positive NOERROR
-    answer of CNAME/A/AAAA records only, a name holds a literal dot, or the class is not IN.
+    one pointing at `target` (as `walk_chain` reads them), then every answer record of
+    `local`. Header and question come from `data`, the rcode from `local`; no authority or
+    additional records. Names are written uncompressed. None when it cannot be done
+    faithfully: `target` is not on the chain, `local` is not a positive NOERROR answer of
+    CNAME/A/AAAA records only, or the class is not IN.
     """
     qend = layout.qend
     if data[qend - 2 : qend] != b"\0\x01" or local_layout.rcode != NOERROR:
         return None
-    targets: dict[str, tuple[str, Record]] = {}
-    for rec in layout.answers:
-        if rec.rtype == T_CNAME and rec.owner not in targets:
-            targets[rec.owner] = (read_name(data, rec.rdata), rec)
-    out: list[bytes | None] = []
-    name = read_name(data, 12)
-    while name != target:
-        step = targets.get(name)
-        if step is None or len(out) > MAX_CHAIN:
-            return None
-        name, rec = step
-        out.append(_record(rec.owner, T_CNAME, rec.ttl, encode_name_or_none(name)))
+    chain, cnames, _addresses = walk_chain(data, layout, read_name(data, 12))
+    if target not in chain:
+        return None
+    out: list[bytes] = []
+    for rec, name in zip(cnames, chain[1:], strict=False):
+        out.append(_record(rec.owner, T_CNAME, rec.ttl, encode_name(name)))
+        if name == target:
+            break
     local_qtype = local[local_layout.qend - 4 : local_layout.qend - 2]
     positive = False
     for rec in local_layout.answers:
         if rec.rtype == T_CNAME:
-            rdata = encode_name_or_none(read_name(local, rec.rdata))
+            rdata = encode_name(read_name(local, rec.rdata))
         elif rec.rtype in (T_A, T_AAAA):
             rdata = local[rec.rdata : rec.rdata + rec.rdlen]
             positive = positive or local_qtype == _U16.pack(rec.rtype)
         else:
             return None
         out.append(_record(rec.owner, rec.rtype, rec.ttl, rdata))
-    records = [part for part in out if part is not None]
-    if not positive or len(records) != len(out):
+    if not positive:
         return None
     flags = ((data[2] << 8) | data[3]) & ~0xF | NOERROR
-    head = data[:2] + _U16.pack(flags) + struct.pack("!HHHH", 1, len(records), 0, 0)
-    return head + data[12:qend] + b"".join(records)
+    head = data[:2] + _U16.pack(flags) + struct.pack("!HHHH", 1, len(out), 0, 0)
+    return head + data[12:qend] + b"".join(out)
 
 
-def encode_name_or_none(name: str) -> bytes | None:
-    if "\\" in name:
-        return None  # a literal dot inside a label: not a name we re-encode
-    return encode_name(name)
-
-
-def _record(owner: str, rtype: int, ttl: int, rdata: bytes | None) -> bytes | None:
-    encoded = encode_name_or_none(owner)
-    if encoded is None or rdata is None:
-        return None
-    return encoded + _RR_FIXED.pack(rtype, 1, ttl, len(rdata)) + rdata
+def _record(owner: str, rtype: int, ttl: int, rdata: bytes) -> bytes:
+    return encode_name(owner) + _RR_FIXED.pack(rtype, 1, ttl, len(rdata)) + rdata
