@@ -157,8 +157,19 @@ class BreakoutConfig:
     min_hold: int = check(integer(0, 604_800), 300)
     grace: int = check(integer(0, 3600), 30)  # seconds added to every hold
     max_entries: int = check(integer(1, 10_000_000), 50_000)
+    # The share of max_entries one client (an IPv4 address, an IPv6 /64) may hold.
+    client_share: float = check(number(0.001, 1), 0.125)
     ack_timeout: float = check(number(0.001, 5), 0.05)  # longest a reply waits for the kernel
     never_route: tuple[str, ...] = each(network, DEFAULT_NEVER_ROUTE)
+    # Not a key: the longest hold an answer can give, grace included: max(cache.max_ttl,
+    # min_hold) + grace (set by load_config; the hold journal's reader refuses beyond it).
+    longest_hold: int = 0
+
+    @property
+    def max_hold(self) -> int:
+        """The longest hold an answer can give, grace included: `longest_hold`, or with the
+        cache's default cap on TTLs when this config did not come from load_config."""
+        return self.longest_hold or max(CacheConfig().max_ttl, self.min_hold) + self.grace
 
     @property
     def probe_table(self) -> int:
@@ -258,6 +269,8 @@ def _finish(doc: Document, root: yaml.Node, cfg: Config, base_dir: str) -> Confi
                 error(path, f"{format_address(*upstream)} is resolverd's own listen address: "
                       "it would ask itself")  # fmt: skip
     breakout = _finish_breakout(cfg.breakout, error, doc.has_error)
+    longest = max(cfg.cache.max_ttl, breakout.min_hold) + breakout.grace
+    breakout = dataclasses.replace(breakout, longest_hold=longest)
     files = tuple(os.path.join(base_dir, f) for f in cfg.policy.files)
     policy = dataclasses.replace(
         cfg.policy, files=files, builtin=None if cfg.policy.builtin == "none" else "microsoft365"

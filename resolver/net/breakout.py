@@ -28,7 +28,7 @@ from resolver.net import cleanup, failover, reconcile, reload, repair, report, w
 from resolver.net.dryrun import DryRunKernel
 from resolver.net.errors import BreakoutError
 from resolver.net.health import Prober
-from resolver.net.holds import Hold, Ledger
+from resolver.net.holds import Hold, Ledger, client_key
 from resolver.net.installs import InstallBatch, Installs
 from resolver.net.journal import Journal
 from resolver.net.kernel import Kernel, KernelLike
@@ -72,7 +72,7 @@ class Breakout:
         self.matcher = matcher
         self.policy = policy
         self.dry_run = cfg.mode is Mode.DRY_RUN
-        self.ledger = Ledger(cfg.max_entries)
+        self.ledger = Ledger(cfg.max_entries, cfg.client_share)
         self.holds = self.ledger.holds
         self.counters = self.ledger.counters
         if kernel is None:
@@ -108,6 +108,7 @@ class Breakout:
         self._probe_paths: dict[tuple[int, int], Any] = {}  # (table, family) -> the Path there
         self._probes_live = False  # the probe tables and rules are in place (watch.py)
         self._cap_logged = False
+        self._share_logged = False
         self._repair_logged: set[str] = set()
         self.journal_problems: list[str] = []
         self._probe_task: asyncio.Task[None] | None = None
@@ -199,20 +200,22 @@ class Breakout:
         if not self._active:
             return None
         try:
-            return self._on_answer(tagged, ttl, installed)
+            return self._on_answer(tagged, ttl, client, installed)
         except Exception:
             self.counters["netlink_errors"] += 1
             log.exception("breakout failed on an answer for %s", tagged.qname)
             return None
 
     def _on_answer(
-        self, tagged: Tagged, ttl: int, installed: list[bytes] | None
+        self, tagged: Tagged, ttl: int, client: str, installed: list[bytes] | None
     ) -> Awaitable[None] | None:
         cfg = self.cfg
         now = self.clock()
-        expires = now + (ttl if ttl > cfg.min_hold else cfg.min_hold) + cfg.grace
-        qname, via = tagged.qname, tagged.via
-        names = (qname,) if qname == via else (qname, via)
+        hold = (ttl if ttl > cfg.min_hold else cfg.min_hold) + cfg.grace
+        expires = now + (hold if hold < cfg.max_hold else cfg.max_hold)
+        # The hold is the policy name's that earned it, never the client's query name that only
+        # led there through a CNAME (that name is anybody's to choose).
+        name = tagged.via
         row = tagged.match.rule.row
         holds, ready, journal = self.holds, self.paths.ready(), self.journal
         wait: InstallBatch | None = None
@@ -223,13 +226,13 @@ class Breakout:
             at += 1 + blob[at]
             h = holds.get(packed)
             if h is None:
-                h = self._new_hold(packed, names, row, expires)
+                h = self._new_hold(packed, name, row, expires, client)
                 if h is None:
                     continue
             else:
                 before = h.expires
-                if h.names != qname or via != qname:
-                    h.extend(names, row, expires)
+                if h.names != name:
+                    self.ledger.extend(h, name, row, expires)
                 elif expires > h.expires:
                     h.expires, h.row = expires, row
                 # Only an extension can outrun the journal (a hold restored at start is at
@@ -271,20 +274,18 @@ class Breakout:
         return _wait_all([wait.future, *(b.future for b in more)])
 
     def _new_hold(
-        self, packed: bytes, names: tuple[str, ...], row: int, expires: float
+        self, packed: bytes, name: str, row: int, expires: float, client: str
     ) -> Hold | None:
         """A hold for an address not seen yet, or None when it must not be routed."""
         reason = self._skip.get(packed)
         if reason is None:
             reason = self.skip_reason(packed)
             if reason is None:
-                h = self.ledger.add(packed, names[0], expires, row)
+                h = self.ledger.add(packed, name, expires, row, client_key(client))
                 if h is None:
-                    self._capped(packed, names)
+                    self._capped(packed, name, client)
                     return None
-                if len(names) > 1:
-                    h.extend(names, row, expires)
-                self.kernel.note("install", h.address, names, f"row {row}, hold "
+                self.kernel.note("install", h.address, (name,), f"row {row}, hold "
                                  f"{int(expires - self.clock())} s")  # fmt: skip
                 return h
             if len(self._skip) >= SKIP_CACHE_MAX:
@@ -292,8 +293,8 @@ class Breakout:
             self._skip[packed] = reason
         self.counters["skipped"] += 1
         address = Hold(packed, "", 0.0, 0).address
-        self.kernel.note("skip", address, names, reason)
-        log.debug("not routing %s (%s): %s", address, names[-1], reason)
+        self.kernel.note("skip", address, (name,), reason)
+        log.debug("not routing %s (%s): %s", address, name, reason)
         return None
 
     def skip_reason(self, packed: bytes) -> str | None:
@@ -305,12 +306,23 @@ class Breakout:
                 reason = f"table {self.cfg.table} holds a route for it that resolverd does not own"
         return reason
 
-    def _capped(self, packed: bytes, names: tuple[str, ...]) -> None:
-        if not self._cap_logged:
-            self._cap_logged = True
-            log.warning("breakout.max_entries (%d) reached: new addresses are not routed until "
-                        "holds lapse (counter 'capped')", self.cfg.max_entries)  # fmt: skip
-        self.kernel.note("skip", Hold(packed, "", 0.0, 0).address, names, "max_entries reached")
+    def _capped(self, packed: bytes, name: str, client: str) -> None:
+        if len(self.holds) < self.cfg.max_entries:
+            reason = f"client {client} holds its share of max_entries"
+            if not self._share_logged:
+                self._share_logged = True
+                log.warning("client %s holds its share of breakout.max_entries (%d of %d): its "
+                            "new addresses are not routed until its holds lapse (counter "
+                            "'client_capped'; logged once)", client, self.ledger.per_client,
+                            self.cfg.max_entries)  # fmt: skip
+        else:
+            reason = "max_entries reached"
+            if not self._cap_logged:
+                self._cap_logged = True
+                log.warning("breakout.max_entries (%d) reached: new addresses are not routed "
+                            "until holds lapse (counter 'capped')",
+                            self.cfg.max_entries)  # fmt: skip
+        self.kernel.note("skip", Hold(packed, "", 0.0, 0).address, (name,), reason)
 
     def _refresh(self, h: Hold) -> None:
         """The hold outgrew its set entries' timeout: refresh them (batched, off the path)."""

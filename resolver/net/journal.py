@@ -60,9 +60,13 @@ from resolver.net.replay import path_of as path_of
 log = logging.getLogger(__name__)
 
 AHEAD = 30.0  # seconds a recorded expiry runs ahead of the hold's own
+CLOCK_SLACK = 60.0  # how far the wall clock may have gone back between a write and its reading
 SYNC_MARGIN = 5.0  # a due re-recording closer than this to the journal's expiry is not buffered
 COMPACT_FACTOR = 4  # rewrite when the file has this many lines per live hold (and more than:)
 COMPACT_MIN = 20_000
+COMPACT_PAUSE = 10.0  # seconds at least from one compaction to the next
+COMPACT_RETRY = 60.0  # after one that failed: again at once when the disk has room, else this
+RECORD_BYTES = 96  # room a record needs, for that check
 CHUNK = 1024  # holds formatted and written at a time by a compaction
 
 
@@ -89,6 +93,8 @@ class Journal:
         self.errors = 0
         self.last_error: str | None = None
         self._dirty = False  # records were lost: the file must be rewritten to be complete
+        self._next_compact = 0.0  # monotonic: no compaction is due before
+        self._compact_failed = False  # the last one failed: retried early only if there is room
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -175,9 +181,15 @@ class Journal:
             )  # fmt: skip
         self.last_error = message
 
+    def _compaction_failed(self, err: OSError) -> bool:
+        self._failed(err)
+        self._compact_failed = True
+        self._next_compact = self._clock() + COMPACT_RETRY
+        return False
+
     def _complete(self) -> None:
         """The file holds every live hold again (a compaction succeeded)."""
-        self._dirty = False
+        self._dirty = self._compact_failed = False
         if self.last_error is not None:
             log.warning("hold journal %s is writable again: rewritten from the live holds",
                         self.path)  # fmt: skip
@@ -191,16 +203,35 @@ class Journal:
 
     # -- compaction ---------------------------------------------------------------------------
 
-    def due(self, live: int) -> bool:
+    def due(self, records: int) -> bool:
+        """Whether the file should be rewritten: records were lost (at once; after a rewrite
+        that failed, when the directory has room again, or COMPACT_RETRY later), or it holds
+        more than COMPACT_FACTOR times the `records` a rewrite would write (one per name of
+        each live hold), never sooner than COMPACT_PAUSE after the last rewrite. A rewrite
+        leaves the file at `records` lines, well below that threshold: it cannot loop."""
         if not self.state_dir or self._since is not None:
             return False
-        return self._dirty or self._lines > max(COMPACT_MIN, COMPACT_FACTOR * live)
+        if self._dirty:  # records were lost: at once, and again when there is room for them
+            failed = self._compact_failed
+            return not failed or self._clock() >= self._next_compact or self._room_for(records)
+        if self._clock() < self._next_compact:
+            return False
+        return self._lines > max(COMPACT_MIN, COMPACT_FACTOR * records)
+
+    def _room_for(self, records: int) -> bool:
+        """Whether the state directory takes writes again and has room for `records`."""
+        try:
+            st = os.statvfs(self.state_dir)
+        except OSError:
+            return False
+        return not st.f_flag & os.ST_RDONLY and st.f_bavail * st.f_frsize > records * RECORD_BYTES
 
     async def compact(self, holds: Iterable[Hold]) -> bool:
         """Rewrite the journal from `holds` (see the module docstring); False when it failed.
         Each hold keeps the expiry the journal has for it (`noted`), unless that is short."""
         if self._since is not None or not self.state_dir:
             return False
+        self._next_compact = self._clock() + COMPACT_PAUSE
         self.write_buffered()
         # Columns of references, not a tuple per hold: a compaction of 20,000 holds allocates
         # a few lists, and the records are formatted and written a chunk at a time, so that
@@ -221,14 +252,12 @@ class Journal:
             tmp, count = await loop.run_in_executor(None, self._prepare, snapshot)
         except OSError as err:
             self._since = None
-            self._failed(err)
-            return False
+            return self._compaction_failed(err)
         since, self._since = self._since, None
         try:
             fd = self._adopt(tmp, since)
         except OSError as err:
-            self._failed(err)
-            return False
+            return self._compaction_failed(err)
         old, self._fd = self._fd, fd
         if old >= 0:
             os.close(old)

@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from resolver.net import journal
-from resolver.net.holds import Hold
+from resolver.net.holds import MAX_NAMES, Hold
+from resolver.net.replay import UNACCOUNTED
 from resolver.net.routes import AF, HOST_LEN, Route, foreign_hosts, owned
 
 if TYPE_CHECKING:
     from resolver.net.breakout import Breakout
 
 log = logging.getLogger(__name__)
-
-UNACCOUNTED = "(kept: the hold journal was unreadable)"
 
 
 def restore_holds(
@@ -44,7 +43,8 @@ def restore_holds(
     for address, s in saved.items():
         if s.expires <= wall:
             continue
-        names = {n: now + (e - wall) for n, e in s.names.items() if e > wall}
+        newest = sorted(s.names.items(), key=lambda item: item[1])[-MAX_NAMES:]
+        names = {n: now + (e - wall) for n, e in newest if e > wall}
         # A route kept unaccounted (an earlier start could not read the journal) stays for
         # the hold period it was given, whatever the policy says.
         if not names or not any(n == UNACCOUNTED or match(n) is not None for n in names):
@@ -99,7 +99,10 @@ def review_table(b: Breakout, routes: list[Route], trust: bool) -> Review:
 async def run(b: Breakout) -> None:
     """Reconcile at start (see the module docstring)."""
     cfg, now, wall = b.cfg, b.clock(), b.wall()
-    loaded = journal.load(b.state_dir) if not b.dry_run else journal.Loaded({}, True, [], False)
+    latest = wall + cfg.max_hold + journal.AHEAD + journal.CLOCK_SLACK
+    loaded = (
+        journal.load(b.state_dir, latest) if not b.dry_run else journal.Loaded({}, True, [], False)
+    )
     for problem in loaded.problems:
         log.error("hold journal: %s", problem)
     if not loaded.ok:
@@ -109,7 +112,7 @@ async def run(b: Breakout) -> None:
         )  # fmt: skip
     b.journal_problems = loaded.problems
     restored = restore_holds(loaded.holds, b.matcher.match, b.skip_reason, now, wall)
-    b.holds.update(restored)
+    b.ledger.adopt(restored.values())
     resolvers = [host for host, _port in cfg.resolvers]
     _gone, skipped = b.ledger.routes.load(b.policy.cidrs, resolvers, b.never)
     b.counters["skipped"] += skipped
@@ -117,14 +120,14 @@ async def run(b: Breakout) -> None:
     b.foreign = review.foreign
     for address in review.foreign:
         packed = socket.inet_pton(AF[6 if ":" in address else 4], address)
-        if b.holds.pop(packed, None) is not None:
+        if b.ledger.pop(packed) is not None:
             log.warning("not adopting %s: table %d routes it for someone else", address, cfg.table)
     expires = now + cfg.min_hold + cfg.grace
     for r in review.unaccounted:
         if r.dst_len == HOST_LEN[r.family]:
             h = Hold(socket.inet_pton(AF[r.family], r.dst), UNACCOUNTED, expires, 0)
             h.installed = True
-            b.holds[h.packed] = h
+            b.ledger.adopt([h])
     b.counters["adopted"] += len(review.adopted)
     if review.stale:
         b.io.errnos.settle("remove stale routes")(await b.io.delete_table_routes(review.stale))

@@ -89,7 +89,7 @@ async def reconfigure(
     # Verified: the point of no return. Nothing below raises for a kernel error.
     b.matcher, b.policy = matcher, policy
     b.io.ack_timeout = cfg.ack_timeout
-    b.ledger.max_entries = cfg.max_entries
+    b.ledger.resize(cfg.max_entries, cfg.client_share)
     if cfg.never_route != old.never_route:
         b.never = NeverRoute(cfg.never_route)
         b.never.set_connected(b.view.connected())

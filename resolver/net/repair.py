@@ -39,10 +39,13 @@ def sweep(b: Breakout) -> int:
     if b._active:
         repair(b, now)
     b.journal.write_buffered()
-    if b.journal.due(len(b.holds)) and b._loop is not None:
+    if b.journal.due(b.ledger.names) and b._loop is not None:
         b._loop.create_task(b.journal.compact(list(b.holds.values())))
     if b._cap_logged and len(b.holds) < b.cfg.max_entries * 0.9:
         b._cap_logged = False
+    if b._share_logged:
+        per_client = b.ledger.per_client
+        b._share_logged = any(o.holds >= per_client for o in b.ledger.owners.values())
     return len(lapsed)
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -39,8 +41,9 @@ def path_of(state_dir: str) -> str:
     return os.path.join(state_dir, FILE_NAME)
 
 
-def load(state_dir: str) -> Loaded:
-    """Replay the journal (or import the legacy state file when there is no journal)."""
+def load(state_dir: str, latest: float = math.inf) -> Loaded:
+    """Replay the journal (or import the legacy state file when there is no journal); an
+    expiry after `latest` (wall clock) is a line this resolverd did not write."""
     path = path_of(state_dir)
     try:
         with open(path, "rb") as fh:
@@ -49,10 +52,13 @@ def load(state_dir: str) -> Loaded:
         return _load_legacy(state_dir)
     except OSError as err:
         return Loaded({}, False, [f"{path}: cannot read: {err.strerror}"], True)
-    return parse(data, path)
+    return parse(data, path, latest)
 
 
-def parse(data: bytes, path: str = FILE_NAME) -> Loaded:
+def parse(data: bytes, path: str = FILE_NAME, latest: float = math.inf) -> Loaded:
+    """The holds the journal `data` says are live. Every line must be one the writer could
+    have written (see `_apply`); any other makes the journal untrustworthy (`ok` false) and
+    is skipped: its address is not restored."""
     holds: dict[str, Saved] = {}
     problems: list[str] = []
     lines = data.split(b"\n")
@@ -67,29 +73,64 @@ def parse(data: bytes, path: str = FILE_NAME) -> Loaded:
         return Loaded({}, not problems, problems, True)
     for number, raw in enumerate(lines[1:], start=2):
         try:
-            _apply(holds, raw.decode("ascii").split(" ", 4))  # a name is the last field
-        except (UnicodeDecodeError, ValueError, IndexError):
-            problems.append(f"{path}:{number}: cannot read {raw[:80]!r}")
+            if not raw.isascii():
+                raise ValueError("not ASCII")
+            _apply(holds, raw.decode("ascii").split(" "), latest)
+        except (ValueError, OSError) as err:  # OSError: an address inet_pton refuses
+            reason = "not an address" if isinstance(err, OSError) else str(err)
+            problems.append(f"{path}:{number}: cannot read {raw[:80]!r} ({reason})")
     return Loaded(holds, not problems, problems, True)
 
 
-def _apply(holds: dict[str, Saved], parts: list[str]) -> None:
+# The names the writer writes: `wire.read_name`'s presentation form (letters, digits, hyphen,
+# underscore, \DDD escapes; lower case) or the marker of a route kept unaccounted.
+_NAME = re.compile(r"(?:[a-z0-9_-]|\\[0-9]{3})+(?:\.(?:[a-z0-9_-]|\\[0-9]{3})+)*")
+MAX_NAME_TEXT = 4 * 255  # a 255-octet name with every byte escaped
+UNACCOUNTED = "(kept: the hold journal was unreadable)"
+
+
+def name_ok(name: str) -> bool:
+    """Whether `name` is in the one form resolverd keeps names in (`wire.read_name`'s)."""
+    return len(name) <= MAX_NAME_TEXT and _NAME.fullmatch(name) is not None
+
+
+def _apply(holds: dict[str, Saved], parts: list[str], latest: float) -> None:
+    """One record, checked as strictly as the writer writes it; ValueError says what is
+    wrong (OSError: an address inet_pton refuses)."""
     op = parts[0]
-    if op == "+" and len(parts) == 5:
-        address, expires, row, name = parts[1], float(parts[2]), int(parts[3]), parts[4]
-        socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    if op == "+" and len(parts) >= 5:
+        address, expires_text, row_text = parts[1], parts[2], parts[3]
+        name = " ".join(parts[4:])
+        _check_address(address)
+        if not (expires_text.isdigit() and expires_text.isascii() and len(expires_text) <= 12):
+            raise ValueError("expiry is not a whole number of seconds")
+        expires = float(int(expires_text))
+        if expires > latest:
+            raise ValueError("expiry further away than the longest hold the config allows")
+        if not (row_text.isdigit() and row_text.isascii() and len(row_text) <= 10):
+            raise ValueError("row is not a number")
+        if name != UNACCOUNTED and not name_ok(name):
+            raise ValueError("not a name resolverd writes")
         saved = holds.get(address)
         if saved is None:
-            saved = holds[address] = Saved(expires, row)
+            saved = holds[address] = Saved(expires, int(row_text))
         saved.expires = max(saved.expires, expires)
-        saved.row = row
+        saved.row = int(row_text)
         saved.names[name] = max(saved.names.get(name, 0.0), expires)
     elif op == "-" and len(parts) == 2:
+        _check_address(parts[1])
         holds.pop(parts[1], None)
     elif op == "F" and len(parts) == 1:
         holds.clear()
     else:
         raise ValueError("unknown record")
+
+
+def _check_address(text: str) -> None:
+    """The address as the writer writes it: inet_ntop's text, nothing else."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    if socket.inet_ntop(family, socket.inet_pton(family, text)) != text:
+        raise ValueError("address not in its canonical form")
 
 
 def _load_legacy(state_dir: str) -> Loaded:

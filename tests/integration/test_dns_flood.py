@@ -51,8 +51,14 @@ class FreshAddresses:
         return [head + asked + b"".join(rr(PTR_Q, 1, 60, a) for a in answers)]
 
 
-async def breakout(tmp_path: Path, max_entries: int) -> Breakout:
-    cfg = make_cfg(mode="dry-run", max_entries=max_entries, min_hold=300, grace=0)
+async def breakout(tmp_path: Path, max_entries: int, client_share: float = 1.0) -> Breakout:
+    cfg = make_cfg(
+        mode="dry-run",
+        max_entries=max_entries,
+        client_share=client_share,
+        min_hold=300,
+        grace=0,
+    )
     hook = Breakout(cfg, str(tmp_path), MATCHER, POLICY, view=make_view())
     await hook.start()
     return hook
@@ -110,6 +116,32 @@ async def test_a_flood_of_unique_names_stops_at_the_caps_and_keeps_the_holds(
             assert sorted(str(r.rdata) for r in again.rr) == sorted(LEGIT)  # still answered
             skipped = [d for d in hook.status()["dry_run_decisions"] if d["action"] == "skip"]
             assert skipped and all(d["reason"] == "max_entries reached" for d in skipped)
+    finally:
+        await hook.stop()
+
+
+async def test_one_client_holds_at_most_its_share_and_another_is_still_routed(
+    tmp_path: Path,
+) -> None:
+    """breakout.client_share: a client that floods with answers of new addresses holds at most
+    its share of max_entries (here 80 x 0.125 = 10); beyond it its addresses are answered but
+    not routed (client_capped), and another client's Microsoft 365 name is still routed."""
+    hook = await breakout(tmp_path, max_entries=80, client_share=0.125)
+    upstream = FreshAddresses()
+    try:
+        async with RawEnv([upstream], hook=hook, matcher=MATCHER) as env:
+            replies = await flood(env, "127.0.0.2", [f"r{i}.office.com" for i in range(200)])
+            assert all(r.header.rcode == 0 and len(r.rr) == 1 for r in replies)  # answered
+            assert len(hook.holds) == 10  # the flooder's share, not max_entries
+            assert hook.counters["client_capped"] == 190 and hook.counters["capped"] == 0
+            legit = await udp_from(env, "127.0.0.1", query_bytes("outlook.office.com"))
+            assert sorted(str(r.rdata) for r in legit.rr) == sorted(LEGIT)
+            held = by_address(hook)
+            assert all(a in held for a in LEGIT)  # routed although the flooder is at its cap
+            other = await udp_from(env, "127.0.0.3", query_bytes("s1.office.com"))
+            assert str(other.rr[0].rdata) in by_address(hook)
+            skipped = [d for d in hook.status()["dry_run_decisions"] if d["action"] == "skip"]
+            assert skipped and all("127.0.0.2" in d["reason"] for d in skipped)
     finally:
         await hook.stop()
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from resolver.net import journal
 from resolver.net.breakout import Breakout
 from resolver.net.journal import AHEAD, load, parse
-from resolver.net.reconcile import UNACCOUNTED, restore_holds
+from resolver.net.reconcile import restore_holds
+from resolver.net.replay import UNACCOUNTED
 from resolver.net.routes import Route
 from tests.unit.breakout_fakes import (
     MATCHER,
@@ -54,7 +55,7 @@ def test_records_replay_add_extend_remove_and_flush(tmp_path: Any) -> None:
     assert disk["2001:db8:365::1"].row == 1
 
     # A second name (a CNAME chain): one record per name, the hold lives as its longest name.
-    a.extend(("y.sharepoint.com",), 2, 1400.0)
+    a.extend("y.sharepoint.com", 2, 1400.0)
     j.note([a])
     saved = on_disk(str(tmp_path))["203.0.113.1"]
     assert saved.expires == 1400.0 + AHEAD + WALL and saved.row == 2
@@ -169,7 +170,7 @@ def test_a_bad_line_in_the_middle_makes_the_journal_untrustworthy(tmp_path: Any)
     path = journal.path_of(str(tmp_path))
     loaded = load(str(tmp_path))
     assert not loaded.ok
-    assert loaded.problems == [f"{path}:3: cannot read b'garbage here'"]
+    assert loaded.problems == [f"{path}:3: cannot read b'garbage here' (unknown record)"]
     assert set(loaded.holds) == {"203.0.113.1", "203.0.113.2"}  # the rest still replays
     bad_header = parse(b"something else\n+ 203.0.113.1 1 1 x\n", "j")
     assert not bad_header.ok and bad_header.problems == ["j:1: not a resolverd hold journal"]

@@ -24,7 +24,7 @@ def holds() -> list[Hold]:
         h = Hold(packed, f"n{i}.office.com", 1000.0 + i, i % 17)
         h.installed = i % 3 != 0
         out.append(h)
-    out[5].extend(["alias.corp.example"], 3, 1200.0)
+    out[5].extend("alias.corp.example", 3, 1200.0)
     out[6].names = 'we"ird\\name.example'  # escaped by the JSON writer, never spliced raw
     return out
 

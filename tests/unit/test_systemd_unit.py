@@ -186,7 +186,7 @@ def _keys(cls: type) -> set[str]:
     """Every config key, as "section" or "section.key", from the dataclasses."""
     keys: set[str] = set()
     for f in dataclasses.fields(cls):
-        if f.name == "path":
+        if not f.metadata:  # not a key (the file's path, values derived from others)
             continue
         keys.add(f.name)
         sub = f.metadata.get("section") or f.metadata.get("sections")
