@@ -29,6 +29,7 @@ from resolver.control.protocol import (
     parse_response,
     raw_result,
 )
+from resolver.ctl.printable import printable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -75,7 +76,7 @@ class SocketPath(NamedTuple):
 
 
 def warn(message: str) -> None:
-    print(f"resolverctl: warning: {message}", file=sys.stderr)
+    print(f"resolverctl: warning: {printable(message)}", file=sys.stderr)
 
 
 def socket_path(socket_opt: str | None, config_opt: str | None) -> SocketPath:

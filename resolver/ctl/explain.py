@@ -14,6 +14,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from resolver.ctl.printable import printable
+
 if TYPE_CHECKING:
     from policy.model import Match
     from resolver.config import Config
@@ -78,7 +80,9 @@ def _text_lines(
         for column, cell in enumerate(cells[:-1]):
             widths[column] = max(widths.get(column, 0), len(cell))
     return [
-        "  ".join([cell.ljust(widths[i]) for i, cell in enumerate(cells[:-1])] + [cells[-1]])
+        printable(
+            "  ".join([cell.ljust(widths[i]) for i, cell in enumerate(cells[:-1])] + [cells[-1]])
+        )
         for cells in table
     ]
 
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             rows.append((name, matcher.match(normalise_name(name)), None))
         except ValueError as exc:
-            print(f"explain: {name!r}: invalid name: {exc}", file=sys.stderr)
+            print(f"explain: {name!r}: invalid name: {printable(str(exc))}", file=sys.stderr)
             rows.append((name, None, str(exc)))
     upstreams = [upstream_set(name, match, config) for name, match, _ in rows]
     # Only a config that forwards elsewhere than the default upstreams has anything to say.

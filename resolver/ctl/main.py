@@ -10,6 +10,7 @@ import os
 import sys
 
 from resolver.ctl import client, explain, flush, monitor, policy, reload, routes, status
+from resolver.ctl.printable import printable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
         sys.stdout.flush()
     except client.CtlError as exc:
-        print(f"resolverctl: {exc}", file=sys.stderr)
+        print("\n".join(printable(line) for line in f"resolverctl: {exc}".split("\n")),
+              file=sys.stderr)  # fmt: skip
         return exc.code
     except BrokenPipeError:
         # The reader went away (resolverctl routes | head): stop quietly, as cat would.

@@ -120,7 +120,7 @@ def details(event: Mapping[str, Any]) -> str:
 def _addresses(value: Any) -> str:
     if not isinstance(value, list):
         return text(value)
-    return ",".join(str(a) for a in value) or "-"
+    return ",".join(text(a) for a in value) or "-"
 
 
 class Table:

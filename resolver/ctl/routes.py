@@ -50,7 +50,7 @@ def _row(route: Mapping[str, Any]) -> tuple[str, ...]:
         _family(route.get("family")),
         text(route.get("row")),
         format_duration(route.get("hold_s")),
-        ",".join(str(n) for n in names) if isinstance(names, list) and names else text(names),
+        ",".join(text(n) for n in names) if isinstance(names, list) and names else text(names),
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from resolver.ctl import client
+from resolver.ctl.printable import printable
 
 Block = tuple[str, list[tuple[str, str]]]
 
@@ -51,7 +52,8 @@ def format_duration(seconds: Any) -> str:
 
 
 def text(value: Any) -> str:
-    """A scalar as text: ``-`` for None, yes/no for booleans, lists comma-separated."""
+    """A scalar as text: ``-`` for None, yes/no for booleans, lists comma-separated; never a
+    control character (see `printable`)."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -60,7 +62,7 @@ def text(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, list | tuple):
         return ", ".join(text(item) for item in value) or "-"
-    return str(value)
+    return printable(str(value))
 
 
 def label(key: str) -> str:
@@ -74,9 +76,9 @@ def render_blocks(blocks: Sequence[Block]) -> str:
     for title, pairs in blocks:
         if out:
             out.append("")
-        out.append(title)
+        out.append(printable(title))
         width = max((len(key) for key, _ in pairs), default=0)
-        out.extend(f"{key.rjust(width + 2)}: {value}" for key, value in pairs)
+        out.extend(f"{printable(key).rjust(width + 2)}: {printable(value)}" for key, value in pairs)
     return "\n".join(out) + "\n"
 
 
