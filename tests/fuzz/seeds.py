@@ -163,6 +163,41 @@ def splice_seeds() -> dict[str, bytes]:
     return {"two-step": bytes((1,)) + struct.pack("!H", len(first)) + first + local}
 
 
+def chain_seeds() -> dict[str, bytes]:
+    """Replies whose records a zone owner crafted: the chain extractor's hard cases."""
+    q = query("mixed.attacker.test")
+    target = "outlook.office365.com"
+    return {
+        **reply_seeds(),
+        "cname-and-a": reply(q, a("mixed.attacker.test", "192.0.2.66"),
+                             cname("mixed.attacker.test", target), a(target, "203.0.113.5")),
+        "a-before-cname": reply(q, a(target, "192.0.2.66"), cname("mixed.attacker.test", target)),
+        "out-of-chain": reply(q, cname("mixed.attacker.test", "x.attacker.test"),
+                              a(target, "192.0.2.66"), a("x.attacker.test", "192.0.2.67")),
+        "loop": reply(q, cname("mixed.attacker.test", target), cname(target, "mixed.attacker.test"),
+                      a(target, "192.0.2.66")),
+        "control-bytes": reply(query("x\n+ 192.0.2.66 9999999999 3 y.attacker.test"),
+                               cname("x\n+ 192.0.2.66 9999999999 3 y.attacker.test", target),
+                               a(target, "203.0.113.5")),
+    }  # fmt: skip
+
+
+def journal_seeds() -> dict[str, bytes]:
+    head = b"resolverd-holds 1 365 245\n"
+    good = b"+ 203.0.113.5 1900000000 3 outlook.office365.com\n+ 2001:db8::5 1900000000 2 a.b\n"
+    return {
+        "good": head + good + b"- 203.0.113.5\n",
+        "flush": head + good + b"F\n" + good,
+        "unaccounted": head
+        + b"+ 203.0.113.9 1900000000 0 (kept: the hold journal was unreadable)\n",
+        "escaped": head + b"+ 203.0.113.5 1900000000 3 x\\010\\032.attacker.test\n",
+        "injected": head + b"+ 203.0.113.5 1900000000 3 x\n+ 192.0.2.66 4102444800 3 o.test\n",
+        "inf": head + b"+ 203.0.113.5 inf 3 outlook.office365.com\n",
+        "far": head + b"+ 203.0.113.5 99999999999 3 outlook.office365.com\n",
+        "cut": head + good[:30],
+    }  # fmt: skip
+
+
 def cache_seeds() -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for name, data in reply_seeds().items():
@@ -186,6 +221,8 @@ def main() -> None:
         ("splice", splice_seeds()),
         ("cache", cache_seeds()),
         ("handler", handler_seeds()),
+        ("chain", chain_seeds()),
+        ("journal", journal_seeds()),
     ):
         folder = CORPUS / target
         folder.mkdir(parents=True, exist_ok=True)

@@ -10,16 +10,25 @@ property that does not hold, is a crash the fuzzer keeps.
     splice   replies.splice over two upstream replies
     cache    cache.build_entry and Entry.reply at an age and a size limit
     handler  Handler.handle end to end (scenario.py), upstream replies from the input
+    chain    replies.walk_chain against dnslib's reading of the same reply: which addresses
+             may be routed, and the names that go into the hold journal
+    journal  the hold journal's reader (replay.parse) on any bytes: what it restores
 
 Input layouts are documented per target; `seeds.py` writes a corpus in them.
 """
 
 from __future__ import annotations
 
+import math
+import socket
 import struct
 from collections.abc import Callable
+from typing import Any
+
+from dnslib import QTYPE, DNSRecord
 
 from resolver.dns import cache, replies, wire
+from resolver.net import replay
 from tests.fuzz.checks import (
     Violation,
     check_reply,
@@ -189,6 +198,74 @@ def target_cache(data: bytes) -> None:
     require(again.names == chain.names and again.addresses == chain.addresses, "entry chain")
 
 
+def target_chain(data: bytes) -> None:
+    """An upstream reply, as `reply` takes it: the chain and the addresses that may be routed
+    are those a plain reading by dnslib gives (answer records in order, a CNAME of the name
+    reached so far moves on, its addresses count until a CNAME of it shows up), and every name
+    on the chain is one the journal's reader takes back and encodes back to its bytes."""
+    try:
+        layout = replies.scan_reply(data, trailing=True)
+        body = data[: layout.end]
+        layout = replies.scan_reply(body)
+    except wire.WireError:
+        return
+    if body[4:6] != b"\0\x01" or layout.qend == 12:
+        return
+    qname = wire.read_name(body, 12)
+    chain, cnames, addresses = replies.walk_chain(body, layout, qname)
+    require(chain[0] == qname and len(chain) == len(cnames) + 1, "chain and its CNAMEs")
+    require(len(set(chain)) == len(chain) and len(chain) <= wire.MAX_CHAIN + 1, "chain shape")
+    for name in chain:
+        require(replay.name_ok(name) or name == "", "a name the journal would refuse")
+        require(wire.read_name(wire.encode_name(name), 0) == name, "name round trip")
+    if dnslib_agrees(body):
+        require((chain, addresses) == _dnslib_chain(body), "dnslib reads another chain")
+
+
+def _dnslib_chain(body: bytes) -> tuple[list[str], list[tuple[bytes, int]]]:
+    """walk_chain's rule, on dnslib's records: the independent reading."""
+    record = DNSRecord.parse(body)
+
+    def key(label: Any) -> tuple[bytes, ...]:
+        return tuple(bytes(part).lower() for part in label.label)
+
+    name = key(record.q.qname)
+    names: list[tuple[bytes, ...]] = [name]
+    out: list[tuple[bytes, int]] = []
+    for rr in record.rr:
+        if key(rr.rname) != name:
+            continue
+        if rr.rtype == QTYPE.CNAME:
+            out = []
+            target = key(rr.rdata.label)
+            if target in names or len(names) > wire.MAX_CHAIN:
+                break
+            names.append(target)
+            name = target
+        elif rr.rtype in (QTYPE.A, QTYPE.AAAA) and len(rr.rdata.data) in (4, 16):
+            ttl = 0 if rr.ttl & 0x80000000 else rr.ttl
+            out.append((bytes(rr.rdata.data), ttl))
+    texts = [wire.read_name(b"".join(bytes((len(p),)) + p for p in n) + b"\0", 0) for n in names]
+    return texts, out
+
+
+def target_journal(data: bytes) -> None:
+    """Any bytes as a hold journal: read without an exception, and what it restores is what
+    the writer could have written: an address in its canonical form, a finite expiry no later
+    than the limit given, a name in read_name's form (or the unaccounted marker)."""
+    latest = 2_000_000_000.0
+    loaded = replay.parse(data, "fuzz.journal", latest)
+    require(loaded.ok or bool(loaded.problems), "untrusted without a reason")
+    for address, saved in loaded.holds.items():
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        require(socket.inet_ntop(family, socket.inet_pton(family, address)) == address, "addr")
+        require(math.isfinite(saved.expires) and saved.expires <= latest, "expiry")
+        require(all(e <= saved.expires for e in saved.names.values()), "name expiry")
+        for name in saved.names:
+            require(name == replay.UNACCOUNTED or replay.name_ok(name), "name")
+            require(all(32 < ord(ch) < 127 for ch in name.replace(" ", "!")), "printable")
+
+
 def target_handler(data: bytes) -> None:
     from tests.fuzz import scenario
 
@@ -201,4 +278,6 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "splice": target_splice,
     "cache": target_cache,
     "handler": target_handler,
+    "chain": target_chain,
+    "journal": target_journal,
 }
