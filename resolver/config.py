@@ -191,7 +191,7 @@ class EndpointsConfig:
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     builtin: str | None = check(builtin, "microsoft365", null="none")  # "none": read as None
-    include_optional: bool = check(boolean, True)
+    include_optional: bool = check(boolean, False)
     files: tuple[str, ...] = each(text)  # made absolute against the config's directory
     tenant: str | None = check(tenant, None)  # <tenant>.onmicrosoft.com -> its exact name
     endpoints: EndpointsConfig | None = section(EndpointsConfig, None)

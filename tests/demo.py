@@ -59,13 +59,13 @@ SWITCH_S = 0.5 * 2 + 2.0  # health interval x failures + 2 s: the longest a move
 
 # (name, type, the link its first connection must take)
 QUERIES = (
-    ("outlook.office.com", "A", "breakout"),
-    ("outlook.office.com", "AAAA", "breakout"),
+    ("portal.office.com", "A", "breakout"),
+    ("portal.office.com", "AAAA", "breakout"),
     ("mail.contoso.test", "A", "breakout"),  # CNAME -> outlook.office365.com -> ...ha...
     ("big.office365.com", "A", "breakout"),  # 40 addresses: truncated over UDP, then TCP
     ("www.example.test", "A", "tunnel"),
     ("www.example.test", "AAAA", "tunnel"),
-    ("lan.blob.core.windows.net", "A", None),  # the client's own address: never routed
+    ("lan.office365.com", "A", None),  # the client's own address: never routed
 )
 
 
@@ -146,7 +146,7 @@ def run(lab: Lab, tmp: str) -> list[str]:
         step("The ipsets a firewall can match on")
         show(lab.run(lab.router, "ipset", "list", "m365-v4").stdout, limit=12)
         step("resolverctl explain")
-        show(daemon.ctl("explain", "outlook.office.com", "www.example.test").stdout)
+        show(daemon.ctl("explain", "portal.office.com", "www.example.test").stdout)
         failover(lab, daemon, failures)
     finally:
         step("Stopping resolverd (SIGTERM keeps the routes) and cleaning up (resolverd --cleanup)")
@@ -222,7 +222,7 @@ def split_dns(lab: Lab, failures: list[str]) -> None:
 
 def failover(lab: Lab, daemon: Daemon, failures: list[str]) -> None:
     """The upstream behind wan0 dies and comes back; the routes follow."""
-    held = SERVICE4[0]  # outlook.office.com's address, held since the first step
+    held = SERVICE4[0]  # portal.office.com's address, held since the first step
     step("Health: each link is probed through itself (probe tables and rules of resolverd)")
     show(lab.ip(lab.router, "rule"))
     for table in PROBE_TABLES:
@@ -238,8 +238,8 @@ def failover(lab: Lab, daemon: Daemon, failures: list[str]) -> None:
         if took > SWITCH_S:
             failures.append(f"the move to wan1 took {took:.2f} s (more than {SWITCH_S} s)")
     show(lab.ip(lab.router, "-4", "route", "show", "table", str(TABLE)), limit=12)
-    res = fetch(lab, "outlook.office.com")
-    show(f"outlook.office.com A -> {res.get('address')}   first connection: {res['identity']}")
+    res = fetch(lab, "portal.office.com")
+    show(f"portal.office.com A -> {res.get('address')}   first connection: {res['identity']}")
     if res["identity"] != "breakout2":
         failures.append(f"after the failover, expected breakout2, got {res['identity']}")
     show("\n".join(line for line in daemon.ctl("status").stdout.splitlines()

@@ -50,7 +50,8 @@ ZONE: dict[str, list[dict[str, Any]]] = {
     "outlook.office365.com": [{"type": "A", "value": "52.96.1.2", "ttl": 60}],
     "mail.corp.test": [{"type": "CNAME", "value": "outlook.office365.com", "ttl": 300}],
 }
-DRY_RUN = "breakout: {mode: dry-run, interface: lo}\n"
+# The optional rows too: the tests watch teams.microsoft.com, row 10's *.microsoft.com.
+DRY_RUN = "breakout: {mode: dry-run, interface: lo}\npolicy: {include_optional: true}\n"
 FIELDS = {"time", "client", "name", "type", "rcode", "source", "row", "via", "addresses"}
 FIELDS |= {"installed", "waited_ms"}  # DESIGN.md's contract; `pattern` is an extra
 ADMIN = 4242

@@ -38,11 +38,11 @@ HOLD_MARGIN = 0.3  # seconds before a hold's end that the prober stops expecting
 
 
 def v4_name(label: str, i: int) -> str:
-    return f"v4-{i}.{label}.crash.office.com"
+    return f"v4-{i}.{label}.crash.office365.com"
 
 
 def v6_name(label: str, i: int) -> str:
-    return f"v6-{i}.{label}.crash.office.com"
+    return f"v6-{i}.{label}.crash.office365.com"
 
 
 def zone(label: str, v4: Sequence[str], v6_prefix: str, n6: int, ttl: int = 1) -> dict[str, Any]:
@@ -131,6 +131,7 @@ breakout:
   ack_timeout: {ack_timeout}
 policy:
   builtin: microsoft365
+  include_optional: true  # row 14's prefixes: the config's routes must survive a crash too
 """)
 
     @property

@@ -54,7 +54,7 @@ TABLE, PRIORITY, PROTOCOL = 365, 1000, 245
 
 BIG = SERVICE4[2:42]  # 40 A records: more than 512 bytes, so the UDP answer is truncated
 ZONE: dict[str, list[dict[str, Any]]] = {
-    "outlook.office.com": [
+    "portal.office.com": [
         {"type": "A", "value": SERVICE4[0], "ttl": 60},
         {"type": "AAAA", "value": SERVICE6[0], "ttl": 60},
     ],
@@ -70,11 +70,11 @@ ZONE: dict[str, list[dict[str, Any]]] = {
         {"type": "A", "value": SERVICE4[45], "ttl": 60},
         {"type": "AAAA", "value": SERVICE6[45], "ttl": 60},
     ],
-    "short.office.com": [{"type": "A", "value": SERVICE4[46], "ttl": 1}],
-    "kill.office.com": [{"type": "A", "value": SERVICE4[47], "ttl": 300}],
-    "flush.office.com": [{"type": "A", "value": SERVICE4[48], "ttl": 300}],
+    "short.office365.com": [{"type": "A", "value": SERVICE4[46], "ttl": 1}],
+    "kill.office365.com": [{"type": "A", "value": SERVICE4[47], "ttl": 300}],
+    "flush.office365.com": [{"type": "A", "value": SERVICE4[48], "ttl": 300}],
     # An answer that hands out the LAN's own addresses under a routed wildcard.
-    "lan.blob.core.windows.net": [
+    "lan.office365.com": [
         {"type": "A", "value": CLIENT4, "ttl": 60},
         {"type": "A", "value": ROUTER_LAN4, "ttl": 60},
     ],
@@ -87,13 +87,13 @@ HEAD_OFFICE_ZONES = ("corp.example", "2.0.192.in-addr.arpa")
 SPLIT_AT = {"local": 0, "tunnel side": 10, "head office": 20, "default": 30}  # into SPLIT4/6
 # Microsoft 365 names every split-DNS server answers, each with its own addresses.
 SPLIT_M365 = (
-    "teams.microsoft.com",
+    "teams.office365.com",
     "outlook.office365.com",
-    *(f"down{n}.office.com" for n in range(1, 6)),
+    *(f"down{n}.office365.com" for n in range(1, 6)),
 )
 INTRANET = "intranet.corp.example"  # head office's (the default upstream has its own idea)
 CHAIN = ("autodiscover.corp.example", "outlook.office365.com")  # head office: a CNAME into M365
-DO_CHAIN = ("mail.corp.example", "teams.microsoft.com")  # the same, for the DO bit
+DO_CHAIN = ("mail.corp.example", "teams.office365.com")  # the same, for the DO bit
 PTR_NAME = "53.2.0.192.in-addr.arpa"
 CANARY = "use-application-dns.net"  # every server has an address for it
 

@@ -48,7 +48,7 @@ INTERVAL, FAILURES, SUCCESSES = 0.5, 2, 2
 SWITCH = INTERVAL * FAILURES + 2.0  # the longest a move may take after the upstream died
 BACK = INTERVAL * SUCCESSES + 2.0  # ... or after it came back
 PROBE_TABLES = (TABLE + 1, TABLE + 2)
-# Who answers sN.office.com with which address: the default upstream, and the breakout
+# Who answers sN.office365.com with which address: the default upstream, and the breakout
 # resolver behind each link.
 OFFSET = {"default": 10, "breakout": 20, "breakout2": 30}
 WAN0 = f"{{interface: wan0, gateway4: {BREAKOUT_GW4}, gateway6: '{BREAKOUT_GW6}'}}"
@@ -57,7 +57,7 @@ TIMES: dict[str, float] = {}  # measured switch times, printed at the end (pytes
 
 
 def name(n: int) -> str:
-    return f"s{n}.office.com"
+    return f"s{n}.office365.com"
 
 
 def records(who: str) -> dict[str, list[dict[str, Any]]]:

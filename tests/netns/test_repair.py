@@ -41,7 +41,7 @@ pytestmark = pytest.mark.netns
 
 V4 = [f"203.0.113.{64 + i}" for i in range(60)]
 LOCK4 = [f"203.0.113.{192 + i}" for i in range(60)]  # fresh addresses for the misses
-HIT = "hit.crash.office.com"
+HIT = "hit.crash.office365.com"
 ACK_TIMEOUT = 0.05
 
 

@@ -305,7 +305,7 @@ def test_the_canary_gets_nxdomain_without_an_upstream_query(split: Split) -> Non
 def test_with_do_the_chain_is_passed_through_unspliced(split: Split) -> None:
     lab, daemon = split.lab, split.daemon
     name, target = DO_CHAIN
-    office4 = split_address("head office", 0)  # head office's address for teams.microsoft.com
+    office4 = split_address("head office", 0)  # head office's address for teams.office365.com
     s0, c0 = status(daemon), counts(lab)
     res = query(lab, name, do=True)
     assert res["do"] is True, res

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.netns
 V4 = [f"203.0.113.{64 + i}" for i in range(60)]
 # Names with 40 AAAA records each: one answer, 40 new holds, a journal write of about 2 KB.
 BULK = {
-    f"bulk-{n}.s.crash.office.com": [
+    f"bulk-{n}.s.crash.office365.com": [
         {"type": "AAAA", "value": f"2001:db8:365:{0xB0 + n:x}::{i + 1:x}", "ttl": 300}
         for i in range(40)
     ]

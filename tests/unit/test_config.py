@@ -28,7 +28,7 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     assert cfg.cache.max_entries == 100_000
     assert cfg.breakout.mode == "off"
     assert cfg.policy.builtin == "microsoft365"
-    assert cfg.policy.include_optional is True
+    assert cfg.policy.include_optional is False
     assert cfg.metrics.listen is None
 
 

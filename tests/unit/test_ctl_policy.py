@@ -115,7 +115,9 @@ def test_export_with_a_tenant_round_trips(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "resolverd.yaml"
-    config.write_text("upstreams: ['192.0.2.53']\npolicy: {tenant: contoso}\n")
+    config.write_text(
+        "upstreams: ['192.0.2.53']\npolicy: {tenant: contoso, include_optional: true}\n"
+    )
     assert main(["--config", str(config), "policy", "export", "--format", "yaml"]) == 0
     out = capsys.readouterr().out
     again = load_policy_text(out, "stdout")

@@ -142,7 +142,9 @@ def test_config_with_extra_policy_file(tmp_path: Path, capsys: pytest.CaptureFix
         "  - {row: 101, purpose: p, required: false, domains: [office.com]}\n",
         encoding="utf-8",
     )
-    config = write_config(tmp_path, f"policy: {{builtin: null, files: ['{extra}']}}\n")
+    config = write_config(
+        tmp_path, f"policy: {{builtin: null, files: ['{extra}'], include_optional: true}}\n"
+    )
     names = ["a.corp.example", "office.com", "www.office.com"]
     code, out, err = run_explain(["explain", "--config", config, "--json", *names], capsys)
     assert (code, err) == (0, "")
@@ -225,7 +227,7 @@ def test_tenant_one_label_without_a_tenant(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_config_with_a_tenant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(tmp_path, "policy: {tenant: contoso}\n")
+    config = write_config(tmp_path, "policy: {tenant: contoso, include_optional: true}\n")
     names = ["contoso.onmicrosoft.com", "fabrikam.onmicrosoft.com", "a.b.onmicrosoft.com"]
     code, out, err = run_explain(["explain", "--config", config, *names], capsys)
     assert (code, err) == (0, "")
@@ -243,7 +245,7 @@ def write_endpoint_cache(state: Path, tenant: str | None = None) -> None:
 
 
 def endpoints_config(tmp_path: Path, tenant: str | None) -> str:
-    policy = "policy: {endpoints: {url: 'http://127.0.0.1:9'}" + (
+    policy = "policy: {endpoints: {url: 'https://127.0.0.1:9'}" + (
         f", tenant: {tenant}}}\n" if tenant else "}\n"
     )
     return write_config(tmp_path, f"state_dir: {tmp_path / 'state'}\n{policy}")
