@@ -8,7 +8,8 @@ socket left by a crashed daemon is replaced; a live one (another daemon answerin
 
 Each connection may carry several requests, one line each, answered in order. A request line is
 at most `protocol.MAX_REQUEST_BYTES`; a connection idle for `idle_timeout` seconds is closed.
-Commands that change state run one at a time.
+Commands that change state run one at a time. Peers share `max_connections` by uid
+(`protocol.ConnectionShares`); one beyond its share is answered `Busy`.
 
 A ``monitor`` request turns its connection into a stream: the watcher's events (see
 resolver.control.monitor), one JSON line each, until the client closes. `monitor` holds the
@@ -34,6 +35,7 @@ from resolver.control.protocol import (
     BUSY,
     MAX_REQUEST_BYTES,
     BadRequest,
+    ConnectionShares,
     ControlHandlers,
     Dispatcher,
     Peer,
@@ -103,17 +105,22 @@ class _Connection:
 
 class _Serialized:
     """The daemon's handlers, with the state-changing ones run one at a time; `status` gains the
-    monitor's counts once the monitor is connected to the DNS handler."""
+    monitor's counts once the monitor is connected to the DNS handler, the socket's once it
+    has refused one."""
 
-    def __init__(self, handlers: ControlHandlers, watchers: Watchers) -> None:
+    def __init__(self, handlers: ControlHandlers, watchers: Watchers, owner: ControlServer) -> None:
         self._handlers = handlers
         self._watchers = watchers
+        self._owner = owner
         self._lock = asyncio.Lock()
 
     def status(self) -> dict[str, Any]:
         status = self._handlers.status()
         if self._watchers.connected:  # a monitor that watches DNS answers: its counts too
             status = {**status, "monitor": self._watchers.status()}
+        if self._owner.refused:
+            control = {"connections": self._owner.shares.open, "refused": self._owner.refused}
+            status = {**status, "control": control}
         return status
 
     def routes(self) -> list[dict[str, Any]] | RawJSON:
@@ -153,7 +160,10 @@ class ControlServer:
         self.handlers = handlers
         self.group = group
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
+        self.shares = ConnectionShares(max_connections, os.geteuid())
+        self.refused = 0  # connections answered Busy for want of a share
+        self._warned: set[int] = set()
+        self._refusing = 0  # refusals waiting for the request
         self.stop_grace = stop_grace
         self.gid = -1
         self._dispatcher: Dispatcher | None = None
@@ -165,9 +175,8 @@ class ControlServer:
     async def start(self) -> None:
         gid, group_name = resolve_group(self.group)
         self.gid = gid
-        self._dispatcher = Dispatcher(
-            _Serialized(self.handlers, self.monitor), gid, os.geteuid(), group_name, self.monitor
-        )
+        handlers = _Serialized(self.handlers, self.monitor, self)
+        self._dispatcher = Dispatcher(handlers, gid, os.geteuid(), group_name, self.monitor)
         sock = self._bind(gid)
         try:
             self._server = await asyncio.start_unix_server(
@@ -283,18 +292,15 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None and self._dispatcher is not None
         conn = _Connection()
+        counted: int | None = None  # the uid charged for it
         try:
-            if len(self._conns) >= self.max_connections:
-                log.warning("control: too many connections (%d); refusing one", len(self._conns))
-                # Read the request first (briefly): closing before the client has written
-                # would hand it EPIPE instead of this answer.
-                with contextlib.suppress(TimeoutError, ValueError):
-                    await asyncio.wait_for(reader.readline(), 1.0)
-                writer.write(encode(error_response(BUSY, "too many control connections")))
-                await writer.drain()
-                return
-            self._conns[task] = conn
             peer = peer_credentials(writer.get_extra_info("socket"))
+            refusal = self.shares.take(peer.uid)
+            if refusal is not None:
+                await self._refuse(reader, writer, peer, refusal)
+                return
+            counted = peer.uid
+            self._conns[task] = conn
             await self._serve(reader, writer, conn, peer)
         except (ConnectionError, TimeoutError) as exc:
             log.debug("control: connection ended: %s", exc)
@@ -302,11 +308,33 @@ class ControlServer:
             log.warning("control: connection failed: %s", exc)
         finally:
             self._conns.pop(task, None)
+            if counted is not None:
+                self.shares.give_back(counted)
             writer.close()
             try:
                 await writer.wait_closed()
             except OSError as exc:
                 log.debug("control: close: %s", exc)
+
+    async def _refuse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer, reason: str
+    ) -> None:
+        """Answer `Busy` with `reason` after the request (closing first hands the client EPIPE):
+        a second at most, `max_connections` refusals at once at most."""
+        self.refused += 1
+        level = logging.DEBUG if peer.uid in self._warned else logging.WARNING  # once per uid
+        self._warned.add(peer.uid)  # the host's accounts: bounded
+        log.log(level, "control: refused uid %d pid %d: %s", peer.uid, peer.pid, reason)
+        if self._refusing >= self.shares.total:
+            return
+        self._refusing += 1
+        try:
+            with contextlib.suppress(TimeoutError, ValueError):
+                await asyncio.wait_for(reader.readline(), 1.0)
+            writer.write(encode(error_response(BUSY, f"too many control connections: {reason}")))
+            await writer.drain()
+        finally:
+            self._refusing -= 1
 
     async def _serve(
         self,

@@ -714,3 +714,186 @@ def test_ctl_as_nobody_permission_errors(admin_served: ServerThread) -> None:
         f"resolverctl: flush failed (PermissionDenied): flush needs root or membership of group "
         f"{ADMIN}; run as root or as a member of group {ADMIN}\n"
     )
+
+
+# --- the connection limit against a user who holds connections (root only: setuid children) ---
+
+HOLDER = r"""
+import json, os, socket, sys
+uid, path, count = json.loads(sys.argv[1])
+os.setgroups([])
+os.setgid(uid)
+os.setuid(uid)
+held, answers = [], []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+        s.sendall(b'{"version": 1, "command": "ping"}\n')
+        answer = json.loads(s.makefile("rb").readline())
+    except OSError as exc:
+        answer = {"oserror": exc.errno}
+    answers.append(answer)
+    if answer.get("ok"):
+        held.append(s)
+    else:
+        s.close()
+print(json.dumps(answers), flush=True)
+sys.stdin.read()  # hold every connection that was let in until the test closes our stdin
+"""
+
+
+class Holder:
+    """A child process as `uid` that opens `count` connections, one ping each, and keeps open
+    those that were answered, until `release()`."""
+
+    def __init__(self, path: str, uid: int, count: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", HOLDER, json.dumps([uid, path, count])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.answers: list[dict[str, Any]] = json.loads(self.proc.stdout.readline())
+        self.outcomes = [outcome(a) for a in self.answers]
+
+    def busy_messages(self) -> set[str]:
+        return {a["error"]["message"] for a in self.answers if outcome(a) == "Busy"}
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextlib.contextmanager
+def holding(path: str, *uids: int, count: int = 40) -> Iterator[list[Holder]]:
+    holders: list[Holder] = []
+    try:
+        for uid in uids:
+            holders.append(Holder(path, uid, count))
+        yield holders
+    finally:
+        for holder in holders:
+            holder.release()
+
+
+@needs_root
+def test_one_user_holding_connections_cannot_keep_reload_out(
+    admin_served: ServerThread,
+    daemon: FakeDaemon,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A member of the socket's group (here: anyone, mode 0666) opens all it can and holds them.
+    caplog.set_level(logging.DEBUG, logger="resolver.control.server")
+    os.chmod(admin_served.path, 0o666)
+    with holding(admin_served.path, NOBODY) as [attacker]:
+        share = 32 // 4
+        assert attacker.outcomes == ["ok"] * share + ["Busy"] * (40 - share)
+        assert attacker.busy_messages() == {
+            f"too many control connections: uid {NOBODY} holds {share} control connections, "
+            "the most one user may"
+        }
+        # What ExecReload runs, and root's status, still get through.
+        code, out, err = ctl(capsys, "--socket", admin_served.path, "reload")
+        assert (code, err) == (0, "") and "Reloaded" in out
+        code, out, _ = ctl(capsys, "--socket", admin_served.path, "status", "--json")
+        assert code == 0
+        assert json.loads(out)["control"] == {"connections": share + 1, "refused": 40 - share}
+        assert daemon.calls == ["reload", "status"]
+    # One warning for the uid, whatever the number of refusals.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [m for m in warnings if f"uid {NOBODY}" in m] == [
+        f"control: refused uid {NOBODY} pid {attacker.proc.pid}: uid {NOBODY} holds {share} "
+        "control connections, the most one user may"
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@needs_root
+def test_many_users_cannot_take_the_slots_kept_for_root(
+    admin_served: ServerThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.chmod(admin_served.path, 0o666)
+    uids = (NOBODY, NOBODY - 1, NOBODY - 2, NOBODY - 3, NOBODY - 4)
+    with holding(admin_served.path, *uids, count=9) as holders:
+        let_in = [h.outcomes.count("ok") for h in holders]
+        assert let_in == [8, 8, 8, 4, 0]  # 28: all but the 4 of 32 kept for root
+        assert holders[-1].busy_messages() == {
+            "too many control connections: the 28 control connections open to any user are "
+            "in use; the other 4 are kept for root and the daemon's user"
+        }
+        for command in ("reload", "status", "routes"):
+            code, _, err = ctl(capsys, "--socket", admin_served.path, command)
+            assert (code, err) == (0, ""), command
+        # Root may take the reserved slots, and then the connections are all in use.
+        with contextlib.ExitStack() as stack:
+            for _ in range(4):
+                sock = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+                sock.settimeout(5)
+                sock.connect(admin_served.path)
+                sock.sendall(request_line("ping"))
+                assert json.loads(sock.makefile("rb").readline())["ok"] is True
+            answer = talk(admin_served.path, request_line("reload"))[0]
+            assert answer["error"] == {
+                "name": "Busy",
+                "message": "too many control connections: all 32 control connections are in use",
+            }
+    # The holders are gone: their slots come back.
+    deadline = time.monotonic() + 5
+    while as_user(admin_served.path, NOBODY, NOBODY, [], "status")["status"].get("ok") is not True:
+        assert time.monotonic() < deadline, "the holders' connections were never given back"
+        time.sleep(0.05)
+
+
+def test_a_5000_digit_number_is_a_bad_request(
+    served: ServerThread, daemon: FakeDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    huge = b'{"version": ' + b"7" * 5000 + b', "command": "status"}\n'
+    answers = talk(served.path, huge + request_line("status"), answers=2)
+    assert answers[0]["error"]["name"] == "BadRequest"
+    assert answers[0]["error"]["message"] == (
+        "not a JSON line: Exceeds the limit (4300 digits) for integer string conversion: "
+        "value has 5000 digits"
+    )
+    assert answers[1]["result"] == STATUS  # the connection goes on
+    assert daemon.calls == ["status"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_refusals_waiting_for_their_request_are_bounded(tmp: Path, daemon: FakeDaemon) -> None:
+    # Each refusal waits (a second at most) for the request so that it can answer Busy; a flood
+    # of connections that send nothing must not hold a file descriptor each for that second.
+    path = str(tmp / "c.sock")
+    with (
+        ServerThread(path, daemon, None, max_connections=1) as thread,
+        contextlib.ExitStack() as stack,
+    ):
+        socks = []
+        for _ in range(3):
+            sock = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            sock.settimeout(5)
+            sock.connect(path)
+            socks.append(sock)
+            if len(socks) == 1:  # the first takes the one connection
+                sock.sendall(request_line("ping"))
+                assert json.loads(sock.makefile("rb").readline())["ok"] is True
+            deadline = time.monotonic() + 5
+            while thread.server.refused < len(socks) - 1:  # the server has seen this one
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        _, waiting, flooding = socks
+        started = time.monotonic()
+        assert flooding.recv(100) == b""  # closed at once: one refusal already waits
+        assert time.monotonic() - started < 0.5
+        waiting.sendall(request_line("ping"))
+        assert json.loads(waiting.makefile("rb").readline())["error"]["name"] == "Busy"

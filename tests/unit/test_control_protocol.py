@@ -11,6 +11,7 @@ import pytest
 
 from resolver.control import protocol
 from resolver.control.protocol import (
+    ConnectionShares,
     Dispatcher,
     Peer,
     ReloadFailed,
@@ -108,6 +109,8 @@ def test_parse_request_args_may_be_left_out_or_null() -> None:
         (b'{"version": 1, "command": "status", "extra": 1}', "BadRequest", "extra"),
         (b"[" * 100_000 + b"]" * 100_000, "BadRequest", "longer than"),
         (b"[" * 10_000 + b"]" * 10_000, "BadRequest", "not a JSON line"),
+        (b"\xff\xfe{\x00", "BadRequest", "not a JSON line"),  # UTF-16, its last unit cut short
+        (b"\x00\x00\x00", "BadRequest", "not a JSON line"),
     ],
 )
 def test_parse_request_rejects(data: bytes, name: str, fragment: str) -> None:
@@ -261,3 +264,89 @@ def test_result_that_is_not_json_is_an_internal_error(handlers: FakeHandlers) ->
 def test_bad_request_line_gets_an_error_response(dispatcher: Dispatcher) -> None:
     response = handle(dispatcher, b"{oops\n")
     assert response["ok"] is False and response["error"]["name"] == "BadRequest"
+
+
+# --- hostile request lines ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        # Python's int conversion limit (4300 digits) raises a plain ValueError inside json.loads.
+        (b'{"version": ' + b"1" * 5000 + b', "command": "status"}', "value has 5000 digits"),
+        (
+            b'{"version": 1, "command": "status", "args": {"x": -' + b"9" * 4301 + b"}}",
+            "value has 4301 digits",
+        ),
+    ],
+)
+def test_hostile_json_is_a_bad_request_without_a_traceback(
+    dispatcher: Dispatcher,
+    handlers: FakeHandlers,
+    caplog: pytest.LogCaptureFixture,
+    data: bytes,
+    fragment: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = handle(dispatcher, data)
+    assert response["error"]["name"] == "BadRequest"
+    assert response["error"]["message"].startswith("not a JSON line: ")
+    assert fragment in response["error"]["message"]
+    assert "set_int_max_str_digits" not in response["error"]["message"]
+    assert handlers.calls == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+# --- connection shares --------------------------------------------------------------------------
+
+
+def take_all(shares: ConnectionShares, uid: int, tries: int) -> list[str | None]:
+    return [shares.take(uid) for _ in range(tries)]
+
+
+def test_one_user_gets_a_quarter_of_the_connections() -> None:
+    shares = ConnectionShares(32, DAEMON_UID)
+    results = take_all(shares, 1000, 10)
+    assert results[:8] == [None] * 8
+    assert results[8:] == ["uid 1000 holds 8 control connections, the most one user may"] * 2
+    assert shares.take(1001) is None  # another user still has its share
+    shares.give_back(1000)
+    assert shares.take(1000) is None  # a slot given back can be taken again
+    assert shares.open == 9
+
+
+def test_users_together_never_take_the_reserve() -> None:
+    shares = ConnectionShares(32, DAEMON_UID)
+    for uid in range(1000, 1004):
+        take_all(shares, uid, 8)
+    assert shares.open == 28
+    assert shares.take(1004) == (
+        "the 28 control connections open to any user are in use; "
+        "the other 4 are kept for root and the daemon's user"
+    )
+    # Root and the daemon's user (ExecReload runs as it) take the rest, beyond a quarter.
+    assert take_all(shares, 0, 3) == [None] * 3
+    assert shares.take(DAEMON_UID) is None
+    assert shares.take(0) == "all 32 control connections are in use"
+    assert shares.take(DAEMON_UID) == "all 32 control connections are in use"
+    shares.give_back(1000)
+    assert shares.take(0) is None  # root takes any free slot, not only the reserve
+
+
+def test_root_alone_may_use_every_connection() -> None:
+    shares = ConnectionShares(32, DAEMON_UID)
+    assert take_all(shares, 0, 33)[-2:] == [None, "all 32 control connections are in use"]
+
+
+@pytest.mark.parametrize(
+    ("total", "per_uid", "reserve"), [(1, 1, 0), (2, 1, 1), (4, 1, 1), (32, 8, 4), (100, 25, 12)]
+)
+def test_small_limits_keep_a_share_for_everyone(total: int, per_uid: int, reserve: int) -> None:
+    shares = ConnectionShares(total, DAEMON_UID)
+    assert (shares.per_uid, shares.reserve) == (per_uid, reserve)
+    assert shares.take(1000) is None  # a user other than root can always get one
+
+
+def test_connection_shares_need_a_connection() -> None:
+    with pytest.raises(ValueError, match="max_connections must be at least 1, not 0"):
+        ConnectionShares(0, DAEMON_UID)
