@@ -74,7 +74,7 @@ class Filter:
         """The request args for this filter (None where it does not filter)."""
         return {
             "client": str(self.client) if self.client is not None else None,
-            "name": self.name,
+            "name": "." if self.name == "" else self.name,  # the root: every name
             "tagged": self.tagged,
         }
 

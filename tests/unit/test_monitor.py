@@ -224,6 +224,9 @@ def test_parse_request_takes_monitor_args_normalised() -> None:
         "monitor", {"client": "10.1.0.7/32", "name": "teams.microsoft.com", "tagged": True}
     )
     assert parse_request(req(None)).args == {"client": None, "name": None, "tagged": False}
+    # The root ("." : every name) goes through the request and back (it was an Internal error).
+    assert parse_request(req({"name": "."})).args["name"] == "."
+    assert Filter.from_args(parse_request(req({"name": "."})).args).name == ""
 
 
 @pytest.mark.parametrize(
