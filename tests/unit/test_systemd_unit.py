@@ -151,12 +151,82 @@ def test_systemd_analyze_verify_catches_a_broken_unit(stub_unit: Path) -> None:
     assert "UMaks" in output.stdout + output.stderr
 
 
-def test_security_exposure_is_at_most_3(stub_unit: Path) -> None:
+def test_security_exposure_is_at_most_1_7(stub_unit: Path) -> None:
     result = analyze("security", "--offline=true", "--no-pager", str(stub_unit))
     output = result.stdout + result.stderr
     match = re.search(r"Overall exposure level for resolverd\.service: (\d+\.\d+) (\w+)", output)
     assert match is not None, output
-    assert float(match.group(1)) <= 3.0, output
+    assert float(match.group(1)) <= 1.7, output
+    assert match.group(2) == "OK", output
+
+
+MiB = 1024 * 1024
+# The daemon's memory with the shipped caps filled (cache.max_entries 100,000 answers,
+# breakout.max_entries 50,000 holds), measured as the unit's comment says: typical Microsoft
+# 365 answers with 16 names on every hold; the largest UDP answers with 16 names of 100
+# characters on every hold.
+AT_THE_CAPS = 222 * MiB
+AT_THE_CAPS_HOSTILE = 366 * MiB
+# Tasks on the largest machine: the loop, 3 netlink threads, asyncio's default executor
+# (min(32, CPUs + 4)), the ipset helper with its threads and waiter (4), ExecReload's resolverctl.
+MOST_TASKS = 1 + 3 + 32 + 4 + 1
+
+
+def size(value: str) -> int:
+    """A systemd size (``256M``, ``1G``, bytes without a suffix) in bytes; base 1024."""
+    match = re.fullmatch(r"(\d+)([KMGT]?)", value)
+    assert match is not None, f"not a plain size: {value!r}"
+    scale: int = 1024 ** " KMGT".index(match.group(2) or " ")
+    return int(match.group(1)) * scale
+
+
+def test_memory_is_capped_above_what_the_caps_need() -> None:
+    d = directives(UNIT.read_text())
+    [high], [most] = d["MemoryHigh"], d["MemoryMax"]
+    # Throttling starts only past the defaults filled to their caps; the kill only past the
+    # largest answers with 16 long names on every hold, and well past the throttle.
+    assert AT_THE_CAPS < size(high) < AT_THE_CAPS_HOSTILE < size(most)
+    assert size(most) >= size(high) * 5 // 4
+    assert size(most) <= 512 * MiB  # a branch router has other work to do
+
+
+def test_tasks_are_capped_above_the_threads_the_daemon_uses() -> None:
+    d = directives(UNIT.read_text())
+    [tasks] = d["TasksMax"]
+    assert tasks.isdigit(), tasks  # a number, not a share of the system's limit
+    assert MOST_TASKS < int(tasks) <= 128
+
+
+def _denied(words: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    named = {
+        "multicast": ["224.0.0.0/4", "ff00::/8"],
+        "link-local": ["169.254.0.0/16", "fe80::/64"],
+    }
+    named |= {"localhost": ["127.0.0.0/8", "::1/128"], "any": ["0.0.0.0/0", "::/0"]}
+    return [ipaddress.ip_network(n) for w in words for n in named.get(w, [w])]
+
+
+def test_ip_filter_denies_only_what_resolverd_never_uses() -> None:
+    d = directives(UNIT.read_text())
+    assert "IPAddressAllow" not in d
+    [words] = [value.split() for value in d["IPAddressDeny"]]
+    assert "multicast" in words and "any" not in words
+    denied = _denied(words)
+    # What it must reach or answer, wherever it is: LAN clients (private, CGNAT, ULA and
+    # global IPv6 prefixes), upstreams, resolvers and health targets on the internet, the
+    # endpoint web service, and loopback (the example listens there).
+    needed = [
+        "10.1.0.23", "100.64.0.7", "172.16.5.5", "192.168.1.10", "fd00::23", "2001:db8:a::23",
+        "8.8.8.8", "203.0.113.53", "52.96.1.2", "2620:1ec:8f8::10", "127.0.0.1", "::1",
+        "169.254.1.1", "fe80::1",
+    ]  # fmt: skip
+    for text in needed:
+        address = ipaddress.ip_address(text)
+        assert not any(address in net for net in denied if net.version == address.version), text
+    config = load_config(str(EXAMPLE))
+    for host, _port in [*config.upstreams, *config.listen]:
+        address = ipaddress.ip_address(host)
+        assert not any(address in net for net in denied if net.version == address.version), host
 
 
 def test_example_config_is_valid() -> None:
