@@ -38,7 +38,7 @@ def test_routes_text_escapes_names() -> None:
                 "row": 3,
                 "hold_s": 60,
             }
-        ]  # fmt: skip
+        ]
     )
     assert not RAW.search(out)
     assert "x\\027[2J" in out and "b\\000" in out
@@ -59,7 +59,7 @@ def test_monitor_text_escapes_names_and_addresses() -> None:
             "addresses": ["203.0.113.5\x07"],
             "installed": [],
             "waited_ms": 0.1,
-        }  # fmt: skip
+        }
     )
     assert not RAW.search(line)
     assert "via=x\\027[2J" in line and "203.0.113.5\\007" in line
