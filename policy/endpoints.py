@@ -2,16 +2,78 @@
 
 Parsing only: the HTTP client lives on the daemon side (``resolver.feed``). One rule per
 endpoint set, ``row`` being the set's id and ``category`` its Optimize, Allow or Default.
+
+What the service sends is bounded, since whoever answers for it decides what leaves past head
+office's security stack (the policy files an operator writes are trusted, and keep the loader's
+rules). Skipped, each with a warning naming its path, like any entry that cannot be used:
+
+- a wildcard (``*.X``, or ``<tenant>.X`` without ``policy.tenant``) over more than one
+  registrable domain: ``X`` needs two labels (``*.com`` is skipped, ``*.office.com`` is not),
+  three when its last two are a public suffix of their own (``*.co.uk``, ``<tenant>.com.au``).
+  There is no Public Suffix List on the machine, so a public two-label suffix is a generic
+  second-level label (``co``, ``com``, ``net``, ``org``, ``gov``, ``edu``, ``ac``, ``or``,
+  ``ne``, ``go``, ...) under a two-letter country code: co.uk, com.au, co.jp, com.br, com.cn;
+- a prefix broader than ``MIN_PREFIX``: an IPv4 prefix shorter than /10 (4 Mi addresses; the
+  service's broadest is a /13, and four of its /14s would merge into a /12), an IPv6 prefix
+  shorter than /32 (what a registry gives a whole ISP; the service's broadest is a /36).
+
+Skipped rather than refusing the whole download: the other entries and sets are still
+Microsoft's and still verified one by one, refusing them would freeze the policy at an old
+version, and what is skipped is logged, never used.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection
 
 from policy.loader import PolicyError, normalise_cidr, normalise_pattern, normalise_port
-from policy.model import Policy, Rule
+from policy.model import TENANT_PREFIX, Policy, Rule
 
 _REQUIRED_KEYS = ("id", "serviceArea", "category", "required", "expressRoute")
+MIN_PREFIX = {4: 10, 6: 32}  # the shortest prefix length taken from the service, by version
+# Second-level labels that make a public suffix under a two-letter country code (co.uk).
+PUBLIC_SECOND_LEVEL = frozenset(
+    {"ac", "co", "com", "edu", "go", "gob", "gov", "govt", "gv", "ltd", "mil", "ne", "net"}
+    | {"nic", "nom", "or", "org", "plc", "sch", "web"}
+)
+
+
+def feed_pattern(text: str, tenant: str | None) -> str:
+    """A name or wildcard from the service, normalised; ValueError if it does not parse or
+    covers more than one registrable domain."""
+    pattern = normalise_pattern(text, tenant)
+    for prefix in ("*.", TENANT_PREFIX):
+        if pattern.startswith(prefix):
+            base = pattern[len(prefix) :]
+            labels = base.split(".")
+            public = len(labels) == 2 and _public_suffix(labels)
+            if len(labels) < 2 or public:
+                kind = "a public suffix" if public else "a top-level domain"
+                raise ValueError(
+                    f"a wildcard over every name in {base!r} ({kind}): broader than a "
+                    "registrable domain"
+                )
+    return pattern
+
+
+def _public_suffix(labels: list[str]) -> bool:
+    second, top = labels
+    return len(top) == 2 and top.isalpha() and second in PUBLIC_SECOND_LEVEL
+
+
+def feed_cidr(text: str) -> str:
+    """A prefix from the service, normalised; ValueError if it does not parse or is broader
+    than MIN_PREFIX."""
+    cidr = normalise_cidr(text)
+    network = ipaddress.ip_network(cidr)
+    shortest = MIN_PREFIX[network.version]
+    if network.prefixlen < shortest:
+        raise ValueError(
+            f"broader than /{shortest}: an IPv{network.version} prefix from the service "
+            f"must be /{shortest} or longer"
+        )
+    return cidr
 
 
 def _rule(
@@ -21,13 +83,13 @@ def _rule(
     patterns: dict[str, None] = {}
     for index, url in enumerate(_string_list(entry, "urls", where)):
         try:
-            patterns.setdefault(normalise_pattern(url, tenant), None)
+            patterns.setdefault(feed_pattern(url, tenant), None)
         except ValueError as exc:
             warnings.append(f"{where}/urls/{index}: {url!r}: {exc}; skipped")
     cidrs: dict[str, None] = {}
     for index, ip in enumerate(_string_list(entry, "ips", where)):
         try:
-            cidrs.setdefault(normalise_cidr(ip), None)
+            cidrs.setdefault(feed_cidr(ip), None)
         except ValueError as exc:
             warnings.append(f"{where}/ips/{index}: {ip!r}: {exc}; skipped")
     ports: dict[str, None] = {}
@@ -88,11 +150,11 @@ def policy_from_endpoints_json(
 
     Structural problems (not a list, missing keys, wrong types, repeated ids) raise PolicyError
     listing all of them, each as ``<source>: /<index>/<key>: ...``. A name, prefix or port that
-    does not parse is skipped with a message appended to ``warnings``. ``<tenant>`` in a name
-    becomes ``tenant`` when one is given (``<tenant>-my.sharepoint.com`` ->
-    ``contoso-my.sharepoint.com``); without one ``<tenant>.sharepoint.com`` stays a one-label
-    wildcard and ``<tenant>-my.sharepoint.com``, which no label wildcard can express, is
-    skipped with a warning.
+    does not parse, or is broader than the bounds above, is skipped with a message appended to
+    ``warnings``. ``<tenant>`` in a name becomes ``tenant`` when one is given
+    (``<tenant>-my.sharepoint.com`` -> ``contoso-my.sharepoint.com``); without one
+    ``<tenant>.sharepoint.com`` stays a one-label wildcard and ``<tenant>-my.sharepoint.com``,
+    which no label wildcard can express, is skipped with a warning.
     """
     if warnings is None:
         warnings = []

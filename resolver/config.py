@@ -186,6 +186,7 @@ class EndpointsConfig:
     instance: str = check(text, "Worldwide")
     poll_interval: int = check(integer(60, 7 * 86_400), 3600)
     categories: tuple[str, ...] = each(category, ("Optimize", "Allow"))
+    allow_http: bool = check(boolean, False)  # plain http:// is refused unless this is true
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,11 @@ def _finish(doc: Document, root: yaml.Node, cfg: Config, base_dir: str) -> Confi
     breakout = _finish_breakout(cfg.breakout, error, doc.has_error)
     longest = max(cfg.cache.max_ttl, breakout.min_hold) + breakout.grace
     breakout = dataclasses.replace(breakout, longest_hold=longest)
+    endpoints = cfg.policy.endpoints
+    plain = endpoints is not None and endpoints.url.lower().startswith("http://")
+    if plain and endpoints is not None and not endpoints.allow_http:
+        error("/policy/endpoints/url", "plain http:// can be forged on the way: use https://, "
+              "or set allow_http: true for a mirror you trust")  # fmt: skip
     files = tuple(os.path.join(base_dir, f) for f in cfg.policy.files)
     policy = dataclasses.replace(
         cfg.policy, files=files, builtin=None if cfg.policy.builtin == "none" else "microsoft365"

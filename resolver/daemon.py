@@ -129,14 +129,19 @@ class Daemon:
     async def _poll_endpoints(self) -> None:
         """Check the endpoint web service at start, then when the feed says the next check is
         due (every poll_interval, never while a 429's Retry-After runs). The settings are read
-        afresh each time, and a reload that enables or changes them wakes the loop."""
+        afresh each time, and a reload that enables or changes them wakes the loop. It never
+        ends but by cancellation: every failure is logged, kept as the feed's last_error (see
+        status) and followed by the next check on time."""
         while True:
             self.endpoints_changed.clear()
-            if self.loaded.config.policy.endpoints is not None and not self.feed.rate_limited():
-                try:
+            endpoints = self.loaded.config.policy.endpoints
+            try:
+                if endpoints is not None and not self.feed.rate_limited():
                     await self.policy_update()
-                except (UpdateFailed, ReloadFailed) as err:
-                    log.warning("policy update: %s", err)
+            except (UpdateFailed, ReloadFailed) as err:
+                log.warning("policy update: %s", err)
+            except Exception as err:  # noqa: BLE001 - a bug: logged, shown, checked again
+                self.feed.unexpected(err, counts_as_check=True)
             delay = self.feed.seconds_to_next_check(self.loaded.config.policy.endpoints)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.endpoints_changed.wait(), delay)

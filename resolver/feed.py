@@ -1,4 +1,4 @@
-"""The Microsoft 365 endpoint web service client: version polling, 429/Retry-After, the last
+"""The Microsoft 365 endpoint web service feed: version polling, 429/Retry-After, the last
 good copy on disk.
 
 Microsoft asks clients to check ``/version`` about once an hour and to call ``/endpoints`` only
@@ -18,25 +18,24 @@ limit. So resolverd
 
 The client request id (a GUID the service wants stable per client) is kept in
 ``state_dir/endpoints-client-id``.
+
+The HTTP client (``resolver.endpointclient``) takes ``https://`` only unless
+``policy.endpoints.allow_http`` is true, and bounds each answer's time, size, parse cost and
+depth (``resolver.endpointbody``); ``policy.endpoints`` skips names and prefixes broader than a
+registrable domain, a /10 (IPv4) or a /32 (IPv6). Whatever goes wrong, a check ends in
+``last_error`` and the next one comes on time: an error nobody foresaw (a bug) is logged with
+its traceback (in one line while the same error repeats) and shown there too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import http.client
-import json
 import logging
-import math
 import os
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from policy.endpoints import policy_from_endpoints_json
@@ -51,134 +50,21 @@ from resolver.endpointcache import (
     stage_cache,
     write_atomically,
 )
+from resolver.endpointclient import (
+    Clock,
+    EndpointsClient,
+    EndpointsError,
+    RateLimited,
+    new_client_request_id,
+    utc_iso,
+)
 
 log = logging.getLogger("resolverd.policy")
 
-DEFAULT_URL = "https://endpoints.office.com"
-MAX_RESPONSE_BYTES = 32 * 1024 * 1024
-RETRY_AFTER_DEFAULT = 3600.0  # a 429 without a usable Retry-After: wait an hour
-RETRY_AFTER_MAX = 86_400.0  # a Retry-After further away than this is cut to a day
 CLIENT_ID_FILE = "endpoints-client-id"
 RETRY_FILE = "endpoints-retry-after"
 
-Clock = Callable[[], float]
 Apply = Callable[[EndpointSets], Awaitable[None]]
-
-
-class EndpointsError(Exception):
-    """The endpoint service could not be reached or sent something unusable."""
-
-
-class RateLimited(EndpointsError):
-    """HTTP 429: the service wants no request before ``until`` (wall-clock seconds)."""
-
-    def __init__(self, message: str, until: float) -> None:
-        super().__init__(message)
-        self.until = until
-
-
-def new_client_request_id() -> str:
-    """A fresh client request id (the service wants a GUID, kept across runs)."""
-    return str(uuid.uuid4())
-
-
-def utc_iso(when: float) -> str:
-    """``2024-11-01T13:00:00Z``: wall-clock seconds as ISO 8601 UTC, to the second."""
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def retry_after(header: str | None, now: float) -> float:
-    """When the next request may go after a 429 with this Retry-After header (RFC 9110 10.2.3:
-    delay-seconds or an HTTP date); one hour when missing or not understood, at most a day.
-    Rounded up to a whole second, so that the time shown (and kept) is never too early."""
-    delay = RETRY_AFTER_DEFAULT
-    text = (header or "").strip()
-    if text.isascii() and text.isdigit():
-        delay = float(text)
-    elif text:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            log.warning("endpoint web service: Retry-After %r not understood: one hour", text)
-        else:
-            if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
-                when = when.replace(tzinfo=UTC)
-            delay = when.timestamp() - now
-    return float(math.ceil(now + min(max(delay, 0.0), RETRY_AFTER_MAX)))
-
-
-class EndpointsClient:
-    """A small blocking client for the service: version check and endpoint download."""
-
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        instance: str = "Worldwide",
-        client_request_id: str | None = None,
-        timeout: float = 30.0,
-        tenant: str | None = None,
-        clock: Clock = time.time,
-    ) -> None:
-        scheme = urllib.parse.urlsplit(url).scheme
-        if scheme not in ("http", "https"):
-            raise EndpointsError(f"endpoint service URL {url!r}: expected http:// or https://")
-        self.url = url.rstrip("/")
-        self.instance = instance
-        self.client_request_id = client_request_id or new_client_request_id()
-        self.timeout = timeout
-        self.tenant = tenant
-        self.clock = clock
-
-    def _address(self, kind: str, params: dict[str, str]) -> str:
-        instance = urllib.parse.quote(self.instance, safe="")
-        query = urllib.parse.urlencode({"clientrequestid": self.client_request_id, **params})
-        return f"{self.url}/{kind}/{instance}?{query}"
-
-    def _get_json(self, kind: str, params: dict[str, str] | None = None) -> object:
-        address = self._address(kind, params or {})
-        request = urllib.request.Request(
-            address, headers={"Accept": "application/json", "User-Agent": "resolverd"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read(MAX_RESPONSE_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 429:
-                header = exc.headers.get("Retry-After") if exc.headers is not None else None
-                until = retry_after(header, self.clock())
-                given = f"Retry-After: {header}" if header else "no Retry-After"
-                raise RateLimited(
-                    f"GET {address}: HTTP 429 {exc.reason} ({given}): "
-                    f"no request before {utc_iso(until)}",
-                    until,
-                ) from None
-            raise EndpointsError(f"GET {address}: HTTP {exc.code} {exc.reason}") from None
-        except urllib.error.URLError as exc:
-            raise EndpointsError(f"GET {address}: {exc.reason}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise EndpointsError(f"GET {address}: {str(exc) or type(exc).__name__}") from None
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise EndpointsError(f"GET {address}: response larger than {MAX_RESPONSE_BYTES} bytes")
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise EndpointsError(f"GET {address}: not JSON: {exc}") from None
-
-    def fetch_version(self) -> str:
-        """The latest version of the instance's endpoint data, e.g. ``"2024103100"``."""
-        data = self._get_json("version")
-        latest = data.get("latest") if isinstance(data, dict) else None
-        if not isinstance(latest, str) or not latest:
-            raise EndpointsError(f"version/{self.instance}: no 'latest' version in {data!r:.200}")
-        return latest
-
-    def fetch_endpoints(self) -> list[dict[str, Any]]:
-        """The instance's endpoint sets, as the service sends them (for the tenant, if set)."""
-        params = {"TenantName": self.tenant} if self.tenant else {}
-        data = self._get_json("endpoints", params)
-        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-            raise EndpointsError(f"endpoints/{self.instance}: expected a list of objects")
-        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,29 +133,38 @@ class EndpointFeed:
                 )
             self.last_check = self.clock()
             try:
-                checked = await asyncio.to_thread(self.check, cfg)
-            except RateLimited as err:
-                self.retry_at = err.until
-                raise self._failed(f"endpoint web service: {err}") from None
-            except (EndpointsError, OSError) as err:
-                raise self._failed(f"endpoint web service: {err}") from None
-            except PolicyError as err:
-                raise self._failed("endpoint web service: " + "; ".join(err.errors)) from None
-            self.retry_at = None
-            if checked.sets is not None:
-                try:
-                    await apply(checked.sets)
-                except UpdateFailed as err:
-                    await asyncio.to_thread(self._discard)
-                    raise self._failed(err.message) from None
-                try:
-                    commit_cache(self.state_dir)  # no await since apply: a reload sees it
-                except OSError as err:
-                    raise self._failed(
-                        f"the new endpoint sets are in force but could not be kept: {err}"
-                    ) from None
-            self.last_error = None
-            return {"changed": checked.sets is not None, "version": checked.version}
+                return await self._update(cfg, apply)
+            except UpdateFailed:
+                raise
+            except Exception as err:  # noqa: BLE001 - a bug: logged, shown, checked again
+                await asyncio.to_thread(self._discard)  # whatever was staged is not in force
+                raise UpdateFailed(self.unexpected(err)) from None
+
+    async def _update(self, cfg: PolicyConfig, apply: Apply) -> dict[str, Any]:
+        try:
+            checked = await asyncio.to_thread(self.check, cfg)
+        except RateLimited as err:
+            self.retry_at = err.until
+            raise self._failed(f"endpoint web service: {err}") from None
+        except (EndpointsError, OSError) as err:
+            raise self._failed(f"endpoint web service: {err}") from None
+        except PolicyError as err:
+            raise self._failed("endpoint web service: " + "; ".join(err.errors)) from None
+        self.retry_at = None
+        if checked.sets is not None:
+            try:
+                await apply(checked.sets)
+            except UpdateFailed as err:
+                await asyncio.to_thread(self._discard)
+                raise self._failed(err.message) from None
+            try:
+                commit_cache(self.state_dir)  # no await since apply: a reload sees it
+            except OSError as err:
+                raise self._failed(
+                    f"the new endpoint sets are in force but could not be kept: {err}"
+                ) from None
+        self.last_error = None
+        return {"changed": checked.sets is not None, "version": checked.version}
 
     def check(self, cfg: PolicyConfig) -> Checked:
         """The version check and, if needed, the download, verified and staged beside the
@@ -286,6 +181,7 @@ class EndpointFeed:
             self.timeout,
             tenant=cfg.tenant,
             clock=self.clock,
+            allow_http=endpoints.allow_http,
         )
         try:
             version = client.fetch_version()
@@ -315,6 +211,20 @@ class EndpointFeed:
     def _failed(self, message: str) -> UpdateFailed:
         self.last_error = message
         return UpdateFailed(message)
+
+    def unexpected(self, err: Exception, counts_as_check: bool = False) -> str:
+        """An error nobody foresaw (a bug), kept as ``last_error`` and returned; logged with
+        its traceback, and while the same error repeats, in one line. ``counts_as_check``:
+        it happened outside ``update``, and the next check is still a poll interval away."""
+        message = f"endpoint web service: unexpected error: {type(err).__name__}: {err}"
+        if message == self.last_error:
+            log.error("%s (again)", message)
+        else:
+            log.error("%s", message, exc_info=err)
+        self.last_error = message
+        if counts_as_check:
+            self.last_check = self.clock()
+        return message
 
     def _kept(self) -> EndpointSets | None:
         """The kept sets; an unreadable cache counts as none, so the download replaces it."""

@@ -1,7 +1,9 @@
 """The endpoint feed inside resolverd (a process, as in test_daemon.py): after a 429 neither the
 poll loop (at start, after a reload, after a restart) nor ``resolverctl policy update`` sends a
 request before the Retry-After; status shows last_check, last_error and next_check; the tenant
-goes to the service and makes its names exact."""
+goes to the service and makes its names exact; a hostile answer is shown and the polling goes
+on; plain http:// is a config error unless allowed (the fake service is plain http, so the
+tests allow it)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,13 @@ from typing import Any
 import pytest
 
 from tests.fakeendpoints import FakeService, serving
-from tests.integration.test_daemon import BUILTIN_RULES, STOP_BOUND, Resolverd, UpstreamThread
+from tests.integration.test_daemon import (
+    BUILTIN_RULES,
+    START_TIMEOUT,
+    STOP_BOUND,
+    Resolverd,
+    UpstreamThread,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +60,15 @@ def seconds(iso: str) -> float:
     return datetime.fromisoformat(iso).astimezone(UTC).timestamp()
 
 
+def endpoints(url: str, keys: str, policy: str = "") -> str:
+    """The config's policy section for the fake service, which is plain http: allowed."""
+    return f"policy: {{{policy}endpoints: {{url: '{url}', allow_http: true, {keys}}}}}\n"
+
+
 def test_429_holds_back_the_poll_and_policy_update(rd: Resolverd, service: str) -> None:
     FakeService.status_for = {"/endpoints/Worldwide": 429}
     FakeService.extra_headers = {"Retry-After": "3600"}
-    rd.write_config(f"policy: {{endpoints: {{url: '{service}', poll_interval: 60}}}}\n")
+    rd.write_config(endpoints(service, "poll_interval: 60"))
     started = time.time()
     proc = rd.start()
     policy = wait_for_policy(rd, "last_error")
@@ -82,7 +95,7 @@ def test_429_holds_back_the_poll_and_policy_update(rd: Resolverd, service: str) 
     assert "Last error: endpoint web service: GET " in text
 
     # a reload that changes policy.endpoints wakes the poll loop: it still waits
-    rd.write_config(f"policy: {{endpoints: {{url: '{service}', poll_interval: 120}}}}\n")
+    rd.write_config(endpoints(service, "poll_interval: 120"))
     assert rd.ctl("reload").returncode == 0
     time.sleep(1.0)
     assert FakeService.requests == requested
@@ -102,16 +115,14 @@ def test_429_holds_back_the_poll_and_policy_update(rd: Resolverd, service: str) 
 
 
 def test_tenant_in_the_daemon(rd: Resolverd, service: str) -> None:
-    rd.write_config(
-        f"policy: {{tenant: contoso, endpoints: {{url: '{service}', poll_interval: 3600}}}}\n"
-    )
+    rd.write_config(endpoints(service, "poll_interval: 3600", policy="tenant: contoso, "))
     rd.start()
     policy = wait_for_policy(rd, "last_check")
     deadline = time.monotonic() + 10
     while policy["rules"] == BUILTIN_RULES and time.monotonic() < deadline:
         time.sleep(0.1)
         policy = rd.status()["policy"]
-    assert policy["rules"] == BUILTIN_RULES + 4
+    assert policy["rules"] == BUILTIN_RULES + 3  # the sample's required sets: 1, 11, 31
     assert policy["last_error"] is None
     assert seconds(policy["next_check"]) - seconds(policy["last_check"]) == 3600
     assert FakeService.requests[1].endswith("&TenantName=contoso")
@@ -120,3 +131,44 @@ def test_tenant_in_the_daemon(rd: Resolverd, service: str) -> None:
     res = rd.ctl("policy", "update", "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {"changed": False, "version": "2024103100"}
+
+
+def test_a_hostile_answer_is_shown_and_the_polling_goes_on(rd: Resolverd, service: str) -> None:
+    """A /version answer nested past the recursion limit used to end the poll task silently."""
+    FakeService.body_for = {"/version/Worldwide": b'{"latest": ' + b"[" * 1100 + b"]" * 1100 + b"}"}
+    rd.write_config(endpoints(service, "poll_interval: 60"))
+    rd.start()
+    policy = wait_for_policy(rd, "last_error")
+    error = policy["last_error"]
+    assert error is not None, rd.log()
+    assert error.startswith(f"endpoint web service: GET {service}/version/Worldwide?")
+    assert error.endswith(": nested deeper than 16 levels: refused unparsed")
+    assert seconds(policy["next_check"]) - seconds(policy["last_check"]) == 60
+    assert policy["rules"] == BUILTIN_RULES
+    assert f"policy update: {error}" in rd.log()
+    assert "Traceback" not in rd.log()
+
+    # the loop is alive: a reload that changes policy.endpoints wakes it, and it checks again
+    FakeService.body_for = {}
+    rd.write_config(endpoints(service, "poll_interval: 61"))
+    assert rd.ctl("reload").returncode == 0
+    deadline = time.monotonic() + 10
+    while rd.status()["policy"]["rules"] == BUILTIN_RULES and time.monotonic() < deadline:
+        time.sleep(0.1)
+    policy = rd.status()["policy"]
+    assert (policy["rules"], policy["last_error"]) == (BUILTIN_RULES + 3, None)
+    paths = [urllib.parse.urlsplit(p).path for p in FakeService.requests]
+    assert paths == ["/version/Worldwide", "/version/Worldwide", "/endpoints/Worldwide"]
+
+
+def test_plain_http_is_a_config_error_unless_allowed(rd: Resolverd, service: str) -> None:
+    rd.write_config(f"policy: {{endpoints: {{url: '{service}'}}}}\n")
+    proc = rd.spawn()
+    assert rd.wait(START_TIMEOUT) == 1
+    assert proc.returncode == 1
+    log = rd.log()
+    assert log == (
+        f"resolverd: {rd.config}:6: /policy/endpoints/url: plain http:// can be forged on the "
+        "way: use https://, or set allow_http: true for a mirror you trust\n"
+    )
+    assert FakeService.requests == []

@@ -1,12 +1,16 @@
 """The endpoint web service client and the feed (resolver.feed), against an HTTP server on
 127.0.0.1: version check, download once per version, the kept copy, 429 and Retry-After,
-TenantName, and the status fields."""
+TenantName, the status fields, and what a hostile service can do: plain http:// (refused unless
+allowed; the fake service is plain http, so the tests allow it), bodies too large, too costly,
+too deep or too slow, and entries too broad."""
 
 from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import time
+import tracemalloc
 import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,15 +23,15 @@ from policy.matcher import Matcher
 from resolver.config import EndpointsConfig, PolicyConfig
 from resolver.control.protocol import UpdateFailed
 from resolver.endpointcache import EndpointSets, merge_endpoints, read_cache
-from resolver.feed import (
-    EndpointFeed,
+from resolver.endpointclient import (
     EndpointsClient,
     EndpointsError,
     RateLimited,
     new_client_request_id,
     utc_iso,
 )
-from tests.fakeendpoints import SAMPLE, FakeService, serving
+from resolver.feed import EndpointFeed
+from tests.fakeendpoints import SAMPLE, FakeService, realistic_endpoints, serving
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +62,7 @@ def paths() -> list[str]:
 
 
 def test_client_fetches_version_and_endpoints(service: str) -> None:
-    client = EndpointsClient(service + "/", "Worldwide", "a b&c", timeout=5)
+    client = EndpointsClient(service + "/", "Worldwide", "a b&c", timeout=5, allow_http=True)
     assert client.fetch_version() == "2024103100"
     assert client.fetch_endpoints() == SAMPLE
     assert FakeService.requests == [
@@ -68,7 +72,9 @@ def test_client_fetches_version_and_endpoints(service: str) -> None:
 
 
 def test_client_sends_the_tenant_name_to_endpoints(service: str) -> None:
-    client = EndpointsClient(service, "Worldwide", "id-1", timeout=5, tenant="contoso")
+    client = EndpointsClient(
+        service, "Worldwide", "id-1", timeout=5, tenant="contoso", allow_http=True
+    )
     client.fetch_version()
     client.fetch_endpoints()
     assert FakeService.requests == [
@@ -78,7 +84,7 @@ def test_client_sends_the_tenant_name_to_endpoints(service: str) -> None:
 
 
 def test_client_request_id_defaults_to_a_guid() -> None:
-    client_id = EndpointsClient("http://127.0.0.1:9").client_request_id
+    client_id = EndpointsClient("https://127.0.0.1:9").client_request_id
     assert len(client_id) == 36 and client_id.count("-") == 4
     assert new_client_request_id() != new_client_request_id()
 
@@ -86,9 +92,9 @@ def test_client_request_id_defaults_to_a_guid() -> None:
 def test_http_error_status_is_named(service: str) -> None:
     FakeService.status = 503
     with pytest.raises(EndpointsError, match="HTTP 503"):
-        EndpointsClient(service, "Worldwide", timeout=5).fetch_version()
+        EndpointsClient(service, "Worldwide", timeout=5, allow_http=True).fetch_version()
     with pytest.raises(EndpointsError, match="HTTP 404"):
-        EndpointsClient(service, "Nowhere", timeout=5).fetch_version()
+        EndpointsClient(service, "Nowhere", timeout=5, allow_http=True).fetch_version()
 
 
 @pytest.mark.parametrize(
@@ -107,7 +113,7 @@ def test_client_429_gives_the_retry_time(service: str, header: str | None, until
     FakeService.status = 429
     if header is not None:
         FakeService.extra_headers = {"Retry-After": header}
-    client = EndpointsClient(service, "Worldwide", "id", timeout=5, clock=Clock())
+    client = EndpointsClient(service, "Worldwide", "id", timeout=5, clock=Clock(), allow_http=True)
     with pytest.raises(RateLimited) as caught:
         client.fetch_version()
     assert caught.value.until == until
@@ -124,40 +130,106 @@ def test_client_429_gives_the_retry_time(service: str, header: str | None, until
         (b"not json", "fetch_version", "not JSON"),
         (b'{"instance": "Worldwide"}', "fetch_version", "no 'latest' version"),
         (b'{"a": 1}', "fetch_endpoints", "expected a list of objects"),
+        (b'{"latest": ' + b"[" * 1100 + b"]" * 1100 + b"}", "fetch_version", r": nested deeper "
+         r"than 16 levels: refused unparsed$"),
+        (b'{"latest": "' + b"x" * 65536 + b'"}', "fetch_version", r": larger than 65536 bytes$"),
+        (b"[" + b"{}," * 500_000 + b"{}]", "fetch_endpoints", "times their size: refused"),
+        (b"[" + b"1" * 5000 + b"]", "fetch_endpoints", r"not JSON: Exceeds the limit \(4300"),
     ],
-)
+    ids=["not json", "no latest", "not a list", "too deep", "too large", "too costly", "int"],
+)  # fmt: skip
 def test_unusable_answers(service: str, body: bytes, call: str, message: str) -> None:
     FakeService.body_override = body
-    with pytest.raises(EndpointsError, match=message):
-        getattr(EndpointsClient(service, "Worldwide", timeout=5), call)()
+    with pytest.raises(EndpointsError, match=message) as caught:
+        getattr(EndpointsClient(service, "Worldwide", timeout=5, allow_http=True), call)()
+    assert str(caught.value).startswith(f"GET {service}/") or "/Worldwide: " in str(caught.value)
+
+
+def test_a_hostile_body_costs_about_its_size(service: str) -> None:
+    """32 MiB of [{},{},...] took 845 MB in json.loads: now at most 4 MiB is read, and it is
+    priced, and refused, before it is parsed."""
+    body = b"[" + b"{}," * (4 * 1024 * 1024 // 3 - 1) + b"{}]"
+    FakeService.body_override = body
+    client = EndpointsClient(service, "Worldwide", timeout=5, allow_http=True)
+    tracemalloc.start()
+    try:
+        with pytest.raises(EndpointsError, match="refused unparsed"):
+            client.fetch_endpoints()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(body) == 4 * 1024 * 1024
+    assert peak < 3 * len(body)  # read in chunks, joined, one copy to count in
+    FakeService.body_override = body + b" "  # a byte too many: not even priced
+    with pytest.raises(EndpointsError, match=r"larger than 4194304 bytes$"):
+        client.fetch_endpoints()
 
 
 def test_timeout_is_an_error_not_a_hang(service: str) -> None:
     FakeService.delay = 1.0
     started = time.monotonic()
     with pytest.raises(EndpointsError, match="timed out"):
-        EndpointsClient(service, "Worldwide", timeout=0.2).fetch_version()
+        EndpointsClient(service, "Worldwide", timeout=0.2, allow_http=True).fetch_version()
     assert time.monotonic() - started < 0.9
+
+
+def test_a_body_sent_a_byte_at_a_time_cannot_hold_the_feed(service: str) -> None:
+    FakeService.drip = 0.02  # 50 bytes a second: each read is quick, the whole is not
+    started = time.monotonic()
+    with pytest.raises(EndpointsError) as caught:
+        EndpointsClient(service, "Worldwide", "id", timeout=0.2, allow_http=True).fetch_version()
+    assert str(caught.value) == (
+        f"GET {service}/version/Worldwide?clientrequestid=id: the answer took longer than 0.8 s"
+    )
+    assert time.monotonic() - started < 1.5
 
 
 def test_connection_refused() -> None:
     with pytest.raises(EndpointsError, match=r"GET http://127\.0\.0\.1:9/version"):
-        EndpointsClient("http://127.0.0.1:9", timeout=2).fetch_version()
+        EndpointsClient("http://127.0.0.1:9", timeout=2, allow_http=True).fetch_version()
 
 
-def test_only_http_urls() -> None:
-    with pytest.raises(EndpointsError, match="expected http"):
-        EndpointsClient("file:///etc/passwd")
+def test_only_https_urls_unless_http_is_allowed() -> None:
+    with pytest.raises(EndpointsError) as caught:
+        EndpointsClient("file:///etc/passwd", allow_http=True)
+    assert str(caught.value) == "endpoint service URL 'file:///etc/passwd': expected https://"
+    with pytest.raises(EndpointsError) as caught:
+        EndpointsClient("http://endpoints.example")
+    assert str(caught.value) == (
+        "endpoint service URL 'http://endpoints.example': plain http:// can be forged on the "
+        "way: use https://, or set policy.endpoints.allow_http: true for a mirror you trust"
+    )
+    assert EndpointsClient("HTTP://endpoints.example", allow_http=True).url.startswith("HTTP:")
+    assert EndpointsClient("https://endpoints.example").url == "https://endpoints.example"
+
+
+def test_redirects_only_to_what_the_url_could_be(service: str) -> None:
+    FakeService.redirect_to = "ftp://127.0.0.1/version"
+    with pytest.raises(EndpointsError) as caught:
+        EndpointsClient(service, "Worldwide", "id", timeout=5, allow_http=True).fetch_version()
+    assert str(caught.value) == (
+        f"GET {service}/version/Worldwide?clientrequestid=id: HTTP 302 redirect to "
+        "'ftp://127.0.0.1/version' refused: expected https://"
+    )
 
 
 # --- the feed: version check, download, the kept copy, merge --------------------------------
 
 
-def _cfg(url: str, tenant: str | None = None, poll_interval: int = 3600) -> PolicyConfig:
+def _cfg(
+    url: str,
+    tenant: str | None = None,
+    poll_interval: int = 3600,
+    include_optional: bool = False,
+    allow_http: bool = True,  # the fake service is plain http
+) -> PolicyConfig:
     endpoints = EndpointsConfig(
-        url=url, categories=("Optimize", "Allow"), poll_interval=poll_interval
+        url=url,
+        categories=("Optimize", "Allow"),
+        poll_interval=poll_interval,
+        allow_http=allow_http,
     )
-    return PolicyConfig(endpoints=endpoints, tenant=tenant)
+    return PolicyConfig(endpoints=endpoints, tenant=tenant, include_optional=include_optional)
 
 
 class Applied:
@@ -188,6 +260,13 @@ async def test_update_downloads_once_per_version_and_merge_adds_the_rules(
 
     merged = merge_endpoints(builtin_policy(), cfg, read_cache(str(tmp_path)))
     assert merged.source == "builtin:microsoft365+endpoints:Worldwide"
+    # include_optional is false by default: the 7 required rows, the required sets 1, 11, 31
+    assert len(merged.rules) == 7 + 3
+    assert all(rule.required for rule in merged.rules)
+    match = Matcher(merged.rules).match("login.microsoftonline.com")
+    assert match is None or match.rule.row != 46  # 46 is optional
+    optional = _cfg(service, include_optional=True)
+    merged = merge_endpoints(builtin_policy(), optional, read_cache(str(tmp_path)))
     assert len(merged.rules) == 16 + 4  # sets 1, 11, 31 (Optimize) and 46 (Allow); not 95
     match = Matcher(merged.rules).match("login.microsoftonline.com")
     assert match is not None and (match.rule.row, match.rule.category) == (46, "Allow")
@@ -229,130 +308,81 @@ def test_merge_without_a_cache_is_the_policy_itself(tmp_path: Path) -> None:
     assert merge_endpoints(builtin, cfg, read_cache(str(tmp_path))) is builtin
 
 
-# --- TenantName -----------------------------------------------------------------------------
-
-
-async def test_tenant_is_sent_and_its_names_are_exact(service: str, tmp_path: Path) -> None:
+async def test_plain_http_is_refused_unless_allowed(service: str, tmp_path: Path) -> None:
     feed = EndpointFeed(str(tmp_path))
-    cfg, applied = _cfg(service, tenant="contoso"), Applied()
-    await feed.update(cfg, applied)
-    assert FakeService.requests[1].endswith("&TenantName=contoso")
-    (sets,) = applied.sets
-    assert sets.tenant == "contoso"
-    merged = merge_endpoints(builtin_policy(), cfg, sets)
-    matcher = Matcher(merged.rules)
-    for name in ("contoso-my.sharepoint.com", "contoso-files.sharepoint.com"):
-        found = matcher.match(name)
-        assert found is not None and (found.rule.row, found.pattern) == (31, name)
-
-    # another tenant: the version is the same, but the sets are downloaded again for it
-    other = _cfg(service, tenant="fabrikam")
-    assert await feed.update(other, applied) == {"changed": True, "version": "2024103100"}
-    assert FakeService.requests[-1].endswith("&TenantName=fabrikam")
-    kept = read_cache(str(tmp_path))
-    assert kept is not None and kept.tenant == "fabrikam"
-    assert json.loads((tmp_path / "endpoints.json").read_text())["tenant"] == "fabrikam"
-
-
-# --- 429 and Retry-After --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("header", "wait"),
-    [
-        ("120", 120.0),
-        (email.utils.format_datetime(datetime.fromtimestamp(NOW + 900, UTC), usegmt=True), 900.0),
-        (None, 3600.0),
-    ],
-    ids=["seconds", "http-date", "none"],
-)
-async def test_429_stops_every_request_until_retry_after(
-    service: str, tmp_path: Path, header: str | None, wait: float
-) -> None:
-    clock = Clock()
-    feed = EndpointFeed(str(tmp_path), clock=clock)
-    cfg, applied = _cfg(service, poll_interval=60), Applied()
-    FakeService.status_for = {"/endpoints/Worldwide": 429}
-    if header is not None:
-        FakeService.extra_headers = {"Retry-After": header}
-    with pytest.raises(UpdateFailed, match="HTTP 429") as caught:
-        await feed.update(cfg, applied)
-    until = utc_iso(NOW + wait)
-    assert caught.value.message.endswith(f"no request before {until}")
-    assert paths() == ["/version/Worldwide", "/endpoints/Worldwide"]
-    assert feed.rate_limited()
-    assert feed.status(cfg.endpoints) == {
-        "last_check": utc_iso(NOW),
-        "last_error": caught.value.message,
-        "next_check": until,  # the Retry-After, later than the poll interval (60 s)
-    }
-    assert feed.seconds_to_next_check(cfg.endpoints) == wait
-
-    # policy update before then: refused without a request, saying until when
-    FakeService.status_for = {}
-    clock.now = NOW + wait - 1
-    with pytest.raises(UpdateFailed) as refused:
-        await feed.update(cfg, applied)
-    assert refused.value.message == (
-        "the endpoint web service answered HTTP 429 (too many requests): "
-        f"no request to it before {until}"
-    )
-    assert paths() == ["/version/Worldwide", "/endpoints/Worldwide"]
-    assert feed.status(cfg.endpoints)["last_check"] == utc_iso(NOW)  # no check happened
-    # a restart honours it too: the deadline is kept in the state directory
-    assert (tmp_path / "endpoints-retry-after").read_text().strip() == until
-    assert EndpointFeed(str(tmp_path), clock=clock).rate_limited()
-
-    clock.now = NOW + wait
-    assert await feed.update(cfg, applied) == {"changed": True, "version": "2024103100"}
-    assert paths()[2:] == ["/version/Worldwide", "/endpoints/Worldwide"]
-    assert not feed.rate_limited()
-    assert not (tmp_path / "endpoints-retry-after").exists()
-    assert feed.status(cfg.endpoints) == {
-        "last_check": utc_iso(NOW + wait),
-        "last_error": None,
-        "next_check": utc_iso(NOW + wait + 60),
-    }
-
-
-async def test_429_on_version_too(service: str, tmp_path: Path) -> None:
-    clock = Clock()
-    feed = EndpointFeed(str(tmp_path), clock=clock)
-    cfg = _cfg(service)
-    FakeService.status = 429
-    FakeService.extra_headers = {"Retry-After": "7200"}
-    with pytest.raises(UpdateFailed, match="HTTP 429"):
-        await feed.update(cfg, Applied())
-    assert paths() == ["/version/Worldwide"]
-    assert feed.next_check(cfg.endpoints) == NOW + 7200  # later than last check + 3600
-
-
-async def test_status_before_and_after_checks(service: str, tmp_path: Path) -> None:
-    clock = Clock()
-    feed = EndpointFeed(str(tmp_path), clock=clock)
-    cfg = _cfg(service, poll_interval=600)
-    assert feed.status(None) == {"last_check": None, "last_error": None, "next_check": None}
-    assert feed.status(cfg.endpoints) == {
-        "last_check": None,
-        "last_error": None,
-        "next_check": utc_iso(NOW),  # due now: the check at start
-    }
-    FakeService.status = 503
+    cfg = _cfg(service, allow_http=False)
     with pytest.raises(UpdateFailed) as caught:
         await feed.update(cfg, Applied())
-    assert caught.value.message.startswith("endpoint web service: GET ")
-    assert caught.value.message.endswith(": HTTP 503 Service Unavailable")
-    assert feed.status(cfg.endpoints) == {
-        "last_check": "2024-10-27T03:33:20Z",
-        "last_error": caught.value.message,
-        "next_check": "2024-10-27T03:43:20Z",
+    assert caught.value.message == (
+        f"endpoint web service: endpoint service URL {service!r}: plain http:// can be forged on "
+        "the way: use https://, or set policy.endpoints.allow_http: true for a mirror you trust"
+    )
+    assert feed.status(cfg.endpoints)["last_error"] == caught.value.message
+    assert FakeService.requests == []  # not a byte sent
+    assert await feed.update(_cfg(service), Applied()) == {
+        "changed": True,
+        "version": "2024103100",
     }
-    FakeService.status = 200
-    clock.now += 600
-    await feed.update(cfg, Applied())
-    assert feed.status(cfg.endpoints)["last_error"] is None
 
 
-async def test_update_without_endpoints_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(UpdateFailed, match=r"^policy\.endpoints is not configured$"):
-        await EndpointFeed(str(tmp_path)).update(PolicyConfig(), Applied())
+async def test_entries_broader_than_the_bounds_are_skipped(
+    service: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broad = {
+        "id": 900,
+        "serviceArea": "Common",
+        "urls": ["*.com", "*.co.uk", "<tenant>.com", "*.contoso.co.uk"],
+        "ips": ["1.0.0.0/8", "0.0.0.0/0", "2603::/16", "52.96.0.0/12"],
+        "expressRoute": False,
+        "category": "Optimize",
+        "required": True,
+    }
+    FakeService.body_for = {"/endpoints/Worldwide": json.dumps([*SAMPLE, broad]).encode()}
+    feed, cfg, applied = EndpointFeed(str(tmp_path)), _cfg(service), Applied()
+    assert await feed.update(cfg, applied) == {"changed": True, "version": "2024103100"}
+    with caplog.at_level(logging.WARNING, "resolverd.policy"):
+        merged = merge_endpoints(builtin_policy(), cfg, read_cache(str(tmp_path)))
+    (rule,) = [rule for rule in merged.rules if rule.row == 900]
+    assert (rule.patterns, rule.cidrs) == (("*.contoso.co.uk",), ("52.96.0.0/12",))
+    matcher = Matcher(merged.rules)
+    assert matcher.match("www.example.com") is None
+    assert matcher.match("bank.co.uk") is None
+    assert matcher.match("www.contoso.co.uk") is not None
+    where = "endpoint web service: endpoints:Worldwide: /5"
+    broader = "broader than a registrable domain; skipped"
+    assert [m for m in caplog.messages if "/5/" in m] == [
+        f"{where}/urls/0: '*.com': a wildcard over every name in 'com' (a top-level domain): "
+        + broader,
+        f"{where}/urls/1: '*.co.uk': a wildcard over every name in 'co.uk' (a public suffix): "
+        + broader,
+        f"{where}/urls/2: '<tenant>.com': a wildcard over every name in 'com' (a top-level "
+        "domain): " + broader,
+        f"{where}/ips/0: '1.0.0.0/8': broader than /10: an IPv4 prefix from the service must be "
+        "/10 or longer; skipped",
+        f"{where}/ips/1: '0.0.0.0/0': broader than /10: an IPv4 prefix from the service must be "
+        "/10 or longer; skipped",
+        f"{where}/ips/2: '2603::/16': broader than /32: an IPv6 prefix from the service must be "
+        "/32 or longer; skipped",
+    ]
+
+
+async def test_the_real_answer_is_taken_and_a_hostile_one_of_its_size_is_not(
+    service: str, tmp_path: Path
+) -> None:
+    sets = realistic_endpoints()
+    body = json.dumps(sets, indent=2).encode()
+    FakeService.body_for = {"/endpoints/Worldwide": body}
+    feed, cfg, applied = EndpointFeed(str(tmp_path)), _cfg(service), Applied()
+    assert await feed.update(cfg, applied) == {"changed": True, "version": "2024103100"}
+    assert applied.sets[0].endpoints == sets
+
+    hostile = b"[" + b"{}," * (len(body) // 3 - 1) + b"{}]"
+    FakeService.body_for = {"/endpoints/Worldwide": hostile}
+    FakeService.version = "2024110100"
+    with pytest.raises(UpdateFailed) as caught:
+        await feed.update(cfg, applied)
+    assert caught.value.message.endswith("more than 10 times their size: refused unparsed"), (
+        caught.value.message
+    )
+    kept = read_cache(str(tmp_path))
+    assert kept is not None and (kept.version, kept.endpoints) == ("2024103100", sets)

@@ -8,7 +8,7 @@ import pytest
 from policy.endpoints import (
     policy_from_endpoints_json,
 )
-from policy.loader import PolicyError
+from policy.loader import PolicyError, load_policy_text
 from policy.matcher import Matcher
 from policy.model import Rule
 from tests.fakeendpoints import SAMPLE
@@ -135,3 +135,68 @@ def test_structural_problems_are_all_reported() -> None:
     with pytest.raises(PolicyError) as caught:
         policy_from_endpoints_json({"not": "a list"}, "v", {"Allow"})
     assert caught.value.errors == ["endpoints: /: expected a list of endpoint sets"]
+
+
+def test_entries_broader_than_a_registrable_domain_or_the_prefix_bounds_are_skipped() -> None:
+    """What a hostile service sent (*.com, 1.0.0.0/8) never reaches the policy; the operator's
+    own policy files are trusted and keep the loader's rules."""
+    broad = {
+        "id": 5,
+        "serviceArea": "Common",
+        "urls": [
+            "*.com",  # a top-level domain
+            "*.co.uk",  # a public suffix of two labels
+            "<tenant>.com.au",  # the one-label wildcard: the same rule
+            "*.COM.BR.",
+            "<tenant>.onmicrosoft.com",
+            "*.office.com",
+            "*.cloud.microsoft",  # a brand top-level domain: two labels are enough
+            "*.svc.ms",  # a two-letter country code, not a public second level
+            "*.contoso.co.uk",
+        ],
+        "ips": ["1.0.0.0/8", "64.0.0.0/9", "64.0.0.0/10", "2603::/16", "2603::/31", "2603::/32"],
+        "expressRoute": False,
+        "category": "Allow",
+        "required": True,
+    }
+    warnings: list[str] = []
+    policy = policy_from_endpoints_json([broad], "v", {"Allow"}, source="ws", warnings=warnings)
+    (rule,) = policy.rules
+    assert rule.patterns == (
+        "<tenant>.onmicrosoft.com",
+        "*.office.com",
+        "*.cloud.microsoft",
+        "*.svc.ms",
+        "*.contoso.co.uk",
+    )
+    assert rule.cidrs == ("64.0.0.0/10", "2603::/32")
+    registrable = "broader than a registrable domain; skipped"
+    v4 = "broader than /10: an IPv4 prefix from the service must be /10 or longer; skipped"
+    v6 = "broader than /32: an IPv6 prefix from the service must be /32 or longer; skipped"
+    assert warnings == [
+        f"ws: /0/urls/0: '*.com': a wildcard over every name in 'com' (a top-level domain): "
+        f"{registrable}",
+        f"ws: /0/urls/1: '*.co.uk': a wildcard over every name in 'co.uk' (a public suffix): "
+        f"{registrable}",
+        "ws: /0/urls/2: '<tenant>.com.au': a wildcard over every name in 'com.au' (a public "
+        f"suffix): {registrable}",
+        "ws: /0/urls/3: '*.COM.BR.': a wildcard over every name in 'com.br' (a public "
+        f"suffix): {registrable}",
+        f"ws: /0/ips/0: '1.0.0.0/8': {v4}",
+        f"ws: /0/ips/1: '64.0.0.0/9': {v4}",
+        f"ws: /0/ips/3: '2603::/16': {v6}",
+        f"ws: /0/ips/4: '2603::/31': {v6}",
+    ]
+    matcher = Matcher(policy.rules)
+    assert matcher.match("anything.com") is None
+    assert matcher.match("bank.co.uk") is None
+    # With a tenant, <tenant>.com.au is one exact name, not a wildcard: nothing to bound.
+    with_tenant = policy_from_endpoints_json([broad], "v", {"Allow"}, tenant="contoso")
+    assert "contoso.com.au" in with_tenant.rules[0].patterns
+
+    operator = load_policy_text(
+        'version: "1"\nrules:\n  - {row: 1, purpose: own, required: true, '
+        'domains: ["*.com"], cidrs: ["1.0.0.0/8"]}\n',
+        "own.yaml",
+    )
+    assert (operator.rules[0].patterns, operator.rules[0].cidrs) == (("*.com",), ("1.0.0.0/8",))

@@ -12,7 +12,8 @@ import pytest
 from resolver.config import EndpointsConfig, PolicyConfig
 from resolver.control.protocol import UpdateFailed
 from resolver.endpointcache import EndpointSets
-from resolver.feed import EndpointFeed, retry_after, utc_iso
+from resolver.endpointclient import retry_after, utc_iso
+from resolver.feed import EndpointFeed
 
 pytestmark = pytest.mark.unit
 
@@ -108,3 +109,36 @@ def test_next_check_follows_the_poll_interval(tmp_path: Path) -> None:
     assert feed.next_check(_cfg(600).endpoints) == NOW + 500
     assert feed.next_check(_cfg(60).endpoints) == NOW - 40
     assert feed.seconds_to_next_check(_cfg(60).endpoints) == 0
+
+
+def test_an_unexpected_error_is_shown_logged_once_and_checked_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (here the RecursionError a deep body used to raise) ends the check, not the feed:
+    it is the last_error, logged with its traceback once, and the next check comes on time."""
+    clock = [NOW]
+    feed = EndpointFeed(str(tmp_path), clock=lambda: clock[0])
+    cfg = _cfg(poll_interval=600)
+
+    def check(cfg: PolicyConfig) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(feed, "check", check)
+    message = (
+        "endpoint web service: unexpected error: RecursionError: maximum recursion depth exceeded"
+    )
+    with caplog.at_level(logging.ERROR, "resolverd.policy"):
+        with pytest.raises(UpdateFailed) as caught:
+            asyncio.run(feed.update(cfg, _never))
+        assert caught.value.message == message
+        assert feed.status(cfg.endpoints) == {
+            "last_check": utc_iso(NOW),
+            "last_error": message,
+            "next_check": utc_iso(NOW + 600),
+        }
+        clock[0] = NOW + 600
+        with pytest.raises(UpdateFailed):
+            asyncio.run(feed.update(cfg, _never))
+    assert caplog.messages == [message, f"{message} (again)"]
+    assert [record.exc_info is not None for record in caplog.records] == [True, False]
+    assert feed.status(cfg.endpoints)["next_check"] == utc_iso(NOW + 1200)
