@@ -4,8 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests, the demo and the benchmarks drive.
-SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd nodejs
-SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node
+SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd nodejs unbound
+SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node unbound
 
 .PHONY: all venv sysdeps test test-unit test-integration test-netns test-package bench demo lint \
 	deb clean soak profile fuzz
@@ -15,8 +15,7 @@ all: test
 $(STAMP): pyproject.toml
 	@# Debian's python3 needs python3-venv for this; install it when missing (root only).
 	$(PYTHON) -m venv $(VENV) || { [ "$$(id -u)" = 0 ] && rm -rf $(VENV) && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv \
-	  >/dev/null && $(PYTHON) -m venv $(VENV); }
+	  debian/apt-install python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[fast,test,dev]'
 	touch $@
@@ -29,7 +28,7 @@ sysdeps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; run 'make sysdeps' as root" >&2; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSPKGS) >/dev/null; \
+	  debian/apt-install $(SYSPKGS); \
 	fi
 
 # tests/fuzz: the fuzz corpus replayed, then atheris on each target for FUZZ_SECONDS in all.
