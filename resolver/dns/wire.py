@@ -302,12 +302,12 @@ def read_name(data: bytes, pos: int) -> str:
     bytes: it can be logged, journaled and printed as it is, and never poses as two labels.
 
     Assumes `skip_name` accepted it."""
-    labels: list[str] = []
+    labels: list[bytes] = []
     hops = 0
     while True:
         length = data[pos]
         if length == 0:
-            return ".".join(labels)
+            break
         if length & 0xC0:
             hops += 1
             if hops > MAX_HOPS:
@@ -316,16 +316,18 @@ def read_name(data: bytes, pos: int) -> str:
             if pos < 12:
                 raise WireError("compression pointer into the header")
             continue
-        raw = data[pos + 1 : pos + 1 + length].lower()
-        if raw.translate(None, _PLAIN):
-            labels.append("".join(_ESCAPED[byte] for byte in raw))
-        else:
-            labels.append(raw.decode("ascii"))
+        labels.append(data[pos + 1 : pos + 1 + length])
         pos += length + 1
+    text = b".".join(labels).lower()
+    # The common case in one pass: plain bytes only, and no dot but those between labels.
+    if not text.translate(None, _PLAIN_DOT) and text.count(b".") == len(labels) - 1:
+        return text.decode("ascii")
+    return ".".join("".join(_ESCAPED[byte] for byte in raw.lower()) for raw in labels)
 
 
 # Bytes a label keeps as they are in text; every other byte is written \DDD (RFC 1035 5.1).
 _PLAIN = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_PLAIN_DOT = _PLAIN + b"."
 _ESCAPED = tuple(chr(b) if bytes((b,)) in _PLAIN else f"\\{b:03d}" for b in range(256))
 
 
