@@ -162,14 +162,14 @@ class BreakoutConfig:
     ack_timeout: float = check(number(0.001, 5), 0.05)  # longest a reply waits for the kernel
     never_route: tuple[str, ...] = each(network, DEFAULT_NEVER_ROUTE)
     # Not a key: the longest hold an answer can give, grace included: max(cache.max_ttl,
-    # min_hold) + grace (set by load_config; the hold journal's reader refuses beyond it).
-    longest_hold: int = 0
+    # min_hold) + grace. load_config sets it from cache.max_ttl; a config made otherwise gets
+    # the cache's default cap. The hold journal's reader refuses expiries beyond it.
+    max_hold: int = 0
 
-    @property
-    def max_hold(self) -> int:
-        """The longest hold an answer can give, grace included: `longest_hold`, or with the
-        cache's default cap on TTLs when this config did not come from load_config."""
-        return self.longest_hold or max(CacheConfig().max_ttl, self.min_hold) + self.grace
+    def __post_init__(self) -> None:
+        if not self.max_hold:
+            default = max(CacheConfig().max_ttl, self.min_hold) + self.grace
+            object.__setattr__(self, "max_hold", default)
 
     @property
     def probe_table(self) -> int:
@@ -271,7 +271,7 @@ def _finish(doc: Document, root: yaml.Node, cfg: Config, base_dir: str) -> Confi
                       "it would ask itself")  # fmt: skip
     breakout = _finish_breakout(cfg.breakout, error, doc.has_error)
     longest = max(cfg.cache.max_ttl, breakout.min_hold) + breakout.grace
-    breakout = dataclasses.replace(breakout, longest_hold=longest)
+    breakout = dataclasses.replace(breakout, max_hold=longest)
     endpoints = cfg.policy.endpoints
     plain = endpoints is not None and endpoints.url.lower().startswith("http://")
     if plain and endpoints is not None and not endpoints.allow_http:
