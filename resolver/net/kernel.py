@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from resolver.config import BreakoutConfig, NftSet
-from resolver.net import admin, ipsets, netlink, nftsets, routes
+from resolver.net import ipsets, netlink, nftsets, routes
 from resolver.net.errors import BreakoutError, has_net_admin, needs_net_admin
 from resolver.net.routes import AF, Path, Route, RouteEncoder, Rule, RuleSpec
 
@@ -132,11 +132,16 @@ class Kernel:
         """Create the ipsets `open` found missing. BreakoutError (after trying all)."""
         cfg = self.cfg
         missing, self._missing = self._missing, []
+        if not missing:
+            return
+        nfnl = self.nfnl
+        if nfnl is None:
+            raise BreakoutError(f"cannot create ipset {missing[0][1]}: the kernel side is closed")
         failed: list[str] = []
         for family, name in missing:
             try:
-                await admin.create_ipset(
-                    name, family, cfg.min_hold + cfg.grace or 1, max(65536, cfg.max_entries)
+                await ipsets.create(
+                    nfnl, name, family, cfg.min_hold + cfg.grace or 1, max(65536, cfg.max_entries)
                 )
             except BreakoutError as err:
                 failed.append(str(err))

@@ -101,9 +101,9 @@ def test_install_run_upgrade_and_purge(debs: Debs, lab: PackageLab) -> None:
     shipped = run("dpkg-query", "-L", PACKAGE).stdout.split()
     assert not [p for p in shipped if p.endswith(".pyc") or "__pycache__" in p]
     assert any(VENV.glob("lib/python3.*/site-packages/resolver/__pycache__/*.pyc"))
-    probe = "import uvloop, pyroute2, importlib.metadata as m; print(m.version('pyroute2'))"
-    pyroute2 = run(str(VENV / "bin" / "python"), "-c", probe).stdout.strip()
-    assert tuple(int(x) for x in pyroute2.split(".")[:2]) >= (0, 9), pyroute2
+    # uvloop (the fast extra) is there; pyroute2 is not: nothing at run time needs it.
+    probe = "import uvloop, importlib.util as u; print(u.find_spec('pyroute2'))"
+    assert run(str(VENV / "bin" / "python"), "-c", probe).stdout.strip() == "None"
     version = run("/usr/bin/resolverd", "--version").stdout.strip()
     assert version == f"resolverd {debs.v1_version.split('-')[0]}"
 
