@@ -24,7 +24,7 @@ from typing import Any
 from policy.loader import PolicyError
 from policy.matcher import Matcher
 from policy.model import Policy
-from resolver import __version__, allocator, collector, sdnotify
+from resolver import __version__, allocator, collector, sdnotify, statusreport
 from resolver.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from resolver.control.protocol import RawJSON, ReloadFailed, UpdateFailed
 from resolver.control.server import ControlServer
@@ -113,7 +113,8 @@ class Daemon:
         log.info("stopped")
 
     def summary(self) -> str:
-        s = self.status()
+        """The line `systemctl status` shows (sd_notify STATUS=), read from the status tree."""
+        s = statusreport.snapshot(self)
         q, c, b = s["queries"], s["cache"], s["breakout"]
         return (
             f"{q['total']} queries, {q['tagged']} tagged, {c['entries']} cached, "
@@ -179,7 +180,7 @@ class Daemon:
         if feed_settings != (old.policy.endpoints, old.policy.tenant):
             self.endpoints_changed.set()  # check the service now with the new settings
         log.info("reloaded %s: %d rules from %s", path, len(new.policy.rules), new.policy.source)
-        return {"config": path, "policy": self._policy_status()}
+        return {"config": path, "policy": statusreport.policy(self)}
 
     async def _swap(self, new: Loaded) -> None:
         """Put a verified config and policy in place. The breakout goes first: it verifies
@@ -214,54 +215,17 @@ class Daemon:
             log.info("policy updated: %d rules from %s", len(policy.rules), policy.source)
 
     def status(self) -> dict[str, Any]:
-        assert self.dns is not None
-        dns = self.dns.status()
-        breakout = (
-            self.breakout.status()
-            if self.breakout is not None
-            else _breakout_off(self.loaded.config)
-        )
-        return {
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "config": self.loaded.config.path,
-            "listen": dns["listen"],
-            "upstreams": dns["upstreams"],
-            "cache": dns["cache"],
-            "queries": dns["queries"],
-            "forwarding": dns["forwarding"],
-            "udp": dns["udp"],
-            "tcp": dns["tcp"],
-            "policy": self._policy_status(),
-            "breakout": breakout,
-        }
+        """The control socket's `status`: the status tree (resolver.statusreport), the JSON
+        object it is sent as."""
+        return dict(statusreport.snapshot(self))
 
     def routes(self) -> RawJSON:
         return RawJSON(self.breakout.routes_json() if self.breakout is not None else b"[]")
 
-    def _policy_status(self) -> dict[str, Any]:
-        p = self.loaded.policy
-        return {
-            "source": p.source,
-            "version": p.version,
-            "rules": len(p.rules),
-            **self.feed.status(self.loaded.config.policy.endpoints),
-        }
-
     def collect_metrics(self) -> Iterable[Metric]:
         assert self.dns is not None
-        return collect(self.dns, self.breakout)
-
-
-def _breakout_off(cfg: Config) -> dict[str, Any]:
-    b = cfg.breakout
-    return {
-        "mode": "off", "interface": b.interface, "link_up": False, "table": b.table,
-        "routes_v4": 0, "routes_v6": 0, "cidr_routes": 0, "ipset_v4": 0, "ipset_v6": 0,
-        "errors": 0, "active": None,
-        "links": [{"interface": link.interface, "link_up": False, "healthy": None}
-                  for link in b.links],
-    }  # fmt: skip
+        latency = self.breakout.latency() if self.breakout is not None else None
+        return collect(statusreport.snapshot(self), self.dns.tagged_by_row, latency)
 
 
 def _restart_only_changes(old: Config, new: Config) -> list[str]:

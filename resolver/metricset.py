@@ -1,32 +1,26 @@
-"""The metrics resolverd exports: built from the DNS server's and the breakout's counters.
+"""The metrics resolverd exports, read from the status tree (resolver.statusmodel) at scrape
+time; nothing here is on the query path.
 
-Read at scrape time from the live counters; nothing here is on the query path.
+Two figures are not in the tree: the tagged answers by policy row, and the breakout's netlink
+totals (batches acked, seconds waited), which the daemon passes alongside.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
 
-from resolver.dns.server import DnsServer
 from resolver.metrics import Metric
+from resolver.statusmodel import BreakoutStatus, LinkStatus, Status
 
-RESULTS = ("noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "other")
-DROPS = ("dropped", "ratelimited", "pending_full")
 Sample = tuple[dict[str, str], float]
 
 
-class BreakoutCounters(Protocol):
-    counters: dict[str, int]
-
-    def status(self) -> dict[str, object]: ...
-
-    def latency(self) -> tuple[int, float]: ...
-
-
-def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
-    c = dns.counters
-    status = dns.status()
-    forwarding = status["forwarding"]
+def collect(
+    status: Status, tagged_by_row: Mapping[int, int], netlink: tuple[int, float] | None
+) -> list[Metric]:
+    """Every metric. `netlink` is the breakout's (batches acked, seconds waited for their
+    acks), None while breakout is off: then there are no breakout metrics."""
+    q, cache, forwarding = status["queries"], status["cache"], status["forwarding"]
 
     def counter(name: str, value: int, help_text: str) -> Metric:
         return Metric(name, "counter", help_text, [({}, value)])
@@ -36,37 +30,42 @@ def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
             "resolverd_queries",
             "counter",
             "DNS queries answered, by response code",
-            [({"result": r}, c[r]) for r in RESULTS],
+            [
+                ({"result": "noerror"}, q["noerror"]),
+                ({"result": "nxdomain"}, q["nxdomain"]),
+                ({"result": "servfail"}, q["servfail"]),
+                ({"result": "refused"}, q["refused"]),
+                ({"result": "formerr"}, q["formerr"]),
+                ({"result": "notimp"}, q["notimp"]),
+                ({"result": "other"}, q["other"]),
+            ],
         ),
         Metric(
             "resolverd_queries_dropped",
             "counter",
             "DNS queries not served: dropped (malformed, shutdown), ratelimited (TC over UDP, "
             "SERVFAIL over TCP), pending_full (SERVFAIL)",
-            [({"reason": r}, c[r]) for r in DROPS],
+            [
+                ({"reason": "dropped"}, q["dropped"]),
+                ({"reason": "ratelimited"}, q["ratelimited"]),
+                ({"reason": "pending_full"}, q["pending_full"]),
+            ],
         ),
+        counter("resolverd_cache_hits", cache["hits"], "Answers served from the cache"),
+        counter("resolverd_cache_misses", cache["misses"], "Queries forwarded upstream"),
         Metric(
-            "resolverd_cache_hits", "counter", "Answers served from the cache", [({}, c["hits"])]
-        ),
-        Metric(
-            "resolverd_cache_misses", "counter", "Queries forwarded upstream", [({}, c["misses"])]
-        ),
-        Metric(
-            "resolverd_cache_entries",
-            "gauge",
-            "Answers in the cache",
-            [({}, status["cache"]["entries"])],
+            "resolverd_cache_entries", "gauge", "Answers in the cache", [({}, cache["entries"])]
         ),
         counter(
             "resolverd_cache_evictions",
-            status["cache"]["evicted"],
+            cache["evicted"],
             "Answers evicted from the full cache, least recently used first",
         ),
         Metric(
             "resolverd_tagged_answers",
             "counter",
             "Microsoft 365 answers, by policy row",
-            [({"row": str(row)}, n) for row, n in sorted(dns.tagged_by_row.items())],
+            [({"row": str(row)}, n) for row, n in sorted(tagged_by_row.items())],
         ),
     ]
     out += [
@@ -93,7 +92,7 @@ def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
     ]
     # An upstream is named by its address and its role: default, breakout or zone:NAME (the
     # same address may serve two roles).
-    upstreams = dns.upstream_stats()
+    upstreams = status["upstreams"]
     out.append(
         Metric(
             "resolverd_upstream_rtt_seconds",
@@ -117,15 +116,14 @@ def collect(dns: DnsServer, breakout: BreakoutCounters | None) -> list[Metric]:
             ],
         )
     )
-    if breakout is not None:
-        out.extend(_breakout(breakout))
+    if netlink is not None:
+        out.extend(_breakout(status["breakout"], netlink))
     return out
 
 
-def _breakout(breakout: BreakoutCounters) -> list[Metric]:
-    k = breakout.counters
-    status = breakout.status()
-    count, seconds = breakout.latency()
+def _breakout(status: BreakoutStatus, netlink: tuple[int, float]) -> list[Metric]:
+    k = status.get("counters", {})
+    count, seconds = netlink
 
     def counter(name: str, key: str, help_text: str) -> Metric:
         return Metric(name, "counter", help_text, [({}, k.get(key, 0))])
@@ -141,8 +139,8 @@ def _breakout(breakout: BreakoutCounters) -> list[Metric]:
             "gauge",
             "Host routes resolverd holds now, by family",
             [
-                ({"family": "4"}, _num(status["routes_v4"])),
-                ({"family": "6"}, _num(status["routes_v6"])),
+                ({"family": "4"}, status["routes_v4"]),
+                ({"family": "6"}, status["routes_v6"]),
             ],
         ),
         Metric(
@@ -167,25 +165,24 @@ def _breakout(breakout: BreakoutCounters) -> list[Metric]:
     ]
 
 
-def _links(status: dict[str, object]) -> list[Metric]:
+def _links(status: BreakoutStatus) -> list[Metric]:
     """Per breakout link, labelled `interface`: up, healthy (probed links only), the last
     good probe round's fastest connect, and whether the routes go through it."""
-    raw = status.get("links")
-    links = [s for s in raw if isinstance(s, dict)] if isinstance(raw, list) else []
+    links: list[LinkStatus] = status["links"]
     active = {status.get("active_v4"), status.get("active_v6")} - {None}
     up: list[Sample] = []
     healthy: list[Sample] = []
     rtt: list[Sample] = []
     used: list[Sample] = []
     for s in links:
-        labels = {"interface": str(s.get("interface"))}
-        up.append((labels, 1.0 if s.get("link_up") else 0.0))
-        if isinstance(s.get("healthy"), bool):
+        labels = {"interface": s["interface"]}
+        up.append((labels, 1.0 if s["link_up"] else 0.0))
+        if s["healthy"] is not None:
             healthy.append((labels, 1.0 if s["healthy"] else 0.0))
         ms = s.get("probe_rtt_ms")
-        if isinstance(ms, int | float) and not isinstance(ms, bool):
+        if ms is not None:
             rtt.append((labels, ms / 1000.0))
-        used.append((labels, 1.0 if s.get("interface") in active else 0.0))
+        used.append((labels, 1.0 if s["interface"] in active else 0.0))
     return [
         Metric(
             "resolverd_breakout_interface_up",
@@ -212,7 +209,3 @@ def _links(status: dict[str, object]) -> list[Metric]:
             used,
         ),
     ]
-
-
-def _num(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0

@@ -115,13 +115,9 @@ class _Serialized:
         self._lock = asyncio.Lock()
 
     def status(self) -> dict[str, Any]:
-        status = self._handlers.status()
-        if self._watchers.connected:  # a monitor that watches DNS answers: its counts too
-            status = {**status, "monitor": self._watchers.status()}
-        if self._owner.refused:
-            control = {"connections": self._owner.shares.open, "refused": self._owner.refused}
-            status = {**status, "control": control}
-        return status
+        """The daemon's status tree as it is: its `monitor` and `control` sections (this
+        server's counts) are built with the rest, in resolver.statusreport."""
+        return self._handlers.status()
 
     def routes(self) -> list[dict[str, Any]] | RawJSON:
         return self._handlers.routes()

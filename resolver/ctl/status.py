@@ -1,20 +1,24 @@
 """``resolverctl status [--json]``: the daemon's state, in resolvectl-style ``Key: value`` blocks.
 
-``--json`` prints the daemon's status object exactly as it sent it. The text form reads the
-object defensively: a missing or unexpected field shows as ``-``, never as a traceback, so an
-older or newer daemon can still be inspected.
+``--json`` prints the daemon's status object exactly as it sent it. The text form reads it as
+the tree resolver.statusmodel describes, defensively: every field through `_get`, so that mypy
+checks its name against the model, and a field an older or newer daemon did not send (or sent
+as something else) shows as ``-``, never as a traceback. Scalar fields this version does not
+know show up under their own names.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from resolver.ctl import client
 from resolver.ctl.printable import printable
+from resolver.statusmodel import BreakoutStatus, LinkStatus, Status, UpstreamStatus
 
 Block = tuple[str, list[tuple[str, str]]]
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,13 +103,35 @@ def mapping_pairs(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, 
 # --- status ------------------------------------------------------------------------------------
 
 
-def _section(status: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = status.get(key)
-    return value if isinstance(value, Mapping) else {}
+def _get(read: Callable[[], T]) -> T | None:
+    """What `read` (a path into the status object, written with subscripts) finds, or None
+    where the daemon sent no such field, or something else than an object or a list on the
+    way to it. The value itself may be of any type: a daemon of another version sent it, and
+    the renderers check it."""
+    try:
+        return read()
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _object(read: Callable[[], T]) -> T:
+    """The object `read` finds, or an empty one where there is none: read it through `_get`."""
+    value = _get(read)
+    return value if isinstance(value, Mapping) else cast(T, {})
+
+
+def _objects(read: Callable[[], list[T]]) -> list[T]:
+    """The objects in the list `read` finds; none when it finds no list."""
+    value = _get(read)
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
 
 
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _address(value: Any) -> str:
@@ -116,7 +142,7 @@ def _address(value: Any) -> str:
     return text(value)
 
 
-def _extras(data: Mapping[str, Any], known: set[str]) -> list[tuple[str, str]]:
+def _extras(data: Mapping[str, object], known: set[str]) -> list[tuple[str, str]]:
     """Scalar fields a newer daemon added, so that they show up without a new resolverctl."""
     return [
         (label(key), text(value))
@@ -136,45 +162,44 @@ def _pair(v4: Any, v6: Any) -> str:
     return f"{text(v4)} IPv4, {text(v6)} IPv6"
 
 
-def _global(status: Mapping[str, Any]) -> Block:
-    listen = status.get("listen")
+def _global(status: Status) -> Block:
+    listen = _get(lambda: status["listen"])
     listen_text = (
         ", ".join(_address(a) for a in listen) if isinstance(listen, list) else text(listen)
     )
     return (
         "Global",
         [
-            ("Uptime", format_duration(status.get("uptime_s"))),
+            ("Uptime", format_duration(_get(lambda: status["uptime_s"]))),
             ("Listen", listen_text or "-"),
-            ("Config", text(status.get("config"))),
-            ("Version", text(status.get("version"))),
+            ("Config", text(_get(lambda: status["config"]))),
+            ("Version", text(_get(lambda: status["version"]))),
         ],
     )
 
 
-def _upstreams(status: Mapping[str, Any]) -> Block:
+def _upstreams(status: Status) -> Block:
     """One line per upstream: its role (``default``, ``breakout``, ``zone:NAME``), health and
     smoothed RTT, e.g. ``203.0.113.53:53: breakout, healthy, rtt 3.2 ms``."""
-    pairs: list[tuple[str, str]] = []
-    upstreams = status.get("upstreams")
-    for up in upstreams if isinstance(upstreams, list) else []:
-        if not isinstance(up, Mapping):
-            continue
-        healthy = up.get("healthy")
-        state = "healthy" if healthy is True else "unhealthy" if healthy is False else "unknown"
-        rtt = up.get("rtt_ms")
-        if isinstance(rtt, int | float) and not isinstance(rtt, bool):
-            state += f", rtt {rtt:.1f} ms"
-        role = up.get("role")
-        if isinstance(role, str) and role:  # a daemon from before split DNS has none
-            state = f"{role}, {state}"
-        pairs.append((_address(up.get("address")), state))
+    pairs = [_upstream(up) for up in _objects(lambda: status["upstreams"])]
     return "Upstreams", pairs or [("Servers", "none")]
 
 
-def _forwarding(status: Mapping[str, Any]) -> list[Block]:
+def _upstream(up: UpstreamStatus) -> tuple[str, str]:
+    healthy = _get(lambda: up["healthy"])
+    state = "healthy" if healthy is True else "unhealthy" if healthy is False else "unknown"
+    rtt = _number(_get(lambda: up["rtt_ms"]))
+    if rtt is not None:
+        state += f", rtt {rtt:.1f} ms"
+    role = _get(lambda: up["role"])
+    if isinstance(role, str) and role:  # a daemon from before split DNS has none
+        state = f"{role}, {state}"
+    return _address(_get(lambda: up["address"])), state
+
+
+def _forwarding(status: Status) -> list[Block]:
     """Split DNS's counters, when the daemon reports them (none, no block)."""
-    f = status.get("forwarding")
+    f = _get(lambda: status["forwarding"])
     if not isinstance(f, Mapping):
         return []
     known = {"breakout_fallbacks", "spliced", "canaries", "routes_deferred"}
@@ -182,127 +207,138 @@ def _forwarding(status: Mapping[str, Any]) -> list[Block]:
         (
             "Forwarding",
             [
-                ("Breakout fallbacks", text(f.get("breakout_fallbacks"))),
-                ("Spliced", text(f.get("spliced"))),
-                ("Canaries", text(f.get("canaries"))),
-                ("Routes deferred", text(f.get("routes_deferred"))),
+                ("Breakout fallbacks", text(_get(lambda: f["breakout_fallbacks"]))),
+                ("Spliced", text(_get(lambda: f["spliced"]))),
+                ("Canaries", text(_get(lambda: f["canaries"]))),
+                ("Routes deferred", text(_get(lambda: f["routes_deferred"]))),
                 *_extras(f, known),
             ],
         )
     ]
 
 
-def _cache(status: Mapping[str, Any]) -> Block:
-    cache = _section(status, "cache")
+def _cache(status: Status) -> Block:
+    cache = _object(lambda: status["cache"])
+    hits, misses = _get(lambda: cache["hits"]), _get(lambda: cache["misses"])
     known = {"entries", "hits", "misses"}
     return (
         "Cache",
         [
-            ("Entries", text(cache.get("entries"))),
-            ("Hits", text(cache.get("hits"))),
-            ("Misses", text(cache.get("misses"))),
-            ("Hit ratio", _ratio(cache.get("hits"), cache.get("misses"))),
+            ("Entries", text(_get(lambda: cache["entries"]))),
+            ("Hits", text(hits)),
+            ("Misses", text(misses)),
+            ("Hit ratio", _ratio(hits, misses)),
             *_extras(cache, known),
         ],
     )
 
 
-def _queries(status: Mapping[str, Any]) -> Block:
-    q = _section(status, "queries")
+def _queries(status: Status) -> Block:
+    q = _object(lambda: status["queries"])
     known = {"total", "tagged", "refused", "servfail"}
     return (
         "Queries",
         [
-            ("Total", text(q.get("total"))),
-            ("Tagged", text(q.get("tagged"))),
-            ("Refused", text(q.get("refused"))),
-            ("SERVFAIL", text(q.get("servfail"))),
+            ("Total", text(_get(lambda: q["total"]))),
+            ("Tagged", text(_get(lambda: q["tagged"]))),
+            ("Refused", text(_get(lambda: q["refused"]))),
+            ("SERVFAIL", text(_get(lambda: q["servfail"]))),
             *_extras(q, known),
         ],
     )
 
 
-def _policy(status: Mapping[str, Any]) -> Block:
-    p = _section(status, "policy")
+def _policy(status: Status) -> Block:
+    p = _object(lambda: status["policy"])
     known = {"source", "version", "rules"}
     return (
         "Policy",
         [
-            ("Source", text(p.get("source"))),
-            ("Version", text(p.get("version") or None)),
-            ("Rules", text(p.get("rules"))),
+            ("Source", text(_get(lambda: p["source"]))),
+            ("Version", text(_get(lambda: p["version"]) or None)),
+            ("Rules", text(_get(lambda: p["rules"]))),
             *_extras(p, known),
         ],
     )
 
 
-def _breakout(status: Mapping[str, Any]) -> Block:
+def _breakout(status: Status) -> Block:
     """The breakout's fields; with several links (or health checks) also the active link and
     one line per link, e.g. ``Link wan1: up, healthy, rtt 1.4 ms, active``."""
-    if status.get("breakout") is None:
+    if _get(lambda: status["breakout"]) is None:  # null from a daemon that had it off
         return "Breakout", [("Mode", "off")]
-    b = _section(status, "breakout")
-    link = b.get("link_up")
+    b = _object(lambda: status["breakout"])
+    link = _get(lambda: b["link_up"])
     known = {"interface", "link_up", "table", "routes_v4", "routes_v6", "cidr_routes"}
     known |= {"ipset_v4", "ipset_v6", "errors", "active", "links", "active_v4", "active_v6"}
     known |= {"failovers"}
     return (
         "Breakout",
         [
-            ("Interface", text(b.get("interface"))),
+            ("Interface", text(_get(lambda: b["interface"]))),
             ("Link", "up" if link is True else "down" if link is False else "-"),
-            ("Table", text(b.get("table"))),
-            ("Routes", _pair(b.get("routes_v4"), b.get("routes_v6"))),
-            ("CIDR routes", text(b.get("cidr_routes"))),
-            ("IPset entries", _pair(b.get("ipset_v4"), b.get("ipset_v6"))),
-            ("Errors", text(b.get("errors"))),
+            ("Table", text(_get(lambda: b["table"]))),
+            ("Routes", _pair(_get(lambda: b["routes_v4"]), _get(lambda: b["routes_v6"]))),
+            ("CIDR routes", text(_get(lambda: b["cidr_routes"]))),
+            ("IPset entries", _pair(_get(lambda: b["ipset_v4"]), _get(lambda: b["ipset_v6"]))),
+            ("Errors", text(_get(lambda: b["errors"]))),
             *_links(b),
             *_extras(b, known),
         ],
     )
 
 
-def _links(b: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _links(b: BreakoutStatus) -> list[tuple[str, str]]:
     """``Active`` and one ``Link NAME`` line per link, from a daemon that reports them."""
     if "active" not in b and "links" not in b:  # a daemon from before several links
         return []
     pairs = [("Active", _active(b))]
-    links = b.get("links")
-    for item in links if isinstance(links, list) else []:
-        if not isinstance(item, Mapping):
-            continue
-        up, healthy = item.get("link_up"), item.get("healthy")
-        state = ["up" if up is True else "down" if up is False else "-"]
-        state.append(
-            "healthy" if healthy is True else "unhealthy" if healthy is False else "not probed"
-        )
-        rtt = item.get("probe_rtt_ms")
-        if isinstance(rtt, int | float) and not isinstance(rtt, bool):
-            state.append(f"rtt {rtt:.1f} ms")
-        name = item.get("interface")
-        used = [f for f in (4, 6) if name and b.get(f"active_v{f}", b.get("active")) == name]
-        if used:
-            state.append("active" if len(used) == 2 else f"active for IPv{used[0]}")
-        pairs.append((f"Link {text(name)}", ", ".join(state)))
-    pairs.append(("Failovers", text(b.get("failovers"))))
+    pairs += [_link(item, _actives(b)) for item in _objects(lambda: b["links"])]
+    pairs.append(("Failovers", text(_get(lambda: b["failovers"]))))
     return pairs
 
 
-def _active(b: Mapping[str, Any]) -> str:
+def _link(item: LinkStatus, actives: tuple[object, object]) -> tuple[str, str]:
+    up, healthy = _get(lambda: item["link_up"]), _get(lambda: item["healthy"])
+    state = ["up" if up is True else "down" if up is False else "-"]
+    state.append(
+        "healthy" if healthy is True else "unhealthy" if healthy is False else "not probed"
+    )
+    rtt = _number(_get(lambda: item["probe_rtt_ms"]))
+    if rtt is not None:
+        state.append(f"rtt {rtt:.1f} ms")
+    name = _get(lambda: item["interface"])
+    used = [
+        family for family, active in zip((4, 6), actives, strict=True) if name and active == name
+    ]
+    if used:
+        state.append("active" if len(used) == 2 else f"active for IPv{used[0]}")
+    return f"Link {text(name)}", ", ".join(state)
+
+
+def _actives(b: BreakoutStatus) -> tuple[object, object]:
+    """The links IPv4's and IPv6's routes go through; `active` for both from a daemon that
+    reports no family apart."""
+    active = _get(lambda: b["active"])
+    v4 = _get(lambda: b["active_v4"]) if "active_v4" in b else active
+    v6 = _get(lambda: b["active_v6"]) if "active_v6" in b else active
+    return v4, v6
+
+
+def _active(b: BreakoutStatus) -> str:
     """The link the routes go through; ``none`` (the main table: the tunnel) when none is
     usable; both when the families use different links."""
-    active = b.get("active")
-    v4, v6 = b.get("active_v4", active), b.get("active_v6", active)
+    v4, v6 = _actives(b)
     if v4 != v6:
         return f"{text(v4 or 'none')} (IPv4), {text(v6 or 'none')} (IPv6)"
-    if active is None:
+    if _get(lambda: b["active"]) is None:
         return "none: the main table (the tunnel)"
-    return text(active)
+    return text(_get(lambda: b["active"]))
 
 
-def _monitor(status: Mapping[str, Any]) -> list[Block]:
+def _monitor(status: Status) -> list[Block]:
     """`resolverctl monitor`'s counts, when the daemon reports them (none, no block)."""
-    m = status.get("monitor")
+    m = _get(lambda: status["monitor"])
     if not isinstance(m, Mapping):
         return []
     known = {"watchers", "events", "dropped"}
@@ -310,19 +346,36 @@ def _monitor(status: Mapping[str, Any]) -> list[Block]:
         (
             "Monitor",
             [
-                ("Watchers", text(m.get("watchers"))),
-                ("Events", text(m.get("events"))),
-                ("Dropped", text(m.get("dropped"))),
+                ("Watchers", text(_get(lambda: m["watchers"]))),
+                ("Events", text(_get(lambda: m["events"]))),
+                ("Dropped", text(_get(lambda: m["dropped"]))),
                 *_extras(m, known),
             ],
         )
     ]
 
 
-def render_status(status: Any) -> str:
-    """The text form of a status object."""
-    if not isinstance(status, Mapping):
-        status = {}
+def _control(status: Status) -> list[Block]:
+    """The control socket's connections, once it has refused one (until then, no block)."""
+    c = _get(lambda: status["control"])
+    if not isinstance(c, Mapping):
+        return []
+    known = {"connections", "refused"}
+    return [
+        (
+            "Control",
+            [
+                ("Connections", text(_get(lambda: c["connections"]))),
+                ("Refused", text(_get(lambda: c["refused"]))),
+                *_extras(c, known),
+            ],
+        )
+    ]
+
+
+def render_status(received: object) -> str:
+    """The text form of the status object a daemon sent, whatever its version."""
+    status = cast(Status, received)  # read only through _get: any JSON value may have come
     return render_blocks(
         [
             _global(status),
@@ -333,5 +386,6 @@ def render_status(status: Any) -> str:
             _policy(status),
             _breakout(status),
             *_monitor(status),
+            *_control(status),
         ]
     )

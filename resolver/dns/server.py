@@ -18,7 +18,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from resolver.config import Config, format_address
 from resolver.dns.handler import Handler
@@ -26,6 +26,7 @@ from resolver.dns.tagging import NameMatcher
 from resolver.dns.tcp import TcpServer
 from resolver.dns.udp import UdpListener
 from resolver.hooks import BreakoutHook
+from resolver.statusmodel import DnsStatus, QueryCounts, TcpStatus, UdpStatus, UpstreamStatus
 
 log = logging.getLogger(__name__)
 
@@ -176,29 +177,31 @@ class DnsServer:
                 out.append(row)
         return out
 
-    def udp_stats(self) -> dict[str, int]:
+    def udp_stats(self) -> UdpStatus:
         return {
             "send_dropped": sum(u.send_dropped for u in self._udp),
             "errors": sum(u.errors for u in self._udp),
         }
 
-    def tcp_stats(self) -> dict[str, int]:
-        """Open connections, and the ones closed by each limit (tcp.py)."""
-        return self.tcp.stats()
+    def tcp_stats(self) -> TcpStatus:
+        """Open connections, and the ones closed by each limit (tcp.py, which names them)."""
+        return cast(TcpStatus, self.tcp.stats())
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DnsStatus:
+        """The DNS part of the status tree (resolver.statusmodel), built on request only."""
         handler = self.handler
         c = handler.counters
         forwarder = handler.forwarder
         listen = self.bound if self.bound else list(self.config.listen)
+        upstreams = [row for s in forwarder.sets() for row in s.status()]  # upstream.py's rows
         return {
             "listen": [format_address(h, p) for h, p in listen],
-            "upstreams": [row for s in forwarder.sets() for row in s.status()],
+            "upstreams": cast(list[UpstreamStatus], upstreams),
             "cache": {
                 "entries": len(handler.cache), "hits": c["hits"], "misses": c["misses"],
                 "evicted": handler.cache.evicted,
             },
-            "queries": {key: c[key] for key in STATUS_QUERIES},
+            "queries": cast(QueryCounts, {key: c[key] for key in STATUS_QUERIES}),
             "forwarding": {
                 "breakout_fallbacks": forwarder.fallbacks, "spliced": forwarder.spliced,
                 "routes_deferred": c["routes_deferred"], "canaries": c["canaries"],

@@ -112,7 +112,8 @@ async def test_upstreams_ordered_by_health() -> None:
         # the first query went to the first upstream; then the faster one is preferred
         assert len(fast.received) >= 4
         up = env.srv.status()["upstreams"]
-        assert up[0]["rtt_ms"] > up[1]["rtt_ms"]
+        rtt_first, rtt_second = up[0]["rtt_ms"], up[1]["rtt_ms"]
+        assert rtt_first is not None and rtt_second is not None and rtt_first > rtt_second
         assert all(u["healthy"] for u in up)
 
 

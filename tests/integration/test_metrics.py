@@ -15,6 +15,7 @@ from resolver.metrics import CONTENT_TYPE, Metric, MetricsServer, render
 from resolver.metricset import collect
 from tests.fakeupstream import FakeUpstream
 from tests.integration.conftest import DnsEnv, RecordingHook, StubMatcher
+from tests.unit.test_metrics import status_tree
 
 pytestmark = pytest.mark.integration
 
@@ -209,7 +210,10 @@ async def test_a_scrape_shows_split_dns_at_work() -> None:
     )
     try:
         async with env:
-            metrics = MetricsServer(("127.0.0.1", 0), lambda: collect(env.srv, None))
+            metrics = MetricsServer(
+                ("127.0.0.1", 0),
+                lambda: collect(status_tree(env.srv), env.srv.tagged_by_row, None),
+            )
             await metrics.start()
             try:
                 spliced = await env.ask("autodiscover.corp.example")

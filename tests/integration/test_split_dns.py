@@ -26,6 +26,7 @@ from dnslib import QTYPE, DNSRecord
 from resolver.config import Config, parse_config
 from resolver.dns.server import DnsServer
 from resolver.hooks import address_texts
+from resolver.statusmodel import ForwardingStatus
 from tests.fakeupstream import FakeUpstream
 from tests.integration.conftest import DnsEnv, RecordingHook, StubMatcher, rcode
 
@@ -184,13 +185,11 @@ class SplitEnv(DnsEnv):
         """What the upstream of `role` was asked: (name in lower case, type), in order."""
         return [(q.qname.lower(), q.qtype) for q in self.roles[role].received]
 
-    def forwarding(self) -> dict[str, int]:
-        forwarding: dict[str, int] = self.srv.status()["forwarding"]
-        return forwarding
+    def forwarding(self) -> ForwardingStatus:
+        return self.srv.status()["forwarding"]
 
     def upstream_rows(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self.srv.status()["upstreams"]
-        return rows
+        return [dict(row) for row in self.srv.status()["upstreams"]]
 
 
 def answer(reply: DNSRecord) -> list[tuple[str, str, str]]:

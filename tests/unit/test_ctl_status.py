@@ -8,6 +8,7 @@ import pytest
 
 from resolver.ctl.routes import render_routes
 from resolver.ctl.status import format_duration, mapping_pairs, render_blocks, render_status
+from resolver.statusmodel import breakout_off
 
 pytestmark = pytest.mark.unit
 
@@ -148,6 +149,22 @@ def test_status_text_of_the_breakout_links() -> None:
     text = render_status({**STATUS, "breakout": old})
     assert "Active" not in text and "Link wan" not in text and "Failovers" not in text
     assert text.endswith("         Errors: 0\n")
+
+
+def test_status_text_shows_the_control_block_once_the_daemon_reports_it() -> None:
+    assert "Control" not in render_status(STATUS)  # no connection refused yet
+    text = render_status({**STATUS, "control": {"connections": 3, "refused": 40}})
+    assert text.endswith("\nControl\n  Connections: 3\n      Refused: 40\n")
+    odd = render_status({**STATUS, "control": {"refused": "many", "queued": 2}})
+    assert odd.endswith("\nControl\n  Connections: -\n      Refused: many\n       Queued: 2\n")
+
+
+def test_status_text_of_breakout_off() -> None:
+    off = breakout_off("wan0", 365, ["wan0", "wan1"])
+    text = render_status({**STATUS, "breakout": off})
+    assert "           Link: down\n" in text and "         Routes: 0 IPv4, 0 IPv6\n" in text
+    assert "         Active: none: the main table (the tunnel)\n" in text
+    assert "      Link wan1: down, not probed\n      Failovers: -\n           Mode: off\n" in text
 
 
 def test_status_text_without_traffic_has_no_ratio() -> None:

@@ -1,4 +1,5 @@
-"""The Prometheus text exposition format (0.0.4) as `resolver.metrics.render` writes it."""
+"""The Prometheus text exposition format (0.0.4) as `resolver.metrics.render` writes it, and
+the metric set `resolver.metricset.collect` reads from the status tree."""
 
 from __future__ import annotations
 
@@ -12,8 +13,23 @@ from resolver.dns.server import DnsServer
 from resolver.hooks import NullHook
 from resolver.metrics import Metric, format_value, render
 from resolver.metricset import collect
+from resolver.statusmodel import BreakoutStatus, Status, breakout_off
 
 pytestmark = pytest.mark.unit
+
+
+def status_tree(dns: DnsServer, breakout: BreakoutStatus | None = None) -> Status:
+    """The status tree around a DnsServer's part, as resolver.statusreport puts it together."""
+    part = dns.status()
+    return {
+        "version": "0.1.0", "uptime_s": 1.0, "config": "/etc/resolverd/resolverd.yaml",
+        "listen": part["listen"], "upstreams": part["upstreams"], "cache": part["cache"],
+        "queries": part["queries"], "forwarding": part["forwarding"], "udp": part["udp"],
+        "tcp": part["tcp"],
+        "policy": {"source": "builtin:microsoft365", "version": "seed", "rules": 16,
+                   "last_check": None, "last_error": None, "next_check": None},
+        "breakout": breakout if breakout is not None else breakout_off("wan0", 365, ["wan0"]),
+    }  # fmt: skip
 
 
 def test_render_help_type_and_samples() -> None:
@@ -72,7 +88,7 @@ def test_the_metric_set_names_every_upstream_by_role_and_counts_split_dns() -> N
     )
     dns = DnsServer(config, Matcher([]), NullHook())  # not started: no sockets
     dns.handler.forwarder.default.upstreams[0].answered(0.0125)  # one RTT sample
-    lines = render(collect(dns, None)).splitlines()
+    lines = render(collect(status_tree(dns), dns.tagged_by_row, None)).splitlines()
     rtt = 'resolverd_upstream_rtt_seconds{upstream="198.51.100.53:53",role="default"} 0.0125'
     assert [line for line in lines if line.startswith("resolverd_upstream_rtt_seconds{")] == [rtt]
     assert [line for line in lines if line.startswith("resolverd_upstream_healthy{")] == [
@@ -91,30 +107,23 @@ def test_the_metric_set_names_every_upstream_by_role_and_counts_split_dns() -> N
         assert f"{name} 0" in lines
 
 
-class FakeBreakout:
-    """What the metric set reads of the breakout: counters, status, latency."""
-
-    counters = {"installed": 7, "failovers": 3}
-
-    def status(self) -> dict[str, object]:
-        return {
-            "routes_v4": 5, "routes_v6": 2, "link_up": True,
-            "active_v4": "wan1", "active_v6": "wan1",
-            "links": [
-                {"interface": "wan0", "link_up": True, "healthy": False, "probe_rtt_ms": None},
-                {"interface": "wan1", "link_up": True, "healthy": True, "probe_rtt_ms": 2.5},
-                {"interface": "wan2", "link_up": False, "healthy": None, "probe_rtt_ms": None},
-            ],
-        }  # fmt: skip
-
-    def latency(self) -> tuple[int, float]:
-        return 4, 0.002
+BREAKOUT: BreakoutStatus = {
+    "interface": "wan0", "link_up": True, "table": 365, "routes_v4": 5, "routes_v6": 2,
+    "cidr_routes": 0, "ipset_v4": 0, "ipset_v6": 0, "errors": 0, "active": "wan1",
+    "links": [
+        {"interface": "wan0", "link_up": True, "healthy": False, "probe_rtt_ms": None},
+        {"interface": "wan1", "link_up": True, "healthy": True, "probe_rtt_ms": 2.5},
+        {"interface": "wan2", "link_up": False, "healthy": None, "probe_rtt_ms": None},
+    ],
+    "mode": "kernel", "active_v4": "wan1", "active_v6": "wan1", "failovers": 3,
+    "counters": {"installed": 7, "failovers": 3},
+}  # fmt: skip
 
 
 def test_the_breakout_metrics_per_link_and_failovers() -> None:
     config = parse_config({"upstreams": ["198.51.100.53"]})
     dns = DnsServer(config, Matcher([]), NullHook())
-    lines = render(collect(dns, FakeBreakout())).splitlines()
+    lines = render(collect(status_tree(dns, BREAKOUT), {}, (4, 0.002))).splitlines()
 
     def samples(name: str) -> list[str]:
         return [
@@ -144,6 +153,21 @@ def test_the_breakout_metrics_per_link_and_failovers() -> None:
     assert samples("resolverd_breakout_link_up") == ["resolverd_breakout_link_up 1"]
     assert samples("resolverd_routes_installed_total") == ["resolverd_routes_installed_total 7"]
     assert 'resolverd_routes{family="4"} 5' in lines
+    assert samples("resolverd_netlink_requests_total") == ["resolverd_netlink_requests_total 4"]
+
+
+def test_no_breakout_metrics_while_breakout_is_off() -> None:
+    dns = DnsServer(parse_config({"upstreams": ["198.51.100.53"]}), Matcher([]), NullHook())
+    text = render(collect(status_tree(dns), {3: 2}, None))
+    for name in (
+        "resolverd_breakout_link_up",
+        "resolverd_breakout_interface_up",
+        "resolverd_routes_installed_total",
+        "resolverd_netlink_requests_total",
+    ):
+        assert f"# TYPE {name} " not in text
+    assert 'resolverd_tagged_answers_total{row="3"} 2\n' in text
+    assert 'resolverd_queries_total{result="noerror"} 0\n' in text
 
 
 def test_counter_names_end_in_total() -> None:
