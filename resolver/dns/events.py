@@ -1,19 +1,24 @@
 """What one answered query looks like to an observer: `resolverctl monitor`, the debug log.
 
 Built only while somebody watches (or debug logging is on): the handler's fast path checks one
-flag and builds nothing otherwise. The fields are the monitor's contract (DESIGN.md):
+flag (`Tracer.on`) and builds nothing otherwise. The fields are the monitor's contract
+(DESIGN.md):
 ``{time, client, name, type, rcode, source, row, via, addresses, installed, waited_ms}``, plus
 ``pattern``: the policy pattern that matched `via` (null when untagged).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from resolver.dns import wire
+from resolver.dns.query import Query
 from resolver.hooks import Tagged, address_text, address_texts
+
+log = logging.getLogger("resolver.dns.handler")  # the debug log says "handler", as it always did
 
 Event = dict[str, Any]
 Observer = Callable[[Event], None]
@@ -26,20 +31,19 @@ RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
 
 
 def event(
-    data: bytes,
-    qend: int,
-    client: str,
+    q: Query,
     rcode: int,
     source: str,
     tag: Tagged | None,
     installed: list[bytes] | None = None,
     waited: float = 0.0,
 ) -> Event:
-    """The event for the query `data` (question ending at `qend`) answered with `rcode`."""
+    """The event for the query `q` answered with `rcode`."""
+    data, qend = q.data, q.qend
     qtype = (data[qend - 4] << 8) | data[qend - 3] if qend >= 16 else 0
     return {
         "time": round(time.time(), 6),
-        "client": client,
+        "client": q.client,
         "name": wire.name_text(data[12 : qend - 4]) if qend >= 16 else "",
         "type": QTYPES.get(qtype, str(qtype)),
         "rcode": RCODES.get(rcode, str(rcode)),
@@ -63,3 +67,32 @@ def log_line(e: Event) -> tuple[str, tuple[object, ...]]:
         e["name"], e["type"], e["client"], e["rcode"], e["source"], e["row"], e["via"],
         ",".join(e["installed"]) or "-", e["waited_ms"],
     )  # fmt: skip
+
+
+class Tracer:
+    """Who wants to see each answered query: the monitor (`observer`) and the debug log.
+    `on` is the one flag the hot paths test; `refresh` after changing either."""
+
+    __slots__ = ("observer", "on")
+
+    def __init__(self) -> None:
+        self.observer: Observer | None = None
+        self.on = False
+
+    def refresh(self) -> None:
+        self.on = log.isEnabledFor(logging.DEBUG) or self.observer is not None
+
+    def answered(
+        self, q: Query, rcode: int, source: str, tag: Tagged | None = None,
+        installed: list[bytes] | None = None, waited: float = 0.0,
+    ) -> None:  # fmt: skip
+        """Tell the observer and the debug log about an answered query, when they want it."""
+        if not self.on:
+            return
+        e = event(q, rcode, source, tag, installed, waited)
+        if log.isEnabledFor(logging.DEBUG):
+            fmt, args = log_line(e)
+            log.debug(fmt, *args)
+        observer = self.observer
+        if observer is not None:
+            observer(e)

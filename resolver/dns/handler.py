@@ -15,18 +15,20 @@ The steps, in order:
 2. the prologue: the ACL (REFUSED, with RA clear), then the query checks (FORMERR, NOTIMP,
    BADVERS as the query deserves; AXFR/IXFR REFUSED), the canaries (NXDOMAIN from here);
 3. a cache hit: the stored reply, re-stamped; a tagged one extends its holds through the hook
-   (and waits for it when new routes must go in first);
-4. a miss: coalesced with identical questions in flight, else charged to the client's budgets
-   (ratelimit.Budgets: over them a UDP query gets TC, a TCP query SERVFAIL) and resolved in a
-   task: forwarder, cache, tagging (tagging.tag), the hook, then every waiter's reply
-   (misses.py, mixed into `Handler`).
+   (and is sent once new routes are in, when some must go in first);
+4. a miss: handed to `Misses` (misses.py), which owns the questions in flight: coalesced with
+   identical ones, else charged to the client's budgets (ratelimit.Budgets: over them a UDP
+   query gets TC, a TCP query SERVFAIL) and resolved: forwarder, cache, tagging
+   (tagging.tag), the hook, then every waiter's reply.
+The query is read once into a `Query` record (query.py), which goes along until its reply is
+sent. A reply that waits for the kernel (the hook's Pending) is sent from its callback: no
+task or future per answer.
 Nothing is dropped at the defaults but malformed input and queries during shutdown: a full
 pending table is answered SERVFAIL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import time
@@ -37,8 +39,11 @@ from resolver.clients import client_ip
 from resolver.config import Config
 from resolver.dns import events, wire
 from resolver.dns.cache import Cache, Entry, shared_int
+from resolver.dns.counts import Counts
+from resolver.dns.events import Tracer
 from resolver.dns.forwarder import Forwarder
-from resolver.dns.misses import DEFERRED, Conn, MissPath, Waiter, discard
+from resolver.dns.misses import DEFERRED, Misses
+from resolver.dns.query import Conn, Query
 from resolver.dns.ratelimit import Budgets
 from resolver.dns.tagging import NameMatcher, tag
 from resolver.hooks import BreakoutHook
@@ -49,15 +54,9 @@ TCP_LIMIT = 65535
 MEMO_MAX = 4096  # remembered query byte strings (a hot set); the map is emptied when full
 ACL_CACHE_MAX = 16_384  # remembered ACL decisions per client address
 
-COUNTER_KEYS = (
-    "total", "noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "other",
-    "dropped", "ratelimited", "pending_full", "tagged", "hits", "misses", "hook_errors",
-    "canaries", "routes_deferred",
-)  # fmt: skip
-
 
 class Memo:
-    """A reply body for one query byte string, valid until `until` in breakout `epoch`."""
+    """A reply body for one query byte string, valid until `until` at breakout epoch `epoch`."""
 
     __slots__ = ("body", "entry", "epoch", "hits", "until")
 
@@ -66,8 +65,8 @@ class Memo:
         self.hits = 0  # answered from this record and not yet added to the counters
 
 
-class Handler(MissPath):
-    """Answers queries from the cache or through the forwarder; see the module docstring."""
+class Handler:
+    """Answers queries from the cache or through `Misses`; see the module docstring."""
 
     def __init__(
         self,
@@ -79,26 +78,36 @@ class Handler(MissPath):
         probe_interval: float = 5.0,
     ) -> None:
         self._clock = clock
-        self._counters: dict[str, int] = dict.fromkeys(COUNTER_KEYS, 0)
-        self.tagged_by_row: dict[int, int] = {}
+        self.counts = Counts()
+        self._counters = self.counts.values
+        self.tracer = Tracer()
+        self._trace = False  # tracer.on, read on the hot path (refresh_log_level)
         self.cache = Cache(config.cache.max_entries)
         self.forwarder = Forwarder(config, probe_interval=probe_interval)
-        self.pending: dict[bytes, list[Waiter]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.closing = False
+        self.hook = hook
+        self._epoch = hook.epoch
+        self.matcher = matcher
+        self.misses = Misses(
+            self.counts, self.tracer, self.cache, self.forwarder, hook, matcher, clock
+        )
         self._memo: dict[bytes, Memo] = {}
         self._acl_cache: dict[str, bool] = {}
         self._allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._canaries: frozenset[bytes] = frozenset()
-        self.budgets = Budgets(0, 1, 1.0, 0, 1)
-        self.hook = hook
-        self.matcher = matcher
-        self.observer: events.Observer | None = None  # the monitor, while somebody watches
-        self._trace = False  # debug logging or an observer: every query takes the full path
-        self.max_pending = config.forward.max_pending
-        self.max_ttl = config.cache.max_ttl
-        self.max_negative_ttl = config.cache.max_negative_ttl
         self.configure(config, matcher)
+
+    @property
+    def tagged_by_row(self) -> dict[int, int]:
+        return self.counts.by_row
+
+    @property
+    def observer(self) -> events.Observer | None:
+        """The monitor, while somebody watches (then every query takes the full path)."""
+        return self.tracer.observer
+
+    @observer.setter
+    def observer(self, observer: events.Observer | None) -> None:
+        self.tracer.observer = observer
 
     # -- configuration ---------------------------------------------------------------------
     def configure(self, config: Config, matcher: NameMatcher) -> None:
@@ -107,17 +116,17 @@ class Handler(MissPath):
         self._allow = [ipaddress.ip_network(n, strict=False) for n in config.allow]
         self._acl_cache.clear()
         self._canaries = frozenset(wire.encode_name(name) for name in config.canaries)
-        rl, fwd = config.ratelimit, config.forward
+        rl, fwd, misses = config.ratelimit, config.forward, self.misses
         budgets = Budgets(rl.qps, rl.burst, rl.share, rl.routes, fwd.max_pending, self._clock)
-        budgets.in_flight = self.budgets.in_flight  # queries in flight keep their count
-        self.budgets = budgets
-        self.max_pending = fwd.max_pending
-        self.max_ttl = config.cache.max_ttl
-        self.max_negative_ttl = config.cache.max_negative_ttl
+        budgets.in_flight = misses.budgets.in_flight  # queries in flight keep their count
+        misses.budgets = budgets
+        misses.max_pending = fwd.max_pending
+        misses.max_ttl = config.cache.max_ttl
+        misses.max_negative_ttl = config.cache.max_negative_ttl
         self.cache.resize(config.cache.max_entries)
         self._clear_memo()
         retag = matcher is not self.matcher
-        self.matcher = matcher
+        self.matcher = misses.matcher = matcher
         if retag or rerouted:
             self._review_cache(retag, rerouted)
         self.refresh_log_level()
@@ -162,7 +171,7 @@ class Handler(MissPath):
         counters["hits"] += hits
         counters[entry.result] += hits
         if entry.tag is not None:
-            self._count_tag(entry.tag, hits)
+            self.counts.tagged(entry.tag, hits)
         memo.hits = 0
 
     def _clear_memo(self) -> None:
@@ -170,14 +179,20 @@ class Handler(MissPath):
         self._memo.clear()
 
     def set_hook(self, hook: BreakoutHook) -> None:
-        self.hook = hook
+        self.hook = self.misses.hook = hook
+        self._epoch = hook.epoch
         self._clear_memo()
 
     def refresh_log_level(self) -> None:
         """Per-query logs and events are paid for only when wanted; call after changing."""
-        self._trace = log.isEnabledFor(logging.DEBUG) or self.observer is not None
+        self.tracer.refresh()
+        self._trace = self.tracer.on
         if self._trace:
             self._clear_memo()
+
+    async def drain(self, timeout: float) -> int:
+        """Stop taking new misses, wait for those in flight (bounded), cancel the rest."""
+        return await self.misses.drain(timeout)
 
     # -- the hot path ----------------------------------------------------------------------
     def handle(self, data: bytes, addr: Any, conn: Conn) -> bytes | None:
@@ -187,19 +202,19 @@ class Handler(MissPath):
             memo = self._memo.get(data[2:])
             if (
                 memo is not None
-                and memo.epoch == self.hook.epoch
+                and memo.epoch == self._epoch.value
                 and self._clock() < memo.until
                 and self._acl_cache.get(host)
             ):
                 memo.hits += 1  # total, hits, result and tag: added up in `counters`
                 return data[:2] + memo.body
-        self._counters["total"] += 1
+        counters = self._counters
+        counters["total"] += 1
         allowed = self._acl_cache.get(host)
         if allowed is None:
             allowed = self._acl_check(host)
         if not allowed:
-            return self._refuse(data, host)
-        counters = self._counters
+            return self._refuse(data, addr, conn)
         try:
             qend, qtype, flags, limit = wire.parse_query(data)
         except wire.WireError as err:
@@ -207,66 +222,75 @@ class Handler(MissPath):
                 counters["dropped"] += 1
                 return None
             counters[wire.RCODE_NAMES.get(err.rcode, "other")] += 1
-            self._traced(data, err.qend, host, err.rcode, "local", None)
+            q = Query(data, addr, conn, err.qend, 0, wire.PLAIN_SIZE)
+            self.tracer.answered(q, err.rcode, "local")
             return wire.error_reply(data, err.rcode, err.qend, err.edns, err.do)
-        edns, do = bool(flags & wire.EDNS), bool(flags & wire.DO_BIT)
-        if conn.tcp:
-            limit = TCP_LIMIT
+        q = Query(data, addr, conn, qend, flags, TCP_LIMIT if conn.tcp else limit)
         if qtype == wire.T_AXFR or qtype == wire.T_IXFR:
             counters["refused"] += 1
-            self._traced(data, qend, host, wire.REFUSED, "local", None)
-            return wire.error_reply(data, wire.REFUSED, qend, edns, do)
-        if self.closing:
+            self.tracer.answered(q, wire.REFUSED, "local")
+            return q.error(wire.REFUSED)
+        if self.misses.closing:
             counters["dropped"] += 1
             return None
         key = wire.question_key(data, qend, flags)
         if key[:-5] in self._canaries:
             counters["nxdomain"] += 1
             counters["canaries"] += 1
-            self._traced(data, qend, host, wire.NXDOMAIN, "local", None)
-            return wire.error_reply(data, wire.NXDOMAIN, qend, edns, do)
+            self.tracer.answered(q, wire.NXDOMAIN, "local")
+            return q.error(wire.NXDOMAIN)
         now = self._clock()
         entry = self.cache.get(key, now)
         if entry is not None:
-            return self._hit(entry, data, addr, conn, qend, edns, limit, now)
-        return self._miss(key, data, addr, conn, qend, edns, limit, flags)
+            return self._hit(entry, q, now)
+        return self.misses.miss(key, q)
 
-    def _hit(
-        self, entry: Entry, data: bytes, addr: Any, conn: Conn, qend: int, edns: bool,
-        limit: int, now: float,
-    ) -> bytes | None:  # fmt: skip
+    def _hit(self, entry: Entry, q: Query, now: float) -> bytes | None:
         counters = self._counters
         counters["hits"] += 1
         counters[entry.result] += 1
         el = int(now - entry.stored)
-        reply = entry.reply(data, qend, edns, limit, now)
-        epoch = self.hook.epoch
-        waiting = None
-        installed: list[bytes] | None = [] if self.observer is not None else None
+        reply = entry.reply(q.data, q.qend, q.edns, q.limit, now)
+        epoch = self._epoch.value
+        pending = None
+        installed: list[bytes] | None = [] if self.tracer.observer is not None else None
         tagged = entry.tag
         if tagged is not None:
-            self._count_tag(tagged, 1)
+            self.counts.tagged(tagged, 1)
             if tagged.addresses:
-                waiting = self._call_hook(tagged, entry.addr_ttl(el), addr[0], installed)
-        if waiting is None and not conn.tcp and not self._trace:
-            memo = self._memo
-            if len(memo) >= MEMO_MAX:
-                self._clear_memo()
-            old = memo.get(data[2:])
-            if old is not None and old.hits:
-                self._fold(old)
-            until = entry.stored + el + 1
-            until = until if until < entry.expires else entry.expires
-            memo[data[2:]] = Memo(entry, until, reply[2:], epoch)
-        if waiting is None:
-            self._traced(reply, qend, addr[0], reply[3] & 0xF, "cache", tagged, installed)
+                pending = self.misses.hook_answer(tagged, entry.addr_ttl(el), q.client, installed)
+        if pending is None:
+            if not q.conn.tcp and not self.tracer.on:
+                self._remember(q.data, entry, el, reply, epoch)
+            self.tracer.answered(q, reply[3] & 0xF, "cache", tagged, installed)
             return reply
-        if len(self.tasks) >= self.max_pending:
+        misses = self.misses
+        if misses.busy:
             counters["pending_full"] += 1
-            discard(waiting)
-            return wire.error_reply(data, wire.SERVFAIL, qend, edns, bool(entry.key[-1] & 2))
-        self._spawn(self._send_after(waiting, conn, reply, addr, qend, tagged, installed))
+            return wire.error_reply(q.data, wire.SERVFAIL, q.qend, q.edns, bool(entry.key[-1] & 2))
+        misses.waiting += 1
+        started = time.perf_counter()
+
+        def routed() -> None:
+            misses.waiting -= 1
+            q.send(reply)
+            waited = time.perf_counter() - started
+            self.tracer.answered(q, reply[3] & 0xF, "cache", tagged, installed, waited)
+
+        pending.then(routed)
         return DEFERRED
+
+    def _remember(self, data: bytes, entry: Entry, el: int, reply: bytes, epoch: int) -> None:
+        """The memo: this query's reply body until the entry's age reaches its next second."""
+        memo = self._memo
+        if len(memo) >= MEMO_MAX:
+            self._clear_memo()
+        old = memo.get(data[2:])
+        if old is not None and old.hits:
+            self._fold(old)
+        until = entry.stored + el + 1
+        until = until if until < entry.expires else entry.expires
+        memo[data[2:]] = Memo(entry, until, reply[2:], epoch)
 
     # -- the ACL -----------------------------------------------------------------------------
     def _acl_check(self, host: str) -> bool:
@@ -280,7 +304,7 @@ class Handler(MissPath):
         cache[host] = allowed
         return allowed
 
-    def _refuse(self, data: bytes, host: str) -> bytes | None:
+    def _refuse(self, data: bytes, addr: Any, conn: Conn) -> bytes | None:
         """The one refusal path: REFUSED, RA clear (no recursion for a client the ACL refuses);
         something that is no query at all gets nothing."""
         counters = self._counters
@@ -292,6 +316,6 @@ class Handler(MissPath):
             qend, _qtype, flags, _limit = wire.parse_query(data)
         except wire.WireError as err:
             return wire.error_reply(data, wire.REFUSED, err.qend, err.edns, err.do, ra=False)
-        self._traced(data, qend, host, wire.REFUSED, "local", None)
-        edns, do = bool(flags & wire.EDNS), bool(flags & wire.DO_BIT)
-        return wire.error_reply(data, wire.REFUSED, qend, edns, do, ra=False)
+        q = Query(data, addr, conn, qend, flags, 0)
+        self.tracer.answered(q, wire.REFUSED, "local")
+        return wire.error_reply(data, wire.REFUSED, qend, q.edns, q.do, ra=False)

@@ -1,10 +1,11 @@
-"""The miss path of the handler (step 4 of `handler`'s docstring), and what both paths share.
+"""The miss path (step 4 of `handler`'s docstring): questions asked of the upstreams.
 
-A miss is coalesced with identical questions in flight (at most MAX_WAITERS clients wait for
-one), else charged to the client's budgets and resolved in a task: the forwarder, the cache,
-tagging, the breakout hook (awaited when new routes must go in first), then every waiter's
-reply. `MissPath` is mixed into `handler.Handler`: the state it names below is the handler's,
-set up in `Handler.__init__` and `configure`.
+`Misses` owns what a miss needs and nothing else does: the questions in flight and the clients
+waiting for each (coalescing: at most MAX_WAITERS per question), the tasks that resolve them,
+the clients' budgets, the forwarder, and the replies waiting for the kernel. A miss is
+charged to its client's budgets, resolved in a task (the forwarder, the cache, tagging), and
+answered, every waiter at once, when the breakout hook has its routes in (its Pending's
+callback: no task waits for the kernel) or at once when there is nothing to wait for.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
-from resolver.dns import events, wire
+from resolver.dns import wire
 from resolver.dns.cache import Cache, Entry, build_entry, shared_int
+from resolver.dns.counts import Counts
+from resolver.dns.events import Tracer
 from resolver.dns.forwarder import Forwarder
+from resolver.dns.query import Query
 from resolver.dns.ratelimit import Budgets
 from resolver.dns.tagging import NameMatcher, tag
-from resolver.hooks import BreakoutHook, Tagged, iter_packed
+from resolver.hooks import BreakoutHook, Pending, Tagged, iter_packed
 
 log = logging.getLogger("resolver.dns.handler")
 
@@ -28,127 +32,88 @@ MAX_WAITERS = 256  # clients waiting for one coalesced question
 DEFERRED = b""  # handle(): the reply will come through conn.send
 
 
-class Conn(Protocol):
-    """Where a query came from and where its deferred reply goes: a UDP listener or a TCP
-    connection."""
+class Misses:
+    """The miss path of one handler (see the module docstring)."""
 
-    tcp: bool
+    def __init__(
+        self, counts: Counts, tracer: Tracer, cache: Cache, forwarder: Forwarder,
+        hook: BreakoutHook, matcher: NameMatcher, clock: Callable[[], float],
+    ) -> None:  # fmt: skip
+        self.counts = counts
+        self.tracer = tracer
+        self.cache = cache
+        self.forwarder = forwarder
+        self.hook = hook
+        self.matcher = matcher
+        self.clock = clock
+        self.pending: dict[bytes, list[Query]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.waiting = 0  # replies waiting for the kernel (hits and misses)
+        self.budgets = Budgets(0, 1, 1.0, 0, 1)
+        self.closing = False
+        self.max_pending = 1
+        self.max_ttl = self.max_negative_ttl = 0
 
-    def send(self, data: bytes, addr: Any) -> None: ...
+    @property
+    def busy(self) -> bool:
+        """No more work may be taken on (the pending table's bound, `forward.max_pending`)."""
+        return len(self.tasks) + self.waiting >= self.max_pending
 
-
-class Waiter:
-    """A client waiting for a question in flight."""
-
-    __slots__ = ("addr", "conn", "data", "edns", "limit", "qend")
-
-    def __init__(self, conn: Conn, addr: Any, data: bytes, qend: int, edns: bool, limit: int):
-        self.conn, self.addr, self.data = conn, addr, data
-        self.qend, self.edns, self.limit = qend, edns, limit
-
-
-class MissPath:
-    """The handler's miss path, its hook calls and its tracing (see the module docstring)."""
-
-    _counters: dict[str, int]
-    _clock: Callable[[], float]
-    _trace: bool
-    tagged_by_row: dict[int, int]
-    pending: dict[bytes, list[Waiter]]
-    tasks: set[asyncio.Task[None]]
-    closing: bool
-    budgets: Budgets
-    hook: BreakoutHook
-    matcher: NameMatcher
-    forwarder: Forwarder
-    cache: Cache
-    observer: events.Observer | None
-    max_pending: int
-    max_ttl: int
-    max_negative_ttl: int
-
-    def _miss(
-        self, key: bytes, data: bytes, addr: Any, conn: Conn, qend: int, edns: bool, limit: int,
-        flags: int,
-    ) -> bytes | None:  # fmt: skip
-        counters = self._counters
+    def miss(self, key: bytes, q: Query) -> bytes | None:
+        """The reply now (an error), or DEFERRED: it comes through `q.conn` later."""
+        counters = self.counts.values
         counters["misses"] += 1
-        do = bool(flags & wire.DO_BIT)
         waiters = self.pending.get(key)
         if waiters is not None and len(waiters) < MAX_WAITERS:
-            waiters.append(Waiter(conn, addr, data, qend, edns, limit))
+            waiters.append(q)
             return DEFERRED
         if waiters is not None or len(self.pending) >= self.max_pending:
             counters["pending_full"] += 1
-            self._traced(data, qend, addr[0], wire.SERVFAIL, "local", None)
-            return wire.error_reply(data, wire.SERVFAIL, qend, edns, do)
-        host = addr[0]
+            self.tracer.answered(q, wire.SERVFAIL, "local")
+            return q.error(wire.SERVFAIL)
+        host = q.client
         if not self.budgets.take_query(host):
             counters["ratelimited"] += 1
-            self._traced(data, qend, host, wire.SERVFAIL, "local", None)
-            if conn.tcp:
-                return wire.error_reply(data, wire.SERVFAIL, qend, edns, do)
-            return wire.error_reply(data, wire.NOERROR, qend, edns, do, tc=True)
-        self.pending[key] = [Waiter(conn, addr, data, qend, edns, limit)]
-        self._spawn(self._resolve(key, do, bool(flags & wire.CD_BIT), host))
+            self.tracer.answered(q, wire.SERVFAIL, "local")
+            if q.conn.tcp:
+                return q.error(wire.SERVFAIL)
+            return q.error(wire.NOERROR, tc=True)
+        self.pending[key] = [q]
+        task = asyncio.get_running_loop().create_task(self._resolve(key, q.do, q.cd, host))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         return DEFERRED
 
-    def _call_hook(
+    def hook_answer(
         self, tagged: Tagged, ttl: int, client: str, installed: list[bytes] | None
-    ) -> Awaitable[None] | None:
+    ) -> Pending | None:
+        """The breakout hook for an answer; a failure of its own is counted and logged, and
+        the answer goes out without waiting."""
         try:
             return self.hook.on_answer(tagged, ttl, client, installed)
         except Exception:
-            self._counters["hook_errors"] += 1
+            self.counts.values["hook_errors"] += 1
             log.exception("breakout hook failed for %s", tagged.qname)
             return None
 
-    # -- the miss path ---------------------------------------------------------------------
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _send_after(
-        self, waiting: Awaitable[None], conn: Conn, reply: bytes, addr: Any, qend: int,
-        tagged: Tagged | None, installed: list[bytes] | None,
-    ) -> None:  # fmt: skip
-        started = time.perf_counter()
-        await self._await_hook(waiting)
-        conn.send(reply, addr)
-        waited = time.perf_counter() - started
-        self._traced(reply, qend, addr[0], reply[3] & 0xF, "cache", tagged, installed, waited)
-
-    async def _await_hook(self, waiting: Awaitable[None]) -> None:
-        try:
-            await waiting
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self._counters["hook_errors"] += 1
-            log.exception("breakout hook failed")
-
     async def _resolve(self, key: bytes, do: bool, cd: bool, client: str) -> None:
-        """Ask the upstreams, cache and tag the answer, call the hook, answer every waiter."""
+        """Ask the upstreams, cache and tag the answer, call the hook; answer every waiter
+        now, or when the kernel has the routes."""
         entry: Entry | None = None
         source = "local"
-        installed: list[bytes] | None = [] if self.observer is not None else None
-        waited = 0.0
+        installed: list[bytes] | None = [] if self.tracer.observer is not None else None
+        pending: Pending | None = None
         try:
             resolved = await self.forwarder.resolve(key[:-1], do, cd, self.matcher, self.hook.ready)
             if resolved is not None:
                 source = resolved.upstream.text
                 entry = self._entry(key, resolved.data, resolved.layout, resolved.origin)
             tagged = entry.tag if entry is not None else None
-            if tagged is not None and tagged.addresses:
+            if entry is not None and tagged is not None and tagged.addresses:
                 if self.budgets.take_routes(client, sum(1 for _ in iter_packed(tagged.addresses))):
-                    waiting = self._call_hook(tagged, entry.addr_ttl(0), client, installed)  # type: ignore[union-attr]
-                    if waiting is not None:
-                        started = time.perf_counter()
-                        await self._await_hook(waiting)
-                        waited = time.perf_counter() - started
+                    pending = self.hook_answer(tagged, entry.addr_ttl(0), client, installed)
                 else:
-                    self._counters["routes_deferred"] += 1
+                    self.counts.values["routes_deferred"] += 1
         except asyncio.CancelledError:
             self.pending.pop(key, None)
             self.budgets.done_query(client)
@@ -157,12 +122,22 @@ class MissPath:
             log.exception("internal error while resolving; answering SERVFAIL")
             entry = None
         self.budgets.done_query(client)
-        self._answer_waiters(entry, self.pending.pop(key, []), do, source, installed, waited)
+        if pending is None:
+            self._answer(key, entry, do, source, installed, 0.0)
+            return
+        self.waiting += 1
+        started = time.perf_counter()
+
+        def routed() -> None:
+            self.waiting -= 1
+            self._answer(key, entry, do, source, installed, time.perf_counter() - started)
+
+        pending.then(routed)
 
     def _entry(self, key: bytes, data: bytes, layout: Any, origin: object) -> Entry | None:
         try:
             entry, chain = build_entry(
-                key, data, layout, self._clock(), self.max_ttl, self.max_negative_ttl
+                key, data, layout, self.clock(), self.max_ttl, self.max_negative_ttl
             )
         except wire.WireError as err:
             log.debug("unusable upstream reply: %s", err)
@@ -174,52 +149,36 @@ class MissPath:
             self.cache.put(entry)
         return entry
 
-    def _answer_waiters(
-        self, entry: Entry | None, waiters: list[Waiter], do: bool, source: str,
+    def _answer(
+        self, key: bytes, entry: Entry | None, do: bool, source: str,
         installed: list[bytes] | None, waited: float,
     ) -> None:  # fmt: skip
-        counters = self._counters
-        now = self._clock()
+        """Every client waiting for the question `key`: its reply, SERVFAIL without `entry`."""
+        waiters = self.pending.pop(key, [])
+        counts, tracer = self.counts, self.tracer
+        counters = counts.values
+        now = self.clock()
         tagged = entry.tag if entry is not None else None
         if tagged is not None:
-            self._count_tag(tagged, len(waiters))
-        for w in waiters:
+            counts.tagged(tagged, len(waiters))
+        for q in waiters:
             if entry is None:
                 counters["servfail"] += 1
-                reply = wire.error_reply(w.data, wire.SERVFAIL, w.qend, w.edns, do)
+                reply = wire.error_reply(q.data, wire.SERVFAIL, q.qend, q.edns, do)
             else:
                 counters[entry.result] += 1
-                reply = entry.reply(w.data, w.qend, w.edns, w.limit, now)
-            w.conn.send(reply, w.addr)
-            self._traced(
-                reply, w.qend, w.addr[0], reply[3] & 0xF, source, tagged, installed, waited
-            )
-
-    def _count_tag(self, tagged: Tagged, n: int) -> None:
-        self._counters["tagged"] += n
-        row = tagged.match.rule.row
-        self.tagged_by_row[row] = self.tagged_by_row.get(row, 0) + n
-
-    def _traced(
-        self, data: bytes, qend: int, client: str, rcode: int, source: str,
-        tagged: Tagged | None, installed: list[bytes] | None = None, waited: float = 0.0,
-    ) -> None:  # fmt: skip
-        """Tell the observer and the debug log about an answered query, when they want it."""
-        if not self._trace:
-            return
-        e = events.event(data, qend, client, rcode, source, tagged, installed, waited)
-        if log.isEnabledFor(logging.DEBUG):
-            fmt, args = events.log_line(e)
-            log.debug(fmt, *args)
-        observer = self.observer
-        if observer is not None:
-            observer(e)
+                reply = entry.reply(q.data, q.qend, q.edns, q.limit, now)
+            q.send(reply)
+            tracer.answered(q, reply[3] & 0xF, source, tagged, installed, waited)
 
     # -- shutdown --------------------------------------------------------------------------
     async def drain(self, timeout: float) -> int:
-        """Stop taking new misses, wait up to `timeout` for those in flight, cancel the rest.
-        Returns how many were cancelled."""
+        """Stop taking new misses, wait up to `timeout` for those in flight (and for the
+        replies waiting for the kernel, which it bounds), cancel the rest. Returns how many
+        were cancelled."""
         self.closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         tasks = set(self.tasks)
         left: set[asyncio.Task[None]] = set()
         if tasks:
@@ -228,12 +187,7 @@ class MissPath:
                 task.cancel()
             if left:
                 await asyncio.wait(left, timeout=1.0)
+        while self.waiting and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         await self.forwarder.close()
         return len(left)
-
-
-def discard(waiting: Awaitable[None]) -> None:
-    """An awaitable we will not wait for: make sure a coroutine does not warn."""
-    close = getattr(waiting, "close", None)
-    if callable(close):
-        close()

@@ -5,7 +5,7 @@ table and in the health probes' tables (host routes, the config's routes, the pr
 every rule carrying it (the main rules and the probe rules, those an earlier config left
 included), and the set entries of the addresses resolverd routed (those it knows of, and
 those of the owned host routes found). After a flush the health probes pause until the next
-install has put the rules back (watch.probe_gate), then their tables come back too.
+install has put the rules back (probes.Probes.gate), then their tables come back too.
 `cleanup` also removes the journal. Left alone: routes and rules of other protocols, and the
 sets themselves. ipsets are not destroyed even when resolverd created them: a firewall rule
 that references a set makes `destroy` fail (IPSET_ERR_REFERENCED), and removing a set the
@@ -19,16 +19,14 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from typing import TYPE_CHECKING
 
 from resolver.config import BreakoutConfig
-from resolver.net import journal, repair, watch
+from resolver.net import records
 from resolver.net.errors import has_net_admin, needs_net_admin
-from resolver.net.kernel import EntryItem, Kernel, KernelLike
+from resolver.net.kernel import EntryItem, Kernel, KernelLike, settled_future
+from resolver.net.parts import Parts
+from resolver.net.probes import owned_probe_rules, probe_tables, rule_specs
 from resolver.net.routes import AF, HOST_LEN, Route, owned
-
-if TYPE_CHECKING:
-    from resolver.net.breakout import Breakout
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +51,12 @@ async def remove_owned(
     # The probe tables: the config's, and those of probe rules of ours that an earlier config
     # left (a link removed while resolverd was stopped). Not through `delete`: the breakout's
     # books know nothing of them.
-    probe_rules = watch.owned_probe_rules(await kernel.dump_rules(), cfg)
+    probe_rules = owned_probe_rules(await kernel.dump_rules(), cfg)
     probe: list[Route] = []
-    for table in sorted({*watch.probe_tables(cfg), *(spec.table for spec in probe_rules)}):
+    for table in sorted({*probe_tables(cfg), *(spec.table for spec in probe_rules)}):
         probe += owned(await kernel.dump_routes(table), cfg.route_protocol)
     if probe:
-        gone: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        kernel.del_table_routes(probe, gone.set_result)
-        await gone
+        await settled_future(lambda done: kernel.del_table_routes(probe, done))
     if kernel.has_sets:
         entries: dict[bytes, EntryItem] = {p: (f, p, 0) for f, p in known}
         for r in ours:
@@ -68,37 +64,37 @@ async def remove_owned(
             if r.table == cfg.table and learnt:
                 packed = socket.inet_pton(AF[r.family], r.dst)
                 entries.setdefault(packed, (r.family, packed, 0))
-        done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        kernel.del_entries(list(entries.values()), done.set_result)
-        counts["set_entries"] = sum(1 for e in await done if e == 0)
-    rules = list(dict.fromkeys([*watch.rule_specs(cfg), *probe_rules]))
+        items = list(entries.values())
+        codes = await settled_future(lambda done: kernel.del_entries(items, done))
+        counts["set_entries"] = sum(1 for e in codes if e == 0)
+    rules = list(dict.fromkeys([*rule_specs(cfg), *probe_rules]))
     counts["rules"] = await kernel.change_rules((), rules)
     return counts
 
 
-async def flush(b: Breakout) -> dict[str, int]:
+async def flush(cfg: BreakoutConfig, parts: Parts) -> dict[str, int]:
     """The running breakout's flush: forget the holds and the config's routes, remove what is
     owned through the books (so that the monitor knows the deletions for its own). The config's
     routes come back with the next reload or restart, host routes with the next answers (the
     rules with the first of them)."""
-    b.io.rules_ok = False  # the rules go too, and stay away until the next install
-    watch.stop_probes(b)  # the probe tables too: no round may run on them meanwhile
-    holds = list(b.holds.values())
-    cidrs = b.ledger.routes.clear()
-    now = b.clock()
-    repair.forget(b, holds, "flush")
-    b.journal.flushed()
-    if b.dry_run:
-        return {"routes": len(holds), "cidr_routes": len(cidrs), "rules": 0, "set_entries": 0}
-    known = [(h.family, h.packed) for h in holds if h.set_expires > now]
+    ledger, installs, probes = parts.ledger, parts.installs, parts.probes
+    installs.rules_ok = False  # the rules go too, and stay away until the next install
+    probes.pause()  # the probe tables too: no round may run on them meanwhile
+    now = parts.clock()
+    known = [(h.family, h.packed) for h in ledger if h.set_expires > now]
+    cidrs = ledger.config_routes.clear()
+    holds = list(ledger)
+    installs.forget_holds(holds, "flush")
+    ledger.withdrawn(holds)
+    parts.journal.flushed()
     try:
-        counts = await remove_owned(b.kernel, b.cfg, b.io.delete_table_routes, known, cidrs)
+        counts = await remove_owned(
+            installs.kernel, cfg, installs.delete_table_routes, known, cidrs
+        )
     finally:
-        watch.resume_probes(b)  # held back until an install puts our rules back (probe_gate)
-    b.io.rules_ok = False
-    for h in holds:
-        h.installed = False
-    b.epoch += 1
+        probes.resume()  # held back until an install puts our rules back (probes.gate)
+    installs.rules_ok = False
+    ledger.moved()
     log.info(
         "flushed: %d routes, %d policy prefixes, %d rules, %d set entries",
         counts["routes"], counts["cidr_routes"], counts["rules"], counts["set_entries"],
@@ -118,12 +114,10 @@ async def cleanup(
         await kernel.open(loop, create=False, strict=False)
 
         def delete(routes: list[Route]) -> Awaitable[list[int]]:
-            fut: asyncio.Future[list[int]] = loop.create_future()
-            kernel.del_table_routes(routes, fut.set_result)
-            return fut
+            return settled_future(lambda done: kernel.del_table_routes(routes, done))
 
         known = []
-        for address in journal.load(state_dir).holds:
+        for address in records.load(state_dir).holds:
             family = 6 if ":" in address else 4
             try:
                 known.append((family, socket.inet_pton(AF[family], address)))
@@ -132,7 +126,7 @@ async def cleanup(
         counts = await remove_owned(kernel, cfg, delete, known, set(cidrs))
     finally:
         kernel.close()
-    counts["state_file"] = int(journal.remove(state_dir))
+    counts["state_file"] = int(records.remove(state_dir))
     log.info(
         "cleanup: removed %d routes, %d policy prefixes, %d rules, %d set entries",
         counts["routes"], counts["cidr_routes"], counts["rules"], counts["set_entries"],

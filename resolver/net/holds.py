@@ -1,4 +1,4 @@
-"""Holds, and the one object that owns them: which addresses resolverd routes, and until when.
+"""Holds: which addresses resolverd routes, for which names, and until when.
 
 hold = max(TTL handed to the client, min_hold) + grace, counted from the answer. Every answer,
 cache hits included, extends the hold of each of its addresses and of the policy name that
@@ -8,9 +8,7 @@ names. A hold keeps at most MAX_NAMES names, the newest: names are what clients 
 without bound (every name under a wildcard), the hold itself is not. Times are monotonic
 seconds in memory and wall-clock seconds on disk (journal).
 
-`Ledger` is the books of the breakout: the holds by packed address, the routes that come from
-the config (policy prefixes, the breakout resolvers), and the counters. Everything that reads
-or changes them goes through it or holds a reference to it; nothing else keeps a copy.
+The holds are owned by the `ledger.Ledger`, which makes every change of their kernel state.
 A hold is kept small (about 300 bytes with its dict slot): its address is the packed key, its
 text form is computed when shown, and a second name gets a dict only when there is one.
 
@@ -23,16 +21,8 @@ need. Holds restored at start belong to nobody.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-from resolver.net.prefixes import ConfigRoutes
-
-COUNTERS = (
-    "installed", "removed", "refreshed", "skipped", "netlink_errors", "ack_timeouts", "capped",
-    "withdrawn", "restored", "adopted", "route_lost", "repaired", "failovers", "journal_errors",
-    "client_capped",
-)  # fmt: skip
 MAX_NAMES = 16  # names kept per hold, the newest
 
 
@@ -59,6 +49,13 @@ def client_key(host: str) -> bytes | None:
     if packed[:12] == b"\0" * 10 + b"\xff\xff":
         return packed[12:]
     return packed[:8]
+
+
+def client_text(key: bytes) -> str:
+    """A `client_key` as text: ``192.0.2.7`` or ``2001:db8:1:2::/64``."""
+    if len(key) == 4:
+        return socket.inet_ntop(socket.AF_INET, key)
+    return socket.inet_ntop(socket.AF_INET6, key + bytes(8)) + "/64"
 
 
 class Hold:
@@ -143,116 +140,3 @@ class Hold:
             return [names]
         live = sorted(n for n, exp in names.items() if exp > now)
         return live or sorted(names)
-
-
-class Ledger:
-    """The breakout's books: holds by packed address, the config's routes, the counters."""
-
-    def __init__(self, max_entries: int, client_share: float = 1.0) -> None:
-        self.holds: dict[bytes, Hold] = {}
-        self.routes = ConfigRoutes()
-        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self.max_entries = max_entries
-        self.per_client = max(1, int(max_entries * client_share))
-        self.owners: dict[bytes, Owner] = {}
-        self.names = 0  # names over all holds: the records a journal of them holds
-        self.changed = False  # holds added or removed since the journal last compacted
-
-    def resize(self, max_entries: int, client_share: float) -> None:
-        self.max_entries = max_entries
-        self.per_client = max(1, int(max_entries * client_share))
-
-    def __len__(self) -> int:
-        return len(self.holds)
-
-    def __iter__(self) -> Iterator[Hold]:
-        return iter(self.holds.values())
-
-    def get(self, packed: bytes) -> Hold | None:
-        return self.holds.get(packed)
-
-    def current(self, h: Hold) -> bool:
-        """Whether `h` is still the hold for its address (not forgotten or replaced)."""
-        return self.holds.get(h.packed) is h
-
-    def add(
-        self, packed: bytes, name: str, expires: float, row: int, client: bytes | None = None
-    ) -> Hold | None:
-        """A new hold charged to `client` (None: nobody), or None when `max_entries` are held
-        (counted in `capped`) or the client holds its share of them (`client_capped`)."""
-        if len(self.holds) >= self.max_entries:
-            self.counters["capped"] += 1
-            return None
-        owner = None
-        if client is not None:
-            owner = self.owners.get(client)
-            if owner is None:
-                owner = self.owners[client] = Owner(client)
-            elif owner.holds >= self.per_client:
-                self.counters["client_capped"] += 1
-                return None
-            owner.holds += 1
-        h = self.holds[packed] = Hold(packed, name, expires, row)
-        h.owner = owner
-        self.names += 1
-        self.changed = True
-        return h
-
-    def adopt(self, holds: Iterable[Hold]) -> None:
-        """Holds made elsewhere (restored at start, kept unaccounted): nobody's."""
-        for h in holds:
-            old = self.holds.get(h.packed)
-            if old is not None:
-                self._drop(old)
-            self.holds[h.packed] = h
-            self.names += h.name_count()
-        self.changed = True
-
-    def extend(self, h: Hold, name: str, row: int, expires: float) -> None:
-        self.names += h.extend(name, row, expires)
-
-    def forget(self, holds: Iterable[Hold]) -> int:
-        n = 0
-        for h in holds:
-            if self.holds.get(h.packed) is h:
-                del self.holds[h.packed]
-                self._drop(h)
-                n += 1
-        self.counters["removed"] += n
-        self.changed = self.changed or n > 0
-        return n
-
-    def pop(self, packed: bytes) -> Hold | None:
-        """Forget the hold of `packed` without counting it removed (not adopted at start)."""
-        h = self.holds.pop(packed, None)
-        if h is not None:
-            self._drop(h)
-        return h
-
-    def clear(self) -> None:
-        self.holds.clear()
-        self.owners.clear()
-        self.names = 0
-        self.changed = True
-
-    def _drop(self, h: Hold) -> None:
-        self.names -= h.name_count()
-        owner = h.owner
-        if owner is not None:
-            owner.holds -= 1
-            if not owner.holds and self.owners.get(owner.key) is owner:
-                del self.owners[owner.key]
-            h.owner = None
-
-    def lapsed(self, now: float) -> list[Hold]:
-        out = []
-        for h in self.holds.values():
-            if h.expires <= now:
-                out.append(h)
-            elif not isinstance(h.names, str):
-                self.names -= h.prune(now)
-        return out
-
-    def family(self, family: int) -> list[Hold]:
-        size = 4 if family == 4 else 16
-        return [h for h in self.holds.values() if len(h.packed) == size]

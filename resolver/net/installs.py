@@ -16,17 +16,20 @@ monitor can tell them from deletions made by someone else.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from resolver.net.errors import GONE, Errnos
-from resolver.net.holds import Hold, Ledger
-from resolver.net.journal import Journal
-from resolver.net.kernel import KernelLike, set_timeout
+from resolver.net.holds import Hold
+from resolver.net.journal import JournalLike
+from resolver.net.kernel import KernelLike, RouteItem, Settled, set_timeout, settled_future
+from resolver.net.ledger import Ledger
 from resolver.net.prefixes import CidrRoute
 from resolver.net.routes import Route
+
+log = logging.getLogger(__name__)
 
 REFRESH_DELAY = 0.5  # set-entry timeout refreshes wait this long, to go out together
 STALL = 0.01  # an ack timer this late means the process itself was stopped
@@ -34,28 +37,83 @@ STALL_GRACE = 0.01  # then: two of the interpreter's switch intervals for the ne
 LATENCY_SAMPLES = 1024
 
 
-@dataclass(eq=False)
 class InstallBatch:
-    """Holds whose routes and set entries go to the kernel in one flush."""
+    """Holds whose routes and set entries go to the kernel in one flush; a hooks.Pending for
+    the answers that wait on it."""
 
-    future: asyncio.Future[None]
-    holds: list[Hold] = field(default_factory=list)
-    waiters: int = 0  # answers waiting on it
-    parts: int = 0  # kernel batches not settled yet
-    timed_out: bool = False
-    stalled: bool = False  # the ack timer fired late once and was given STALL_GRACE
-    started: float = 0.0
-    timer: asyncio.TimerHandle | None = None
+    __slots__ = (
+        "_callbacks", "done", "holds", "parts", "stalled", "started", "timed_out", "timer",
+        "waiters",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.holds: list[Hold] = []
+        self.waiters = 0  # answers waiting on it
+        self.parts = 0  # kernel batches not settled yet
+        self.done = False
+        self.timed_out = False
+        self.stalled = False  # the ack timer fired late once and was given STALL_GRACE
+        self.started = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self._callbacks: list[Callable[[], None]] = []
+
+    def then(self, done: Callable[[], None]) -> None:
+        if self.done:
+            done()
+        else:
+            self._callbacks.append(done)
+
+    def release(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        callbacks, self._callbacks = self._callbacks, []
+        run_all(callbacks)
+
+
+class Joined:
+    """A hooks.Pending over several batches: done when all of them are."""
+
+    __slots__ = ("_callbacks", "left")
+
+    def __init__(self, batches: list[InstallBatch]) -> None:
+        self.left = len(batches)
+        self._callbacks: list[Callable[[], None]] = []
+        for batch in batches:
+            batch.then(self._one)
+
+    def _one(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            callbacks, self._callbacks = self._callbacks, []
+            run_all(callbacks)
+
+    def then(self, done: Callable[[], None]) -> None:
+        if self.left <= 0:
+            done()
+        else:
+            self._callbacks.append(done)
+
+
+def run_all(callbacks: list[Callable[[], None]]) -> None:
+    """Call each of `callbacks` (the replies waiting for the kernel); one that fails is a bug
+    on the DNS side: logged with its traceback, the others still go."""
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("a reply waiting for the kernel failed")
 
 
 class Installs:
-    """Sends what the holds need to the kernel, in batches, and keeps the books on it."""
+    """Sends what the holds need to the kernel, in batches; every change of a hold's kernel
+    state goes through the ledger."""
 
     def __init__(
         self,
         ledger: Ledger,
         kernel: KernelLike,
-        journal: Journal,
+        journal: JournalLike,
         clock: Callable[[], float],
         ack_timeout: float,
     ) -> None:
@@ -67,8 +125,9 @@ class Installs:
         self.ack_timeout = ack_timeout
         self.errnos = Errnos(ledger.counters)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.rules_ok = False
-        self.ensure_rules: Callable[[], asyncio.Future[None]] | None = None
+        self.rules_ok = False  # our ip rules are in place (a flush removes them)
+        # Puts the rules back and calls its argument when done (repairs.Repairs sets it).
+        self.ensure_rules: Callable[[Callable[[], None]], None] | None = None
         self._pending: InstallBatch | None = None
         self._refresh: dict[bytes, Hold] = {}
         self._refresh_handle: asyncio.TimerHandle | None = None
@@ -76,6 +135,13 @@ class Installs:
         self._latency: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._latency_count = 0
         self._latency_sum = 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def use_kernel(self, kernel: KernelLike) -> None:
+        """Send through `kernel` from now on (a reload moved to a new kernel side)."""
+        self.kernel = kernel
 
     def close(self) -> None:
         if self._refresh_handle is not None:
@@ -88,31 +154,35 @@ class Installs:
         batch = self._pending
         if batch is None:
             assert self.loop is not None
-            batch = self._pending = InstallBatch(self.loop.create_future())
+            batch = self._pending = InstallBatch()
             self.loop.call_soon(self._flush)
         batch.holds.append(h)
-        h.batch = batch
+        self.ledger.sending(h, batch)
         return batch
 
-    def flush_now(self) -> asyncio.Future[None] | None:
-        """Send what is queued now; the future to await, or None when nothing was queued."""
-        if self._pending is None:
+    def flush_now(self) -> InstallBatch | None:
+        """Send what is queued now; the batch to wait on, or None when nothing was queued."""
+        batch = self._pending
+        if batch is None:
             return None
-        fut = self._pending.future
         self._flush()
-        return fut
+        return batch
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, None
         if batch is None:
             return
-        current = self.ledger.current
-        holds = [h for h in batch.holds if h.batch is batch and current(h)]
+        ledger = self.ledger
+        holds = []
         for h in batch.holds:
-            if h.batch is batch and not current(h):
-                h.batch = None
+            if h.batch is not batch:
+                continue
+            if ledger.current(h):
+                holds.append(h)
+            else:
+                ledger.unsent(h, batch)
         if not holds:
-            self._release(batch)
+            batch.release()
             return
         assert self.loop is not None
         now = self.clock()
@@ -122,7 +192,7 @@ class Installs:
         batch.parts = 2
         if not self.rules_ok and self.ensure_rules is not None:
             batch.parts += 1
-            self.ensure_rules().add_done_callback(lambda _f: self._part_done(batch))
+            self.ensure_rules(lambda: self._part_done(batch))
         expires = [h.expires for h in holds]
         self.kernel.add_routes(
             [(h.family, h.packed, h.prefix_len) for h in holds],
@@ -143,15 +213,12 @@ class Installs:
         self._latency.append(elapsed)
         self._latency_count += 1
         self._latency_sum += elapsed
-        current = self.ledger.current
+        ledger = self.ledger
         for h, code in zip(holds, errors, strict=True):
-            if h.batch is batch:
-                h.batch = None
             if code == 0:
-                if current(h) and not h.installed:
-                    h.installed = True
-                    self.counters["installed"] += 1
+                ledger.installed(h, batch)
             else:
+                ledger.failed(h, batch)
                 self.errnos.failed("install route for", code, h.address)
         self._part_done(batch)
 
@@ -174,12 +241,11 @@ class Installs:
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
-        if not batch.future.done():
-            batch.future.set_result(None)
+        batch.release()
 
     def _ack_timeout(self, batch: InstallBatch) -> None:
         batch.timer = None
-        if batch.future.done():
+        if batch.done:
             return
         late = time.perf_counter() - batch.started - self.ack_timeout
         if late > STALL and not batch.stalled and self.loop is not None:
@@ -187,7 +253,7 @@ class Installs:
             batch.timer = self.loop.call_later(STALL_GRACE, self._ack_timeout, batch)
             return
         batch.timed_out = True
-        batch.future.set_result(None)
+        batch.release()
         if batch.waiters:  # a restore or reconcile batch has no answer waiting on it
             self.counters["ack_timeouts"] += batch.waiters
             self.errnos.ratelog.log(
@@ -206,9 +272,6 @@ class Installs:
         self._refresh[h.packed] = h
         if self._refresh_handle is None and self.loop is not None:
             self._refresh_handle = self.loop.call_later(REFRESH_DELAY, self.flush_refresh)
-
-    def forget(self, h: Hold) -> None:
-        self._refresh.pop(h.packed, None)
 
     def flush_refresh(self) -> None:
         self._refresh_handle = None
@@ -233,6 +296,29 @@ class Installs:
         )
 
     # -- removals ---------------------------------------------------------------------------
+
+    def remove(self, holds: list[Hold], reason: str) -> None:
+        """Forget `holds` and remove their routes and set entries from the kernel."""
+        now = self.clock()
+        self.forget_holds(holds, reason)
+        routed = self.ledger.config_routes.routed  # a policy /32 for the address keeps its route
+        self.delete_holds(
+            h for h in holds
+            if (h.installed or h.batch is not None) and f"{h.address}/{h.prefix_len}" not in routed
+        )  # fmt: skip
+        self.delete_entries(holds, now)  # those whose hold ran out timed out already
+        self.ledger.withdrawn(holds)
+        self.ledger.moved()
+
+    def forget_holds(self, holds: list[Hold], reason: str) -> None:
+        """Forget `holds` in the books and the journal (the kernel is the caller's business)."""
+        note = self.kernel.note
+        for h in holds:
+            self._refresh.pop(h.packed, None)
+            note("remove", h.packed, h.live_names(self.clock()), reason)
+        self.ledger.forget(holds)
+        self.journal.removed(holds)
+        log.debug("removing %d holds: %s", len(holds), reason)
 
     def expect_delete(self, key: str) -> None:
         self._own_deletes[key] = self._own_deletes.get(key, 0) + 1
@@ -284,8 +370,6 @@ class Installs:
 
     def delete_table_routes(self, routes: list[Route]) -> asyncio.Future[list[int]]:
         """Remove routes found in the table (stale ones, or all of ours on flush)."""
-        assert self.loop is not None
-        fut: asyncio.Future[list[int]] = self.loop.create_future()
         keys = [f"{r.dst}/{r.dst_len}" for r in routes]
         for key in keys:
             self.expect_delete(key)
@@ -294,38 +378,25 @@ class Installs:
             for key, code in zip(keys, errors, strict=True):
                 if code:
                     self.own_delete(key)
-            fut.set_result(errors)
 
-        self.kernel.del_table_routes(routes, settled)
-        return fut
+        return settled_future(lambda done: self.kernel.del_table_routes(routes, done), settled)
 
     # -- the config's routes ----------------------------------------------------------------
 
-    def install_prefixes(self, cidrs: Iterable[CidrRoute]) -> asyncio.Future[None]:
-        assert self.loop is not None
-        fut: asyncio.Future[None] = self.loop.create_future()
+    def install_prefixes(self, cidrs: Iterable[CidrRoute]) -> asyncio.Future[list[int]]:
         todo = list(cidrs)
-        if not todo:
-            fut.set_result(None)
-            return fut
 
         def settled(errors: list[int]) -> None:
             for c, code in zip(todo, errors, strict=True):
                 c.installed = code == 0
                 if code:
                     self.errnos.failed(f"install {c.kind}", code, c.cidr)
-            fut.set_result(None)
 
-        self.kernel.add_routes([(c.family, c.packed, c.length) for c in todo], settled)
-        return fut
+        items = [(c.family, c.packed, c.length) for c in todo]
+        return settled_future(lambda done: self._routes(items, done, add=True), settled)
 
-    def remove_prefixes(self, cidrs: Iterable[CidrRoute]) -> asyncio.Future[None]:
-        assert self.loop is not None
-        fut: asyncio.Future[None] = self.loop.create_future()
+    def remove_prefixes(self, cidrs: Iterable[CidrRoute]) -> asyncio.Future[list[int]]:
         todo = list(cidrs)
-        if not todo:
-            fut.set_result(None)
-            return fut
         for c in todo:
             self.expect_delete(c.cidr)
         check = self.errnos.settle("remove prefixes", GONE)
@@ -336,10 +407,17 @@ class Installs:
                 if code:
                     self.own_delete(c.cidr)
             check(errors)
-            fut.set_result(None)
 
-        self.kernel.del_routes([(c.family, c.packed, c.length) for c in todo], settled)
-        return fut
+        items = [(c.family, c.packed, c.length) for c in todo]
+        return settled_future(lambda done: self._routes(items, done, add=False), settled)
+
+    def _routes(self, items: list[RouteItem], done: Settled, add: bool) -> None:
+        if not items:
+            done([])
+        elif add:
+            self.kernel.add_routes(items, done)
+        else:
+            self.kernel.del_routes(items, done)
 
     # -- figures ----------------------------------------------------------------------------
 

@@ -41,21 +41,21 @@ import asyncio
 import contextlib
 import errno
 import logging
-import math
 import os
-import socket
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from resolver.net.holds import Hold
-from resolver.net.replay import FILE_NAME as FILE_NAME
-from resolver.net.replay import LEGACY_FILE as LEGACY_FILE
-from resolver.net.replay import VERSION
-from resolver.net.replay import Loaded as Loaded
-from resolver.net.replay import Saved as Saved
-from resolver.net.replay import load as load
-from resolver.net.replay import parse as parse
-from resolver.net.replay import path_of as path_of
+from resolver.net.records import (
+    LEGACY_FILE,
+    VERSION,
+    Loaded,
+    Snapshot,
+    format_hold,
+    load,
+    path_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,29 @@ RECORD_BYTES = 96  # room a record needs, for that check
 CHUNK = 1024  # holds formatted and written at a time by a compaction
 
 
+class JournalLike(Protocol):
+    """What the breakout needs of a journal: `Journal`, or `NullJournal` for dry-run."""
+
+    problems: list[str]
+
+    def load(self, latest: float) -> Loaded: ...
+    def note(self, holds: Iterable[Hold]) -> None: ...
+    def extended(self, h: Hold) -> None: ...
+    def removed(self, holds: Iterable[Hold]) -> None: ...
+    def flushed(self) -> None: ...
+    def write_buffered(self) -> None: ...
+    def due(self, records: int) -> bool: ...
+    async def compact(self, holds: Iterable[Hold]) -> bool: ...
+    def close(self) -> None: ...
+    def status(self) -> dict[str, object]: ...
+
+
 class Journal:
     """The journal of one running breakout (see the module docstring)."""
 
     def __init__(
         self,
-        state_dir: str,  # empty: keep nothing (dry-run)
+        state_dir: str,
         table: int,
         protocol: int,
         clock: Callable[[], float],
@@ -93,8 +110,16 @@ class Journal:
         self.errors = 0
         self.last_error: str | None = None
         self._dirty = False  # records were lost: the file must be rewritten to be complete
+        self.problems: list[str] = []  # what the last `load` found wrong
         self._next_compact = 0.0  # monotonic: no compaction is due before
         self._compact_failed = False  # the last one failed: retried early only if there is room
+
+    def load(self, latest: float) -> Loaded:
+        """What the file says is held (an expiry after `latest` is a line we did not write);
+        its problems are kept for status."""
+        loaded = load(self.state_dir, latest)
+        self.problems = loaded.problems
+        return loaded
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -137,11 +162,9 @@ class Journal:
 
     def _record(self, h: Hold) -> bytes:
         h.noted = h.expires + AHEAD
-        return _format(h.packed, h.names, h.expires, h.row, self._wall() - self._clock(), AHEAD)
+        return format_hold(h.packed, h.names, h.expires, h.row, self._wall() - self._clock(), AHEAD)
 
     def _write(self, data: bytes, lines: int) -> None:
-        if not self.state_dir:
-            return  # dry-run: no state is kept
         if self._since is not None:
             self._since.append(data)
         try:
@@ -209,7 +232,7 @@ class Journal:
         more than COMPACT_FACTOR times the `records` a rewrite would write (one per name of
         each live hold), never sooner than COMPACT_PAUSE after the last rewrite. A rewrite
         leaves the file at `records` lines, well below that threshold: it cannot loop."""
-        if not self.state_dir or self._since is not None:
+        if self._since is not None:
             return False
         if self._dirty:  # records were lost: at once, and again when there is room for them
             failed = self._compact_failed
@@ -229,7 +252,7 @@ class Journal:
     async def compact(self, holds: Iterable[Hold]) -> bool:
         """Rewrite the journal from `holds` (see the module docstring); False when it failed.
         Each hold keeps the expiry the journal has for it (`noted`), unless that is short."""
-        if self._since is not None or not self.state_dir:
+        if self._since is not None:
             return False
         self._next_compact = self._clock() + COMPACT_PAUSE
         self.write_buffered()
@@ -308,40 +331,44 @@ class Journal:
 
     def status(self) -> dict[str, object]:
         return {"file": self.path, "writable": self.last_error is None,
-                "errors": self.errors, "last_error": self.last_error}  # fmt: skip
+                "errors": self.errors, "last_error": self.last_error,
+                "problems": self.problems}  # fmt: skip
 
 
-class Snapshot:
-    """The holds a compaction writes, taken on the loop: one column per field."""
+class NullJournal:
+    """The journal of dry-run: keeps nothing (nothing in the kernel needs accounting for)."""
 
-    def __init__(self, offset: float) -> None:
-        self.offset = offset  # monotonic -> wall-clock
-        self.columns: tuple[
-            list[bytes], list[str | dict[str, float]], list[float], list[float], list[int]
-        ] = ([], [], [], [], [])  # packed, names, expires, noted, row
+    problems: list[str] = []
 
-    def records(self, size: int) -> Iterator[bytes]:
-        """The records, `size` holds at a time."""
-        packed, names, expires, noted, rows = self.columns
-        offset = self.offset
-        for start in range(0, len(packed), size):
-            yield b"".join(
-                _format(packed[i], names[i], expires[i], rows[i], offset, noted[i] - expires[i])
-                for i in range(start, min(start + size, len(packed)))
-            )
+    def load(self, latest: float) -> Loaded:
+        return Loaded({}, True, [], False)
 
+    def note(self, holds: Iterable[Hold]) -> None:
+        return None
 
-def _format(packed: bytes, names: str | dict[str, float], expires: float, row: int,
-            offset: float, ahead: float) -> bytes:  # fmt: skip
-    """The record of a hold, each expiry `ahead` seconds beyond its own; `offset` maps
-    monotonic onto wall-clock time."""
-    address = socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
-    if isinstance(names, str):
-        return f"+ {address} {math.ceil(expires + ahead + offset)} {row} {names}\n".encode()
-    return b"".join(
-        f"+ {address} {math.ceil(e + ahead + offset)} {row} {n}\n".encode()
-        for n, e in names.items()
-    )
+    def extended(self, h: Hold) -> None:
+        return None
+
+    def removed(self, holds: Iterable[Hold]) -> None:
+        return None
+
+    def flushed(self) -> None:
+        return None
+
+    def write_buffered(self) -> None:
+        return None
+
+    def due(self, records: int) -> bool:
+        return False
+
+    async def compact(self, holds: Iterable[Hold]) -> bool:
+        return False
+
+    def close(self) -> None:
+        return None
+
+    def status(self) -> dict[str, object]:
+        return {"file": None, "writable": True, "errors": 0, "last_error": None, "problems": []}
 
 
 def _append(fd: int, data: bytes) -> None:
@@ -351,13 +378,3 @@ def _append(fd: int, data: bytes) -> None:
     if done < len(data):
         os.ftruncate(fd, os.fstat(fd).st_size - done)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def remove(state_dir: str) -> bool:
-    """Delete the journal (cleanup); True when there was one."""
-    found = False
-    for name in (FILE_NAME, LEGACY_FILE):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(state_dir, name))
-            found = True
-    return found

@@ -21,13 +21,30 @@ from typing import Any, Protocol
 from resolver.config import BreakoutConfig, NftSet
 from resolver.net import ipsets, netlink, nftsets, routes
 from resolver.net.errors import BreakoutError, has_net_admin, needs_net_admin
-from resolver.net.routes import AF, Path, Route, RouteEncoder, Rule, RuleSpec
+from resolver.net.routes import AF, NextHop, Route, RouteEncoder, Rule, RuleSpec
 
 log = logging.getLogger(__name__)
 
 RouteItem = tuple[int, bytes, int]  # family, packed address, prefix length
 EntryItem = tuple[int, bytes, int]  # family, packed address, timeout seconds
 Settled = Callable[[list[int]], Any]
+
+
+def settled_future(
+    start: Callable[[Settled], None], then: Callable[[list[int]], object] | None = None
+) -> asyncio.Future[list[int]]:
+    """The one adapter from the kernel's callbacks to awaiting, for code off the hot path:
+    `start(settled)` sends a batch; the future has its errnos, after `then` has seen them."""
+    fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+
+    def settled(codes: list[int]) -> None:
+        if then is not None:
+            then(codes)
+        if not fut.done():
+            fut.set_result(codes)
+
+    start(settled)
+    return fut
 
 
 def set_timeout(expires: float, now: float) -> int:
@@ -40,27 +57,36 @@ class KernelLike(Protocol):
 
     @property
     def has_sets(self) -> bool: ...
+    @property
+    def can_probe(self) -> bool: ...
     async def open(
         self, loop: asyncio.AbstractEventLoop, create: bool = True, strict: bool = True
     ) -> None: ...
     async def create_sets(self) -> None: ...
     def close(self) -> None: ...
-    def set_paths(self, paths: dict[int, Path | None]) -> None: ...
+    def set_next_hops(self, hops: dict[int, NextHop | None]) -> None: ...
     def add_routes(self, items: Sequence[RouteItem], settled: Settled) -> None: ...
     def del_routes(self, items: Sequence[RouteItem], settled: Settled) -> None: ...
     def del_table_routes(self, found: Sequence[Route], settled: Settled) -> None: ...
     def add_entries(self, items: Sequence[EntryItem], settled: Settled) -> None: ...
     def del_entries(self, items: Sequence[EntryItem], settled: Settled) -> None: ...
-    def probe_table(self, table: int, family: int, path: Path | None, settled: Settled) -> None: ...
+    def probe_table(
+        self, table: int, family: int, hop: NextHop | None, settled: Settled
+    ) -> None: ...
     async def dump_routes(self, table: int | None = None) -> list[Route]: ...
     async def dump_rules(self) -> list[Rule]: ...
     async def change_rules(self, add: Iterable[RuleSpec], remove: Iterable[RuleSpec]) -> int: ...
     async def missing_sets(self) -> list[str]: ...
-    def note(self, action: str, address: str, names: Iterable[str], reason: str) -> None: ...
+    def note(
+        self, action: str, packed: bytes, names: str | list[str], reason: str, *args: object
+    ) -> None: ...
+    def report(self) -> dict[str, Any]: ...
 
 
 class Kernel:
     """Routes, rules and set entries for one breakout configuration."""
+
+    can_probe = True  # health probes can use its probe tables
 
     def __init__(self, cfg: BreakoutConfig) -> None:
         self.cfg = cfg
@@ -173,10 +199,10 @@ class Kernel:
                 ch.close()
         self.rtnl = self.nfnl = None
 
-    def set_paths(self, paths: dict[int, Path | None]) -> None:
+    def set_next_hops(self, hops: dict[int, NextHop | None]) -> None:
         """Where each family's routes go now (None: nowhere, the family is withdrawn)."""
-        if paths != self.encoder.paths:
-            self.encoder = RouteEncoder(self.cfg.table, self.cfg.route_protocol, dict(paths))
+        if hops != self.encoder.next_hops:
+            self.encoder = RouteEncoder(self.cfg.table, self.cfg.route_protocol, dict(hops))
 
     # -- routes and rules ---------------------------------------------------------------------
 
@@ -211,16 +237,16 @@ class Kernel:
             messages.append(enc.delete(r.family, socket.inet_pton(AF[r.family], r.dst), r.dst_len))
         self.rtnl.submit(messages, settled)
 
-    def probe_table(self, table: int, family: int, path: Path | None, settled: Settled) -> None:
+    def probe_table(self, table: int, family: int, hop: NextHop | None, settled: Settled) -> None:
         """A health probe table of ours: `unreachable default` (its last word, so that a
         lookup there never falls through to the next rule: to the tunnel) and, while the link
         is there, the default route through it."""
         if self.rtnl is None:
             settled([errno.ESHUTDOWN])
             return
-        enc = RouteEncoder(table, self.cfg.route_protocol, {family: path})
+        enc = RouteEncoder(table, self.cfg.route_protocol, {family: hop})
         messages = [enc.unreachable(family)]
-        if path is not None:
+        if hop is not None:
             messages.append(enc.add(family, bytes(4 if family == 4 else 16), 0))
         self.rtnl.submit(messages, settled)
 
@@ -248,9 +274,8 @@ class Kernel:
                 if any(r.family == family and spec.matches(r) and r.protocol == spec.protocol
                        for r in present):  # fmt: skip
                     messages.append(spec.message(family, add=False))
-        done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self.rtnl.submit(messages, done.set_result)
-        codes = await done
+        rtnl = self.rtnl
+        codes = await settled_future(lambda settled: rtnl.submit(messages, settled))
         bad = [c for c in codes if c not in (0, errno.EEXIST, errno.ENOENT)]
         if errno.EPERM in bad:
             raise needs_net_admin("change ip rules")
@@ -307,8 +332,15 @@ class Kernel:
             else:
                 self.nfnl.submit(msgs, done if add else _ipset_errors(done))
 
-    def note(self, action: str, address: str, names: Iterable[str], reason: str) -> None:
-        """A decision worth recording: only the dry-run kernel keeps them."""
+    def note(
+        self, action: str, packed: bytes, names: str | list[str], reason: str, *args: object
+    ) -> None:
+        """A decision worth recording (`reason` % `args`): only the dry-run kernel keeps
+        them; here it costs a call and nothing is formatted."""
+
+    def report(self) -> dict[str, Any]:
+        """What status adds for this kernel side: nothing."""
+        return {}
 
 
 class _Join:

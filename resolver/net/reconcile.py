@@ -18,21 +18,22 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from resolver.net import journal
+from policy.model import Policy
+from resolver.config import BreakoutConfig
+from resolver.hooks import wait
 from resolver.net.holds import MAX_NAMES, Hold
-from resolver.net.replay import UNACCOUNTED
+from resolver.net.journal import AHEAD, CLOCK_SLACK
+from resolver.net.parts import MatcherLike, Parts
+from resolver.net.records import UNACCOUNTED, Saved
 from resolver.net.routes import AF, HOST_LEN, Route, foreign_hosts, owned
-
-if TYPE_CHECKING:
-    from resolver.net.breakout import Breakout
 
 log = logging.getLogger(__name__)
 
 
 def restore_holds(
-    saved: dict[str, journal.Saved],
+    saved: dict[str, Saved],
     match: Callable[[str], Any],
     skip_reason: Callable[[bytes], str | None],
     now: float,
@@ -72,22 +73,23 @@ class Review:
     foreign: set[str] = field(default_factory=set)  # host addresses routed by someone else
 
 
-def review_table(b: Breakout, routes: list[Route], trust: bool) -> Review:
+def review_table(cfg: BreakoutConfig, parts: Parts, routes: list[Route], trust: bool) -> Review:
     """Sort the table's routes; mark adopted holds and config routes installed when they go
     where they should."""
-    cfg = b.cfg
+    ledger = parts.ledger
     review = Review(foreign=foreign_hosts(routes, cfg.route_protocol))
-    paths = b.paths.paths()
+    hops = parts.links.choice.next_hops()
     for r in owned(routes, cfg.route_protocol):
-        path = paths[r.family]
-        same_hop = path is not None and r.oif == path.oif and r.gateway == path.gateway
+        hop = hops[r.family]
+        same_hop = hop is not None and r.oif == hop.oif and r.gateway == hop.gateway
         host = r.dst_len == HOST_LEN[r.family]
-        held = b.holds.get(socket.inet_pton(AF[r.family], r.dst)) if host else None
-        config_route = b.ledger.routes.routed.get(f"{r.dst}/{r.dst_len}")
-        if held is not None and path is not None:
-            held.installed = same_hop  # a changed next hop is re-installed in place
+        held = ledger.get(socket.inet_pton(AF[r.family], r.dst)) if host else None
+        config_route = ledger.config_routes.routed.get(f"{r.dst}/{r.dst_len}")
+        if held is not None and hop is not None:
+            if same_hop:  # a changed next hop is re-installed in place
+                ledger.installed(held, None)
             review.adopted.append(held)
-        elif config_route is not None and path is not None:
+        elif config_route is not None and hop is not None:
             config_route.installed = same_hop
         elif trust:
             review.stale.append(r)
@@ -96,13 +98,12 @@ def review_table(b: Breakout, routes: list[Route], trust: bool) -> Review:
     return review
 
 
-async def run(b: Breakout) -> None:
+async def run(cfg: BreakoutConfig, parts: Parts, policy: Policy, matcher: MatcherLike) -> None:
     """Reconcile at start (see the module docstring)."""
-    cfg, now, wall = b.cfg, b.clock(), b.wall()
-    latest = wall + cfg.max_hold + journal.AHEAD + journal.CLOCK_SLACK
-    loaded = (
-        journal.load(b.state_dir, latest) if not b.dry_run else journal.Loaded({}, True, [], False)
-    )
+    ledger, installs, links, journal = parts.ledger, parts.installs, parts.links, parts.journal
+    now, wall = parts.clock(), parts.wall()
+    latest = wall + cfg.max_hold + AHEAD + CLOCK_SLACK
+    loaded = journal.load(latest)
     for problem in loaded.problems:
         log.error("hold journal: %s", problem)
     if not loaded.ok:
@@ -110,42 +111,43 @@ async def run(b: Breakout) -> None:
             "the hold journal cannot be trusted: keeping every route of ours in table %d for "
             "one hold period rather than removing what may be live", cfg.table,
         )  # fmt: skip
-    b.journal_problems = loaded.problems
-    restored = restore_holds(loaded.holds, b.matcher.match, b.skip_reason, now, wall)
-    b.ledger.adopt(restored.values())
+    restored = restore_holds(loaded.holds, matcher.match, links.skip_reason, now, wall)
+    ledger.adopt(restored.values())
     resolvers = [host for host, _port in cfg.resolvers]
-    _gone, skipped = b.ledger.routes.load(b.policy.cidrs, resolvers, b.never)
-    b.counters["skipped"] += skipped
-    review = review_table(b, await b.kernel.dump_routes(), loaded.ok)
-    b.foreign = review.foreign
+    _gone, skipped = ledger.config_routes.load(policy.cidrs, resolvers, links.never)
+    ledger.counters["skipped"] += skipped
+    review = review_table(cfg, parts, await installs.kernel.dump_routes(), loaded.ok)
+    links.set_foreign(review.foreign)
     for address in review.foreign:
         packed = socket.inet_pton(AF[6 if ":" in address else 4], address)
-        if b.ledger.pop(packed) is not None:
+        if ledger.pop(packed) is not None:
             log.warning("not adopting %s: table %d routes it for someone else", address, cfg.table)
     expires = now + cfg.min_hold + cfg.grace
+    unaccounted = []
     for r in review.unaccounted:
         if r.dst_len == HOST_LEN[r.family]:
             h = Hold(socket.inet_pton(AF[r.family], r.dst), UNACCOUNTED, expires, 0)
             h.installed = True
-            b.ledger.adopt([h])
-    b.counters["adopted"] += len(review.adopted)
+            unaccounted.append(h)
+    ledger.adopt(unaccounted)
+    ledger.counters["adopted"] += len(review.adopted)
     if review.stale:
-        b.io.errnos.settle("remove stale routes")(await b.io.delete_table_routes(review.stale))
-    ready = b.paths.ready()
-    await b.io.install_prefixes(b.ledger.routes.missing(ready))
-    todo = [h for h in b.holds.values() if not h.installed and ready[h.family]]
+        installs.errnos.settle("remove stale routes")(
+            await installs.delete_table_routes(review.stale)
+        )
+    ready = links.ready()
+    await installs.install_prefixes(ledger.config_routes.missing(ready))
+    todo = [h for h in ledger.missing if ready[h.family]]
     for h in todo:
-        b.io.enqueue(h)
-    fut = b.io.flush_now()
-    if fut is not None:
-        await fut
+        installs.enqueue(h)
+    await wait(installs.flush_now())
     for h in review.adopted:  # the set timeouts kept running in the kernel: realign them
         if h.installed:
-            b.io.queue_refresh(h)
-    b.io.flush_refresh()
-    await b.journal.compact(list(b.holds.values()))
+            installs.queue_refresh(h)
+    installs.flush_refresh()
+    await journal.compact(list(ledger))
     log.info(
-        "reconciled table %d: %d holds from %s, %d routes adopted, %d installed, %d removed, "
-        "%d kept unaccounted", cfg.table, len(restored), journal.path_of(b.state_dir),
-        len(review.adopted), len(todo), len(review.stale), len(review.unaccounted),
+        "reconciled table %d: %d holds from the journal, %d routes adopted, %d installed, "
+        "%d removed, %d kept unaccounted", cfg.table, len(restored), len(review.adopted),
+        len(todo), len(review.stale), len(review.unaccounted),
     )  # fmt: skip

@@ -12,64 +12,69 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
-from resolver.net.dryrun import DryRunKernel
+from resolver.config import BreakoutConfig
 from resolver.net.holds import Hold
+from resolver.net.parts import Parts
 from resolver.net.prefixes import POLICY, RESOLVER
-
-if TYPE_CHECKING:
-    from resolver.net.breakout import Breakout
+from resolver.statusmodel import BreakoutStatus, Decision, JournalStatus, LinkStatus, NetlinkLatency
 
 
-def status(b: Breakout) -> dict[str, Any]:
-    cfg, now = b.cfg, b.clock()
+def status(cfg: BreakoutConfig, parts: Parts) -> dict[str, Any]:
+    """The breakout part of the status tree, a resolver.statusmodel.BreakoutStatus (handed on
+    as a plain dict: Breakout.status's type). The links, journal, latency and decisions come as
+    their owners' dicts: the casts name what those hold."""
+    ledger, choice = parts.ledger, parts.links.choice
+    now = parts.clock()
     routes = {4: 0, 6: 0}
     entries = {4: 0, 6: 0}
-    for h in b.holds.values():
+    for h in ledger:
         family = 4 if len(h.packed) == 4 else 6
         if h.installed:
             routes[family] += 1
         if h.set_expires > now:
             entries[family] += 1
-    ready = b.paths.ready()
-    active = {f: (s.cfg.interface if (s := b.paths.active[f]) is not None else None)
+    ready = choice.ready()
+    active = {f: (s.cfg.interface if (s := choice.active[f]) is not None else None)
               for f in (4, 6)}  # fmt: skip
-    counters = b.counters
-    out: dict[str, Any] = {
+    counters = ledger.counters
+    config_routes = ledger.config_routes
+    out: BreakoutStatus = {
         "interface": cfg.interface,
-        "link_up": any(s.carries[4] or s.carries[6] for s in b.paths.links[:1]),
+        "link_up": any(s.carries[4] or s.carries[6] for s in choice.links[:1]),
         "table": cfg.table,
         "routes_v4": routes[4],
         "routes_v6": routes[6],
-        "cidr_routes": b.ledger.routes.installed(POLICY),
+        "cidr_routes": config_routes.installed(POLICY),
         "ipset_v4": entries[4] if cfg.ipset4 else 0,
         "ipset_v6": entries[6] if cfg.ipset6 else 0,
         "errors": counters["netlink_errors"],
         "active": active[4] or active[6],
-        "links": [s.status() for s in b.paths.links],
+        "links": cast("list[LinkStatus]", [s.status() for s in choice.links]),
         "mode": str(cfg.mode),
         "active_v4": active[4],
         "active_v6": active[6],
         "ready_v4": ready[4],
         "ready_v6": ready[6],
-        "holds": len(b.holds),
-        "resolver_routes": b.ledger.routes.installed(RESOLVER),
+        "holds": len(ledger),
+        "resolver_routes": config_routes.installed(RESOLVER),
         "nftset_v4": entries[4] if cfg.nftset4 else 0,
         "nftset_v6": entries[6] if cfg.nftset6 else 0,
         "skipped": counters["skipped"],
         "ack_timeouts": counters["ack_timeouts"],
         "capped": counters["capped"],
         "failovers": counters["failovers"],
-        "journal": {**b.journal.status(), "problems": b.journal_problems},
+        "journal": cast("JournalStatus", parts.journal.status()),
         "counters": dict(counters),
-        "netlink_latency": b.io.latency_percentiles(),
-        "connected_networks": [c for c, _ in b.view.connected()],
+        "netlink_latency": cast("NetlinkLatency", parts.installs.latency_percentiles()),
+        "connected_networks": [c for c, _ in parts.links.view.connected()],
     }
-    if isinstance(b.kernel, DryRunKernel):
-        out["dry_run_decisions"] = list(b.kernel.decisions)
-        out["dry_run_decisions_total"] = b.kernel.total
-    return out
+    extras = parts.installs.kernel.report()  # the dry-run kernel's decisions
+    if extras:
+        out["dry_run_decisions"] = cast("list[Decision]", extras["dry_run_decisions"])
+        out["dry_run_decisions_total"] = extras["dry_run_decisions_total"]
+    return dict(out)
 
 
 def routes_json(holds: Iterable[Hold], now: float) -> bytes:

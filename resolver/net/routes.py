@@ -110,7 +110,7 @@ def parse_route(body: Buffer, start: int = 0, end: int | None = None) -> Route |
 
 
 @dataclass(frozen=True, slots=True)
-class Path:
+class NextHop:
     """Where a family's routes go: out of interface `oif`, via `gateway` (None: on-link)."""
 
     oif: int
@@ -118,26 +118,26 @@ class Path:
 
 
 class RouteEncoder:
-    """Packs resolverd's route messages for one table and the current path of each family."""
+    """Packs resolverd's route messages for one table and the current next hop of each family."""
 
-    def __init__(self, table: int, protocol: int, paths: dict[int, Path | None]) -> None:
+    def __init__(self, table: int, protocol: int, next_hops: dict[int, NextHop | None]) -> None:
         self.table = table
         self.protocol = protocol
-        self.paths = paths
+        self.next_hops = next_hops
         self._table_u8 = table if table < 256 else 0
         table_attr = netlink.attr(RTA_TABLE, _U32.pack(table))
         self._del_tail = table_attr
         self._add_tail: dict[int, bytes] = {}
         self._scope: dict[int, int] = {}
-        for family, path in paths.items():
-            if path is None:
+        for family, hop in next_hops.items():
+            if hop is None:
                 continue
-            tail = table_attr + netlink.attr(RTA_OIF, _U32.pack(path.oif))
-            if path.gateway is not None:
-                tail += netlink.attr(RTA_GATEWAY, socket.inet_pton(AF[family], path.gateway))
+            tail = table_attr + netlink.attr(RTA_OIF, _U32.pack(hop.oif))
+            if hop.gateway is not None:
+                tail += netlink.attr(RTA_GATEWAY, socket.inet_pton(AF[family], hop.gateway))
             self._add_tail[family] = tail
             # A device-only IPv4 route is on-link (scope link); IPv6 routes are always universe.
-            on_link = path.gateway is None and family == 4
+            on_link = hop.gateway is None and family == 4
             self._scope[family] = RT_SCOPE_LINK if on_link else RT_SCOPE_UNIVERSE
 
     def can_add(self, family: int) -> bool:

@@ -12,7 +12,7 @@ property that does not hold, is a crash the fuzzer keeps.
     handler  Handler.handle end to end (scenario.py), upstream replies from the input
     chain    replies.walk_chain against dnslib's reading of the same reply: which addresses
              may be routed, and the names that go into the hold journal
-    journal  the hold journal's reader (replay.parse) on any bytes: what it restores
+    journal  the hold journal's reader (records.parse) on any bytes: what it restores
 
 Input layouts are documented per target; `seeds.py` writes a corpus in them.
 """
@@ -28,7 +28,7 @@ from typing import Any
 from dnslib import QTYPE, DNSRecord
 
 from resolver.dns import cache, replies, wire
-from resolver.net import replay
+from resolver.net import records
 from tests.fuzz.checks import (
     Violation,
     check_reply,
@@ -216,7 +216,7 @@ def target_chain(data: bytes) -> None:
     require(chain[0] == qname and len(chain) == len(cnames) + 1, "chain and its CNAMEs")
     require(len(set(chain)) == len(chain) and len(chain) <= wire.MAX_CHAIN + 1, "chain shape")
     for name in chain:
-        require(replay.name_ok(name) or name == "", "a name the journal would refuse")
+        require(records.name_ok(name) or name == "", "a name the journal would refuse")
         require(wire.read_name(wire.encode_name(name), 0) == name, "name round trip")
     if dnslib_agrees(body):
         require((chain, addresses) == _dnslib_chain(body), "dnslib reads another chain")
@@ -254,7 +254,7 @@ def target_journal(data: bytes) -> None:
     the writer could have written: an address in its canonical form, a finite expiry no later
     than the limit given, a name in read_name's form (or the unaccounted marker)."""
     latest = 2_000_000_000.0
-    loaded = replay.parse(data, "fuzz.journal", latest)
+    loaded = records.parse(data, "fuzz.journal", latest)
     require(loaded.ok or bool(loaded.problems), "untrusted without a reason")
     for address, saved in loaded.holds.items():
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -262,7 +262,7 @@ def target_journal(data: bytes) -> None:
         require(math.isfinite(saved.expires) and saved.expires <= latest, "expiry")
         require(all(e <= saved.expires for e in saved.names.values()), "name expiry")
         for name in saved.names:
-            require(name == replay.UNACCOUNTED or replay.name_ok(name), "name")
+            require(name == records.UNACCOUNTED or records.name_ok(name), "name")
             require(all(32 < ord(ch) < 127 for ch in name.replace(" ", "!")), "printable")
 
 

@@ -14,7 +14,7 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,9 @@ from resolver.config import (
     TcpConfig,
 )
 from resolver.dns.server import DnsServer
-from resolver.hooks import Tagged
+from resolver.hooks import Epoch, Pending, Tagged
 from tests.fakeupstream import FakeUpstream
+from tests.later import Later
 
 
 @pytest.fixture
@@ -107,9 +108,9 @@ class StubMatcher:
 
 
 class RecordingHook:
-    """A breakout hook that records its calls; with `delay` it returns an awaitable."""
+    """A breakout hook that records its calls; with `delay` its answers wait that long."""
 
-    epoch = 0
+    epoch = Epoch()
     ready = False
 
     def __init__(self, delay: float = 0.0) -> None:
@@ -120,16 +121,12 @@ class RecordingHook:
 
     def on_answer(
         self, tagged: Tagged, ttl: int, client: str = "", installed: list[bytes] | None = None
-    ) -> Awaitable[None] | None:
+    ) -> Pending | None:
         self.calls.append((tagged, ttl))
         self.clients.append(client)
         if not self.delay:
             return None
-        return self._wait()
-
-    async def _wait(self) -> None:
-        await asyncio.sleep(self.delay)
-        self.finished.append(time.monotonic())
+        return Later(self.delay, lambda: self.finished.append(time.monotonic()))
 
 
 def make_config(upstreams: list[tuple[str, int]], **over: Any) -> Config:

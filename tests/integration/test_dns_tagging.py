@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from resolver.hooks import address_texts
+from resolver.hooks import Epoch, address_texts
 from tests.integration.conftest import DnsEnv, FakeClock, RecordingHook, StubMatcher
 
 pytestmark = pytest.mark.integration
@@ -133,7 +133,7 @@ async def test_set_hook_swaps_the_hook() -> None:
 
 async def test_failing_hook_still_answers() -> None:
     class Broken:
-        epoch = 0
+        epoch = Epoch()
         ready = False
 
         def on_answer(self, tagged: object, ttl: int, client: str, installed: object) -> None:

@@ -30,6 +30,7 @@ from policy.matcher import Matcher
 from policy.model import Policy
 from resolver.config import BreakoutConfig, parse_config
 from resolver.hooks import Tagged, pack_addresses
+from resolver.hooks import wait as settled
 from resolver.net.breakout import Breakout
 from resolver.net.cleanup import cleanup
 
@@ -74,7 +75,7 @@ class Driver:
             t0 = time.perf_counter()
             wait = b.on_answer(t, req.get("ttl", 60))
             if wait is not None:
-                await wait
+                await settled(wait)
             return {
                 "matched": True,
                 "waited": wait is not None,

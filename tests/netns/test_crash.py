@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from resolver.net.journal import AHEAD
-from resolver.net.replay import UNACCOUNTED
+from resolver.net.records import UNACCOUNTED
 from tests.netns.crashkit import (
     HOLD_MARGIN,
     Lines,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from resolver.net import journal
+from resolver.net import records
 from tests.netns.crashkit import Resolverd, Upstream, anyip, ask, v4_name, v6_name, zone
 from tests.netns.lab import Lab
 
@@ -64,8 +64,8 @@ def fill(path: str) -> None:
                 assert err.errno == errno.ENOSPC
 
 
-def journal_of(d: Resolverd) -> journal.Loaded:
-    return journal.load(d.state_path())
+def journal_of(d: Resolverd) -> records.Loaded:
+    return records.load(d.state_path())
 
 
 def served(lab: Lab, d: Resolverd, i: int) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 from policy.matcher import Matcher
 from policy.model import Policy, Rule
 from resolver.config import BreakoutConfig, LinkConfig, Mode
-from resolver.hooks import Tagged, pack_addresses
+from resolver.hooks import Tagged, pack_addresses, wait
 from resolver.net.links import Addr, Link, NetView
-from resolver.net.routes import AF, HOST_LEN, Path, Route
+from resolver.net.routes import AF, HOST_LEN, NextHop, Route
 
 Settled = Callable[[list[int]], None]
 
@@ -53,7 +53,7 @@ class FakeKernel:
         self.deferred: list[tuple[Settled, list[int]]] = []
         self.rules_present: set[tuple[int, int, int | None]] = set()  # (priority, table, mark)
         self.extra_routes: list[Route] = []
-        self.paths: dict[int, Path | None] = {4: None, 6: None}
+        self.paths: dict[int, NextHop | None] = {4: None, 6: None}
         self.started = False
         self.check_error: Exception | None = None  # open() raises it
         self.dump_error: Exception | None = None  # dump_routes() raises it
@@ -62,7 +62,7 @@ class FakeKernel:
         self.sets_missing: list[str] = []
         self.closed = False
         self.notes: list[tuple[str, str, str]] = []
-        self.probes: dict[tuple[int, int], Path | None] = {}
+        self.probes: dict[tuple[int, int], NextHop | None] = {}
 
     @property
     def rules(self) -> int:
@@ -71,6 +71,8 @@ class FakeKernel:
     @property
     def has_sets(self) -> bool:
         return self._has_sets
+
+    can_probe = True
 
     async def open(
         self, loop: asyncio.AbstractEventLoop, create: bool = True, strict: bool = True
@@ -91,8 +93,8 @@ class FakeKernel:
     def close(self) -> None:
         self.closed = True
 
-    def set_paths(self, paths: dict[int, Path | None]) -> None:
-        self.paths = dict(paths)
+    def set_next_hops(self, hops: dict[int, NextHop | None]) -> None:
+        self.paths = dict(hops)
 
     @property
     def oif(self) -> int | None:
@@ -145,8 +147,8 @@ class FakeKernel:
             self.entries.pop((fam, packed), None)
         self._settle(settled, [0] * len(items))
 
-    def probe_table(self, table: int, family: int, path: Path | None, settled: Settled) -> None:
-        self.probes[(table, family)] = path
+    def probe_table(self, table: int, family: int, hop: NextHop | None, settled: Settled) -> None:
+        self.probes[(table, family)] = hop
         settled([0])
 
     async def dump_routes(self, table: int | None = None) -> list[Route]:
@@ -182,8 +184,12 @@ class FakeKernel:
                 changed += 1
         return changed
 
-    def note(self, action: str, address: str, names: Any, reason: str) -> None:
-        self.notes.append((action, address, reason))
+    def note(self, action: str, packed: bytes, names: Any, reason: str, *args: object) -> None:
+        address = socket.inet_ntop(AF[4 if len(packed) == 4 else 6], packed)
+        self.notes.append((action, address, reason % args if args else reason))
+
+    def report(self) -> dict[str, Any]:
+        return {}
 
     def ops(self, name: str) -> list[list[Any]]:
         return [items for op, items in self.calls if op == name]
@@ -243,10 +249,9 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(body())  # type: ignore[arg-type]
 
 
-async def answer(b: Any, t: Tagged, ttl: int) -> None:
-    wait = b.on_answer(t, ttl)
-    if wait is not None:
-        await wait
+async def answer(b: Any, t: Tagged, ttl: int, client: str = "") -> None:
+    """An answer through the breakout's hook, awaited as the DNS side would wait to reply."""
+    await wait(b.on_answer(t, ttl, client))
 
 
 def device_route(cidr: str, oif: int, proto: int = 3) -> Route:

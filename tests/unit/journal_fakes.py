@@ -7,9 +7,9 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from resolver.net import journal
 from resolver.net.holds import Hold
-from resolver.net.journal import Journal, load
+from resolver.net.journal import Journal
+from resolver.net.records import Saved, load
 from tests.unit.breakout_fakes import Clock
 
 WALL = 1_700_000_000.0  # wall clock = monotonic clock + WALL in these tests
@@ -32,7 +32,7 @@ def read(path: str) -> bytes:
         return fh.read()
 
 
-def on_disk(state_dir: str) -> dict[str, journal.Saved]:
+def on_disk(state_dir: str) -> dict[str, Saved]:
     loaded = load(state_dir)
     assert loaded.ok, loaded.problems
     return loaded.holds

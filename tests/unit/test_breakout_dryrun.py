@@ -69,7 +69,7 @@ def test_dry_run_flush_and_mode_change(tmp_path: Any) -> None:
     async def body() -> None:
         b = Breakout(make_cfg(mode="dry-run"), str(tmp_path), MATCHER, POLICY, view=make_view())
         await b.start()
-        b.on_answer(tagged("x.office.com", "203.0.113.1"), 60)
+        await answer(b, tagged("x.office.com", "203.0.113.1"), 60)
         assert (await b.flush())["routes"] == 1
         assert b.routes() == []
         assert b.status()["dry_run_decisions"][-1]["reason"] == "flush"

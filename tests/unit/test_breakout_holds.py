@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from resolver.net import watch
+from resolver.hooks import wait as settled
 from resolver.net.breakout import Breakout
 from resolver.net.links import KIND_ADDR, KIND_LINK, KIND_ROUTE, Addr, Link
 from resolver.net.routes import Route
@@ -63,7 +63,7 @@ def test_new_addresses_are_installed_before_the_awaitable_completes(tmp_path: An
         wait = b.on_answer(tagged("outlook.office.com", "203.0.113.10", "2001:db8:365::10"), 60)
         assert wait is not None
         assert not k.has_route("203.0.113.10")  # queued, sent at the next loop iteration
-        await wait
+        await settled(wait)
         assert k.has_route("203.0.113.10") and k.has_route("2001:db8:365::10")
         assert len(k.ops("add_routes")) == 1  # both addresses in one batch
         (entries,) = k.ops("add_entries")
@@ -82,7 +82,7 @@ def test_cache_hit_returns_none_and_only_extends_the_hold(tmp_path: Any) -> None
         b, k, clock = await started(tmp_path)
         wait = b.on_answer(tagged("outlook.office.com", "203.0.113.10"), 60)
         assert wait is not None
-        await wait
+        await settled(wait)
         k.calls.clear()
         clock.now += 10
         assert b.on_answer(tagged("outlook.office.com", "203.0.113.10"), 1000) is None
@@ -102,7 +102,7 @@ def test_concurrent_answers_share_one_batch(tmp_path: Any) -> None:
             b.on_answer(tagged("b.sharepoint.com", "203.0.113.3"), 60),
             b.on_answer(tagged("c.office.com", "203.0.113.2"), 60),  # joins the queued install
         ]
-        await asyncio.gather(*[w for w in waits if w is not None])
+        await asyncio.gather(*[settled(w) for w in waits if w is not None])
         assert all(w is not None for w in waits)
         (batch,) = k.ops("add_routes")
         assert len(batch) == 3
@@ -121,7 +121,7 @@ def test_slow_kernel_releases_the_answer_after_ack_timeout(tmp_path: Any) -> Non
         t0 = loop.time()
         wait = b.on_answer(tagged("outlook.office.com", "203.0.113.10"), 60)
         assert wait is not None
-        await wait
+        await settled(wait)
         assert 0.015 <= loop.time() - t0 < 0.5
         assert b.counters["ack_timeouts"] == 1
         assert b.status()["routes_v4"] == 0  # not acknowledged yet
@@ -163,7 +163,7 @@ async def stand_still(b: Breakout, k: FakeKernel, ack_after: float | None) -> Aw
     time.sleep(0.06)  # the loop stands still
     if ack is not None:
         ack.join()
-    return wait
+    return settled(wait)
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
@@ -263,7 +263,7 @@ def test_max_entries_caps_logs_once_and_counts(
             for i in range(5):
                 w = b.on_answer(tagged("x.office.com", f"203.0.113.{i + 1}"), 60)
                 if w is not None:
-                    await w
+                    await settled(w)
         assert len(b.holds) == 2
         assert b.counters["capped"] == 3
         assert sum("max_entries" in r.getMessage() for r in caplog.records) == 1
@@ -299,11 +299,11 @@ def test_route_deleted_by_someone_else_is_reinstalled_by_the_next_answer(tmp_pat
         await answer(b, tagged("x.office.com", "203.0.113.10"), 60)
         k.routes.clear()  # `ip route del` by hand
         gone = Route(4, "203.0.113.10", 32, 365, 245, 0, 1, WAN, None)
-        watch.on_event(b, KIND_ROUTE, False, gone)
+        b.parts.links.on_event(KIND_ROUTE, False, gone)
         assert b.counters["route_lost"] == 1
         wait = b.on_answer(tagged("x.office.com", "203.0.113.10"), 60)
         assert wait is not None  # a cache hit now waits for the re-install
-        await wait
+        await settled(wait)
         assert k.has_route("203.0.113.10")
         await b.stop()
 
@@ -319,7 +319,7 @@ def test_own_deletions_are_not_mistaken_for_foreign_ones(tmp_path: Any) -> None:
         await answer(b, tagged("x.office.com", "203.0.113.10"), 5)
         # The monitor now reads the RTM_DELROUTE of the sweep's own deletion.
         gone = Route(4, "203.0.113.10", 32, 365, 245, 0, 1, WAN, None)
-        watch.on_event(b, KIND_ROUTE, False, gone)
+        b.parts.links.on_event(KIND_ROUTE, False, gone)
         assert by_address(b)["203.0.113.10"].installed
         assert b.counters["route_lost"] == 0
         await b.stop()
@@ -353,7 +353,7 @@ def test_link_down_withdraws_and_link_up_restores(tmp_path: Any) -> None:
         b, k, _ = await started(tmp_path)
         await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
         assert b.status()["link_up"] is True
-        watch.on_event(b, KIND_LINK, True, Link(WAN, "wan0", False))
+        b.parts.links.on_event(KIND_LINK, True, Link(WAN, "wan0", False))
         await asyncio.sleep(0)
         assert b.status()["link_up"] is False
         assert k.routes == {}
@@ -361,7 +361,7 @@ def test_link_down_withdraws_and_link_up_restores(tmp_path: Any) -> None:
         # While down, answers go out at once; the holds stay.
         assert b.on_answer(tagged("x.office.com", "203.0.113.1", "203.0.113.5"), 60) is None
         assert len(b.holds) == 3
-        watch.on_event(b, KIND_LINK, True, Link(WAN, "wan0", True))
+        b.parts.links.on_event(KIND_LINK, True, Link(WAN, "wan0", True))
         await asyncio.sleep(0.01)
         assert b.status()["link_up"] is True
         for a in ("203.0.113.1", "203.0.113.5", "2001:db8:365::1"):
@@ -375,11 +375,11 @@ def test_losing_the_address_withdraws_that_family(tmp_path: Any) -> None:
     async def body() -> None:
         b, k, _ = await started(tmp_path)
         await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
-        watch.on_event(b, KIND_ADDR, False, [Addr(WAN, 4, "192.0.2.2", "192.0.2.0/25", False)])
+        b.parts.links.on_event(KIND_ADDR, False, [Addr(WAN, 4, "192.0.2.2", "192.0.2.0/25", False)])
         await asyncio.sleep(0)
         assert not k.has_route("203.0.113.1") and k.has_route("2001:db8:365::1")
         assert b.status()["ready_v4"] is False and b.status()["link_up"] is True
-        watch.on_event(b, KIND_ADDR, True, [Addr(WAN, 4, "192.0.2.2", "192.0.2.0/25", False)])
+        b.parts.links.on_event(KIND_ADDR, True, [Addr(WAN, 4, "192.0.2.2", "192.0.2.0/25", False)])
         await asyncio.sleep(0.01)
         assert k.has_route("203.0.113.1")
         await b.stop()
@@ -391,7 +391,9 @@ def test_a_network_that_becomes_connected_is_no_longer_routed(tmp_path: Any) -> 
     async def body() -> None:
         b, k, _ = await started(tmp_path)
         await answer(b, tagged("x.office.com", "198.51.100.77"), 60)
-        watch.on_event(b, KIND_ADDR, True, [Addr(5, 4, "198.51.100.1", "198.51.100.0/24", False)])
+        b.parts.links.on_event(
+            KIND_ADDR, True, [Addr(5, 4, "198.51.100.1", "198.51.100.0/24", False)]
+        )
         await asyncio.sleep(0)
         assert b.holds == {} and not k.has_route("198.51.100.77")
         assert b.on_answer(tagged("x.office.com", "198.51.100.77"), 60) is None
@@ -405,7 +407,7 @@ def test_a_full_tunnel_coming_up_does_not_stop_the_breakout(tmp_path: Any) -> No
         b, k, _ = await started(tmp_path)
         await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
         for cidr in ("0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"):
-            watch.on_event(b, KIND_ROUTE, True, device_route(cidr, TUN))
+            b.parts.links.on_event(KIND_ROUTE, True, device_route(cidr, TUN))
         await asyncio.sleep(0)
         assert len(b.holds) == 2 and k.has_route("203.0.113.1") and k.has_route("2001:db8:365::1")
         assert b.status()["cidr_routes"] == 2 and k.ops("del_routes") == []
@@ -425,33 +427,33 @@ def test_a_connected_network_takes_only_what_is_inside_and_gives_prefixes_back(
         row14 = (4, socket.inet_pton(socket.AF_INET, "13.67.59.89"), 32)
         await answer(b, tagged("x.office.com", "203.0.113.1", "198.51.100.77", "13.67.59.5"), 60)
         # A LAN appears behind a device route: only what lies inside it goes.
-        watch.on_event(b, KIND_ROUTE, True, device_route("198.51.100.0/24", TUN))
+        b.parts.links.on_event(KIND_ROUTE, True, device_route("198.51.100.0/24", TUN))
         await asyncio.sleep(0)
         assert sorted(by_address(b)) == ["13.67.59.5", "203.0.113.1"]
         assert not k.has_route("198.51.100.77") and k.has_route("203.0.113.1")
         assert b.status()["cidr_routes"] == 2
         # One over a policy prefix: the prefix is held back (and the host inside it goes)...
-        watch.on_event(b, KIND_ROUTE, True, device_route("13.67.59.0/24", TUN))
+        b.parts.links.on_event(KIND_ROUTE, True, device_route("13.67.59.0/24", TUN))
         await asyncio.sleep(0)
         assert row14 not in k.routes and b.status()["cidr_routes"] == 1
         assert sorted(by_address(b)) == ["203.0.113.1"]
         # ...and comes back when the network goes, without a reload.
-        watch.on_event(b, KIND_ROUTE, False, device_route("13.67.59.0/24", TUN))
+        b.parts.links.on_event(KIND_ROUTE, False, device_route("13.67.59.0/24", TUN))
         await asyncio.sleep(0)
         assert k.routes.get(row14) and b.status()["cidr_routes"] == 2
         # Taking the tunnel down deletes its IPv4 routes silently: the prefix comes back too.
-        watch.on_event(b, KIND_ROUTE, True, device_route("13.67.59.0/24", TUN))
+        b.parts.links.on_event(KIND_ROUTE, True, device_route("13.67.59.0/24", TUN))
         await asyncio.sleep(0)
         assert row14 not in k.routes
-        watch.on_event(b, KIND_LINK, True, Link(TUN, "tun0", False, admin_up=False))
+        b.parts.links.on_event(KIND_LINK, True, Link(TUN, "tun0", False, admin_up=False))
         await asyncio.sleep(0)
         assert k.routes.get(row14) and b.status()["cidr_routes"] == 2
         assert "198.51.100.0/24" not in b.status()["connected_networks"]
         # After a flush the prefixes wait for a reload, whatever the networks do.
-        watch.on_event(b, KIND_ROUTE, True, device_route("13.67.59.0/24", LAN))
+        b.parts.links.on_event(KIND_ROUTE, True, device_route("13.67.59.0/24", LAN))
         await asyncio.sleep(0)
         await b.flush()
-        watch.on_event(b, KIND_ROUTE, False, device_route("13.67.59.0/24", LAN))
+        b.parts.links.on_event(KIND_ROUTE, False, device_route("13.67.59.0/24", LAN))
         await asyncio.sleep(0)
         assert k.routes == {} and b.status()["cidr_routes"] == 0
         await b.stop()
@@ -466,7 +468,7 @@ def test_a_held_back_prefix_comes_back_in_dry_run_too(tmp_path: Any) -> None:
         b = Breakout(make_cfg(mode="dry-run"), str(tmp_path), MATCHER, POLICY, view=view)
         await b.start()
         assert b.status()["cidr_routes"] == 1
-        watch.on_event(b, KIND_ROUTE, False, device_route("13.67.59.0/24", LAN))
+        b.parts.links.on_event(KIND_ROUTE, False, device_route("13.67.59.0/24", LAN))
         await asyncio.sleep(0)
         assert b.status()["cidr_routes"] == 2
         await b.stop()
@@ -484,7 +486,7 @@ def test_kernel_errors_are_counted_and_retried(tmp_path: Any) -> None:
         k.fail.clear()
         wait = b.on_answer(tagged("x.office.com", "203.0.113.1"), 60)
         assert wait is not None
-        await wait
+        await settled(wait)
         assert b.status()["routes_v4"] == 1
         await b.stop()
 
@@ -609,8 +611,8 @@ def test_a_cancelled_answer_does_not_cancel_the_others(tmp_path: Any) -> None:
         w1 = b.on_answer(tagged("x.office.com", "203.0.113.1"), 60)
         w2 = b.on_answer(tagged("y.office.com", "203.0.113.1"), 60)
         assert w1 is not None and w2 is not None
-        t1 = asyncio.ensure_future(w1)
-        t2 = asyncio.ensure_future(w2)
+        t1 = settled(w1)
+        t2 = settled(w2)
         await asyncio.sleep(0)
         t1.cancel()
         await asyncio.sleep(0)

@@ -18,7 +18,7 @@ from resolver.net.routes import (
     RTM_NEWROUTE,
     RTM_NEWRULE,
     RTN_UNREACHABLE,
-    Path,
+    NextHop,
     Route,
     RouteEncoder,
     RuleSpec,
@@ -102,7 +102,7 @@ def test_parse_addr_gives_network_and_host() -> None:
 
 
 def test_route_messages_round_trip() -> None:
-    enc = RouteEncoder(365, 245, {4: Path(7, "192.0.2.1"), 6: Path(7, None)})
+    enc = RouteEncoder(365, 245, {4: NextHop(7, "192.0.2.1"), 6: NextHop(7, None)})
     kind, flags, body = enc.add(4, socket.inet_pton(socket.AF_INET, "203.0.113.10"), 32)
     assert kind == RTM_NEWROUTE and flags & netlink.NLM_F_REPLACE
     r = parse_route(body)

@@ -71,7 +71,9 @@ def test_a_reload_that_drops_one_family_withdraws_only_that_family(tmp_path: Any
         k = FakeKernel()
         b = await started(tmp_path, k)
         # A global IPv6 gateway on a link with no global IPv6 address: IPv6 is not usable.
-        b.view.addrs = {a for a in b.view.addrs if not (a.family == 6 and a.index == 2)}
+        b.parts.links.view.addrs = {
+            a for a in b.parts.links.view.addrs if not (a.family == 6 and a.index == 2)
+        }
         await b.reconfigure(make_cfg(gateway6="2001:db8:f::1"), MATCHER, POLICY)
         assert k.has_route("203.0.113.1") and not k.has_route("2001:db8:365::1")
         assert (b.status()["ready_v4"], b.status()["ready_v6"]) == (True, False)

@@ -23,12 +23,13 @@ from typing import Any
 import pytest
 
 from resolver.config import HealthConfig, LinkConfig, Mode
-from resolver.net import health, watch
+from resolver.hooks import wait as settled
+from resolver.net import health
 from resolver.net.breakout import Breakout
 from resolver.net.health import Probe, Prober, Verdict
+from resolver.net.linkchoice import LinkChoice, health_thresholds
 from resolver.net.links import KIND_ROUTE, Addr, Link, NetView
-from resolver.net.paths import Paths, health_thresholds
-from resolver.net.routes import Path, Route
+from resolver.net.routes import NextHop, Route
 from tests.unit.breakout_fakes import (
     MATCHER,
     POLICY,
@@ -113,7 +114,7 @@ def two_links_view() -> NetView:
 
 
 def test_paths_choose_the_first_usable_link_in_order_of_preference() -> None:
-    paths = Paths(LINKS, (2, 2))
+    paths = LinkChoice(LINKS, (2, 2))
     paths.follow(two_links_view())
     assert paths.choose() == {}  # no verdict yet: nothing usable, nothing changed
     assert paths.ready() == {4: False, 6: False}
@@ -122,13 +123,13 @@ def test_paths_choose_the_first_usable_link_in_order_of_preference() -> None:
         assert state.verdict is not None
         state.verdict.round(True, 1.0)
     assert paths.choose() == {4: (None, wan0), 6: (None, wan0)}
-    assert paths.paths() == {4: Path(WAN, GW4), 6: Path(WAN, GW6)}
+    assert paths.next_hops() == {4: NextHop(WAN, GW4), 6: NextHop(WAN, GW6)}
     assert paths.choose() == {}  # asked again: no change
 
 
 def test_paths_choose_per_family() -> None:
     view = two_links_view()
-    paths = Paths(LINKS, None)  # no health checks: link state alone decides
+    paths = LinkChoice(LINKS, None)  # no health checks: link state alone decides
     paths.follow(view)
     wan0, wan1 = paths.links
     assert wan0.healthy is None and wan0.usable(4)
@@ -136,12 +137,12 @@ def test_paths_choose_per_family() -> None:
     view.apply_addr(False, [Addr(WAN, 6, "2001:db8:b::2", "2001:db8:b::/64", False)])
     paths.follow(view)
     assert paths.choose() == {6: (wan0, wan1)}  # IPv4 stays on wan0
-    assert paths.paths() == {4: Path(WAN, GW4), 6: Path(WAN1, GW6_1)}
+    assert paths.next_hops() == {4: NextHop(WAN, GW4), 6: NextHop(WAN1, GW6_1)}
     assert (paths.describe(4), paths.describe(6)) == ("wan0", "wan1")
 
 
 def test_an_unhealthy_link_moves_both_families_and_all_down_is_none() -> None:
-    paths = Paths(LINKS, (1, 1))
+    paths = LinkChoice(LINKS, (1, 1))
     paths.follow(two_links_view())
     wan0, wan1 = paths.links
     assert wan0.verdict is not None and wan1.verdict is not None
@@ -152,7 +153,7 @@ def test_an_unhealthy_link_moves_both_families_and_all_down_is_none() -> None:
     assert paths.choose() == {4: (wan0, wan1), 6: (wan0, wan1)}
     wan1.verdict.round(False)
     assert paths.choose() == {4: (wan1, None), 6: (wan1, None)}
-    assert paths.paths() == {4: None, 6: None} and paths.ready() == {4: False, 6: False}
+    assert paths.next_hops() == {4: None, 6: None} and paths.ready() == {4: False, 6: False}
     assert paths.describe(4) == "none"
     wan0.verdict.round(True)
     assert paths.choose() == {4: (None, wan0), 6: (None, wan0)}
@@ -160,7 +161,7 @@ def test_an_unhealthy_link_moves_both_families_and_all_down_is_none() -> None:
 
 def test_a_new_interface_index_or_gateway_counts_as_a_move() -> None:
     view = two_links_view()
-    paths = Paths(LINKS, None)
+    paths = LinkChoice(LINKS, None)
     paths.follow(view)
     paths.choose()
     wan0 = paths.links[0]
@@ -171,16 +172,16 @@ def test_a_new_interface_index_or_gateway_counts_as_a_move() -> None:
                            Addr(9, 6, "2001:db8:b::2", "2001:db8:b::/64", False)])  # fmt: skip
     paths.follow(view)
     assert paths.choose() == {4: (wan0, wan0), 6: (wan0, wan0)}
-    assert paths.paths()[4] == Path(9, GW4)
+    assert paths.next_hops()[4] == NextHop(9, GW4)
     # A new gateway for the same link (a reload): its routes must be re-installed too.
-    moved = Paths((LinkConfig("wan0", "192.0.2.3", GW6), LINKS[1]), None)
+    moved = LinkChoice((LinkConfig("wan0", "192.0.2.3", GW6), LINKS[1]), None)
     moved.last = dict(paths.last)
     moved.follow(view)
     assert set(moved.choose()) == {4}
 
 
 def test_status_of_a_link() -> None:
-    paths = Paths(LINKS, (2, 2))
+    paths = LinkChoice(LINKS, (2, 2))
     paths.follow(two_links_view())
     wan0 = paths.links[0]
     assert wan0.status()["healthy"] is None  # not probed yet
@@ -190,16 +191,16 @@ def test_status_of_a_link() -> None:
         "interface": "wan0", "link_up": True, "healthy": True, "ready_v4": True,
         "ready_v6": True, "probe_rtt_ms": 4.0,
     }  # fmt: skip
-    unprobed = Paths(LINKS, None)
+    unprobed = LinkChoice(LINKS, None)
     unprobed.follow(two_links_view())
     assert unprobed.links[1].status()["healthy"] is None
 
 
 def test_dry_run_has_no_verdicts() -> None:
     h = HealthConfig(targets=(("192.0.2.99", 443),))
-    assert health_thresholds(make_cfg(health=h)) == (3, 2)
-    assert health_thresholds(make_cfg(health=h, mode="dry-run")) is None
-    assert health_thresholds(make_cfg()) is None
+    assert health_thresholds(make_cfg(health=h), True) == (3, 2)
+    assert health_thresholds(make_cfg(health=h), False) is None  # no probes (dry-run)
+    assert health_thresholds(make_cfg(), True) is None
 
 
 # -- Prober on loopback ---------------------------------------------------------------------------
@@ -421,9 +422,9 @@ async def started(tmp_path: Any, **kw: Any) -> tuple[Breakout, FakeKernel]:
 
 
 async def probe_rounds(b: Breakout, n: int) -> None:
-    assert b.prober is not None
+    assert b.parts.probes.prober is not None
     for _ in range(n):
-        await b.prober.round()
+        await b.parts.probes.prober.round()
     await asyncio.sleep(0.01)  # the batches go in
 
 
@@ -432,11 +433,11 @@ def test_start_learns_the_links_before_installing_anything(tmp_path: Any, script
         script.good["wan0"] = False
         b, k = await started(tmp_path)
         assert script.calls == 2  # one round, both links, before reconcile
-        assert k.paths == {4: Path(WAN1, GW4_1), 6: Path(WAN1, GW6_1)}
+        assert k.paths == {4: NextHop(WAN1, GW4_1), 6: NextHop(WAN1, GW6_1)}
         assert b.status()["active"] == "wan1" and b.counters["failovers"] == 0
         tables = {(366, 4), (366, 6), (367, 4), (367, 6)}
-        assert set(k.probes) == tables and k.probes[(367, 4)] == Path(WAN1, GW4_1)
-        assert k.probes[(366, 4)] == Path(WAN, GW4)  # probed whatever its health
+        assert set(k.probes) == tables and k.probes[(367, 4)] == NextHop(WAN1, GW4_1)
+        assert k.probes[(366, 4)] == NextHop(WAN, GW4)  # probed whatever its health
         assert {(999, 366, 0x73650000), (999, 367, 0x73650001), (1000, 365, None)} <= (
             k.rules_present
         )
@@ -451,16 +452,16 @@ def test_failover_failback_and_all_down(
     async def body() -> None:
         b, k = await started(tmp_path)
         await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
-        assert k.paths[4] == Path(WAN, GW4) and b.ready
+        assert k.paths[4] == NextHop(WAN, GW4) and b.ready
         k.calls.clear()
-        epoch = b.epoch
+        epoch = b.epoch.value
         script.good["wan0"] = False
         await probe_rounds(b, 1)
         assert b.status()["active"] == "wan0"  # one failed round: not yet
         with caplog.at_level(logging.WARNING, logger="resolver.net.failover"):
             await probe_rounds(b, 1)
-        assert b.status()["active"] == "wan1" and b.epoch > epoch
-        assert k.paths == {4: Path(WAN1, GW4_1), 6: Path(WAN1, GW6_1)}
+        assert b.status()["active"] == "wan1" and b.epoch.value > epoch
+        assert k.paths == {4: NextHop(WAN1, GW4_1), 6: NextHop(WAN1, GW6_1)}
         assert k.ops("del_routes") == []  # replaced in place: no gap
         held = {(4, socket.inet_pton(socket.AF_INET, "203.0.113.1"), 32),
                 (6, socket.inet_pton(socket.AF_INET6, "2001:db8:365::1"), 128)}  # fmt: skip
@@ -485,7 +486,7 @@ def test_failover_failback_and_all_down(
         await probe_rounds(b, 1)
         assert b.status()["active"] == "wan0" and b.ready
         assert k.has_route("203.0.113.1") and k.has_route("2001:db8:365::1")
-        assert k.paths[4] == Path(WAN, GW4) and b.counters["failovers"] == 3
+        assert k.paths[4] == NextHop(WAN, GW4) and b.counters["failovers"] == 3
         await b.stop()
 
     run(body)
@@ -505,10 +506,10 @@ def test_a_route_in_flight_during_a_move_is_sent_again_through_the_new_link(
         assert [item in batch for batch in k.ops("add_routes")] == [True]
         script.good["wan0"] = False
         await probe_rounds(b, 2)
-        assert k.paths[4] == Path(WAN1, GW4_1)
+        assert k.paths[4] == NextHop(WAN1, GW4_1)
         k.defer = False
         k.settle_all()
-        await wait
+        await settled(wait)
         await asyncio.sleep(0.01)
         # Sent once through wan0 (that batch carried the old path), then again through wan1.
         assert sum(item in batch for batch in k.ops("add_routes")) == 2
@@ -522,16 +523,16 @@ def test_after_a_flush_probes_wait_for_the_rules_then_the_tables_come_back(
 ) -> None:
     async def body() -> None:
         b, k = await started(tmp_path)
-        assert b.prober is not None
+        assert b.parts.probes.prober is not None
         counts = await b.flush()
         assert counts["rules"] == 3 and k.rules_present == set()
-        assert not b._probes_live and b._probe_paths == {}
-        assert await watch.probe_gate(b) is False  # paused: links usable, rules gone
+        assert not b.parts.probes.live and b.parts.probes.hops == {}
+        assert await b.parts.probes.gate() is False  # paused: links usable, rules gone
         assert b.status()["active"] == "wan0"  # the verdicts stay meanwhile
         k.probes.clear()
         await answer(b, tagged("x.office.com", "203.0.113.1"), 60)  # the rules come back
         assert (1000, 365, None) in k.rules_present
-        assert await watch.probe_gate(b) is True
+        assert await b.parts.probes.gate() is True
         assert set(k.probes) == {(366, 4), (366, 6), (367, 4), (367, 6)}
         assert (999, 367, 0x73650001) in k.rules_present
         await b.stop()
@@ -547,7 +548,7 @@ def test_a_flush_while_no_link_is_usable_does_not_stop_the_probes(
         b, k = await started(tmp_path)
         assert not b.ready
         await b.flush()
-        assert await watch.probe_gate(b) is True  # nothing would ever install: probe on
+        assert await b.parts.probes.gate() is True  # nothing would ever install: probe on
         assert (999, 366, 0x73650000) in k.rules_present
         script.good["wan1"] = True
         await probe_rounds(b, 2)
@@ -562,9 +563,9 @@ def test_a_probe_route_someone_deleted_is_put_back(tmp_path: Any, script: Script
         b, k = await started(tmp_path)
         k.probes.clear()
         gone = Route(4, "0.0.0.0", 0, 367, 245, 0, 1, WAN1, GW4_1)
-        watch.on_event(b, KIND_ROUTE, False, gone)
+        b.parts.links.on_event(KIND_ROUTE, False, gone)
         await asyncio.sleep(0.01)
-        assert k.probes == {(367, 4): Path(WAN1, GW4_1)}
+        assert k.probes == {(367, 4): NextHop(WAN1, GW4_1)}
         await b.stop()
 
     run(body)
@@ -576,14 +577,14 @@ def test_a_reload_that_reorders_the_links_moves_in_place(tmp_path: Any, script: 
         await answer(b, tagged("x.office.com", "203.0.113.1"), 60)
         k.calls.clear()
         await b.reconfigure(health_cfg(links=LINKS[::-1]), MATCHER, POLICY)
-        assert b.status()["active"] == "wan1" and k.paths[4] == Path(WAN1, GW4_1)
+        assert b.status()["active"] == "wan1" and k.paths[4] == NextHop(WAN1, GW4_1)
         assert [i for batch in k.ops("del_routes") for i in batch] == []  # no gap
         assert k.has_route("203.0.113.1")
         assert [s["healthy"] for s in b.status()["links"]] == [True, True]  # verdicts kept
         # The first probe table and mark now belong to wan1.
-        assert k.probes[(366, 4)] == Path(WAN1, GW4_1)
+        assert k.probes[(366, 4)] == NextHop(WAN1, GW4_1)
         await b.reconfigure(health_cfg(links=LINKS[:1]), MATCHER, POLICY)  # wan1 removed
-        assert b.status()["active"] == "wan0" and k.paths[4] == Path(WAN, GW4)
+        assert b.status()["active"] == "wan0" and k.paths[4] == NextHop(WAN, GW4)
         assert (999, 367, 0x73650001) not in k.rules_present
         await b.stop()
 
@@ -599,7 +600,7 @@ def test_a_reload_that_adds_a_link_or_changes_the_health_checks_leaves_no_gap(
         k.calls.clear()
         await b.reconfigure(health_cfg(), MATCHER, POLICY)  # wan1 added, behind wan0
         assert b.status()["active"] == "wan0" and b.counters["failovers"] == 0
-        assert k.probes[(367, 4)] == Path(WAN1, GW4_1)
+        assert k.probes[(367, 4)] == NextHop(WAN1, GW4_1)
         assert [s["healthy"] for s in b.status()["links"]] == [True, True]
         h = HealthConfig(
             targets=(("203.0.113.201", 443),), interval=3600, failures=1, successes=1, timeout=1
@@ -607,8 +608,8 @@ def test_a_reload_that_adds_a_link_or_changes_the_health_checks_leaves_no_gap(
         await b.reconfigure(make_cfg(links=LINKS, health=h), MATCHER, POLICY)
         assert b.status()["active"] == "wan0" and b.counters["failovers"] == 0
         assert [i for batch in k.ops("del_routes") for i in batch] == []  # nothing withdrawn
-        assert k.has_route("203.0.113.1") and k.paths[4] == Path(WAN, GW4)
-        assert k.probes[(366, 4)] == Path(WAN, GW4)
+        assert k.has_route("203.0.113.1") and k.paths[4] == NextHop(WAN, GW4)
+        assert k.probes[(366, 4)] == NextHop(WAN, GW4)
         await b.stop()
 
     run(body)
@@ -641,7 +642,7 @@ def test_dry_run_with_health_uses_link_state(tmp_path: Any) -> None:
                      view=two_links_view())  # fmt: skip
         assert b.cfg.mode is Mode.DRY_RUN
         await b.start()
-        assert b.prober is None and b.ready and b.status()["active"] == "wan0"
+        assert b.parts.probes.prober is None and b.ready and b.status()["active"] == "wan0"
         await b.stop()
 
     run(body)

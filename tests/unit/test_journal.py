@@ -16,11 +16,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from resolver.net import journal
+from resolver.net import records
 from resolver.net.breakout import Breakout
-from resolver.net.journal import AHEAD, load, parse
+from resolver.net.journal import AHEAD
 from resolver.net.reconcile import restore_holds
-from resolver.net.replay import UNACCOUNTED
+from resolver.net.records import UNACCOUNTED, load, parse
 from resolver.net.routes import Route
 from tests.unit.breakout_fakes import (
     MATCHER,
@@ -47,7 +47,7 @@ def test_records_replay_add_extend_remove_and_flush(tmp_path: Any) -> None:
     a = hold("203.0.113.1", "x.office.com", 1330.0)
     b = hold("2001:db8:365::1", "y.office.com", 1100.0)
     j.note([a, b])
-    with open(journal.path_of(str(tmp_path)), "rb") as fh:
+    with open(records.path_of(str(tmp_path)), "rb") as fh:
         assert fh.readline() == b"resolverd-holds 1 365 245\n"
     disk = on_disk(str(tmp_path))
     assert disk["203.0.113.1"].expires == 1330.0 + AHEAD + WALL
@@ -77,7 +77,7 @@ def test_extensions_are_written_only_when_due(tmp_path: Any) -> None:
     j = new_journal(str(tmp_path), clock)
     h = hold("203.0.113.1", "x.office.com", 1330.0)
     j.note([h])
-    path = journal.path_of(str(tmp_path))
+    path = records.path_of(str(tmp_path))
     size = os.path.getsize(path)
 
     def extend_to(expires: float) -> None:  # what Breakout.on_answer does on a cache hit
@@ -146,7 +146,7 @@ def test_a_last_line_cut_short_is_ignored_and_never_glued_to(tmp_path: Any) -> N
     j = new_journal(str(tmp_path), clock)
     j.note([hold("203.0.113.1", "x.office.com", 1330.0)])
     j.close()
-    path = journal.path_of(str(tmp_path))
+    path = records.path_of(str(tmp_path))
     with open(path, "ab") as fh:
         fh.write(b"+ 203.0.113.2 17000")  # the write a kill interrupted
     with journal_log() as logs:
@@ -167,7 +167,7 @@ def test_a_bad_line_in_the_middle_makes_the_journal_untrustworthy(tmp_path: Any)
     j._write(b"garbage here\n", 1)
     j.note([hold("203.0.113.2", "y.office.com", 1330.0)])
     j.close()
-    path = journal.path_of(str(tmp_path))
+    path = records.path_of(str(tmp_path))
     loaded = load(str(tmp_path))
     assert not loaded.ok
     assert loaded.problems == [f"{path}:3: cannot read b'garbage here' (unknown record)"]
@@ -199,7 +199,7 @@ def test_compaction_keeps_the_live_holds_and_the_lines_written_meanwhile(tmp_pat
             j.note([h])
         j.removed(holds[20:])
         j.write_buffered()
-        path = journal.path_of(str(tmp_path))
+        path = records.path_of(str(tmp_path))
         lines_before = len(read(path).splitlines())
         late = hold("203.0.113.100", "late.office.com", 1330.0)
         seen: list[set[str]] = []
@@ -213,7 +213,7 @@ def test_compaction_keeps_the_live_holds_and_the_lines_written_meanwhile(tmp_pat
             j.write_buffered()
             noted.set()
 
-        def slow_prepare(snapshot: journal.Snapshot) -> tuple[str, int]:
+        def slow_prepare(snapshot: records.Snapshot) -> tuple[str, int]:
             out = prepare(snapshot)
             # While the worker is still busy, the loop records more: a kill at this instant
             # must find them in the journal.
@@ -264,7 +264,7 @@ def test_restarts_do_not_push_expiries_further_out(tmp_path: Any) -> None:
 
 def test_the_legacy_state_file_is_imported_once(tmp_path: Any) -> None:
     async def body() -> None:
-        legacy = tmp_path / journal.LEGACY_FILE
+        legacy = tmp_path / records.LEGACY_FILE
         saved = {"expires": WALL + 2000.0, "row": 3, "names": {"outlook.office.com": WALL + 2000.0}}
         doc = {"holds": {"203.0.113.1": saved}}
         legacy.write_text(json.dumps(doc))
@@ -281,9 +281,9 @@ def test_the_legacy_state_file_is_imported_once(tmp_path: Any) -> None:
         assert not legacy.exists()  # the journal takes over
         assert on_disk(str(tmp_path))["203.0.113.1"].expires == WALL + 2000.0
         # Nothing at all: fine; a legacy file that does not parse: not trusted.
-        assert load(str(tmp_path / "none")) == journal.Loaded({}, True, [], False)
+        assert load(str(tmp_path / "none")) == records.Loaded({}, True, [], False)
         (tmp_path / "bad").mkdir()
-        (tmp_path / "bad" / journal.LEGACY_FILE).write_text("{not json")
+        (tmp_path / "bad" / records.LEGACY_FILE).write_text("{not json")
         bad = load(str(tmp_path / "bad"))
         assert not bad.ok and "unreadable" in bad.problems[0]
 
@@ -340,7 +340,7 @@ def test_a_corrupt_journal_keeps_the_kernels_routes_across_two_starts(tmp_path: 
         await b.stop()
         # A route of ours the journal does not know (its record was in the damaged part).
         k.extra_routes = [Route(4, "203.0.113.99", 32, 365, 245, 0, 1, WAN, "192.0.2.1")]
-        with open(journal.path_of(str(tmp_path)), "ab") as fh:
+        with open(records.path_of(str(tmp_path)), "ab") as fh:
             fh.write(b"\x00\xffdamage\n+ 203.0.113.2 1 1 x.office.com\n")
         b2 = await _start(str(tmp_path), k, clock)
         problems = b2.status()["journal"]["problems"]

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import pytest
 
+from resolver.hooks import wait as settled
 from resolver.net import ipsets, netlink
 from resolver.net import kernel as kernel_mod
 from resolver.net.breakout import Breakout
@@ -134,9 +135,9 @@ def channel(proto: int, sock: FakeSock) -> netlink.Channel:
 
 
 def route_add(address: str) -> netlink.Message:
-    from resolver.net.routes import Path, RouteEncoder
+    from resolver.net.routes import NextHop, RouteEncoder
 
-    enc = RouteEncoder(365, 245, {4: Path(2, "192.0.2.1")})
+    enc = RouteEncoder(365, 245, {4: NextHop(2, "192.0.2.1")})
     return enc.add(4, socket.inet_pton(AF[4], address), 32)
 
 
@@ -253,14 +254,12 @@ class Rig:
         t0 = time.perf_counter()
         wait = self.b.on_answer(tagged("x.office.com", *addresses), ttl)
         if wait is not None:
-            await wait
+            await settled(wait)
         return time.perf_counter() - t0
 
     async def sweep(self) -> None:
         self.b.sweep()
-        fut = self.b.io.flush_now()
-        if fut is not None:
-            await fut
+        await settled(self.b.parts.installs.flush_now())
 
     @property
     def errors(self) -> int:

@@ -1,16 +1,18 @@
-"""Reading the hold journal back at start (the format is in `journal`'s docstring): which
-holds it says were live, and whether it can be trusted. The legacy state file of resolverd 0.1
-is read when there is no journal.
+"""The hold journal's records (the format is in `journal`'s docstring): written from holds,
+and read back at start: which holds the file says were live, and whether it can be trusted.
+The legacy state file of resolverd 0.1 is read when there is no journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 log = logging.getLogger("resolver.net.journal")
@@ -133,6 +135,16 @@ def _check_address(text: str) -> None:
         raise ValueError("address not in its canonical form")
 
 
+def remove(state_dir: str) -> bool:
+    """Delete the journal (cleanup); True when there was one."""
+    found = False
+    for name in (FILE_NAME, LEGACY_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(state_dir, name))
+            found = True
+    return found
+
+
 def _load_legacy(state_dir: str) -> Loaded:
     path = os.path.join(state_dir, LEGACY_FILE)
     try:
@@ -148,3 +160,39 @@ def _load_legacy(state_dir: str) -> Loaded:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return Loaded({}, False, [f"{path}: unreadable: {err}"], True)
     return Loaded(holds, True, [], True)
+
+
+# -- writing (journal.Journal and its compaction) --------------------------------------------
+
+
+class Snapshot:
+    """The holds a compaction writes, taken on the loop: one column per field."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset  # monotonic -> wall-clock
+        self.columns: tuple[
+            list[bytes], list[str | dict[str, float]], list[float], list[float], list[int]
+        ] = ([], [], [], [], [])  # packed, names, expires, noted, row
+
+    def records(self, size: int) -> Iterator[bytes]:
+        """The records, `size` holds at a time."""
+        packed, names, expires, noted, rows = self.columns
+        offset = self.offset
+        for start in range(0, len(packed), size):
+            yield b"".join(
+                format_hold(packed[i], names[i], expires[i], rows[i], offset, noted[i] - expires[i])
+                for i in range(start, min(start + size, len(packed)))
+            )
+
+
+def format_hold(packed: bytes, names: str | dict[str, float], expires: float, row: int,
+            offset: float, ahead: float) -> bytes:  # fmt: skip
+    """The record of a hold, each expiry `ahead` seconds beyond its own; `offset` maps
+    monotonic onto wall-clock time."""
+    address = socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+    if isinstance(names, str):
+        return f"+ {address} {math.ceil(expires + ahead + offset)} {row} {names}\n".encode()
+    return b"".join(
+        f"+ {address} {math.ceil(e + ahead + offset)} {row} {n}\n".encode()
+        for n, e in names.items()
+    )
