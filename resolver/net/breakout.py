@@ -28,12 +28,14 @@ from policy.model import Policy
 from resolver.config import BreakoutConfig, Mode
 from resolver.hooks import Epoch, Pending, Tagged
 from resolver.net import cleanup, reconcile, reload, report
+from resolver.net.batches import InstallBatch, Joined
 from resolver.net.dryrun import DryRunKernel
 from resolver.net.errors import BreakoutError
 from resolver.net.holds import Hold, client_key
-from resolver.net.installs import InstallBatch, Installs, Joined
+from resolver.net.installs import Installs
 from resolver.net.journal import Journal, JournalLike, NullJournal
-from resolver.net.kernel import Kernel, KernelLike
+from resolver.net.kernel import Kernel
+from resolver.net.kernelapi import KernelLike
 from resolver.net.ledger import Ledger
 from resolver.net.linkchoice import LinkChoice, health_thresholds
 from resolver.net.links import NetView

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from resolver.config import BreakoutConfig
-from resolver.net.kernel import RouteItem, Settled
+from resolver.net.kernelapi import RouteItem, Settled
 from resolver.net.routes import AF, NextHop, Route, Rule, RuleSpec
 
 MAX_DECISIONS = 500

@@ -21,10 +21,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from resolver.net.batches import InstallBatch
 from resolver.net.errors import GONE, Errnos
 from resolver.net.holds import Hold
 from resolver.net.journal import JournalLike
-from resolver.net.kernel import KernelLike, RouteItem, Settled, set_timeout, settled_future
+from resolver.net.kernelapi import KernelLike, RouteItem, Settled, set_timeout, settled_future
 from resolver.net.ledger import Ledger
 from resolver.net.prefixes import CidrRoute
 from resolver.net.routes import Route
@@ -35,74 +36,6 @@ REFRESH_DELAY = 0.5  # set-entry timeout refreshes wait this long, to go out tog
 STALL = 0.01  # an ack timer this late means the process itself was stopped
 STALL_GRACE = 0.01  # then: two of the interpreter's switch intervals for the netlink thread
 LATENCY_SAMPLES = 1024
-
-
-class InstallBatch:
-    """Holds whose routes and set entries go to the kernel in one flush; a hooks.Pending for
-    the answers that wait on it."""
-
-    __slots__ = (
-        "_callbacks", "done", "holds", "parts", "stalled", "started", "timed_out", "timer",
-        "waiters",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.holds: list[Hold] = []
-        self.waiters = 0  # answers waiting on it
-        self.parts = 0  # kernel batches not settled yet
-        self.done = False
-        self.timed_out = False
-        self.stalled = False  # the ack timer fired late once and was given STALL_GRACE
-        self.started = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-        self._callbacks: list[Callable[[], None]] = []
-
-    def then(self, done: Callable[[], None]) -> None:
-        if self.done:
-            done()
-        else:
-            self._callbacks.append(done)
-
-    def release(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        callbacks, self._callbacks = self._callbacks, []
-        run_all(callbacks)
-
-
-class Joined:
-    """A hooks.Pending over several batches: done when all of them are."""
-
-    __slots__ = ("_callbacks", "left")
-
-    def __init__(self, batches: list[InstallBatch]) -> None:
-        self.left = len(batches)
-        self._callbacks: list[Callable[[], None]] = []
-        for batch in batches:
-            batch.then(self._one)
-
-    def _one(self) -> None:
-        self.left -= 1
-        if self.left == 0:
-            callbacks, self._callbacks = self._callbacks, []
-            run_all(callbacks)
-
-    def then(self, done: Callable[[], None]) -> None:
-        if self.left <= 0:
-            done()
-        else:
-            self._callbacks.append(done)
-
-
-def run_all(callbacks: list[Callable[[], None]]) -> None:
-    """Call each of `callbacks` (the replies waiting for the kernel); one that fails is a bug
-    on the DNS side: logged with its traceback, the others still go."""
-    for callback in callbacks:
-        try:
-            callback()
-        except Exception:
-            log.exception("a reply waiting for the kernel failed")
 
 
 class Installs:

@@ -24,7 +24,7 @@ from resolver.config import BreakoutConfig, HealthConfig
 from resolver.net.errors import BreakoutError
 from resolver.net.health import Probe, Prober, warn_strict_rp_filter
 from resolver.net.installs import Installs
-from resolver.net.kernel import settled_future
+from resolver.net.kernelapi import settled_future
 from resolver.net.linkchoice import LinkChoice
 from resolver.net.routes import NextHop, Route, Rule, RuleSpec, owned
 

@@ -23,7 +23,7 @@ from policy.model import Policy
 from resolver.config import BreakoutConfig
 from resolver.hooks import wait
 from resolver.net.errors import BreakoutError
-from resolver.net.kernel import KernelLike
+from resolver.net.kernelapi import KernelLike
 from resolver.net.ledger import Ledger
 from resolver.net.linkchoice import health_thresholds
 from resolver.net.parts import MatcherLike, Parts
