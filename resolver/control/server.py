@@ -104,14 +104,10 @@ class _Connection:
 
 
 class _Serialized:
-    """The daemon's handlers, with the state-changing ones run one at a time; `status` gains the
-    monitor's counts once the monitor is connected to the DNS handler, the socket's once it
-    has refused one."""
+    """The daemon's handlers, with the state-changing ones run one at a time."""
 
-    def __init__(self, handlers: ControlHandlers, watchers: Watchers, owner: ControlServer) -> None:
+    def __init__(self, handlers: ControlHandlers) -> None:
         self._handlers = handlers
-        self._watchers = watchers
-        self._owner = owner
         self._lock = asyncio.Lock()
 
     def status(self) -> dict[str, Any]:
@@ -171,7 +167,7 @@ class ControlServer:
     async def start(self) -> None:
         gid, group_name = resolve_group(self.group)
         self.gid = gid
-        handlers = _Serialized(self.handlers, self.monitor, self)
+        handlers = _Serialized(self.handlers)
         self._dispatcher = Dispatcher(handlers, gid, os.geteuid(), group_name, self.monitor)
         sock = self._bind(gid)
         try:
