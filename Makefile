@@ -4,8 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests, the demo and the benchmarks drive.
-SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd nodejs unbound
-SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node unbound
+SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd nodejs unbound conntrack iperf3
+SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node unbound conntrack iperf3
 
 .PHONY: all venv sysdeps test test-unit test-integration test-netns test-package bench demo lint \
 	deb clean soak profile fuzz

@@ -1,0 +1,206 @@
+"""resolver.net.traffic against the kernel, in the NAT lab (tests/netns/natlab.py): resolverd's
+table `inet resolverd` as nft lists it, what it counts (per class and link in named counters,
+per address in the map's elements), what survives a restart, and what counting costs per
+forwarded packet (printed: pytest -s).
+
+The table is programmed by tests/netns/trafficdriver.py in the router; traffic goes from the
+client to S0 (wan0) or S1 (wan1); packets are counted exactly (a burst of datagrams from one
+socket), and within 5% for an iperf3 run at full speed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.netns.natlab import SERVICE4, SERVICE6, NatLab
+from tests.netns.trafficdriver import TrafficDriver
+
+pytestmark = pytest.mark.netns
+
+LINKS = ["wan0", "wan1"]
+SEED5, OPT46, ALLOW47 = [5, None], [46, "Optimize"], [47, "Allow"]
+CLASSES = [SEED5, OPT46, ALLOW47]
+SINCE = 1_700_000_000
+IPERF_PORT = 5201
+ROUNDS, SECONDS = 3, 2.0  # per-packet cost: alternating runs of iperf3, each this long
+HELD = 10_000  # held IPv6 addresses in the map while measuring
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[NatLab]:
+    if shutil.which("iperf3") is None:
+        pytest.fail("tests/netns/test_counters.py needs iperf3: run make sysdeps")
+    with NatLab("cnt") as built:
+        yield built
+
+
+@pytest.fixture
+def driver(lab: NatLab) -> Iterator[TrafficDriver]:
+    lab.run(lab.router, "nft", "delete", "table", "inet", "resolverd", check=False)
+    for address in SERVICE4 + SERVICE6:
+        lab.route(address, "wan0")
+    proc = lab.spawn(
+        lab.router, sys.executable, "-m", "tests.netns.trafficdriver", stdin=subprocess.PIPE
+    )
+    d = TrafficDriver(proc)
+    d.apply("setup", links=LINKS, classes=CLASSES, since=SINCE)
+    try:
+        yield d
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        lab.run(lab.router, "nft", "delete", "table", "inet", "resolverd", check=False)
+
+
+def burst(lab: NatLab, host: str, count: int, size: int) -> None:
+    lab.run(lab.client, sys.executable, "-m", "tests.netns.ctagents", "burst", host, "9",
+            str(count), str(size))  # fmt: skip
+
+
+def counted(d: TrafficDriver) -> dict[tuple[Any, Any, str], tuple[int, int]]:
+    """(row, category, link) -> (packets, bytes), of the named counters."""
+    rows = d.call("counters")
+    return {(t["row"], t["category"], t["link"]): (t["packets"], t["bytes"]) for t in rows}
+
+
+def held(d: TrafficDriver, family: int) -> dict[str, dict[str, Any]]:
+    return {h["address"]: h for h in d.call("held", family=family)}
+
+
+def test_the_table_as_nft_lists_it(lab: NatLab, driver: TrafficDriver) -> None:
+    driver.apply("setup", links=LINKS, classes=CLASSES, since=SINCE + 99)  # idempotent
+    driver.apply("hold", family=4, items=[[SERVICE4[0], SEED5, 300]])
+    text = lab.run(lab.router, "nft", "list", "table", "inet", "resolverd").stdout
+    lines = [line.strip() for line in text.splitlines()]
+    for expected in (
+        f'comment "resolverd breakout traffic since {SINCE}"',
+        "counter r46-Optimize.wan1 {",
+        "type ipv4_addr : verdict",
+        "type ipv6_addr : verdict",
+        "type filter hook forward priority 300; policy accept;",
+        'oifname "wan0" goto held',
+        "ip daddr vmap @held4",
+        "ip6 daddr vmap @held6",
+        "chain c-r5-seed {",
+        'oifname "wan1" counter name "r5-seed.wan1" return',
+    ):
+        assert expected in lines, text
+    assert sum(line.startswith('oifname "wan0" goto held') for line in lines) == 1  # not twice
+    assert any(f"{SERVICE4[0]} counter packets 0 bytes 0 timeout 5m" in x for x in lines), text
+    assert driver.call("since") == SINCE
+
+
+def test_counts_per_class_link_and_address(lab: NatLab, driver: TrafficDriver) -> None:
+    d = driver
+    d.apply("hold", family=4, items=[[SERVICE4[0], SEED5, 300], [SERVICE4[1], OPT46, 300]])
+    d.apply("hold", family=6, items=[[SERVICE6[0], OPT46, 300]])
+    lab.route(SERVICE4[1], "wan1")
+    burst(lab, SERVICE4[0], 1000, 100)  # 128 bytes each at the IP layer
+    burst(lab, SERVICE4[1], 300, 200)  # through wan1
+    burst(lab, SERVICE6[0], 200, 52)  # 100 bytes each
+    burst(lab, SERVICE4[2], 500, 100)  # not held: counted nowhere
+
+    c = counted(d)
+    assert c[(5, None, "wan0")] == (1000, 1000 * 128)
+    assert c[(46, "Optimize", "wan1")] == (300, 300 * 228)
+    assert c[(46, "Optimize", "wan0")] == (200, 200 * 100)
+    others = {k: v for k, v in c.items() if k not in {(5, None, "wan0"), (46, "Optimize", "wan1"),
+                                                       (46, "Optimize", "wan0")}}  # fmt: skip
+    assert set(others.values()) == {(0, 0)}
+    h4, h6 = held(d, 4), held(d, 6)
+    assert (h4[SERVICE4[0]]["packets"], h4[SERVICE4[0]]["bytes"]) == (1000, 128_000)
+    assert (h4[SERVICE4[1]]["chain"], h4[SERVICE4[1]]["packets"]) == ("c-r46-Optimize", 300)
+    assert h6[SERVICE6[0]]["bytes"] == 20_000
+    assert SERVICE4[2] not in h4
+
+
+def test_restart_keeps_counts_and_a_new_table_says_reset(
+    lab: NatLab, driver: TrafficDriver
+) -> None:
+    d = driver
+    d.apply("hold", family=4, items=[[SERVICE4[0], SEED5, 100]])
+    burst(lab, SERVICE4[0], 50, 100)
+    before = counted(d)[(5, None, "wan0")]
+    expires = held(d, 4)[SERVICE4[0]]["expires_ms"]
+
+    # A restarted (or reloaded) daemon: setup again, the hold refreshed with a longer timeout.
+    d.apply("setup", links=LINKS, classes=[*CLASSES, [48, "Default"]], since=SINCE + 1000)
+    d.apply("hold", family=4, items=[[SERVICE4[0], SEED5, 600]])
+    assert d.call("since") == SINCE
+    assert counted(d)[(5, None, "wan0")] == before == (50, 50 * 128)
+    element = held(d, 4)[SERVICE4[0]]
+    assert element["packets"] == 50  # re-adding kept the element's counter
+    assert element["expires_ms"] > expires + 400_000  # and refreshed its timeout (Linux 6.10+)
+    assert counted(d)[(48, "Default", "wan1")] == (0, 0)  # the new class is there
+
+    # Moved to another class: the element restarts, the class totals stay where they were.
+    d.apply("reclassify", family=4, address=SERVICE4[0], **{"class": OPT46}, timeout=300)
+    burst(lab, SERVICE4[0], 10, 100)
+    assert counted(d)[(46, "Optimize", "wan0")] == (10, 1280)
+    assert counted(d)[(5, None, "wan0")] == (50, 6400)
+    assert held(d, 4)[SERVICE4[0]]["packets"] == 10
+
+    # The table gone (flushed ruleset, reboot): made anew, counting from zero, and saying so.
+    d.apply("remove")
+    assert d.call("since") is None
+    d.apply("setup", links=LINKS, classes=CLASSES, since=SINCE + 2000)
+    assert d.call("since") == SINCE + 2000
+    assert set(counted(d).values()) == {(0, 0)}
+
+
+def iperf(lab: NatLab, host: str) -> dict[str, Any]:
+    res = lab.run(
+        lab.client, "iperf3", "-c", host, "-p", str(IPERF_PORT), "-u", "-b", "0", "-l", "64",
+        "-t", str(SECONDS), "-A", "0", "-J", timeout=SECONDS + 20,
+    )  # fmt: skip
+    out: dict[str, Any] = json.loads(res.stdout)["end"]["sum"]
+    return out
+
+
+def test_per_packet_cost_and_accuracy(lab: NatLab, driver: TrafficDriver) -> None:
+    """64-byte UDP at full speed, one iperf3 stream pinned to a CPU, to an address held among
+    10,000: the forwarding path with the counting table against the same without its hook."""
+    d = driver
+    d.apply("hold_many", family=6, prefix="2001:db8:ff::", count=HELD, **{"class": ALLOW47})
+    d.apply("hold", family=6, items=[[SERVICE6[0], OPT46, 3600]])
+    server = lab.spawn(lab.servers["wan0"], "iperf3", "-s", "-B", SERVICE6[0], "-p",
+                       str(IPERF_PORT), "-A", "1", stdout=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.3)
+    ns: dict[str, list[float]] = {"none": [], "counting": []}
+    sent = 0
+    try:
+        for _ in range(ROUNDS):
+            for mode in ("none", "counting"):
+                if mode == "none":
+                    lab.run(lab.router, "nft", "flush chain inet resolverd out; "
+                            "delete chain inet resolverd out")  # fmt: skip
+                else:
+                    d.apply("setup", links=LINKS, classes=CLASSES, since=SINCE)
+                run = iperf(lab, SERVICE6[0])
+                ns[mode].append(1e9 * run["seconds"] / run["packets"])
+                if mode == "counting":
+                    sent += run["packets"]
+    finally:
+        server.kill()
+    total = counted(d)[(46, "Optimize", "wan0")][0]
+    element = held(d, 6)[SERVICE6[0]]["packets"]
+    cost = statistics.median(ns["counting"]) - statistics.median(ns["none"])
+    print(
+        f"\ncounting: {statistics.median(ns['none']):.0f} -> "
+        f"{statistics.median(ns['counting']):.0f} ns per 92-byte packet forwarded "
+        f"(+{cost:.0f} ns), runs {[round(x) for x in ns['none']]} vs "
+        f"{[round(x) for x in ns['counting']]}; counted {total} of {sent} sent "
+        f"({100 * total / sent:.2f}%), element {element}"
+    )
+    assert abs(total - sent) <= 0.05 * sent
+    assert element == total
+    assert cost < 1500  # generous: the figure is what matters; this catches a slow path
