@@ -292,28 +292,28 @@ def _all_upstreams(cfg: Config) -> list[tuple[str, Address]]:
     return out
 
 
-def _finish_breakout(b: BreakoutConfig, error: Any, reported: Any) -> BreakoutConfig:
+def _finish_breakout(cfg: BreakoutConfig, error: Any, reported: Any) -> BreakoutConfig:
     """One list of links either way: `links`, or the single-link keys as a list of one."""
-    links = b.links
-    if links and (b.interface or b.gateway4 or b.gateway6):
+    links = cfg.links
+    if links and (cfg.interface or cfg.gateway4 or cfg.gateway6):
         error("/breakout/links", "give either links or interface/gateway4/gateway6, not both")
-    if not links and b.interface:
-        links = (LinkConfig(b.interface, b.gateway4, b.gateway6),)
+    if not links and cfg.interface:
+        links = (LinkConfig(cfg.interface, cfg.gateway4, cfg.gateway6),)
     for i, link in enumerate(links):
         if not link.interface:
             error(f"/breakout/links/{i}", "missing key 'interface'")
         elif any(other.interface == link.interface for other in links[:i]):
             error(f"/breakout/links/{i}/interface", f"{link.interface} is listed twice")
-    if b.mode is Mode.KERNEL and not links:
+    if cfg.mode is Mode.KERNEL and not links:
         error("/breakout/interface", "required when mode is kernel")
-    if b.health is not None:
-        if not b.health.targets and not reported("/breakout/health/targets"):
+    if cfg.health is not None:
+        if not cfg.health.targets and not reported("/breakout/health/targets"):
             error("/breakout/health/targets", "at least one target is required")
-        if b.health.timeout > b.health.interval:
+        if cfg.health.timeout > cfg.health.interval:
             error("/breakout/health/timeout", "must not be longer than the interval")
     first = links[0] if links else LinkConfig("", None, None)
     return dataclasses.replace(
-        b, links=links, interface=first.interface or None, gateway4=first.gateway4,
+        cfg, links=links, interface=first.interface or None, gateway4=first.gateway4,
         gateway6=first.gateway6,
     )  # fmt: skip
 

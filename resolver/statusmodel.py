@@ -3,8 +3,8 @@
 The daemon builds it (resolver.statusreport), the control socket sends it as it is, and
 resolverctl, the metrics and the sd_notify summary read it. A TypedDict is a dict at run time,
 so the tree *is* the JSON object: its keys are the field names, verbatim, and nothing stands
-between the tree and `json.dumps` that could rename or drop a field. DESIGN.md's "Interface
-contract" fixes the contract's names: extend, never rename (tests/integration/
+between the tree and `json.dumps` that could rename or drop a field. The interface contract
+(the README's `resolverctl status`) fixes the names: extend, never rename (tests/integration/
 test_status_fields.py lists every key path).
 
 `NotRequired` marks what is not always there: `monitor` (once the monitor watches the DNS
@@ -128,7 +128,7 @@ class Decision(TypedDict):
 
 
 class BreakoutStatus(TypedDict):
-    # The contract (DESIGN.md), and the mode.
+    # The contract (README, `resolverctl status`), and the mode.
     interface: str | None  # the first link
     link_up: bool
     table: int

@@ -66,8 +66,8 @@ def breakout(daemon: Daemon) -> BreakoutStatus:
     hands it on as a plain dict), or the typed default while breakout is off."""
     if daemon.breakout is not None:
         return cast(BreakoutStatus, daemon.breakout.status())
-    b = daemon.loaded.config.breakout
-    return breakout_off(b.interface, b.table, (link.interface for link in b.links))
+    cfg = daemon.loaded.config.breakout
+    return breakout_off(cfg.interface, cfg.table, (link.interface for link in cfg.links))
 
 
 def monitor(watchers: Watchers) -> MonitorStatus:

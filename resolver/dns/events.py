@@ -2,7 +2,7 @@
 
 Built only while somebody watches (or debug logging is on): the handler's fast path checks one
 flag (`Tracer.on`) and builds nothing otherwise. The fields are the monitor's contract
-(DESIGN.md):
+(README, `resolverctl monitor`):
 ``{time, client, name, type, rcode, source, row, via, addresses, installed, waited_ms}``, plus
 ``pattern``: the policy pattern that matched `via` (null when untagged).
 """

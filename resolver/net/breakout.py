@@ -271,8 +271,8 @@ class Breakout:
         wait.waiters += 1
         if more is None:
             return wait
-        for b in more:
-            b.waiters += 1
+        for batch in more:
+            batch.waiters += 1
         return Joined([wait, *more])
 
     def _new_hold(

@@ -4,9 +4,9 @@ Why not pyroute2 here: on these machines `AsyncIPRoute.route("replace")` program
 2.5-2.9k routes/s and encoding a prepared pyroute2 `rtmsg` about 6.4k/s, while a DNS answer
 with eight new addresses must be in the kernel within a millisecond or two. So the hot path
 packs its few fixed-layout messages with `struct` (a route is one header, one RTA_DST and a
-suffix prepared once per configuration) and sends a whole batch in one `sendmsg`. pyroute2
-stays for the slow, rare control operations (ip rules, ipset create) where its encoders and
-error mapping are worth their cost.
+suffix prepared once per configuration) and sends a whole batch in one `sendmsg`. The rare
+control messages (ip rules, ipset create, dumps) are packed the same way; nothing at run time
+imports pyroute2. The tests use it as the oracle that decodes what we pack.
 
 Acknowledgements: every message but the last of a `sendmsg` goes without NLM_F_ACK; the kernel
 answers those only when they fail. The last one asks for an ack. The kernel handles a netlink

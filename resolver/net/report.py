@@ -1,6 +1,7 @@
 """What `resolverctl status` and `resolverctl routes` show of the breakout, read from its books.
 
-`status` keeps the contract's fields (DESIGN.md): interface (the first link), link_up, table,
+`status` keeps the contract's fields (README, `resolverctl status`; typed in
+resolver/statusmodel.py): interface (the first link), link_up, table,
 routes_v4/_v6, cidr_routes, ipset_v4/_v6, errors, active (the interface IPv4 routes go through,
 else IPv6's; null when no link is usable) and links[{interface, link_up, healthy}], and adds
 what helps an operator: per-family readiness and active link, counters, the journal, the
