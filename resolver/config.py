@@ -161,6 +161,13 @@ class BreakoutConfig:
     client_share: float = check(number(0.001, 1), 0.125)
     ack_timeout: float = check(number(0.001, 5), 0.05)  # longest a reply waits for the kernel
     never_route: tuple[str, ...] = each(network, DEFAULT_NEVER_ROUTE)
+    # Who breaks out: client prefixes and ingress interfaces; both empty means everyone.
+    clients: tuple[str, ...] = each(network)
+    client_interfaces: tuple[str, ...] = each(ifname)
+    # On a move or withdrawal, delete the conntrack entries to the addresses that moved.
+    flush_conntrack: bool = check(boolean, True)
+    # Count the bytes and packets sent to held addresses (nftables table inet resolverd).
+    count_traffic: bool = check(boolean, True)
     # Not a key: the longest hold an answer can give, grace included: max(cache.max_ttl,
     # min_hold) + grace. load_config sets it from cache.max_ttl; a config made otherwise gets
     # the cache's default cap. The hold journal's reader refuses expiries beyond it.

@@ -85,6 +85,8 @@ class Daemon:
             await self.breakout.start()
             hook = self.breakout
         self.dns = DnsServer(cfg, matcher, hook)
+        if self.breakout is not None:
+            self.dns.handler.tracer.scope = self.breakout.in_scope  # the monitor's in_scope
         await self.dns.start()
         self.control = ControlServer(cfg.control.socket, self, cfg.control.group)
         self.control.monitor.connect(self.dns.handler)  # resolverctl monitor: the observer

@@ -1,10 +1,14 @@
-"""``resolverctl explain [--config FILE] NAME... [--json]``: which policy rule covers each name.
+"""``resolverctl explain [--config FILE] [--client ADDRESS [--iif NAME]] NAME... [--json]``: which
+policy rule covers each name.
 
 Works without the daemon: it loads the policy itself, as resolverd would (see policysource):
 from ``--config``, else the default config file if there is one, else the built-in table.
 The pattern shown is the one the policy holds: ``<tenant>.onmicrosoft.com`` (exactly one label)
 without ``policy.tenant``, the tenant's exact name (``contoso.onmicrosoft.com``) with it.
 The policy code is imported when the command runs, so other commands do not pay for it.
+With ``--client`` it also says whether that client is in the breakout's scope
+(``breakout.clients``, ``client_interfaces``: resolver/scope.py), as ``in_scope`` in JSON; the
+interface a client comes in on is known only from ``--iif``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--config", metavar="FILE", help="take the policy from this config file")
     parser.add_argument("--json", action="store_true", help="print a JSON list")
+    parser.add_argument(
+        "--client", metavar="ADDRESS", help="also say whether this client is in the breakout scope"
+    )
+    parser.add_argument(
+        "--iif", metavar="NAME", help="the interface the client's packets come in on"
+    )
     parser.add_argument("names", nargs="+", metavar="NAME", help="DNS name to look up")
     parser.set_defaults(func=run)
 
@@ -109,6 +119,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"explain: {name!r}: invalid name: {printable(str(exc))}", file=sys.stderr)
             rows.append((name, None, str(exc)))
     upstreams = [upstream_set(name, match, config) for name, match, _ in rows]
+    in_scope = None
+    if args.client is not None:
+        from resolver.clients import client_ip
+        from resolver.scope import Scope
+
+        if client_ip(args.client) is None:
+            print(f"explain: {printable(args.client)!r} is not an address", file=sys.stderr)
+            return 1
+        breakout = config.breakout if config is not None else None
+        scope = Scope(breakout.clients, breakout.client_interfaces) if breakout else Scope((), ())
+        in_scope = scope.contains(args.client, args.iif)
     # Only a config that forwards elsewhere than the default upstreams has anything to say.
     split = config is not None and bool(config.forward_zones or config.breakout.resolvers)
     if args.json:
@@ -117,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
             item: dict[str, object] = {"name": name, "match": match and match.to_json()}
             if split:
                 item["upstream"] = upstream
+            if in_scope is not None:
+                item["in_scope"] = in_scope
             if problem is not None:
                 item["error"] = f"invalid name: {problem}"
             out.append(item)
@@ -124,4 +147,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         for line in _text_lines(rows, upstreams if split else None):
             print(line)
+        if in_scope is not None:
+            where = f" on {args.iif}" if args.iif else ""
+            verdict = "in" if in_scope else "outside"
+            print(printable(f"client {args.client}{where}: {verdict} the breakout scope"))
     return 1 if any(problem is not None for _, _, problem in rows) else 0

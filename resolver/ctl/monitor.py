@@ -101,7 +101,8 @@ def clock(value: Any) -> str:
 
 def details(event: Mapping[str, Any]) -> str:
     """The tail of a tagged answer's line: ``row=2 via=... pattern=... addresses=...
-    installed=... waited=1.25ms``; empty for an untagged one."""
+    installed=... waited=1.25ms``, and ``scope=out`` when the client is outside the breakout's
+    scope; empty for an untagged one."""
     if event.get("row") is None:
         return ""
     waited = event.get("waited_ms")
@@ -114,6 +115,8 @@ def details(event: Mapping[str, Any]) -> str:
         ("installed", _addresses(event.get("installed"))),
         ("waited", ms),
     ]
+    if event.get("in_scope") is False:
+        pairs.append(("scope", "out"))  # the client's traffic stays in the tunnel
     return " ".join(f"{key}={value}" for key, value in pairs)
 
 

@@ -4,7 +4,10 @@ Built only while somebody watches (or debug logging is on): the handler's fast p
 flag (`Tracer.on`) and builds nothing otherwise. The fields are the monitor's contract
 (README, `resolverctl monitor`):
 ``{time, client, name, type, rcode, source, row, via, addresses, installed, waited_ms}``, plus
-``pattern``: the policy pattern that matched `via` (null when untagged).
+``pattern``: the policy pattern that matched `via` (null when untagged), and ``in_scope``
+while the breakout runs: whether the client's traffic breaks out (`breakout.clients`,
+`client_interfaces`; the breakout answers through `Tracer.scope`). The answer itself is the
+same for every client.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ log = logging.getLogger("resolver.dns.handler")  # the debug log says "handler",
 
 Event = dict[str, Any]
 Observer = Callable[[Event], None]
+ScopeCheck = Callable[[str], bool]  # a client's address -> whether its traffic breaks out
 
 QTYPES = {
     1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
@@ -37,11 +41,12 @@ def event(
     tag: Tagged | None,
     installed: list[bytes] | None = None,
     waited: float = 0.0,
+    in_scope: bool | None = None,
 ) -> Event:
-    """The event for the query `q` answered with `rcode`."""
+    """The event for the query `q` answered with `rcode`; `in_scope` None leaves it out."""
     data, qend = q.data, q.qend
     qtype = (data[qend - 4] << 8) | data[qend - 3] if qend >= 16 else 0
-    return {
+    e: Event = {
         "time": round(time.time(), 6),
         "client": q.client,
         "name": wire.name_text(data[12 : qend - 4]) if qend >= 16 else "",
@@ -55,6 +60,9 @@ def event(
         "installed": [address_text(a) for a in installed or ()],
         "waited_ms": round(waited * 1000.0, 3),
     }
+    if in_scope is not None:
+        e["in_scope"] = in_scope
+    return e
 
 
 def log_line(e: Event) -> tuple[str, tuple[object, ...]]:
@@ -71,13 +79,15 @@ def log_line(e: Event) -> tuple[str, tuple[object, ...]]:
 
 class Tracer:
     """Who wants to see each answered query: the monitor (`observer`) and the debug log.
-    `on` is the one flag the hot paths test; `refresh` after changing either."""
+    `on` is the one flag the hot paths test; `refresh` after changing either. `scope`, set
+    by whoever wires the breakout, says whether a client is in its scope (None: no breakout)."""
 
-    __slots__ = ("observer", "on")
+    __slots__ = ("observer", "on", "scope")
 
     def __init__(self) -> None:
         self.observer: Observer | None = None
         self.on = False
+        self.scope: ScopeCheck | None = None
 
     def refresh(self) -> None:
         self.on = log.isEnabledFor(logging.DEBUG) or self.observer is not None
@@ -89,7 +99,9 @@ class Tracer:
         """Tell the observer and the debug log about an answered query, when they want it."""
         if not self.on:
             return
-        e = event(q, rcode, source, tag, installed, waited)
+        scope = self.scope
+        in_scope = scope(q.client) if scope is not None else None
+        e = event(q, rcode, source, tag, installed, waited, in_scope)
         if log.isEnabledFor(logging.DEBUG):
             fmt, args = log_line(e)
             log.debug(fmt, *args)

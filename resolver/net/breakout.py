@@ -43,6 +43,7 @@ from resolver.net.linkwatch import LinkWatch
 from resolver.net.parts import MatcherLike, Parts
 from resolver.net.probes import Probes
 from resolver.net.repairs import AUDIT_INTERVAL, Repairs
+from resolver.scope import scope_of
 
 __all__ = ["Breakout", "BreakoutError"]
 
@@ -103,6 +104,13 @@ class Breakout:
     def ready(self) -> bool:
         """hooks.BreakoutHook.ready: a breakout link can carry routes now."""
         return self._active and any(self.parts.links.ready().values())
+
+    def in_scope(self, client: str) -> bool:
+        """Whether `client`'s traffic breaks out (`breakout.clients`, `client_interfaces`; see
+        resolver/scope.py): the monitor's `in_scope`."""
+        cfg = self.cfg
+        scope = scope_of(cfg.clients, cfg.client_interfaces)
+        return scope.contains(client, connected=self.parts.links.view.connected)
 
     @property
     def mode(self) -> str:

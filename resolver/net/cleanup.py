@@ -2,9 +2,10 @@
 
 One routine for both (`remove_owned`): every route carrying `route_protocol` in the breakout
 table and in the health probes' tables (host routes, the config's routes, the probe routes),
-every rule carrying it (the main rules and the probe rules, those an earlier config left
-included), and the set entries of the addresses resolverd routed (those it knows of, and
-those of the owned host routes found). After a flush the health probes pause until the next
+every rule carrying it (the main rules, per client prefix and interface when
+`breakout.clients`/`client_interfaces` scope the breakout, and the probe rules; those an earlier
+config left included), and the set entries of the addresses resolverd routed (those it knows of,
+and those of the owned host routes found). After a flush the health probes pause until the next
 install has put the rules back (probes.Probes.gate), then their tables come back too.
 `cleanup` also removes the journal. Left alone: routes and rules of other protocols, and the
 sets themselves. ipsets are not destroyed even when resolverd created them: a firewall rule
@@ -26,7 +27,7 @@ from resolver.net.errors import has_net_admin, needs_net_admin
 from resolver.net.kernel import Kernel
 from resolver.net.kernelapi import EntryItem, KernelLike, settled_future
 from resolver.net.parts import Parts
-from resolver.net.probes import owned_probe_rules, probe_tables, rule_specs
+from resolver.net.probes import owned_probe_rules, owned_rules, probe_tables, rule_specs
 from resolver.net.routes import AF, HOST_LEN, Route, owned
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ async def remove_owned(
     # The probe tables: the config's, and those of probe rules of ours that an earlier config
     # left (a link removed while resolverd was stopped). Not through `delete`: the breakout's
     # books know nothing of them.
-    probe_rules = owned_probe_rules(await kernel.dump_rules(), cfg)
+    present = await kernel.dump_rules()
+    probe_rules = owned_probe_rules(present, cfg)
     probe: list[Route] = []
     for table in sorted({*probe_tables(cfg), *(spec.table for spec in probe_rules)}):
         probe += owned(await kernel.dump_routes(table), cfg.route_protocol)
@@ -68,7 +70,7 @@ async def remove_owned(
         items = list(entries.values())
         codes = await settled_future(lambda done: kernel.del_entries(items, done))
         counts["set_entries"] = sum(1 for e in codes if e == 0)
-    rules = list(dict.fromkeys([*rule_specs(cfg), *probe_rules]))
+    rules = list(dict.fromkeys([*rule_specs(cfg), *owned_rules(present, cfg)]))
     counts["rules"] = await kernel.change_rules((), rules)
     return counts
 

@@ -96,12 +96,12 @@ class DryRunKernel:
     async def change_rules(self, add: Iterable[RuleSpec], remove: Iterable[RuleSpec]) -> int:
         changed = 0
         for spec in add:
-            for family in (4, 6):
+            for family in spec.families:
                 if (spec, family) not in self._rules:
                     self._rules.add((spec, family))
                     changed += 1
         for spec in remove:
-            for family in (4, 6):
+            for family in spec.families:
                 if (spec, family) in self._rules:
                     self._rules.discard((spec, family))
                     changed += 1

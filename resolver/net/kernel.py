@@ -209,11 +209,11 @@ class Kernel:
         present = await self.dump_rules()
         messages: list[netlink.Message] = []
         for spec in add:
-            for family in (4, 6):
+            for family in spec.families:
                 if not any(r.family == family and spec.matches(r) for r in present):
                     messages.append(spec.message(family, add=True))
         for spec in remove:
-            for family in (4, 6):
+            for family in spec.families:
                 if any(r.family == family and spec.matches(r) and r.protocol == spec.protocol
                        for r in present):  # fmt: skip
                     messages.append(spec.message(family, add=False))

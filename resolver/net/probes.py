@@ -12,11 +12,15 @@ no link is usable: then nothing would be installed); the tables come back before
 the tables are live, the rounds' task. A round's verdicts go to the links' states
 (linkchoice.LinkState.verdict); a verdict that changes calls `on_change`, which re-assesses the
 links (linkwatch). A kernel side that cannot probe (dry-run) gets no health checks at all.
+
+`rule_specs` lists every rule resolverd owns: the scope's rules toward the breakout table
+(`scope_specs`: `from all`, or per client prefix and ingress interface) and the probe rules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
 
@@ -31,9 +35,28 @@ from resolver.net.routes import NextHop, Route, Rule, RuleSpec, owned
 log = logging.getLogger(__name__)
 
 
+def scope_specs(cfg: BreakoutConfig) -> list[RuleSpec]:
+    """The rules that send traffic to the breakout table, at `rule_priority`: `from all` while
+    the scope is everyone; else (resolver.scope: the union of `clients` and
+    `client_interfaces`) one `from PREFIX` per client prefix (its family only), one `iif NAME`
+    per interface (both families), and `iif lo`: the router's own traffic (the queries to
+    `breakout.resolvers`) always breaks out."""
+    prio, table, proto = cfg.rule_priority, cfg.table, cfg.route_protocol
+    if not cfg.clients and not cfg.client_interfaces:
+        return [RuleSpec(prio, table, proto)]
+    specs: list[RuleSpec] = []
+    for prefix in cfg.clients:
+        net = ipaddress.ip_network(prefix, strict=False)
+        src = str(net) if net.prefixlen else None  # /0: the kernel shows it as `from all`
+        specs.append(RuleSpec(prio, table, proto, src=src, family=net.version))
+    for name in ("lo", *cfg.client_interfaces):
+        specs.append(RuleSpec(prio, table, proto, iif=name))
+    return list(dict.fromkeys(specs))
+
+
 def rule_specs(cfg: BreakoutConfig) -> list[RuleSpec]:
-    """The rules resolverd owns: `from all lookup TABLE`, and one per link for its probes."""
-    specs = [RuleSpec(cfg.rule_priority, cfg.table, cfg.route_protocol)]
+    """The rules resolverd owns: the scope's (`scope_specs`), and one per link for its probes."""
+    specs = scope_specs(cfg)
     if cfg.health is not None:
         for i, _link in enumerate(cfg.links):
             specs.append(
@@ -51,15 +74,48 @@ def probe_rule_specs(cfg: BreakoutConfig) -> list[RuleSpec]:
     return [spec for spec in rule_specs(cfg) if spec.fwmark is not None]
 
 
+def owned_rules(rules: list[Rule], cfg: BreakoutConfig) -> list[RuleSpec]:
+    """Every rule in the kernel that carries our protocol and no selector resolverd never sets,
+    whichever config made it: the scope's rules and the probe rules, earlier configs' included."""
+    found = {
+        RuleSpec(r.priority, r.table, r.protocol, r.fwmark, r.src, r.iif,
+                 r.family if r.src is not None else None)
+        for r in rules
+        if r.protocol == cfg.route_protocol and not r.selectors
+    }  # fmt: skip
+    return sorted(found, key=_order)
+
+
+def stale_scope_rules(rules: list[Rule], cfg: BreakoutConfig) -> list[RuleSpec]:
+    """Our rules at `rule_priority` toward the breakout table that `cfg`'s scope does not have
+    (an earlier config's `clients` or `client_interfaces`)."""
+    want = scope_specs(cfg)
+    return [
+        s for s in owned_rules(rules, cfg)
+        if s.fwmark is None and s.priority == cfg.rule_priority and s.table == cfg.table
+        and s not in want
+    ]  # fmt: skip
+
+
 def owned_probe_rules(rules: list[Rule], cfg: BreakoutConfig) -> list[RuleSpec]:
     """The probe rules in the kernel that carry our protocol, whichever config made them:
     resolverd's only rules with a fwmark."""
-    found = {
-        RuleSpec(r.priority, r.table, r.protocol, r.fwmark)
-        for r in rules
-        if r.protocol == cfg.route_protocol and r.fwmark is not None and not r.selectors
-    }
-    return sorted(found, key=lambda spec: (spec.priority, spec.table, spec.fwmark or 0))
+    return [s for s in owned_rules(rules, cfg) if s.fwmark is not None and s.src is None
+            and s.iif is None]  # fmt: skip
+
+
+def describe_rule(spec: RuleSpec) -> str:
+    """`from 192.0.2.0/24 lookup 365` as `ip rule` would show it (for the log)."""
+    words = [f"from {spec.src or 'all'}"]
+    if spec.iif is not None:
+        words.append(f"iif {spec.iif}")
+    if spec.fwmark is not None:
+        words.append(f"fwmark {spec.fwmark:#x}")
+    return " ".join([*words, f"lookup {spec.table}"])
+
+
+def _order(spec: RuleSpec) -> tuple[int, int, int, str, str]:
+    return (spec.priority, spec.table, spec.fwmark or 0, spec.src or "", spec.iif or "")
 
 
 class Probes:

@@ -7,7 +7,8 @@ holds whose names no longer match any rule go, the rest stay; a changed `never_r
 the holds it now covers; the config's routes are diffed; links may be added, removed or
 reordered: each family's routes go through the most preferred usable link as always, and a
 link that stays active keeps its routes untouched; a new table, protocol or priority gets its
-rules and routes before the old ones go. Past the point of no return a kernel error is logged
+rules and routes before the old ones go, and so does a new breakout scope (`clients`,
+`client_interfaces`) its rules. Past the point of no return a kernel error is logged
 and counted (`netlink_errors`), never raised half-way.
 """
 
@@ -27,7 +28,7 @@ from resolver.net.kernelapi import KernelLike
 from resolver.net.ledger import Ledger
 from resolver.net.linkchoice import health_thresholds
 from resolver.net.parts import MatcherLike, Parts
-from resolver.net.probes import rule_specs
+from resolver.net.probes import describe_rule, rule_specs, scope_specs
 from resolver.net.routes import Route, owned
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Change:
     moved: bool  # table, route protocol or rule priority: everything moves over
     sets: bool  # ipsets or nftables sets
     links: bool  # the links, their gateways, or the health checks
+    scope: bool = False  # breakout.clients or client_interfaces: the rules toward the table
 
     @classmethod
     def between(cls, old: BreakoutConfig, new: BreakoutConfig) -> Change:
@@ -49,6 +51,7 @@ class Change:
             sets=(new.ipset4, new.ipset6, new.nftset4, new.nftset6)
             != (old.ipset4, old.ipset6, old.nftset4, old.nftset6),
             links=(new.links, new.health) != (old.links, old.health),
+            scope=(new.clients, new.client_interfaces) != (old.clients, old.client_interfaces),
         )
 
 
@@ -95,6 +98,8 @@ async def apply(
     parts.probes.cfg = cfg
     if verified is not None:
         await _new_kernel(parts, old, cfg, change, *verified)
+    if change.scope and not change.moved:
+        await _new_scope(parts, old, cfg)
     resolvers = [host for host, _port in cfg.resolvers]
     gone, skipped = ledger.config_routes.load(policy.cidrs, resolvers, links.never)
     ledger.counters["skipped"] += skipped
@@ -158,6 +163,26 @@ async def _new_kernel(
             _failed(ledger, f"the ip rules for table {old.table} stay", err)
     old_kernel.close()
     ledger.moved()
+
+
+async def _new_scope(parts: Parts, old: BreakoutConfig, cfg: BreakoutConfig) -> None:
+    """New `clients` or `client_interfaces`: the new scope's rules in first, acknowledged, then
+    the old scope's rules that it does not have out, so that a client in both scopes is never
+    without a rule. After a flush (no rules until the next install) only the old ones go."""
+    installs = parts.installs
+    kernel = installs.kernel
+    new_specs, old_specs = scope_specs(cfg), scope_specs(old)
+    added = removed = 0
+    try:
+        if installs.rules_ok:
+            added = await kernel.change_rules(new_specs, ())
+        removed = await kernel.change_rules((), [s for s in old_specs if s not in new_specs])
+    except BreakoutError as err:
+        installs.rules_ok = False  # the next install puts the new ones back
+        _failed(parts.ledger, "the ip rules of the breakout scope may be incomplete", err)
+        return
+    log.info("breakout scope changed: %d ip rules added, %d removed (%s)", added, removed,
+             ", ".join(describe_rule(s) for s in new_specs))  # fmt: skip
 
 
 def _known_routes(ledger: Ledger, old: BreakoutConfig) -> list[Route]:

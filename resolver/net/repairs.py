@@ -4,8 +4,9 @@
   or an install that failed) are put back, the journal's buffered records are written and the
   journal is compacted when due. It costs what comes due and what is missing (the ledger keeps
   both apart), not what is held;
-- `audit` (every AUDIT_INTERVAL, and at once when a rule is deleted): our ip rules and sets
-  are checked, and put back (a destroyed ipset is created again and refilled);
+- `audit` (every AUDIT_INTERVAL, and at once when a rule is deleted): our ip rules (the
+  scope's, per client prefix and interface, and the probe rules) and sets are checked, and put
+  back (a destroyed ipset is created again and refilled); scope rules of an earlier config go;
 - `lost_replies` (when a kernel batch fails with ENOBUFS: its acks were dropped, or it was
   never sent): the table is read again, what is missing is marked lost (the sweep puts it
   back), and the routes of ours that nothing holds (a removal that never happened) go.
@@ -26,7 +27,7 @@ from resolver.net.errors import GONE, BreakoutError
 from resolver.net.installs import Installs
 from resolver.net.journal import JournalLike
 from resolver.net.linkwatch import LinkWatch
-from resolver.net.probes import rule_specs
+from resolver.net.probes import describe_rule, rule_specs, stale_scope_rules
 from resolver.net.routes import AF, HOST_LEN, owned
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,18 @@ class Repairs:
     # -- our ip rules ---------------------------------------------------------------------------
 
     async def ensure_rules(self) -> int:
-        """Our rules (main and probe rules) in place; how many had to be added."""
-        added = await self.installs.kernel.change_rules(rule_specs(self.cfg), ())
+        """Our rules (the scope's and the probe rules) in place; how many had to be added.
+        Then the scope rules an earlier config left at our priority go (a restart after
+        `breakout.clients` or `client_interfaces` changed): after the new ones are in, so that
+        no client in both scopes goes without a rule meanwhile."""
+        kernel = self.installs.kernel
+        added = await kernel.change_rules(rule_specs(self.cfg), ())
         self.installs.rules_ok = True
+        stale = stale_scope_rules(await kernel.dump_rules(), self.cfg)
+        if stale:
+            await kernel.change_rules((), stale)
+            log.info("removed %d ip rules of an earlier breakout scope: %s", len(stale),
+                     ", ".join(describe_rule(s) for s in stale))  # fmt: skip
         return added
 
     async def ensure_rules_logged(self) -> int:

@@ -4,9 +4,11 @@ A route message is an rtmsg header, RTA_DST, and a suffix (table, output interfa
 packed once per path. Installing uses NLM_F_CREATE|NLM_F_REPLACE, so installing twice is
 harmless and moving a route to another link is one message with no gap; deleting names the
 table and the protocol, so the kernel never deletes a route resolverd does not own, even one
-for the same prefix. A rule is a fib_rule_hdr and a few attributes; resolverd's carry its
-route protocol number, so they too are told apart from rules someone else added. Nothing here
-does I/O but `dump_routes` and `dump_rules`, which read through a `netlink.Channel`.
+for the same prefix. A rule is a fib_rule_hdr and a few attributes (with `breakout.clients`
+and `client_interfaces`, a source prefix, FRA_SRC and the header's src_len, or an ingress
+interface, FRA_IIFNAME); resolverd's carry its route protocol number, so they too are told apart
+from rules someone else added. Nothing here does I/O but `dump_routes` and `dump_rules`, which
+read through a `netlink.Channel`.
 """
 
 from __future__ import annotations
@@ -202,6 +204,7 @@ FIB_RULE_HDR = struct.Struct(
     "=BBBBBBBBI"
 )  # family dst_len src_len tos table res1 res2 action flags
 FR_ACT_TO_TBL = 1
+FRA_SRC = 2
 FRA_IIFNAME = 3
 FRA_PRIORITY = 6
 FRA_FWMARK = 10
@@ -214,13 +217,15 @@ FRA_PROTOCOL = 21
 FRA_IP_PROTO = 22
 FRA_SPORT_RANGE = 23
 FRA_DPORT_RANGE = 24
-_SELECTORS = (FRA_IIFNAME, FRA_OIFNAME, FRA_L3MDEV, FRA_UID_RANGE, FRA_IP_PROTO,
-              FRA_SPORT_RANGE, FRA_DPORT_RANGE)  # fmt: skip
+# Selectors resolverd never sets: a rule with one is someone else's.
+_SELECTORS = (FRA_OIFNAME, FRA_L3MDEV, FRA_UID_RANGE, FRA_IP_PROTO, FRA_SPORT_RANGE,
+              FRA_DPORT_RANGE)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """An ip rule as the kernel reports it: `from all [fwmark M] lookup TABLE` and the rest."""
+    """An ip rule as the kernel reports it: `from PREFIX|all [iif NAME] [fwmark M] lookup TABLE`
+    and the rest."""
 
     family: int
     priority: int
@@ -228,33 +233,54 @@ class Rule:
     action: int
     protocol: int
     fwmark: int | None
-    selectors: bool  # any selector other than a fwmark (from, to, iif, oif, uid, ports...)
+    selectors: bool  # any selector resolverd never sets (to, oif, tos, uid, ports, a fwmask...)
+    src: str | None = None  # the source prefix, "192.0.2.0/24"; None: from all
+    iif: str | None = None  # the ingress interface's name
 
 
 @dataclass(frozen=True, slots=True)
 class RuleSpec:
-    """A rule resolverd owns: `priority: from all [fwmark M] lookup table proto P`."""
+    """A rule resolverd owns: `priority: from all|PREFIX [iif NAME] [fwmark M] lookup table
+    proto P`. A source prefix makes it a rule of the prefix's family only (`family`); the
+    others go in for IPv4 and IPv6 alike (`family` None)."""
 
     priority: int
     table: int
     protocol: int
     fwmark: int | None = None
+    src: str | None = None  # "PREFIX/LEN", normalised (no host bits), LEN > 0
+    iif: str | None = None
+    family: int | None = None  # 4 or 6 with `src`; None: both
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        return (4, 6) if self.family is None else (self.family,)
 
     def matches(self, rule: Rule) -> bool:
         """Whether `rule` does what this one would (whoever added it)."""
         return (
             rule.priority == self.priority and rule.table == self.table
             and rule.action == FR_ACT_TO_TBL and not rule.selectors
-            and rule.fwmark == self.fwmark
+            and rule.fwmark == self.fwmark and rule.src == self.src and rule.iif == self.iif
+            and rule.family in self.families
         )  # fmt: skip
 
     def message(self, family: int, add: bool) -> Message:
+        src_len, src = 0, b""
+        if self.src is not None:
+            net, _, plen = self.src.partition("/")
+            src_len, src = int(plen), socket.inet_pton(AF[family], net)
         head = FIB_RULE_HDR.pack(
-            AF[family], 0, 0, 0, self.table if self.table < 256 else 0, 0, 0, FR_ACT_TO_TBL, 0
-        )
+            AF[family], 0, src_len, 0, self.table if self.table < 256 else 0, 0, 0,
+            FR_ACT_TO_TBL, 0,
+        )  # fmt: skip
         body = head + netlink.attr(FRA_PRIORITY, _U32.pack(self.priority))
         body += netlink.attr(FRA_TABLE, _U32.pack(self.table))
         body += netlink.attr(FRA_PROTOCOL, bytes((self.protocol,)))
+        if src:
+            body += netlink.attr(FRA_SRC, src)
+        if self.iif is not None:
+            body += netlink.attr(FRA_IIFNAME, self.iif.encode() + b"\0")
         if self.fwmark is not None:
             body += netlink.attr(FRA_FWMARK, _U32.pack(self.fwmark))
             body += netlink.attr(FRA_FWMASK, _U32.pack(0xFFFFFFFF))
@@ -266,7 +292,7 @@ class RuleSpec:
 def parse_rule(body: Buffer, start: int = 0, end: int | None = None) -> Rule | None:
     """Decode an RTM_NEWRULE/RTM_DELRULE body; None for families other than IPv4/IPv6."""
     end = len(body) if end is None else end
-    fam, dst_len, src_len, _tos, table, _r1, _r2, action, _flags = FIB_RULE_HDR.unpack_from(
+    fam, dst_len, src_len, tos, table, _r1, _r2, action, _flags = FIB_RULE_HDR.unpack_from(
         body, start
     )
     family = FAMILY.get(fam)
@@ -280,13 +306,22 @@ def parse_rule(body: Buffer, start: int = 0, end: int | None = None) -> Rule | N
 
     fwmark = u32(FRA_FWMARK, 0)
     mask = u32(FRA_FWMASK, 0xFFFFFFFF if FRA_FWMARK in attrs else 0)
-    selectors = bool(dst_len or src_len or any(k in attrs for k in _SELECTORS))
+    selectors = bool(dst_len or tos or any(k in attrs for k in _SELECTORS))
     if fwmark and mask != 0xFFFFFFFF:
         selectors = True  # a masked mark: not one of ours
+    src = None
+    raw_src = attrs.get(FRA_SRC)
+    if src_len:
+        if raw_src is not None and len(raw_src) == HOST_LEN[family] // 8:
+            src = f"{socket.inet_ntop(AF[family], raw_src)}/{src_len}"
+        else:
+            selectors = True  # a length without an address: not one we would write
+    raw_iif = attrs.get(FRA_IIFNAME)
+    iif = bytes(raw_iif).split(b"\0", 1)[0].decode(errors="replace") if raw_iif else None
     protocol = attrs.get(FRA_PROTOCOL, b"\0")[0]
     return Rule(
         family, u32(FRA_PRIORITY, 0), u32(FRA_TABLE, table), action, protocol,
-        fwmark or None, selectors,
+        fwmark or None, selectors, src, iif or None,
     )  # fmt: skip
 
 

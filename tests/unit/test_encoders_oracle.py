@@ -211,6 +211,42 @@ def test_rule_messages(family: int, fwmark: int | None, add: bool) -> None:
     assert names(m) == expected + (["FRA_FWMARK", "FRA_FWMASK"] if fwmark else [])
 
 
+SCOPED = [
+    (4, RuleSpec(1000, TABLE, PROTOCOL, src="198.51.100.0/24", family=4), "198.51.100.0", 24),
+    (6, RuleSpec(1000, TABLE, PROTOCOL, src="2001:db8:a::/64", family=6), "2001:db8:a::", 64),
+    (4, RuleSpec(1000, TABLE, PROTOCOL, src="192.0.2.7/32", family=4), "192.0.2.7", 32),
+    (4, RuleSpec(1000, TABLE, PROTOCOL, iif="vlan20"), None, 0),
+    (6, RuleSpec(1000, TABLE, PROTOCOL, iif="lo"), None, 0),
+]
+
+
+@pytest.mark.parametrize(("family", "spec", "src", "src_len"), SCOPED)
+@pytest.mark.parametrize("add", [True, False], ids=["add", "delete"])
+def test_scoped_rule_messages(
+    family: int, spec: RuleSpec, src: str | None, src_len: int, add: bool
+) -> None:
+    """`from PREFIX lookup 365` and `iif NAME lookup 365` (breakout.clients and
+    client_interfaces), as pyroute2 reads them."""
+    m = decode(fibmsg, spec.message(family, add=add))
+    assert m["header"]["type"] == (RTM_NEWRULE if add else RTM_DELRULE)
+    assert m["family"] == AF[family]
+    assert m["action"] == FR_ACT_NAMES["FR_ACT_TO_TBL"]
+    assert (m["dst_len"], m["src_len"], m["tos"]) == (0, src_len, 0)
+    assert m.get_attr("FRA_PRIORITY") == 1000
+    assert m.get_attr("FRA_TABLE") == TABLE
+    assert m.get_attr("FRA_PROTOCOL") == PROTOCOL
+    assert m.get_attr("FRA_SRC") == src
+    assert m.get_attr("FRA_IIFNAME") == spec.iif
+    assert m.get_attr("FRA_FWMARK") is None
+    extra = ["FRA_SRC"] if src else ["FRA_IIFNAME"]
+    assert names(m) == ["FRA_PRIORITY", "FRA_TABLE", "FRA_PROTOCOL", *extra]
+    # Our parser reads back what we packed, and the spec recognises it.
+    data = spec.message(family, add=True)[2]
+    rule = routes.parse_rule(data)
+    assert rule is not None and (rule.src, rule.iif, rule.selectors) == (spec.src, spec.iif, False)
+    assert spec.matches(rule) and spec.families == ((family,) if src else (4, 6))
+
+
 def test_a_small_table_number_also_goes_in_the_rule_header() -> None:
     m = decode(fibmsg, RuleSpec(1000, 100, PROTOCOL).message(4, add=True))
     assert (m["table"], m.get_attr("FRA_TABLE")) == (100, 100)
@@ -317,6 +353,9 @@ ROUND_TRIP: list[tuple[str, Any, Message]] = [
     ("route delete", rtmsg, RouteEncoder(TABLE, PROTOCOL, {}).delete(4, packed(ADDR[4]), 32)),
     ("unreachable", rtmsg, RouteEncoder(TABLE, PROTOCOL, {}).unreachable(4)),
     ("rule", fibmsg, RuleSpec(1000, TABLE, PROTOCOL, 0x365).message(4, add=True)),
+    ("rule from", fibmsg, RuleSpec(1000, TABLE, PROTOCOL, src="2001:db8:a::/64",
+                                   family=6).message(6, add=True)),
+    ("rule iif", fibmsg, RuleSpec(1000, TABLE, PROTOCOL, iif="vlan20").message(4, add=False)),
     ("ipset add", ipset_msg, ipsets.IpsetEncoder("s", 6).add(packed(ADDR[6]), 60)),
     ("ipset delete", ipset_msg, ipsets.IpsetEncoder("s", 4).delete(packed(ADDR[4]))),
     ("ipset create", ipset_msg, ipsets.create_request("s", 4, 6, 330, 65536)),
@@ -464,16 +503,37 @@ def test_parse_rule_reads_dumped_rules(family: int) -> None:
     rule = routes.parse_rule(marked, 16, len(marked))
     assert rule is not None and rule.fwmark == 0x365 and not rule.selectors
     assert RuleSpec(1000, TABLE, PROTOCOL, 0x365).matches(rule)
-    # Selectors make a rule someone else's, whatever its table and priority.
+    # Selectors resolverd never sets make a rule someone else's, whatever its table and
+    # priority.
     for extra, fields in (
-        ([["FRA_IIFNAME", "lan0"]], {}),
+        ([["FRA_OIFNAME", "lan0"]], {}),
         ([["FRA_FWMARK", 0x365], ["FRA_FWMASK", 0xFF]], {}),
-        ([["FRA_SRC", ADDR[family]]], {"src_len": 32 if family == 4 else 128}),
+        ([["FRA_DST", ADDR[family]]], {"dst_len": 32 if family == 4 else 128}),
+        ([], {"tos": 0x10}),
     ):
         data = rule_dump(family, ours + extra, **fields)
         rule = routes.parse_rule(data, 16, len(data))
         assert rule is not None and rule.selectors, extra
         assert not RuleSpec(1000, TABLE, PROTOCOL, rule.fwmark).matches(rule)
+    # A source prefix or an ingress interface (the breakout's scope) is read, and tells the
+    # rule apart from `from all`.
+    net = {4: "203.0.113.0", 6: "2001:db8:365::"}[family]
+    plen = 24 if family == 4 else 48
+    scoped: list[tuple[list[list[Any]], dict[str, Any], str | None, str | None]] = [
+        ([["FRA_IIFNAME", "lan0"]], {}, None, "lan0"),
+        ([["FRA_SRC", net]], {"src_len": plen}, f"{net}/{plen}", None),
+    ]
+    for extra, fields, src, iif in scoped:
+        data = rule_dump(family, ours + extra, **fields)
+        rule = routes.parse_rule(data, 16, len(data))
+        assert rule is not None and not rule.selectors, extra
+        assert (rule.src, rule.iif) == (src, iif)
+        assert not RuleSpec(1000, TABLE, PROTOCOL).matches(rule)
+        spec = RuleSpec(1000, TABLE, PROTOCOL, src=src, iif=iif, family=family if src else None)
+        assert spec.matches(rule)
+        if src is not None:
+            other = RuleSpec(1000, TABLE, PROTOCOL, src=src, family=10 - family)
+            assert not other.matches(rule)  # a prefix rule is of its own family only
     # The main table's rule: the table in the header only.
     main = rule_dump(family, [["FRA_PRIORITY", 32766]], table=254)
     assert routes.parse_rule(main, 16, len(main)) == routes.Rule(
