@@ -216,13 +216,18 @@ class Daemon:
                 raise UpdateFailed(f"the new endpoint sets were not applied: {err}") from None
             log.info("policy updated: %d rules from %s", len(policy.rules), policy.source)
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """The control socket's `status`: the status tree (resolver.statusreport), the JSON
-        object it is sent as."""
+        object it is sent as, with the traffic counters read from the kernel first."""
+        if self.breakout is not None:
+            await self.breakout.read_counters()
         return dict(statusreport.snapshot(self))
 
-    def routes(self) -> RawJSON:
-        return RawJSON(self.breakout.routes_json() if self.breakout is not None else b"[]")
+    async def routes(self) -> RawJSON:
+        """Every hold, with its address's bytes and packets when the kernel counts them."""
+        if self.breakout is None:
+            return RawJSON(b"[]")
+        return RawJSON(await self.breakout.routes_json_counted())
 
     def collect_metrics(self) -> Iterable[Metric]:
         assert self.dns is not None

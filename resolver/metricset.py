@@ -132,6 +132,12 @@ def _breakout(status: BreakoutStatus, netlink: tuple[int, float]) -> list[Metric
         counter("resolverd_routes_installed", "installed", "Host routes installed"),
         counter("resolverd_routes_removed", "removed", "Host routes removed (lapsed or flushed)"),
         counter("resolverd_routes_skipped", "skipped", "Addresses not routed (never_route, LAN)"),
+        counter("resolverd_routes_capped", "capped", "Addresses not routed: max_entries reached"),
+        counter(
+            "resolverd_routes_client_capped",
+            "client_capped",
+            "Addresses not routed: the asking client's share of max_entries reached",
+        ),
         counter("resolverd_netlink_errors", "netlink_errors", "Netlink requests that failed"),
         counter("resolverd_ack_timeouts", "ack_timeouts", "Replies sent before the kernel acked"),
         Metric(
@@ -161,6 +167,35 @@ def _breakout(status: BreakoutStatus, netlink: tuple[int, float]) -> list[Metric
             "resolverd_breakout_failovers",
             "failovers",
             "Moves of the breakout routes to another link, to none (the tunnel) or back",
+        ),
+        Metric(
+            "resolverd_breakout_conntrack_flushed",
+            "counter",
+            "Conntrack entries to moved addresses deleted after a move or withdrawal",
+            [({}, status.get("conntrack_flushed", 0))],
+        ),
+        *_traffic(status),
+    ]
+
+
+def _traffic(status: BreakoutStatus) -> list[Metric]:
+    """The kernel's counters of what broke out, per policy row, category and link. They
+    count from `traffic_since`: a table made anew starts them at zero (a counter reset)."""
+    rows = status.get("traffic", [])
+    labels = [{"row": str(t["row"]), "category": t["category"], "link": t["link"]} for t in rows]
+    return [
+        Metric(
+            "resolverd_breakout_bytes",
+            "counter",
+            "Bytes sent through a breakout link to held addresses, by policy row and category",
+            [(lab, t["bytes"]) for lab, t in zip(labels, rows, strict=True)],
+        ),
+        Metric(
+            "resolverd_breakout_packets",
+            "counter",
+            "Packets (as forwarded: a GRO/GSO aggregate counts once) sent through a breakout "
+            "link to held addresses, by policy row and category",
+            [(lab, t["packets"]) for lab, t in zip(labels, rows, strict=True)],
         ),
     ]
 

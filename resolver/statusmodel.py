@@ -127,6 +127,14 @@ class Decision(TypedDict):
     reason: str
 
 
+class TrafficRow(TypedDict):
+    row: int | str  # the policy row (an endpoint id with the feed)
+    category: str  # Optimize, Allow, Default; "" for rows without one
+    link: str  # the breakout link it left through
+    bytes: int  # IP packets as forwarded, headers included
+    packets: int  # as forwarded: a GRO/GSO aggregate counts once
+
+
 class BreakoutStatus(TypedDict):
     # The contract (README, `resolverctl status`), and the mode.
     interface: str | None  # the first link
@@ -158,6 +166,11 @@ class BreakoutStatus(TypedDict):
     counters: NotRequired[dict[str, int]]  # every counter of the breakout, by name
     netlink_latency: NotRequired[NetlinkLatency]
     connected_networks: NotRequired[list[str]]
+    # What broke out (breakout.count_traffic) and the flows a move cut (flush_conntrack).
+    traffic: NotRequired[list[TrafficRow]]  # per row, category and link, largest first
+    traffic_since: NotRequired[int | None]  # epoch the counters count from (null: none)
+    traffic_error: NotRequired[str]  # why there are no counters
+    conntrack_flushed: NotRequired[int]  # conntrack entries deleted after moves
     # In dry-run only.
     dry_run_decisions: NotRequired[list[Decision]]
     dry_run_decisions_total: NotRequired[int]

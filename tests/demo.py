@@ -134,6 +134,7 @@ def run(lab: Lab, tmp: str) -> list[str]:
             if expected is None and CLIENT4 in daemon.routes():
                 failures.append(f"{CLIENT4} (the client itself) was routed")
         split_dns(lab, failures)
+        traffic(lab, daemon, failures)
 
         step("resolverctl status")
         show(daemon.ctl("status").stdout, limit=80)
@@ -174,6 +175,29 @@ WHO = {
     "head office": "head office",
     "default": "the default upstream",
 }
+
+
+SENT = (2000, 972)  # datagrams, payload bytes: 1,000 bytes each with the UDP and IPv4 headers
+
+
+def traffic(lab: Lab, daemon: Daemon, failures: list[str]) -> None:
+    """Bytes to a held address through the breakout link, as the kernel counted them."""
+    count, size = SENT
+    step(f"The client sends {count} datagrams of {size + 28} bytes to {SERVICE4[0]}")
+    script = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for _ in range({count}): s.sendto(bytes({size}), ({SERVICE4[0]!r}, 9))"
+    )
+    lab.python(lab.client, "-c", script)
+    time.sleep(0.2)  # the last ones are forwarded
+    status = daemon.status()
+    counted = sum(t["bytes"] for t in status.get("traffic", []) if t["link"] == "wan0")
+    lines = [line for line in daemon.ctl("status").stdout.splitlines()]
+    start = next((i for i, line in enumerate(lines) if line.startswith("Breakout traffic")), None)
+    show("\n".join(lines[start : start + 8]) if start is not None else "(no traffic block)")
+    show(f"sent {count * (size + 28):,} bytes; counted through wan0: {counted:,}")
+    if not count * (size + 28) <= counted <= count * (size + 28) * 1.05 + 100_000:
+        failures.append(f"breakout bytes counted {counted}, sent {count * (size + 28)}")
 
 
 def sources(res: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ import platform
 import socket
 import stat
 import struct
+from collections.abc import Awaitable
 from typing import Any
 
 from resolver.control.monitor import Event, Watcher, Watchers
@@ -110,12 +111,12 @@ class _Serialized:
         self._handlers = handlers
         self._lock = asyncio.Lock()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """The daemon's status tree as it is: its `monitor` and `control` sections (this
         server's counts) are built with the rest, in resolver.statusreport."""
         return self._handlers.status()
 
-    def routes(self) -> list[dict[str, Any]] | RawJSON:
+    def routes(self) -> list[dict[str, Any]] | RawJSON | Awaitable[RawJSON]:
         return self._handlers.routes()
 
     async def flush(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from resolver.ctl import client
-from resolver.ctl.status import format_duration, text
+from resolver.ctl.status import format_bytes, format_duration, text
 
 HEADER = ("ADDRESS", "FAMILY", "ROW", "HOLD", "NAMES")
 
@@ -43,24 +43,29 @@ def _family(value: Any) -> str:
     return {4: "ipv4", 6: "ipv6", "inet": "ipv4", "inet6": "ipv6"}.get(value, text(value))
 
 
-def _row(route: Mapping[str, Any]) -> tuple[str, ...]:
+def _row(route: Mapping[str, Any], counted: bool) -> tuple[str, ...]:
     names = route.get("names")
     return (
         text(route.get("address")),
         _family(route.get("family")),
         text(route.get("row")),
         format_duration(route.get("hold_s")),
+        *((format_bytes(route.get("bytes")),) if counted else ()),
         ",".join(text(n) for n in names) if isinstance(names, list) and names else text(names),
     )
 
 
 def render_routes(routes: Any) -> str:
-    """An aligned table and a count line; the last column (names) is not padded."""
-    rows = [_row(r) for r in routes if isinstance(r, Mapping)] if isinstance(routes, list) else []
-    widths = [max(len(cells[i]) for cells in [HEADER, *rows]) for i in range(len(HEADER) - 1)]
+    """An aligned table and a count line; the last column (names) is not padded. BYTES (sent
+    to the address through a breakout link) when the daemon counts them."""
+    found = [r for r in routes if isinstance(r, Mapping)] if isinstance(routes, list) else []
+    counted = any("bytes" in r for r in found)
+    header = (*HEADER[:4], "BYTES", HEADER[4]) if counted else HEADER
+    rows = [_row(r, counted) for r in found]
+    widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header) - 1)]
     lines = [
         "  ".join([cell.ljust(widths[i]) for i, cell in enumerate(cells[:-1])] + [cells[-1]])
-        for cells in [HEADER, *rows]
+        for cells in [header, *rows]
     ]
     v4 = sum(1 for cells in rows if cells[1] == "ipv4")
     v6 = sum(1 for cells in rows if cells[1] == "ipv6")

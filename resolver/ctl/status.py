@@ -10,6 +10,7 @@ know show up under their own names.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -53,6 +54,18 @@ def format_duration(seconds: Any) -> str:
             parts.append(f"{left // size}{unit}")
             left %= size
     return " ".join(parts)
+
+
+def format_bytes(value: Any) -> str:
+    """``1.5 MB``-style (powers of 1000), for counters; ``-`` for anything not a count."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return "-"
+    amount = float(value)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if amount < 1000 or unit == "TB":
+            return f"{value} B" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1000
+    return "-"
 
 
 def text(value: Any) -> str:
@@ -267,35 +280,73 @@ def _breakout(status: Status) -> Block:
     one line per link, e.g. ``Link wan1: up, healthy, rtt 1.4 ms, active``."""
     if _get(lambda: status["breakout"]) is None:  # null from a daemon that had it off
         return "Breakout", [("Mode", "off")]
-    b = _object(lambda: status["breakout"])
-    link = _get(lambda: b["link_up"])
+    breakout = _object(lambda: status["breakout"])
+    link = _get(lambda: breakout["link_up"])
     known = {"interface", "link_up", "table", "routes_v4", "routes_v6", "cidr_routes"}
     known |= {"ipset_v4", "ipset_v6", "errors", "active", "links", "active_v4", "active_v6"}
-    known |= {"failovers"}
+    known |= {"failovers", "traffic", "traffic_since", "traffic_error", "conntrack_flushed"}
     return (
         "Breakout",
         [
-            ("Interface", text(_get(lambda: b["interface"]))),
+            ("Interface", text(_get(lambda: breakout["interface"]))),
             ("Link", "up" if link is True else "down" if link is False else "-"),
-            ("Table", text(_get(lambda: b["table"]))),
-            ("Routes", _pair(_get(lambda: b["routes_v4"]), _get(lambda: b["routes_v6"]))),
-            ("CIDR routes", text(_get(lambda: b["cidr_routes"]))),
-            ("IPset entries", _pair(_get(lambda: b["ipset_v4"]), _get(lambda: b["ipset_v6"]))),
-            ("Errors", text(_get(lambda: b["errors"]))),
-            *_links(b),
-            *_extras(b, known),
+            ("Table", text(_get(lambda: breakout["table"]))),
+            (
+                "Routes",
+                _pair(_get(lambda: breakout["routes_v4"]), _get(lambda: breakout["routes_v6"])),
+            ),
+            ("CIDR routes", text(_get(lambda: breakout["cidr_routes"]))),
+            (
+                "IPset entries",
+                _pair(_get(lambda: breakout["ipset_v4"]), _get(lambda: breakout["ipset_v6"])),
+            ),
+            ("Errors", text(_get(lambda: breakout["errors"]))),
+            *_links(breakout),
+            *_extras(breakout, known),
         ],
     )
 
 
-def _links(b: BreakoutStatus) -> list[tuple[str, str]]:
+def _links(breakout: BreakoutStatus) -> list[tuple[str, str]]:
     """``Active`` and one ``Link NAME`` line per link, from a daemon that reports them."""
-    if "active" not in b and "links" not in b:  # a daemon from before several links
+    if "active" not in breakout and "links" not in breakout:  # from before several links
         return []
-    pairs = [("Active", _active(b))]
-    pairs += [_link(item, _actives(b)) for item in _objects(lambda: b["links"])]
-    pairs.append(("Failovers", text(_get(lambda: b["failovers"]))))
+    pairs = [("Active", _active(breakout))]
+    actives = _actives(breakout)
+    pairs += [_link(item, actives) for item in _objects(lambda: breakout["links"])]
+    pairs.append(("Failovers", text(_get(lambda: breakout["failovers"]))))
+    if "conntrack_flushed" in breakout:
+        pairs.append(("Flows cut", text(_get(lambda: breakout["conntrack_flushed"]))))
     return pairs
+
+
+def _traffic(status: Status) -> list[Block]:
+    """What broke out, by the kernel's counters: one line per row, category and link, the
+    largest first, e.g. ``Row 46 Optimize via wan0: 1.2 GB, 901,234 packets``."""
+    breakout = _get(lambda: status["breakout"])
+    if not isinstance(breakout, Mapping) or "traffic" not in breakout:
+        return []
+    since = _get(lambda: breakout["traffic_since"])
+    title = "Breakout traffic" + (f" (counted since {_since(since)})" if since else "")
+    pairs = []
+    for t in _objects(lambda: breakout["traffic"]):
+        if not t.get("bytes") and not t.get("packets"):
+            continue  # a row that sent nothing through that link
+        cls = f"{text(t.get('row'))} {text(t.get('category'))}".rstrip()
+        pairs.append(
+            (f"Row {cls} via {text(t.get('link'))}",
+             f"{format_bytes(t.get('bytes'))}, {text(t.get('packets'))} packets")
+        )  # fmt: skip
+    if not pairs:
+        error = _get(lambda: breakout["traffic_error"])
+        pairs.append(("Counted", f"not counting: {text(error)}" if error else "nothing yet"))
+    return [(title, pairs)]
+
+
+def _since(epoch: Any) -> str:
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        return text(epoch)
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
 
 
 def _link(item: LinkStatus, actives: tuple[object, object]) -> tuple[str, str]:
@@ -316,24 +367,24 @@ def _link(item: LinkStatus, actives: tuple[object, object]) -> tuple[str, str]:
     return f"Link {text(name)}", ", ".join(state)
 
 
-def _actives(b: BreakoutStatus) -> tuple[object, object]:
+def _actives(breakout: BreakoutStatus) -> tuple[object, object]:
     """The links IPv4's and IPv6's routes go through; `active` for both from a daemon that
     reports no family apart."""
-    active = _get(lambda: b["active"])
-    v4 = _get(lambda: b["active_v4"]) if "active_v4" in b else active
-    v6 = _get(lambda: b["active_v6"]) if "active_v6" in b else active
+    active = _get(lambda: breakout["active"])
+    v4 = _get(lambda: breakout["active_v4"]) if "active_v4" in breakout else active
+    v6 = _get(lambda: breakout["active_v6"]) if "active_v6" in breakout else active
     return v4, v6
 
 
-def _active(b: BreakoutStatus) -> str:
+def _active(breakout: BreakoutStatus) -> str:
     """The link the routes go through; ``none`` (the main table: the tunnel) when none is
     usable; both when the families use different links."""
-    v4, v6 = _actives(b)
+    v4, v6 = _actives(breakout)
     if v4 != v6:
         return f"{text(v4 or 'none')} (IPv4), {text(v6 or 'none')} (IPv6)"
-    if _get(lambda: b["active"]) is None:
+    if _get(lambda: breakout["active"]) is None:
         return "none: the main table (the tunnel)"
-    return text(_get(lambda: b["active"]))
+    return text(_get(lambda: breakout["active"]))
 
 
 def _monitor(status: Status) -> list[Block]:
@@ -385,6 +436,7 @@ def render_status(received: object) -> str:
             *_forwarding(status),
             _policy(status),
             _breakout(status),
+            *_traffic(status),
             *_monitor(status),
             *_control(status),
         ]

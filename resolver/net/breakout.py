@@ -28,6 +28,7 @@ from policy.model import Policy
 from resolver.config import BreakoutConfig, Mode
 from resolver.hooks import Epoch, Pending, Tagged
 from resolver.net import cleanup, reconcile, reload, report
+from resolver.net.accounting import Accounting, AccountingLike, NullAccounting, classes_of
 from resolver.net.batches import InstallBatch, Joined
 from resolver.net.dryrun import DryRunKernel
 from resolver.net.errors import BreakoutError
@@ -65,6 +66,7 @@ class Breakout:
         kernel: KernelLike | None = None,
         kernel_factory: Callable[[BreakoutConfig], KernelLike] | None = None,
         journal: JournalLike | None = None,
+        accounting: AccountingLike | None = None,
         view: NetView | None = None,
         watch: bool = True,
         sweep_interval: float = 1.0,
@@ -85,8 +87,12 @@ class Breakout:
                 if dry_run
                 else Journal(state_dir, cfg.table, cfg.route_protocol, clock, wall)
             )
+        counts = not dry_run and (cfg.count_traffic or cfg.flush_conntrack)
+        if accounting is None:
+            accounting = Accounting(cfg) if counts else NullAccounting()
+        accounting.configure(cfg, classes_of(policy.rules))
         ledger = Ledger(cfg.max_entries, cfg.client_share)
-        installs = Installs(ledger, kernel, journal, clock, cfg.ack_timeout)
+        installs = Installs(ledger, kernel, journal, clock, cfg.ack_timeout, accounting)
         choice = LinkChoice(cfg.links, health_thresholds(cfg, kernel.can_probe))
         links = LinkWatch(cfg, installs, choice, view, watch)
         probes = Probes(cfg, installs, choice, self._verdict_changed)
@@ -99,6 +105,7 @@ class Breakout:
         self._active = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._refreshing: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
@@ -139,6 +146,7 @@ class Breakout:
         loop = self._loop = asyncio.get_running_loop()
         try:
             await parts.installs.kernel.open(loop)
+            await parts.installs.accounting.open(loop)
             parts.installs.start(loop)
             await parts.links.start(loop)
             parts.links.reassess(initial=True)
@@ -181,6 +189,7 @@ class Breakout:
         parts.journal.close()
         parts.links.close()
         parts.installs.kernel.close()
+        parts.installs.accounting.close()
         self._loop = None
 
     async def _every(self, interval: float, job: Callable[[], Any]) -> None:
@@ -312,7 +321,13 @@ class Breakout:
     def sweep(self) -> int:
         """Remove lapsed holds, put back what someone removed, write the journal's buffer.
         Returns how many holds lapsed."""
-        return self.parts.repairs.sweep()
+        lapsed = self.parts.repairs.sweep()
+        accounting = self.parts.installs.accounting
+        if accounting.refresh_due() and self._loop is not None:
+            task = self._loop.create_task(accounting.refresh())
+            self._refreshing.add(task)
+            task.add_done_callback(self._refreshing.discard)
+        return lapsed
 
     async def audit(self) -> None:
         """Check that our rules and sets are still there, and put back what is not."""
@@ -344,6 +359,9 @@ class Breakout:
         self.matcher, self.policy = matcher, policy
         await reload.apply(self.parts, old, cfg, change, verified, matcher, policy)
         self.cfg = cfg
+        accounting = self.parts.installs.accounting
+        accounting.configure(cfg, classes_of(policy.rules))
+        await accounting.open(self._loop)  # new links or rows: their counters
 
     def latency(self) -> tuple[int, float]:
         """(install batches acked, total seconds from send to last ack) since start: metrics."""
@@ -351,6 +369,15 @@ class Breakout:
 
     def status(self) -> dict[str, Any]:
         return report.status(self.cfg, self.parts)
+
+    async def read_counters(self) -> None:
+        """Read the traffic counters now (a status asks for them fresh)."""
+        await self.parts.installs.accounting.refresh()
+
+    async def routes_json_counted(self) -> bytes:
+        """`routes` with each address's bytes and packets, read from the kernel now."""
+        counted = await self.parts.installs.accounting.per_address()
+        return report.routes_json(self.ledger, self.parts.clock(), counted)
 
     def routes(self) -> list[dict[str, Any]]:
         return report.routes(self.ledger, self.parts.clock())

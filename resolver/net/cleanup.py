@@ -6,12 +6,13 @@ every rule carrying it (the main rules, per client prefix and interface when
 `breakout.clients`/`client_interfaces` scope the breakout, and the probe rules; those an earlier
 config left included), and the set entries of the addresses resolverd routed (those it knows of,
 and those of the owned host routes found). After a flush the health probes pause until the next
-install has put the rules back (probes.Probes.gate), then their tables come back too.
-`cleanup` also removes the journal. Left alone: routes and rules of other protocols, and the
-sets themselves. ipsets are not destroyed even when resolverd created them: a firewall rule
-that references a set makes `destroy` fail (IPSET_ERR_REFERENCED), and removing a set the
-firewall expects would break its next reload. Entries resolverd added but no longer knows
-about run out on their kernel timeout.
+install has put the rules back (probes.Probes.gate), then their tables come back too. `cleanup`
+also removes the journal and the traffic counters' table (`inet resolverd`); a flush keeps the
+counters (they are history) and removes the held addresses' elements. Left alone: routes and
+rules of other protocols, and the sets themselves. ipsets are not destroyed even when resolverd
+created them: a firewall rule that references a set makes `destroy` fail (IPSET_ERR_REFERENCED),
+and removing a set the firewall expects would break its next reload. Entries resolverd added but
+no longer knows about run out on their kernel timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 
 from resolver.config import BreakoutConfig
 from resolver.net import records
+from resolver.net.accounting import remove_table
 from resolver.net.errors import has_net_admin, needs_net_admin
 from resolver.net.kernel import Kernel
 from resolver.net.kernelapi import EntryItem, KernelLike, settled_future
@@ -88,6 +90,7 @@ async def flush(cfg: BreakoutConfig, parts: Parts) -> dict[str, int]:
     cidrs = ledger.config_routes.clear()
     holds = list(ledger)
     installs.forget_holds(holds, "flush")
+    installs.accounting.release((h.family, h.packed) for h in holds)  # the counts stay
     ledger.withdrawn(holds)
     parts.journal.flushed()
     try:
@@ -127,6 +130,7 @@ async def cleanup(
             except OSError:
                 log.warning("journal names %r, not an address; skipped", address)
         counts = await remove_owned(kernel, cfg, delete, known, set(cidrs))
+        counts["traffic_table"] = int(await remove_table())
     finally:
         kernel.close()
     counts["state_file"] = int(records.remove(state_dir))

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from resolver.net.accounting import AccountingLike, NullAccounting
 from resolver.net.batches import InstallBatch
 from resolver.net.errors import GONE, Errnos
 from resolver.net.holds import Hold
@@ -49,8 +50,11 @@ class Installs:
         journal: JournalLike,
         clock: Callable[[], float],
         ack_timeout: float,
+        accounting: AccountingLike | None = None,
     ) -> None:
         self.ledger = ledger
+        # The traffic counters' elements and the conntrack flush (none: counts nothing).
+        self.accounting = accounting if accounting is not None else NullAccounting()
         self.counters = ledger.counters
         self.kernel = kernel
         self.journal = journal
@@ -131,6 +135,10 @@ class Installs:
             [(h.family, h.packed, h.prefix_len) for h in holds],
             lambda errors: self._routes_added(batch, holds, errors),
         )
+        if self.accounting.counting:  # nothing waits on the counters (COUNT_DELAY)
+            self.accounting.count(
+                [(h.family, h.packed, set_timeout(h.expires, now), h.row) for h in holds]
+            )
         if self.kernel.has_sets:
             self.kernel.add_entries(
                 [(h.family, h.packed, set_timeout(h.expires, now)) for h in holds],
@@ -201,7 +209,8 @@ class Installs:
         if not self.kernel.has_sets:
             h.set_expires = h.expires  # nothing to refresh: routes do not expire by themselves
             self.counters["refreshed"] += 1
-            return
+            if not self.accounting.counting:
+                return
         self._refresh[h.packed] = h
         if self._refresh_handle is None and self.loop is not None:
             self._refresh_handle = self.loop.call_later(REFRESH_DELAY, self.flush_refresh)
@@ -213,6 +222,12 @@ class Installs:
         current = self.ledger.current
         holds = [h for h in queued.values() if current(h) and h.installed]
         if not holds:
+            return
+        if self.accounting.counting:
+            self.accounting.count(
+                [(h.family, h.packed, set_timeout(h.expires, now), h.row) for h in holds]
+            )
+        if not self.kernel.has_sets:
             return
         expires = [h.expires for h in holds]
 
@@ -240,6 +255,7 @@ class Installs:
             if (h.installed or h.batch is not None) and f"{h.address}/{h.prefix_len}" not in routed
         )  # fmt: skip
         self.delete_entries(holds, now)  # those whose hold ran out timed out already
+        self.accounting.release((h.family, h.packed) for h in holds)
         self.ledger.withdrawn(holds)
         self.ledger.moved()
 
@@ -270,8 +286,12 @@ class Installs:
     def forget_own_deletes(self) -> None:
         self._own_deletes.clear()
 
-    def delete_routes(self, items: list[tuple[int, bytes, int]], keys: list[str]) -> None:
-        """Remove routes (a route gone already is fine); `keys` are their "dst/len"."""
+    def delete_routes(
+        self, items: list[tuple[int, bytes, int]], keys: list[str],
+        then: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
+        """Remove routes (a route gone already is fine); `keys` are their "dst/len"; `then`
+        is called once the kernel has settled them."""
         if not items:
             return
         for key in keys:
@@ -283,14 +303,17 @@ class Installs:
                 if code:  # no RTM_DELROUTE will come for it
                     self.own_delete(key)
             check(errors)
+            if then is not None:
+                then()
 
         self.kernel.del_routes(items, settled)
 
-    def delete_holds(self, holds: Iterable[Hold]) -> None:
+    def delete_holds(self, holds: Iterable[Hold], then: Callable[[], None] | None = None) -> None:
         holds = list(holds)
         self.delete_routes(
             [(h.family, h.packed, h.prefix_len) for h in holds],
             [f"{h.address}/{h.prefix_len}" for h in holds],
+            then,
         )
 
     def delete_entries(self, holds: Iterable[Hold], now: float) -> None:

@@ -190,7 +190,10 @@ class LinkWatch:
                 "the traffic stays on the main table", fams, self.choice.why(), len(holds),
                 len(routes),
             )  # fmt: skip
-            installs.delete_holds(holds)  # the kernel may have flushed them: ESRCH is fine
+            # The kernel may have flushed them (ESRCH is fine); once they are gone, the flows
+            # NATed to the old link are cut, so that the tunnel picks them up afresh.
+            moved = [h.packed for h in holds]
+            installs.delete_holds(holds, lambda: installs.accounting.flush(moved))
             ledger.withdrawn(holds)
             installs.remove_prefixes(routes)
             ledger.counters["withdrawn"] += len(holds)
@@ -201,8 +204,12 @@ class LinkWatch:
             h for f in families for h in ledger.family(f)
             if h.expires > now and (h.batch is None or h.batch.started)
         ]  # fmt: skip
+        batch = None
         for h in holds:
-            installs.enqueue(h)  # NLM_F_REPLACE: a route that stays moves without a gap
+            batch = installs.enqueue(h)  # NLM_F_REPLACE: a route that stays moves without a gap
+        if batch is not None:  # then the flows NATed on the old path are cut (conntrack)
+            moved = [h.packed for h in holds]
+            batch.then(lambda: installs.accounting.flush(moved))
         installs.install_prefixes(routes)
         if old is None:
             ledger.counters["restored"] += len(holds)

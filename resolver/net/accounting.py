@@ -1,0 +1,379 @@
+"""What broke out, as the kernel counts it, and the flows a move must cut: the counters' owner.
+
+`Accounting` keeps resolverd's nftables table (`traffic.py`: one counter per policy row and
+category per breakout link, and an element per held address that counts its own bytes), and a
+dedicated ctnetlink channel for `conntrack.flush`. `Installs` hands it the held addresses as
+their set entries go out (`count`, same timeouts, never waited on by a reply) and as they go
+(`release`); `LinkWatch` asks it to cut the flows of the addresses a move or withdrawal took
+away (`flush`). Reading is off the hot path: the class counters are read once per
+REFRESH_EVERY by the sweep and before a `status`; the per-address counters only for `routes`.
+
+`NullAccounting` is the dry-run's and the off switch's: it counts nothing and flushes nothing.
+A table that cannot be made (no nf_tables) is reported in status and counting stays off; the
+breakout runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any, Protocol
+
+from resolver.config import BreakoutConfig
+from resolver.net import conntrack, netlink, nftables, traffic
+from resolver.net.errors import BreakoutError
+from resolver.net.traffic import Layout, TrafficClass
+
+log = logging.getLogger(__name__)
+
+FLUSH_TIME = 2.0  # longest a conntrack flush may take (50,000 entries: about 0.1 s)
+READ_TIME = 1.0  # longest a status waits for the counters
+REFRESH_EVERY = 10.0  # seconds between two reads of the class counters by the sweep
+# New elements wait this long to go out together: one transaction (and one crossing to the
+# netlink thread) for every answer of 20 ms, not one per install batch. A new address's
+# first packets within it (a handshake) are not counted.
+COUNT_DELAY = 0.02
+
+CountItem = tuple[int, bytes, int, int]  # family, packed address, timeout seconds, policy row
+
+
+class AccountingLike(Protocol):
+    @property
+    def counting(self) -> bool: ...
+    def configure(self, cfg: BreakoutConfig, classes: dict[int, TrafficClass]) -> None: ...
+    async def open(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    def close(self) -> None: ...
+    def count(self, items: Sequence[CountItem]) -> None: ...
+    def release(self, items: Iterable[tuple[int, bytes]]) -> None: ...
+    def flush(self, addresses: Collection[bytes]) -> None: ...
+    async def refresh(self) -> None: ...
+    def refresh_due(self) -> bool: ...
+    async def per_address(self) -> dict[bytes, tuple[int, int]]: ...
+    async def remove(self) -> None: ...
+    def report(self) -> dict[str, Any]: ...
+
+
+class NullAccounting:
+    """Counts nothing, flushes nothing (dry-run, or both keys off)."""
+
+    counting = False
+
+    def configure(self, cfg: BreakoutConfig, classes: dict[int, TrafficClass]) -> None:
+        pass
+
+    async def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def count(self, items: Sequence[CountItem]) -> None:
+        pass
+
+    def release(self, items: Iterable[tuple[int, bytes]]) -> None:
+        pass
+
+    def flush(self, addresses: Collection[bytes]) -> None:
+        pass
+
+    async def refresh(self) -> None:
+        pass
+
+    def refresh_due(self) -> bool:
+        return False
+
+    async def per_address(self) -> dict[bytes, tuple[int, int]]:
+        return {}
+
+    async def remove(self) -> None:
+        pass
+
+    def report(self) -> dict[str, Any]:
+        return {"traffic": [], "traffic_since": None, "conntrack_flushed": 0}
+
+
+class Accounting:
+    """The traffic counters and the conntrack flush of one breakout (kernel mode)."""
+
+    def __init__(self, cfg: BreakoutConfig, count_delay: float = COUNT_DELAY) -> None:
+        self.cfg = cfg
+        self.count_delay = count_delay  # 0: each `count` goes out at once
+        self.rows: dict[int, TrafficClass] = {}
+        self.layout: Layout | None = None
+        self.since: int | None = None
+        self.counting = False  # the table is in place and elements go to it
+        self.problem: str | None = None
+        self.nfnl: netlink.Channel | None = None  # the counters' elements and reads
+        self.ct: netlink.Channel | None = None  # conntrack: a dump must not delay the elements
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.counted: dict[bytes, TrafficClass] = {}  # address -> the class of its element
+        self.totals: list[traffic.Traffic] = []
+        self.flushed = 0
+        self.flush_failed = 0
+        self.element_errors = 0
+        self._read_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._queued: list[CountItem] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._known: set[TrafficClass] = set()  # every class this table has had
+
+    def configure(self, cfg: BreakoutConfig, classes: dict[int, TrafficClass]) -> None:
+        """The links and the rows' classes (start and reload); `open` applies them."""
+        self.cfg, self.rows = cfg, dict(classes)
+
+    async def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        try:
+            if self.cfg.count_traffic and self.nfnl is None:
+                self.nfnl = netlink.Channel(netlink.NETLINK_NETFILTER)
+                self.nfnl.attach(loop)
+            if self.cfg.flush_conntrack and self.ct is None:
+                self.ct = netlink.Channel(netlink.NETLINK_NETFILTER)
+                self.ct.attach(loop)
+        except OSError as err:
+            self.problem = f"cannot open a netfilter netlink socket: {err}"
+            log.warning("breakout: %s; no traffic counters, no conntrack flush", self.problem)
+            return
+        if self.cfg.count_traffic:
+            await self._setup()
+        elif self.layout is not None and self.nfnl is not None:
+            await self.remove()  # count_traffic turned off by a reload
+
+    async def _setup(self) -> None:
+        """Make or update the table for the current links and classes (idempotent)."""
+        assert self.nfnl is not None
+        self._known |= set(self.rows.values())
+        links = tuple(link.interface for link in self.cfg.links)
+        layout = Layout(links, tuple(sorted(self._known, key=_class_order)))
+        try:
+            since = await traffic.read_since(self.nfnl, layout)
+            reset = since is None
+            if since is None:
+                since = int(time.time())
+            codes = await self._submit(traffic.setup(layout, since))
+        except (netlink.NetlinkSocketError, OSError) as err:
+            self._off(f"nftables table inet {traffic.TABLE}: {err}")
+            return
+        bad = nftables.failed(codes)
+        if bad:
+            self._off(f"nftables table inet {traffic.TABLE}: {errno.errorcode.get(bad, bad)}")
+            return
+        self.layout, self.since, self.counting, self.problem = layout, since, True, None
+        if reset:
+            log.info("breakout: traffic counters start at zero (table inet %s made)", traffic.TABLE)
+            self.counted.clear()
+        elif not self.counted:  # a restart: the elements that survived it keep their class
+            await self._adopt(layout)
+
+    async def _adopt(self, layout: Layout) -> None:
+        assert self.nfnl is not None
+        by_chain = {layout.chain(cls): cls for cls in layout.classes}
+        try:
+            for family in (4, 6):
+                for h in await traffic.read_held(self.nfnl, layout, family):
+                    cls = by_chain.get(h.chain)
+                    if cls is not None:
+                        self.counted[h.address] = cls
+        except netlink.NetlinkSocketError as err:
+            log.warning("breakout: cannot read the counters' elements: %s", err)
+
+    def _off(self, problem: str) -> None:
+        self.counting, self.problem = False, problem
+        log.warning("breakout: no traffic counters: %s", problem)
+
+    def _submit(self, messages: list[netlink.Message]) -> asyncio.Future[list[int]]:
+        assert self.loop is not None and self.nfnl is not None
+        fut: asyncio.Future[list[int]] = self.loop.create_future()
+
+        def settled(codes: list[int]) -> None:
+            if not fut.done():
+                fut.set_result(codes)
+
+        self.nfnl.submit(messages, settled, atomic=True)
+        return fut
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in self._tasks:
+            task.cancel()
+        for channel in (self.nfnl, self.ct):
+            if channel is not None:
+                channel.close()
+        self.nfnl = self.ct = None
+        self.counting = False
+
+    # -- elements (with the set entries; nothing waits on them) ---------------------------
+
+    def count(self, items: Sequence[CountItem]) -> None:
+        """Add or refresh the elements of held addresses, each in its row's class, within
+        COUNT_DELAY."""
+        if not self.counting or self.nfnl is None or self.layout is None:
+            return
+        self._queued.extend(items)
+        if self.count_delay <= 0 or self.loop is None:
+            self.send_counted()
+        elif self._timer is None:
+            self._timer = self.loop.call_later(self.count_delay, self.send_counted)
+
+    def send_counted(self) -> None:
+        self._timer = None
+        items, self._queued = self._queued, []
+        if not self.counting or self.nfnl is None or self.layout is None:
+            return
+        fresh: dict[int, list[tuple[bytes, TrafficClass, int]]] = {4: [], 6: []}
+        counted, rows, layout = self.counted, self.rows, self.layout
+        for family, packed, timeout, row in items:
+            cls = rows.get(row)
+            if cls is None:
+                continue
+            old = counted.get(packed)
+            if old is None or old == cls:
+                fresh[family].append((packed, cls, timeout))
+            else:  # the address's answers now come from another row
+                self._send(traffic.reclassify(layout, family, packed, cls, timeout))
+            counted[packed] = cls
+        for family, todo in fresh.items():
+            for transaction in traffic.hold(layout, family, todo) if todo else ():
+                self._send(transaction)
+
+    def release(self, items: Iterable[tuple[int, bytes]]) -> None:
+        if not self.counting or self.nfnl is None or self.layout is None:
+            return
+        if self._queued:
+            self.send_counted()  # an element queued now must not outlive its release
+        gone: dict[int, list[bytes]] = {4: [], 6: []}
+        for family, packed in items:
+            if self.counted.pop(packed, None) is not None:
+                gone[family].append(packed)
+        for family, packed_list in gone.items():
+            for transaction in traffic.release(self.layout, family, packed_list):
+                self._send(transaction)
+
+    def _send(self, messages: list[netlink.Message]) -> None:
+        assert self.nfnl is not None
+        self.nfnl.submit(messages, self._settled, atomic=True)
+
+    def _settled(self, codes: list[int]) -> None:
+        bad = nftables.failed(codes)
+        if bad:
+            self.element_errors += 1
+            log.debug("breakout: traffic elements refused: %s", errno.errorcode.get(bad, bad))
+
+    # -- conntrack --------------------------------------------------------------------------
+
+    def flush(self, addresses: Collection[bytes]) -> None:
+        """Delete, in the background, the conntrack entries whose original destination is
+        one of `addresses` (their routes moved or went): their NAT is the old link's."""
+        if self.ct is None or not addresses or self.loop is None:
+            return
+        task = self.loop.create_task(self._flush(list(addresses)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, addresses: list[bytes]) -> None:
+        assert self.ct is not None
+        started = time.monotonic()
+        done = await conntrack.flush(self.ct, addresses, started + FLUSH_TIME)
+        self.flushed += done.deleted
+        self.flush_failed += done.failed
+        log.info(
+            "breakout: %d conntrack entries to %d moved addresses deleted in %.0f ms%s",
+            done.deleted, len(addresses), (time.monotonic() - started) * 1000,
+            "" if done.complete else " (stopped at the deadline or on an error)",
+        )  # fmt: skip
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def refresh_due(self) -> bool:
+        return self.counting and time.monotonic() - self._read_at >= REFRESH_EVERY
+
+    async def refresh(self) -> None:
+        """Read the class counters (the sweep, every REFRESH_EVERY; a status, first)."""
+        if not self.counting or self.nfnl is None or self.layout is None:
+            return
+        self._read_at = time.monotonic()
+        channel, layout = self.nfnl, self.layout
+        try:
+            totals = await asyncio.wait_for(traffic.read_counters(channel, layout), READ_TIME)
+            since = await asyncio.wait_for(traffic.read_since(channel, layout), READ_TIME)
+        except (TimeoutError, netlink.NetlinkSocketError) as err:
+            log.warning("breakout: cannot read the traffic counters: %s", err)
+            return
+        if since is None:  # someone flushed the ruleset: make it anew, counters from zero
+            log.warning("breakout: table inet %s is gone; making it again", traffic.TABLE)
+            await self._setup()
+            return
+        self.totals, self.since = totals, since
+
+    async def per_address(self) -> dict[bytes, tuple[int, int]]:
+        """Bytes and packets per held address (`routes`): one dump per family."""
+        if not self.counting or self.nfnl is None or self.layout is None:
+            return {}
+        out: dict[bytes, tuple[int, int]] = {}
+        try:
+            for family in (4, 6):
+                held = await asyncio.wait_for(
+                    traffic.read_held(self.nfnl, self.layout, family), READ_TIME
+                )
+                out.update((h.address, (h.bytes, h.packets)) for h in held)
+        except (TimeoutError, netlink.NetlinkSocketError) as err:
+            log.warning("breakout: cannot read the per-address counters: %s", err)
+        return out
+
+    async def remove(self) -> None:
+        """Delete the table, counters and all (`resolverd --cleanup`, count_traffic off)."""
+        if self.nfnl is None:
+            return
+        layout = self.layout or Layout((), ())
+        codes = await self._submit(traffic.remove(layout))
+        bad = nftables.failed(codes)
+        if bad and bad != errno.ENOENT:
+            log.warning("breakout: cannot delete table inet %s: %s", traffic.TABLE, bad)
+        self.layout, self.counting, self.since = None, False, None
+        self.counted.clear()
+
+    def report(self) -> dict[str, Any]:
+        rows = [
+            {"row": t.row, "category": t.category or "", "link": t.link, "bytes": t.bytes,
+             "packets": t.packets}
+            for t in self.totals
+        ]  # fmt: skip
+        out: dict[str, Any] = {
+            "traffic": rows, "traffic_since": self.since, "conntrack_flushed": self.flushed,
+        }  # fmt: skip
+        if self.problem:
+            out["traffic_error"] = self.problem
+        return out
+
+
+async def remove_table() -> bool:
+    """Delete table inet resolverd, counters and all, with no daemon running (`resolverd
+    --cleanup`); False when there was none."""
+    channel = netlink.Channel(netlink.NETLINK_NETFILTER)
+    loop = asyncio.get_running_loop()
+    channel.attach(loop)
+    try:
+        fut: asyncio.Future[list[int]] = loop.create_future()
+        channel.submit(traffic.remove(Layout((), ())), fut.set_result, atomic=True)
+        bad = nftables.failed(await fut)
+    finally:
+        channel.close()
+    if bad and bad != errno.ENOENT:
+        raise BreakoutError(f"cannot delete table inet {traffic.TABLE}: {os.strerror(bad)}")
+    return not bad
+
+
+def _class_order(cls: TrafficClass) -> tuple[bool, int, str, str]:
+    number = cls.row if isinstance(cls.row, int) else 0
+    return (not isinstance(cls.row, int), number, str(cls.row), cls.category or "")
+
+
+def classes_of(rules: Iterable[Any]) -> dict[int, TrafficClass]:
+    """Each policy row's traffic class: (row, category)."""
+    return {rule.row: TrafficClass(rule.row, rule.category) for rule in rules}
