@@ -1,25 +1,26 @@
-"""Shared by every tier: `async def test_...` functions run on a fresh event loop.
+"""Shared by every tier: the plugins that run the tests, and the fixtures every tier may use.
 
-No pytest plugin is needed: the hook below runs a coroutine test with `asyncio.run` under a
-time limit, so a hung test fails instead of stalling the suite. Unit tests use it as much as
-the integration and namespace tiers do.
+`async def test_...` functions run under pytest-asyncio (`asyncio_mode = "auto"` in
+pyproject.toml), each on a fresh event loop of asyncio's own (no loop policy is set: a test
+that wants uvloop makes the loop itself). pytest-timeout fails a test that runs longer than the
+`timeout` in pyproject.toml, sync or async, so that a hung test fails instead of stalling the
+suite. The namespace tier, whose scenarios take up to a minute on their own (tests/netns/
+test_crash.py), gets TIER_LIMITS' longer default; the tiers that run long by design (fuzz, bench,
+soak, package) have no default limit. A test that sets `@pytest.mark.timeout(...)` keeps its own.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-
 import pytest
 
-TEST_TIME_LIMIT = 60.0
+# Seconds a test of the tier may take when not the `timeout` of pyproject.toml (0: no limit).
+TIER_LIMITS = {"netns": 300, "fuzz": 0, "bench": 0, "soak": 0, "package": 0}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    names = pyfuncitem._fixtureinfo.argnames
-    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), TEST_TIME_LIMIT))
-    return True
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        limits = [s for tier, s in TIER_LIMITS.items() if item.get_closest_marker(tier)]
+        if limits:
+            item.add_marker(pytest.mark.timeout(0 if 0 in limits else max(limits)))

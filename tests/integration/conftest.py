@@ -1,7 +1,7 @@
 """Integration tier: the real DnsServer on loopback against the in-process fake upstream.
 
-`async def test_...` functions are run with asyncio.run by the hook in tests/conftest.py. Each
-test builds its world with `async with DnsEnv(...) as env:` and queries it with dnslib on the
+`async def test_...` functions run under pytest-asyncio, each on a fresh loop (tests/conftest.py).
+Each test builds its world with `async with DnsEnv(...) as env:` and queries it with dnslib on the
 client side.
 """
 
