@@ -377,7 +377,11 @@ class Breakout:
     async def routes_json_counted(self) -> bytes:
         """`routes` with each address's bytes and packets, read from the kernel now."""
         counted = await self.parts.installs.accounting.per_address()
-        return report.routes_json(self.ledger, self.parts.clock(), counted)
+        cfg = self.cfg
+        scoped = cfg.clients or cfg.client_interfaces  # else everyone is in scope: not shown
+        return report.routes_json(
+            self.ledger, self.parts.clock(), counted, self.in_scope if scoped else None
+        )
 
     def routes(self) -> list[dict[str, Any]]:
         return report.routes(self.ledger, self.parts.clock())

@@ -160,3 +160,23 @@ def test_resolverctl_shows_the_bytes_of_rows_and_routes() -> None:
 )
 def test_format_bytes(value: Any, shown: str) -> None:
     assert format_bytes(value) == shown
+
+
+def test_routes_json_says_who_a_hold_is_charged_to_and_whether_it_is_in_scope() -> None:
+    from resolver.net.holds import Owner
+
+    inside, outside = Hold(A, "a.office.com", 400.0, 1), Hold(B, "b.office.com", 400.0, 1)
+    inside.owner = Owner(socket.inet_pton(socket.AF_INET, "192.0.2.7"))
+    outside.owner = Owner(socket.inet_pton(socket.AF_INET6, "2001:db8:1:2::")[:8])
+    restored = Hold(socket.inet_pton(socket.AF_INET, "203.0.113.12"), "c.office.com", 400.0, 1)
+    asked: list[str] = []
+
+    def in_scope(client: str) -> bool:
+        asked.append(client)
+        return client == "192.0.2.7"
+
+    text = routes_json([inside, outside, restored], 100.0, None, in_scope).decode()
+    assert '"client":"192.0.2.7","in_scope":true}' in text
+    assert '"client":"2001:db8:1:2::/64","in_scope":false}' in text
+    assert text.count("in_scope") == 2  # a hold restored at start belongs to nobody
+    assert asked == ["192.0.2.7", "2001:db8:1:2::"]
