@@ -43,7 +43,7 @@ from tests.unit.breakout_fakes import (
     tagged,
 )
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 WAN1 = 6
 GW4, GW6 = "192.0.2.1", "2001:db8:b::1"

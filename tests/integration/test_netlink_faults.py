@@ -34,7 +34,7 @@ from resolver.net.netlink import HEADER, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMS
 from resolver.net.routes import AF, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, parse_route
 from tests.unit.breakout_fakes import MATCHER, POLICY, Clock, make_cfg, make_view, tagged
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 Answer = Callable[[int, bytes], int]  # (message type, body) -> errno to answer with
 

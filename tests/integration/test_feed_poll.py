@@ -18,7 +18,7 @@ from policy.model import Policy
 from resolver.config import Config, EndpointsConfig, PolicyConfig
 from resolver.daemon import Daemon, Loaded
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
