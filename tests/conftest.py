@@ -7,11 +7,16 @@ that wants uvloop makes the loop itself). pytest-timeout fails a test that runs 
 suite. The namespace tier, whose scenarios take up to a minute on their own (tests/netns/
 test_crash.py), gets TIER_LIMITS' longer default; the tiers that run long by design (fuzz, bench,
 soak, package) have no default limit. A test that sets `@pytest.mark.timeout(...)` keeps its own.
+
+The owners' fixtures (tests/owners.py: the breakout's owners over an in-memory kernel) are
+registered here, for any tier.
 """
 
 from __future__ import annotations
 
 import pytest
+
+pytest_plugins = ["tests.owners"]
 
 # Seconds a test of the tier may take when not the `timeout` of pyproject.toml (0: no limit).
 TIER_LIMITS = {"netns": 300, "fuzz": 0, "bench": 0, "soak": 0, "package": 0}
