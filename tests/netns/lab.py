@@ -16,6 +16,9 @@ also owns BREAKOUT_RESOLVER4, the tunnel server included (the same address on th
 so a DNS server there can answer differently and show which path a query took), the tunnel
 server alone owns HEAD_OFFICE4 (head office's DNS server, reached only through the tunnel),
 and every server owns SPLIT4/SPLIT6, addresses for the split-DNS servers to hand out.
+``Lab(nat="snat")`` (or ``"masquerade"``) translates the sources of what leaves the breakout
+links (nftables table `inet lab_nat` in the router, v4 and v6): `snat` to the link's own
+address, as tests/netns/natlab.py does; with no `nat` (the default) nothing is translated.
 Everything is built in namespaces with names unique to this run (``r365t-<pid>-<n>-``)
 and removed on exit, failure included: the processes in the namespaces are killed first.
 
@@ -85,10 +88,15 @@ class LabError(RuntimeError):
 class Lab(NamespaceLab):
     """The namespaces, their processes, and helpers to run things inside them."""
 
-    def __init__(self, tag: str = "", links: int = 1, split_dns: bool = False) -> None:
+    def __init__(
+        self, tag: str = "", links: int = 1, split_dns: bool = False, nat: str | None = None
+    ) -> None:
         if links not in (1, 2):
             raise LabError(f"a lab has 1 or 2 breakout links, not {links}")
+        if nat not in (None, "snat", "masquerade"):
+            raise LabError(f"nat is snat, masquerade or None, not {nat}")
         self.split_dns = split_dns
+        self.nat = nat
         self.prefix = f"r365t-{os.getpid()}-{next(_counter)}{'-' + tag if tag else ''}-"
         self.router = self.prefix + "r"
         self.client = self.prefix + "c"
@@ -205,6 +213,8 @@ class Lab(NamespaceLab):
             self.ip(ns, "addr", "add", a4, "dev", ifname)
             self.ip(ns, "-6", "addr", "add", a6, "dev", ifname, "nodad")
             self.ip(ns, "link", "set", ifname, "up")
+        if self.nat is not None:
+            self.run(r, "nft", "-f", "-", input=self.nat_ruleset())
         # The router: everything through the tunnel unless told otherwise.
         self.ip(r, "route", "add", "default", "via", TUNNEL_GW4)
         self.ip(r, "-6", "route", "add", "default", "via", TUNNEL_GW6)
@@ -234,6 +244,27 @@ class Lab(NamespaceLab):
             if line != "ready":
                 raise LabError(f"identity server {name} did not start: {line!r}")
         self.warm()
+
+    def nat_ruleset(self) -> str:
+        """The router's source NAT on its breakout links (``nat``), table `inet lab_nat`."""
+        links = [(WAN_IF, ROUTER_WAN4, ROUTER_WAN6)]
+        if self.breakout2:
+            links.append((WAN1_IF, ROUTER_WAN1_4, ROUTER_WAN1_6))
+        if self.nat == "masquerade":
+            names = ", ".join(f'"{ifname}"' for ifname, _, _ in links)
+            rules = [f"oifname {{ {names} }} masquerade"]
+        else:
+            rules = [
+                f'oifname "{ifname}" snat {fam} to {address}'
+                for ifname, a4, a6 in links
+                for fam, address in (("ip", a4), ("ip6", a6))
+            ]
+        body = "\n    ".join(rules)
+        return (
+            "table inet lab_nat {\n"
+            "  chain post { type nat hook postrouting priority srcnat; policy accept;\n"
+            f"    {body}\n  }}\n}}\n"
+        )
 
     def server_routes(self, ns: str) -> None:
         """A server's routes back to the LAN (the kernel drops them when its link goes down)."""
@@ -307,8 +338,10 @@ def _env() -> dict[str, str]:
 
 
 @contextmanager
-def lab(tag: str = "", links: int = 1, split_dns: bool = False) -> Iterator[Lab]:
-    with Lab(tag, links, split_dns) as built:
+def lab(
+    tag: str = "", links: int = 1, split_dns: bool = False, nat: str | None = None
+) -> Iterator[Lab]:
+    with Lab(tag, links, split_dns, nat) as built:
         yield built
 
 
