@@ -270,8 +270,8 @@ class Accounting:
     def flush(self, addresses: Collection[bytes]) -> None:
         """Delete, in the background, the conntrack entries whose original destination is
         one of `addresses` (their routes moved or went): their NAT is the old link's."""
-        if self.ct is None or not addresses or self.loop is None:
-            return
+        if self.ct is None or not self.cfg.flush_conntrack or not addresses or self.loop is None:
+            return  # (a reload may turn flush_conntrack off: the channel stays, unused)
         task = self.loop.create_task(self._flush(list(addresses)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
