@@ -21,6 +21,7 @@ import struct
 from typing import Protocol
 
 from resolver.dns import replies, wire
+from resolver.fdwatch import stop_reading
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def query_udp(
 
     def finished(_fut: object) -> None:
         timer.cancel()
-        loop.remove_reader(fd)
+        stop_reading(loop, fd)
         sock.close()
 
     try:

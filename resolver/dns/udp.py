@@ -16,6 +16,7 @@ import logging
 import socket
 from typing import Any
 
+from resolver import fdwatch
 from resolver.dns.handler import Handler
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class UdpListener:
     def stop_reading(self) -> None:
         """Stop taking queries (shutdown); replies in flight can still be sent."""
         if self._loop is not None and self.sock.fileno() >= 0:
-            self._loop.remove_reader(self.sock.fileno())
+            fdwatch.stop_reading(self._loop, self.sock.fileno())
 
     def close(self) -> None:
         self.stop_reading()

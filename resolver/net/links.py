@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from resolver import fdwatch
 from resolver.net import netlink, routes
 from resolver.net.netlink import NLM_F_DUMP, NLM_F_REQUEST, Buffer
 from resolver.net.routes import RT_SCOPE_LINK, RT_TABLE_MAIN, RTN_UNICAST, RTPROT_KERNEL, Route
@@ -262,7 +263,7 @@ class Monitor:
 
     def close(self) -> None:
         if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
+            fdwatch.stop_reading(self._loop, self.sock.fileno())
             self._loop = None
         self.sock.close()
 
