@@ -35,6 +35,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 log = logging.getLogger(__name__)
 
 NETLINK_ROUTE = 0
@@ -74,6 +76,8 @@ Message = tuple[int, int, bytes]  # (nlmsg_type, nlmsg_flags, body after the hea
 Settled = Callable[[list[int]], None]  # errno per message (0: done), in submission order
 
 
+# A Python class even when this module is compiled: mypyc cannot subclass OSError natively.
+@mypyc_attr(native_class=False)
 class NetlinkSocketError(OSError):
     """A netlink request failed; `code` is the errno (positive), as in pyroute2."""
 
@@ -184,20 +188,20 @@ class Channel:
         self._jobs: deque[_Job | None] = deque()
         self._wake = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
         self._buf = bytearray(_RECV_SIZE)
         self.pending = 0  # jobs queued or in progress
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._thread is None:
+        if self._writer is None:
             self._loop = loop
-            self._thread = threading.Thread(
+            self._writer = threading.Thread(
                 target=self._run, name=f"netlink-{self.proto}", daemon=True
             )
-            self._thread.start()
+            self._writer.start()
 
     def close(self) -> None:
-        thread, self._thread = self._thread, None
+        thread, self._writer = self._writer, None
         if thread is not None:
             with self._wake:
                 self._jobs.append(None)
@@ -268,7 +272,7 @@ class Channel:
         return fut
 
     def _queue(self, job: _Job) -> None:
-        if self._thread is None:
+        if self._writer is None:
             self.attach(asyncio.get_running_loop())
         self.pending += 1
         with self._wake:
