@@ -191,6 +191,7 @@ class Status(DnsStatus):
     """The whole tree: the object `status --json` prints."""
 
     version: str
+    build: str  # "compiled" (mypyc) or "interpreted": resolver.buildinfo
     uptime_s: float
     config: str
     policy: PolicyStatus

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, cast
 
-from resolver import __version__
+from resolver import __version__, buildinfo
 from resolver.statusmodel import (
     BreakoutStatus,
     MonitorStatus,
@@ -30,6 +30,7 @@ def snapshot(daemon: Daemon) -> Status:
     dns = daemon.dns.status()
     status: Status = {
         "version": __version__,
+        "build": buildinfo.build(),
         "uptime_s": round(time.monotonic() - daemon.started, 1),
         "config": daemon.loaded.config.path,
         "listen": dns["listen"],

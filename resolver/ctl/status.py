@@ -187,6 +187,7 @@ def _global(status: Status) -> Block:
             ("Listen", listen_text or "-"),
             ("Config", text(_get(lambda: status["config"]))),
             ("Version", text(_get(lambda: status["version"]))),
+            ("Build", text(_get(lambda: status["build"]))),
         ],
     )
 

@@ -49,7 +49,7 @@ CONTRACT = [
 # Every key path, breakout in dry-run, a control connection refused; one line per object, in
 # the order the daemon sends them.
 PINNED = [
-    "version", "uptime_s", "config", "listen",
+    "version", "build", "uptime_s", "config", "listen",
     "upstreams", "upstreams[].address", "upstreams[].healthy", "upstreams[].rtt_ms",
     "upstreams[].role",
     "cache", "cache.entries", "cache.hits", "cache.misses", "cache.evicted",

@@ -17,6 +17,7 @@ STATUS: dict[str, Any] = {
     "listen": ["127.0.0.1:53", ["::1", 53]],
     "config": "/etc/resolverd/resolverd.yaml",
     "version": "0.1.0",
+    "build": "compiled",
     "upstreams": [
         {"address": "192.0.2.53:53", "healthy": True, "rtt_ms": 12.25, "role": "default"},
         {"address": "198.51.100.53:53", "healthy": False, "rtt_ms": None, "role": "breakout"},
@@ -58,6 +59,7 @@ Global
    Listen: 127.0.0.1:53, [::1]:53
    Config: /etc/resolverd/resolverd.yaml
   Version: 0.1.0
+    Build: compiled
 
 Upstreams
       192.0.2.53:53: default, healthy, rtt 12.2 ms
