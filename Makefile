@@ -3,12 +3,22 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The compiled build (setup.py: the hot modules through mypyc), installed as a package (not
+# editable) in its own virtualenv, and tested from a copy of the tree without resolver/ and
+# policy/, so that the tests import the installed extension modules, not the checkout's files.
+CVENV  ?= .venv-compiled
+CPY    := $(CVENV)/bin/python
+CSTAMP := $(CVENV)/.installed
+CTESTS := build/compiled-tests
+SOURCES := setup.py $(shell find policy resolver -name '*.py' -o -name '*.yaml' 2>/dev/null)
 # Debian packages the tests, the demo and the benchmarks drive.
-SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd nodejs unbound conntrack iperf3
-SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node unbound conntrack iperf3
+# gcc and python3-dev: mypyc's C compiler and Debian's Python headers (the compiled build).
+SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd nodejs unbound conntrack iperf3 \
+	gcc python3-dev
+SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node unbound conntrack iperf3 gcc
 
-.PHONY: all venv sysdeps test test-unit test-integration test-netns test-package bench demo lint \
-	deb clean soak profile fuzz
+.PHONY: all venv venv-compiled sysdeps test test-unit test-integration test-compiled test-netns \
+	test-package bench demo lint deb clean soak profile fuzz
 
 all: test
 
@@ -22,6 +32,23 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `pip install .` (build isolation: setuptools and mypy from pyproject's build-system) compiles;
+# the install is redone whenever a source file changes. It fails when the result is not the
+# compiled build (no C compiler, no Python.h: setup.py then builds the interpreted one).
+$(CSTAMP): pyproject.toml $(SOURCES) | sysdeps
+	[ -x $(CPY) ] || $(PYTHON) -m venv $(CVENV) || { [ "$$(id -u)" = 0 ] && rm -rf $(CVENV) && \
+	  debian/apt-install python3-venv && $(PYTHON) -m venv $(CVENV); }
+	$(CPY) -m pip install -q --upgrade pip
+	@echo "building and installing the compiled build in $(CVENV)"
+	@start=$$(date +%s); env -u RESOLVERD_PURE $(CPY) -m pip install -q --force-reinstall --no-deps . && \
+	  $(CPY) -m pip install -q '.[fast,test]' && \
+	  echo "compiled build installed in $$(( $$(date +%s) - start )) s"
+	cd / && $(abspath $(CPY)) -c 'from resolver import buildinfo; from resolver.dns import wire; \
+	  b = buildinfo.build(); assert b == "compiled", "$(CVENV) holds the %s build: %s" % (b, wire.__file__)'
+	touch $@
+
+venv-compiled: $(CSTAMP)
+
 # Installs the Debian tools when one is missing (needs root; CI is root).
 sysdeps:
 	@missing=""; for b in $(SYSBINS); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
@@ -33,13 +60,28 @@ sysdeps:
 
 # tests/fuzz: the fuzz corpus replayed, then atheris on each target for FUZZ_SECONDS in all.
 test: venv sysdeps
-	$(PY) -m pytest tests/unit tests/integration tests/fuzz tests/netns tests/package -q
+	RESOLVERD_EXPECT_BUILD=interpreted \
+	  $(PY) -m pytest tests/unit tests/integration tests/fuzz tests/netns tests/package -q
+	$(MAKE) test-compiled
+
+# The unit and integration tiers on the compiled build: the tests (and the files they read:
+# README, systemd/, debian/, contrib/) copied to $(CTESTS)/resolverd without resolver/ and
+# policy/, run there with the compiled venv's python. shared/ (the seed table) is linked beside
+# the copy as it sits beside the checkout.
+test-compiled: venv-compiled sysdeps
+	rm -rf $(CTESTS) && mkdir -p $(CTESTS)/resolverd
+	git ls-files -z --cached --others --exclude-standard -- . ':!resolver' ':!policy' ':!build' | \
+	  xargs -0 sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh | \
+	  tar --null -T - -cf - | tar -C $(CTESTS)/resolverd -xf -
+	[ ! -d ../shared ] || ln -s $(abspath ../shared) $(CTESTS)/shared
+	cd $(CTESTS)/resolverd && RESOLVERD_EXPECT_BUILD=compiled \
+	  $(abspath $(CPY)) -m pytest tests/unit tests/integration -q -p no:cacheprovider
 
 test-unit: venv sysdeps
-	$(PY) -m pytest tests/unit -q -m unit
+	RESOLVERD_EXPECT_BUILD=interpreted $(PY) -m pytest tests/unit -q -m unit
 
 test-integration: venv
-	$(PY) -m pytest tests/integration -q -m integration
+	RESOLVERD_EXPECT_BUILD=interpreted $(PY) -m pytest tests/integration -q -m integration
 
 test-netns: venv sysdeps
 	$(PY) -m pytest tests/netns -q -m netns
@@ -82,4 +124,4 @@ lint: venv
 	$(VENV)/bin/vulture
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CVENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -22,7 +22,8 @@ def status_tree(dns: DnsServer, breakout: BreakoutStatus | None = None) -> Statu
     """The status tree around a DnsServer's part, as resolver.statusreport puts it together."""
     part = dns.status()
     return {
-        "version": "0.1.0", "uptime_s": 1.0, "config": "/etc/resolverd/resolverd.yaml",
+        "version": "0.1.0", "build": "interpreted", "uptime_s": 1.0,
+        "config": "/etc/resolverd/resolverd.yaml",
         "listen": part["listen"], "upstreams": part["upstreams"], "cache": part["cache"],
         "queries": part["queries"], "forwarding": part["forwarding"], "udp": part["udp"],
         "tcp": part["tcp"],
