@@ -10,7 +10,8 @@ modules with mypyc (from these same sources: there is no second copy) when
 Otherwise the build is the interpreted one, from the same files, and says so on stderr. The
 running daemon reports which build it is (`resolverctl status`: Build; resolver.buildinfo).
 An editable install (`pip install -e`, `make venv`) is always interpreted: its modules are
-these files, imported in place.
+these files, imported in place. Compiling there would put extension modules beside the sources
+(build_ext --inplace), and Python would import them ahead of the .py files being edited.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def why_interpreted() -> str | None:
     """None when the build can compile; else the reason it cannot, for the build log."""
     if os.environ.get("RESOLVERD_PURE", "") == "1":
         return "RESOLVERD_PURE=1"
+    # setuptools' PEP 660 backend runs this file as `setup.py editable_wheel ...`
+    # (`develop` for the legacy `setup.py develop`).
+    if {"editable_wheel", "develop"} & set(sys.argv[1:]):
+        return "editable install"
     compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
     if shutil.which(compiler.split()[0]) is None:
         return f"no C compiler ({compiler.split()[0]} is not on PATH)"
