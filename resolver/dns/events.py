@@ -25,6 +25,7 @@ log = logging.getLogger("resolver.dns.handler")  # the debug log says "handler",
 
 Event = dict[str, Any]
 Observer = Callable[[Event], None]
+Build = Callable[..., Event]  # `event`'s signature: what a Tracer builds its events with
 ScopeCheck = Callable[[str], bool]  # a client's address -> whether its traffic breaks out
 
 QTYPES = {
@@ -80,11 +81,13 @@ def log_line(e: Event) -> tuple[str, tuple[object, ...]]:
 class Tracer:
     """Who wants to see each answered query: the monitor (`observer`) and the debug log.
     `on` is the one flag the hot paths test; `refresh` after changing either. `scope`, set
-    by whoever wires the breakout, says whether a client is in its scope (None: no breakout)."""
+    by whoever wires the breakout, says whether a client is in its scope (None: no breakout).
+    `build` makes each event (`event`; a test counts the events built through it)."""
 
-    __slots__ = ("observer", "on", "scope")
+    __slots__ = ("build", "observer", "on", "scope")
 
-    def __init__(self) -> None:
+    def __init__(self, build: Build = event) -> None:
+        self.build = build
         self.observer: Observer | None = None
         self.on = False
         self.scope: ScopeCheck | None = None
@@ -101,7 +104,7 @@ class Tracer:
             return
         scope = self.scope
         in_scope = scope(q.client) if scope is not None else None
-        e = event(q, rcode, source, tag, installed, waited, in_scope)
+        e = self.build(q, rcode, source, tag, installed, waited, in_scope)
         if log.isEnabledFor(logging.DEBUG):
             fmt, args = log_line(e)
             log.debug(fmt, *args)

@@ -25,17 +25,16 @@ pytestmark = pytest.mark.integration
 
 
 class Built:
-    """events.event, counting the events the handler builds."""
+    """events.event, counting the events a handler's tracer builds (its `build`)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, handler: Handler) -> None:
         self.count = 0
-        real = events.event
 
         def counting(*args: Any, **kwargs: Any) -> events.Event:
             self.count += 1
-            return real(*args, **kwargs)
+            return events.event(*args, **kwargs)
 
-        monkeypatch.setattr(events, "event", counting)
+        handler.tracer.build = counting
 
 
 async def open_monitor(
@@ -66,12 +65,10 @@ def watching(handler: Handler) -> bool:
     return handler._trace or handler.observer is not None
 
 
-async def test_nothing_is_built_while_nobody_watches(
-    tmp: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    built = Built(monkeypatch)
+async def test_nothing_is_built_while_nobody_watches(tmp: Path) -> None:
     async with DnsEnv(matcher=StubMatcher({"node.cdn.test": 7})) as env:
         handler = env.srv.handler
+        built = Built(handler)
         control = ControlServer(str(tmp / "c.sock"), FakeDaemon(), None)
         control.monitor.connect(handler)
         await control.start()
