@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from resolver.config import BreakoutConfig, NftSet
@@ -25,14 +25,27 @@ from resolver.net.routes import AF, NextHop, Route, RouteEncoder, Rule, RuleSpec
 
 log = logging.getLogger(__name__)
 
+# Whether an ipset exists and can take entries with timeouts (ipsets.inspect's signature).
+InspectIpset = Callable[[netlink.Channel, str, int], Awaitable[bool]]
+
 
 class Kernel:
-    """Routes, rules and set entries for one breakout configuration."""
+    """Routes, rules and set entries for one breakout configuration. `net_admin` (whether the
+    process may change the network) and `inspect_ipset` are the capability probes it asks;
+    the defaults ask the kernel (tests hand in their own)."""
 
     can_probe = True  # health probes can use its probe tables
 
-    def __init__(self, cfg: BreakoutConfig) -> None:
+    def __init__(
+        self,
+        cfg: BreakoutConfig,
+        *,
+        net_admin: Callable[[], bool] = has_net_admin,
+        inspect_ipset: InspectIpset = ipsets.inspect,
+    ) -> None:
         self.cfg = cfg
+        self._net_admin = net_admin
+        self._inspect_ipset = inspect_ipset
         self.rtnl: netlink.Channel | None = None
         self.nfnl: netlink.Channel | None = None
         self.encoder = RouteEncoder(cfg.table, cfg.route_protocol, {4: None, 6: None})
@@ -50,7 +63,7 @@ class Kernel:
         """Open the sockets and check every set, changing nothing; with `create`, then create
         the missing ipsets. BreakoutError for a set that cannot be used. Not `strict`
         (cleanup): missing sets and unusable nftables sets are left alone."""
-        if not has_net_admin():
+        if not self._net_admin():
             raise needs_net_admin("install routes, rules and set entries")
         sets = [(4, self.cfg.ipset4, self.cfg.nftset4), (6, self.cfg.ipset6, self.cfg.nftset6)]
         try:
@@ -76,7 +89,7 @@ class Kernel:
     async def _check_ipset(self, family: int, name: str, strict: bool) -> None:
         assert self.nfnl is not None
         try:
-            exists = await ipsets.inspect(self.nfnl, name, family)
+            exists = await self._inspect_ipset(self.nfnl, name, family)
         except netlink.NetlinkSocketError as err:
             if err.code == errno.EPERM:
                 raise needs_net_admin("use ipsets") from err
@@ -126,7 +139,7 @@ class Kernel:
         if self.nfnl is None:
             return gone
         for family, encoder in list(self.ipset.items()):
-            if not await ipsets.inspect(self.nfnl, encoder.name, family):
+            if not await self._inspect_ipset(self.nfnl, encoder.name, family):
                 gone.append(f"ipset {encoder.name}")
                 self._missing.append((family, encoder.name))
         for family, nft in list(self.nftset.items()):

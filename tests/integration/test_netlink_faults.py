@@ -26,8 +26,7 @@ from typing import Any, cast
 import pytest
 
 from resolver.hooks import wait as settled
-from resolver.net import ipsets, netlink
-from resolver.net import kernel as kernel_mod
+from resolver.net import netlink
 from resolver.net.breakout import Breakout
 from resolver.net.kernel import Kernel
 from resolver.net.netlink import HEADER, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR
@@ -225,15 +224,13 @@ def warnings_of(name: str) -> Iterator[list[str]]:
 class Rig:
     """A started Breakout over a real `Kernel` whose two channels are fake sockets."""
 
-    def __init__(self, tmp: str, monkeypatch: pytest.MonkeyPatch, **cfg: Any) -> None:
+    def __init__(self, tmp: str, **cfg: Any) -> None:
         async def has_set(_channel: Any, _name: str, _family: int) -> bool:
             return True
 
-        monkeypatch.setattr(kernel_mod, "has_net_admin", lambda: True)
-        monkeypatch.setattr(ipsets, "inspect", has_set)
         self.rt, self.nf = FakeSock(), FakeSock()
         self.cfg = make_cfg(**cfg)
-        self.kernel = Kernel(self.cfg)
+        self.kernel = Kernel(self.cfg, net_admin=lambda: True, inspect_ipset=has_set)
         self.kernel.rtnl = channel(netlink.NETLINK_ROUTE, self.rt)
         self.kernel.nfnl = channel(netlink.NETLINK_NETFILTER, self.nf)
         self.clock = Clock(time.monotonic())
@@ -275,10 +272,8 @@ async def until(check: Callable[[], bool], timeout: float = 3.0) -> bool:
     return check()
 
 
-async def test_eperm_is_counted_logged_once_and_retried_by_the_sweeper(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async with Rig(str(tmp_path), monkeypatch) as rig:
+async def test_eperm_is_counted_logged_once_and_retried_by_the_sweeper(tmp_path: Any) -> None:
+    async with Rig(str(tmp_path)) as rig:
         rig.rt.fail = lambda kind, _body: errno.EPERM if kind == RTM_NEWROUTE else 0
         with warnings_of("resolver.net.errors") as logged:
             for i in range(1, 6):
@@ -295,20 +290,16 @@ async def test_eperm_is_counted_logged_once_and_retried_by_the_sweeper(
         assert all(rig.rt.has(f"203.0.113.{i}") for i in range(1, 6))
 
 
-async def test_eperm_on_set_entries_keeps_the_route_and_the_answer(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async with Rig(str(tmp_path), monkeypatch) as rig:
+async def test_eperm_on_set_entries_keeps_the_route_and_the_answer(tmp_path: Any) -> None:
+    async with Rig(str(tmp_path)) as rig:
         rig.nf.fail = lambda _kind, _body: errno.EPERM
         await rig.answer("203.0.113.1")
         s = rig.b.status()
         assert s["routes_v4"] == 1 and s["ipset_v4"] == 0 and rig.errors == 1
 
 
-async def test_lost_acks_make_the_breakout_resync_and_the_sweeper_retry(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async with Rig(str(tmp_path), monkeypatch) as rig:
+async def test_lost_acks_make_the_breakout_resync_and_the_sweeper_retry(tmp_path: Any) -> None:
+    async with Rig(str(tmp_path)) as rig:
         dumps = rig.rt.sent.count(RTM_GETROUTE)
         rig.rt.lose = 1
         await rig.answer("203.0.113.1", "203.0.113.2")
@@ -319,12 +310,10 @@ async def test_lost_acks_make_the_breakout_resync_and_the_sweeper_retry(
         assert rig.b.status()["routes_v4"] == 2 and rig.errors == 2
 
 
-async def test_a_removal_that_never_reached_the_kernel_is_settled(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_removal_that_never_reached_the_kernel_is_settled(tmp_path: Any) -> None:
     """A lapsed hold's removal is refused with ENOBUFS (not sent): the hold is gone from the
     books, its route would be left behind; the resync finds it and removes it."""
-    async with Rig(str(tmp_path), monkeypatch, min_hold=10, grace=0) as rig:
+    async with Rig(str(tmp_path), min_hold=10, grace=0) as rig:
         await rig.answer("203.0.113.1", ttl=5)
         await rig.answer("203.0.113.2", ttl=600)
         assert rig.rt.has("203.0.113.1") and rig.b.status()["routes_v4"] == 2
@@ -336,12 +325,10 @@ async def test_a_removal_that_never_reached_the_kernel_is_settled(
         assert rig.b.status()["routes_v4"] == 1 and rig.errors >= 1
 
 
-async def test_a_held_kernel_lock_delays_no_answer_beyond_ack_timeout(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_held_kernel_lock_delays_no_answer_beyond_ack_timeout(tmp_path: Any) -> None:
     """The writer thread blocks in sendmsg (another process holds rtnl_lock): a miss's reply
     waits ack_timeout and goes; hits do not wait at all; the route goes in once it is free."""
-    async with Rig(str(tmp_path), monkeypatch, ack_timeout=0.05) as rig:
+    async with Rig(str(tmp_path), ack_timeout=0.05) as rig:
         await rig.answer("203.0.113.1")  # routed before the lock is taken
         rig.rt.gate.clear()
         try:

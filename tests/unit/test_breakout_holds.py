@@ -450,14 +450,12 @@ def test_lapsed_state_is_dropped_on_start(tmp_path: Any) -> None:
     run(body)
 
 
-def test_capability_check_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_capability_check_gives_a_clear_error() -> None:
     from resolver.net import kernel as kernel_mod
     from resolver.net.errors import BreakoutError
 
-    monkeypatch.setattr(kernel_mod, "has_net_admin", lambda: False)
-
     async def body() -> None:
-        k = kernel_mod.Kernel(make_cfg())
+        k = kernel_mod.Kernel(make_cfg(), net_admin=lambda: False)
         with pytest.raises(BreakoutError, match="needs CAP_NET_ADMIN"):
             await k.open(asyncio.get_running_loop())
 
