@@ -2,7 +2,7 @@
 one owner at a time: over an in-memory kernel (tests/unit/breakout_fakes.FakeKernel, or
 dryrun.DryRunKernel), the fake clock and network view, and a NullJournal. No sockets, no
 netlink, no real timer that fires during a test: the probes' rounds go through `answers`
-(a fake `health.Prober.probe`), not the network.
+(`answering`: the Probes' PathChecks), not the network.
 
 Registered from tests/conftest.py (pytest_plugins): the fixtures `owners` (kernel mode, one
 link) and `health_owners` (two links with health checks) hand a started `Owners`; `ledger`
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from resolver.config import BreakoutConfig, HealthConfig, LinkConfig
-from resolver.net.health import Probe, Prober
+from resolver.net.health import PathChecks, Probe
 from resolver.net.holds import Hold
 from resolver.net.installs import Installs
 from resolver.net.journal import JournalLike, NullJournal
@@ -120,6 +120,7 @@ class Owners:
 def make_owners(
     cfg: BreakoutConfig | None = None, *, kernel: KernelLike | None = None,
     view: NetView | None = None, clock: Clock | None = None, journal: JournalLike | None = None,
+    checks: PathChecks | None = None,
 ) -> Owners:  # fmt: skip
     """The owners wired as Breakout.__init__ wires them (not started)."""
     cfg = cfg if cfg is not None else make_cfg()
@@ -132,7 +133,7 @@ def make_owners(
     choice = LinkChoice(cfg.links, health_thresholds(cfg, kernel.can_probe))
     links = LinkWatch(cfg, installs, choice, view, watch=False)
     on_change: list[Callable[[], None]] = []
-    probes = Probes(cfg, installs, choice, lambda: on_change[0]())
+    probes = Probes(cfg, installs, choice, lambda: on_change[0](), checks)
     links.probes = probes
     repairs = Repairs(cfg, installs, journal, links)
     parts = Parts(ledger, installs, links, probes, repairs, journal, clock, lambda: clock() + WALL)
@@ -147,22 +148,26 @@ def make_owners(
 
 
 @pytest.fixture
-def fake_probes(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
-    """Probe rounds answer from this table (interface -> answered), not the network."""
-    answers: dict[str, bool] = {}
+def fake_probes() -> dict[str, bool]:
+    """Probe rounds answer from this table (interface -> answered), not the network: the
+    owners fixtures hand `answering(fake_probes)` to their Probes."""
+    return {}
 
-    async def probe(self: Prober, p: Probe) -> tuple[bool, float | None]:
+
+def answering(answers: dict[str, bool]) -> PathChecks:
+    """Path checks whose probes answer from `answers` (interface -> answered)."""
+
+    async def probe(p: Probe) -> tuple[bool, float | None]:
         good = answers.get(p.interface, False)
         return good, (1.0 if good else None)
 
-    monkeypatch.setattr(Prober, "probe", probe)
-    return answers
+    return PathChecks(probe=probe)
 
 
 @pytest.fixture
 async def owners(fake_probes: dict[str, bool]) -> AsyncIterator[Owners]:
     """Started owners of a one-link kernel-mode breakout (make_cfg) over a FakeKernel."""
-    built = make_owners()
+    built = make_owners(checks=answering(fake_probes))
     built.answers = fake_probes
     await built.start()
     built.kernel.calls.clear()
@@ -175,7 +180,7 @@ async def health_owners(fake_probes: dict[str, bool]) -> AsyncIterator[Owners]:
     """Started owners of a two-link breakout with health checks; both links answer the first
     round (so wan0, the first, carries the routes)."""
     cfg = make_cfg(links=TWO_LINKS, health=HEALTH)
-    built = make_owners(cfg, view=two_links_view())
+    built = make_owners(cfg, view=two_links_view(), checks=answering(fake_probes))
     built.answers = fake_probes
     fake_probes.update(wan0=True, wan1=True)
     await built.start()

@@ -32,6 +32,7 @@ from resolver.net.accounting import Accounting, AccountingLike, NullAccounting, 
 from resolver.net.batches import InstallBatch, Joined
 from resolver.net.dryrun import DryRunKernel
 from resolver.net.errors import BreakoutError
+from resolver.net.health import PathChecks
 from resolver.net.holds import Hold, client_key
 from resolver.net.installs import Installs
 from resolver.net.journal import Journal, JournalLike, NullJournal
@@ -68,6 +69,7 @@ class Breakout:
         journal: JournalLike | None = None,
         accounting: AccountingLike | None = None,
         view: NetView | None = None,
+        checks: PathChecks | None = None,
         watch: bool = True,
         sweep_interval: float = 1.0,
         audit_interval: float = AUDIT_INTERVAL,
@@ -95,7 +97,7 @@ class Breakout:
         installs = Installs(ledger, kernel, journal, clock, cfg.ack_timeout, accounting)
         choice = LinkChoice(cfg.links, health_thresholds(cfg, kernel.can_probe))
         links = LinkWatch(cfg, installs, choice, view, watch)
-        probes = Probes(cfg, installs, choice, self._verdict_changed)
+        probes = Probes(cfg, installs, choice, self._verdict_changed, checks)
         links.probes = probes
         repairs = Repairs(cfg, installs, journal, links)
         self.parts = Parts(ledger, installs, links, probes, repairs, journal, clock, wall)

@@ -78,6 +78,22 @@ class Probe:
 
 Outcome = Callable[[int, bool, float | None], None]  # (link index, good, rtt in ms)
 Gate = Callable[[], Awaitable[bool]]  # may a round run now?
+ProbeLink = Callable[[Probe], Awaitable[tuple[bool, float | None]]]  # Prober.probe's shape
+
+
+def read_sysctl(path: str) -> str:
+    """A /proc/sys file's text."""
+    with open(path, encoding="ascii") as fh:
+        return fh.read()
+
+
+@dataclass(frozen=True, slots=True)
+class PathChecks:
+    """How the health checks reach outside the process: `probe` one link (None: TCP connects
+    through it, Prober.probe) and `read_sysctl`. Tests hand in their own."""
+
+    probe: ProbeLink | None = None
+    read_sysctl: Callable[[str], str] = read_sysctl
 
 
 class Prober:
@@ -85,9 +101,10 @@ class Prober:
 
     def __init__(
         self, targets: Sequence[Address], interval: float, timeout: float, outcome: Outcome,
-        gate: Gate | None = None,
+        gate: Gate | None = None, probe_link: ProbeLink | None = None,
     ) -> None:  # fmt: skip
         self.targets = tuple(targets)
+        self.probe_link: ProbeLink = probe_link if probe_link is not None else self.probe
         self.interval = interval
         self.timeout = timeout
         self.outcome = outcome
@@ -118,7 +135,7 @@ class Prober:
         """One round: every link at once, each bounded by the timeout."""
         self.started = asyncio.get_running_loop().time()
         probes = list(self.probes)
-        results = await asyncio.gather(*(self.probe(p) for p in probes))
+        results = await asyncio.gather(*(self.probe_link(p) for p in probes))
         for index, (good, rtt) in enumerate(results):
             self.outcome(index, good, rtt)
 
@@ -160,7 +177,7 @@ class Prober:
         return (time.perf_counter() - started) * 1000.0
 
 
-def warn_strict_rp_filter(cfg: BreakoutConfig) -> None:
+def warn_strict_rp_filter(cfg: BreakoutConfig, read: Callable[[str], str] = read_sysctl) -> None:
     """IPv4 probe replies come from beyond the link, from addresses the main table routes
     through the tunnel: strict reverse-path filtering (rp_filter 1) on a breakout interface
     drops them, and the link would never count as healthy. Say so at start."""
@@ -172,8 +189,7 @@ def warn_strict_rp_filter(cfg: BreakoutConfig) -> None:
         for name in ("all", link.interface):
             path = f"/proc/sys/net/ipv4/conf/{name}/rp_filter"
             try:
-                with open(path, encoding="ascii") as fh:
-                    values.append(int(fh.read().strip() or 0))
+                values.append(int(read(path).strip() or 0))
             except (OSError, ValueError):
                 values.append(0)  # no such interface yet: nothing to say
         if max(values) == 1:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from resolver.config import BreakoutConfig, HealthConfig
 from resolver.net.errors import BreakoutError
-from resolver.net.health import Probe, Prober, warn_strict_rp_filter
+from resolver.net.health import PathChecks, Probe, Prober, warn_strict_rp_filter
 from resolver.net.installs import Installs
 from resolver.net.kernelapi import settled_future
 from resolver.net.linkchoice import LinkChoice
@@ -123,9 +123,10 @@ class Probes:
 
     def __init__(
         self, cfg: BreakoutConfig, installs: Installs, choice: LinkChoice,
-        on_change: Callable[[], None],
+        on_change: Callable[[], None], checks: PathChecks | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
+        self.checks = checks if checks is not None else PathChecks()
         self.installs = installs
         self.choice = choice
         self.on_change = on_change  # a link's verdict changed: re-assess the links
@@ -150,8 +151,8 @@ class Probes:
         if health is None:
             return
         self.prober = Prober(health.targets, health.interval, health.timeout, self._verdict,
-                             self.gate)  # fmt: skip
-        warn_strict_rp_filter(self.cfg)
+                             self.gate, self.checks.probe)  # fmt: skip
+        warn_strict_rp_filter(self.cfg, self.checks.read_sysctl)
         await self.restore()
         await self.prober.round()
         self._task = loop.create_task(self.prober.run())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import itertools
 import logging
 import socket
@@ -383,23 +382,27 @@ def test_a_closed_gate_skips_the_round_and_a_failing_round_does_not_end_the_roun
 
 
 class Script:
-    """What each link's probes answer: {interface: good}."""
+    """What each link's probes answer ({interface: good}) and what the rp_filter sysctls say
+    ({"all" or interface: value}, "0" when not listed): the breakout's PathChecks."""
 
     def __init__(self) -> None:
         self.good = {"wan0": True, "wan1": True}
+        self.rp_filter: dict[str, str] = {}
         self.calls = 0
+        self.checks = health.PathChecks(probe=self.probe, read_sysctl=self.read_sysctl)
 
-    async def probe(self, prober: Prober, probe: Probe) -> tuple[bool, float | None]:
+    async def probe(self, probe: Probe) -> tuple[bool, float | None]:
         self.calls += 1
         good = self.good.get(probe.interface, False) and bool(probe.families)
         return good, (1.0 if good else None)
 
+    def read_sysctl(self, path: str) -> str:
+        return self.rp_filter.get(path.split("/")[-2], "0") + "\n"
+
 
 @pytest.fixture
-def script(monkeypatch: pytest.MonkeyPatch) -> Script:
-    s = Script()
-    monkeypatch.setattr(health.Prober, "probe", lambda self, probe: s.probe(self, probe))
-    return s
+def script() -> Script:
+    return Script()
 
 
 def health_cfg(**kw: Any) -> Any:
@@ -409,13 +412,13 @@ def health_cfg(**kw: Any) -> Any:
     return make_cfg(links=kw.pop("links", LINKS), health=h, **kw)
 
 
-async def started(tmp_path: Any, **kw: Any) -> tuple[Breakout, FakeKernel]:
+async def started(tmp_path: Any, script: Script, **kw: Any) -> tuple[Breakout, FakeKernel]:
     kernel = FakeKernel()
     clock = Clock()
     b = Breakout(
         health_cfg(**kw), str(tmp_path), MATCHER, POLICY, clock=clock,
         wall=lambda: clock.now + 1_700_000_000.0, kernel=kernel, view=two_links_view(),
-        sweep_interval=3600, audit_interval=3600,
+        checks=script.checks, sweep_interval=3600, audit_interval=3600,
     )  # fmt: skip
     await b.start()
     return b, kernel
@@ -431,7 +434,7 @@ async def probe_rounds(b: Breakout, n: int) -> None:
 def test_start_learns_the_links_before_installing_anything(tmp_path: Any, script: Script) -> None:
     async def body() -> None:
         script.good["wan0"] = False
-        b, k = await started(tmp_path)
+        b, k = await started(tmp_path, script)
         assert script.calls == 2  # one round, both links, before reconcile
         assert k.paths == {4: NextHop(WAN1, GW4_1), 6: NextHop(WAN1, GW6_1)}
         assert b.status()["active"] == "wan1" and b.counters["failovers"] == 0
@@ -450,7 +453,7 @@ def test_failover_failback_and_all_down(
     tmp_path: Any, script: Script, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def body() -> None:
-        b, k = await started(tmp_path)
+        b, k = await started(tmp_path, script)
         await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
         assert k.paths[4] == NextHop(WAN, GW4) and b.ready
         k.calls.clear()
@@ -496,7 +499,7 @@ def test_a_route_in_flight_during_a_move_is_sent_again_through_the_new_link(
     tmp_path: Any, script: Script
 ) -> None:
     async def body() -> None:
-        b, k = await started(tmp_path)
+        b, k = await started(tmp_path, script)
         k.calls.clear()
         k.defer = True  # the kernel has not acknowledged the install when the move comes
         wait = b.on_answer(tagged("x.office.com", "203.0.113.7"), 60)
@@ -522,7 +525,7 @@ def test_after_a_flush_probes_wait_for_the_rules_then_the_tables_come_back(
     tmp_path: Any, script: Script
 ) -> None:
     async def body() -> None:
-        b, k = await started(tmp_path)
+        b, k = await started(tmp_path, script)
         assert b.parts.probes.prober is not None
         counts = await b.flush()
         assert counts["rules"] == 3 and k.rules_present == set()
@@ -545,7 +548,7 @@ def test_a_flush_while_no_link_is_usable_does_not_stop_the_probes(
 ) -> None:
     async def body() -> None:
         script.good.update(wan0=False, wan1=False)
-        b, k = await started(tmp_path)
+        b, k = await started(tmp_path, script)
         assert not b.ready
         await b.flush()
         assert await b.parts.probes.gate() is True  # nothing would ever install: probe on
@@ -560,7 +563,7 @@ def test_a_flush_while_no_link_is_usable_does_not_stop_the_probes(
 
 def test_a_probe_route_someone_deleted_is_put_back(tmp_path: Any, script: Script) -> None:
     async def body() -> None:
-        b, k = await started(tmp_path)
+        b, k = await started(tmp_path, script)
         k.probes.clear()
         gone = Route(4, "0.0.0.0", 0, 367, 245, 0, 1, WAN1, GW4_1)
         b.parts.links.on_event(KIND_ROUTE, False, gone)
@@ -573,7 +576,7 @@ def test_a_probe_route_someone_deleted_is_put_back(tmp_path: Any, script: Script
 
 def test_a_reload_that_reorders_the_links_moves_in_place(tmp_path: Any, script: Script) -> None:
     async def body() -> None:
-        b, k = await started(tmp_path)
+        b, k = await started(tmp_path, script)
         await answer(b, tagged("x.office.com", "203.0.113.1"), 60)
         k.calls.clear()
         await b.reconfigure(health_cfg(links=LINKS[::-1]), MATCHER, POLICY)
@@ -595,7 +598,7 @@ def test_a_reload_that_adds_a_link_or_changes_the_health_checks_leaves_no_gap(
     tmp_path: Any, script: Script
 ) -> None:
     async def body() -> None:
-        b, k = await started(tmp_path, links=LINKS[:1])
+        b, k = await started(tmp_path, script, links=LINKS[:1])
         await answer(b, tagged("x.office.com", "203.0.113.1"), 60)
         k.calls.clear()
         await b.reconfigure(health_cfg(), MATCHER, POLICY)  # wan1 added, behind wan0
@@ -616,18 +619,13 @@ def test_a_reload_that_adds_a_link_or_changes_the_health_checks_leaves_no_gap(
 
 
 def test_strict_reverse_path_filtering_is_reported(
-    tmp_path: Any, script: Script, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Any, script: Script, caplog: pytest.LogCaptureFixture
 ) -> None:
-    values = {"all": "0", "wan0": "1", "wan1": "2"}
-
-    def fake_open(path: str, *args: Any, **kw: Any) -> Any:
-        return io.StringIO(values[path.split("/")[-2]] + "\n")
-
-    monkeypatch.setattr(health, "open", fake_open, raising=False)
+    script.rp_filter.update({"all": "0", "wan0": "1", "wan1": "2"})
 
     async def body() -> None:
         with caplog.at_level(logging.WARNING, logger="resolver.net.health"):
-            b, _k = await started(tmp_path)
+            b, _k = await started(tmp_path, script)
         await b.stop()
 
     run(body)
