@@ -124,4 +124,5 @@ lint: venv
 	$(VENV)/bin/vulture
 
 clean:
+	find policy resolver -name '*.so' -delete
 	rm -rf $(VENV) $(CVENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
