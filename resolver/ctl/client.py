@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from resolver.control.protocol import (
@@ -75,23 +75,52 @@ class SocketPath(NamedTuple):
     origin: str  # "--socket", "config FILE" or "default"
 
 
+class Defaults(NamedTuple):
+    """Where resolverctl looks when the command line does not say: resolver.config's
+    DEFAULT_CONFIG and DEFAULT_SOCKET (`installed_defaults`), or a test's own."""
+
+    config: str  # read for control.socket when it exists and --config is not given
+    socket: str  # when neither --socket nor a config names one
+
+
+# How a request reaches the daemon: (socket path, command, args, timeout) -> the response line.
+# `call_line`, or a test's own; resolverctl's main hands it to the commands in `args.call_line`.
+CallLine = Callable[[str, str, dict[str, Any] | None, float], bytes]
+
+
+def installed_defaults() -> Defaults:
+    # Imported here: with --socket, resolverctl never needs the config code (or PyYAML).
+    from resolver.config import DEFAULT_CONFIG, DEFAULT_SOCKET
+
+    return Defaults(DEFAULT_CONFIG, DEFAULT_SOCKET)
+
+
 def warn(message: str) -> None:
     print(f"resolverctl: warning: {printable(message)}", file=sys.stderr)
 
 
-def socket_path(socket_opt: str | None, config_opt: str | None) -> SocketPath:
+def socket_path(
+    socket_opt: str | None, config_opt: str | None, defaults: Defaults | None = None
+) -> SocketPath:
     """Find the control socket; a config that cannot be read is warned about, not fatal."""
     if socket_opt:
         return SocketPath(socket_opt, "--socket")
-    # Imported here: with --socket, resolverctl never needs the config code (or PyYAML).
-    from resolver.config import DEFAULT_CONFIG, DEFAULT_SOCKET
-
-    config = config_opt or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if defaults is None:
+        defaults = installed_defaults()
+    config = config_opt or (defaults.config if os.path.exists(defaults.config) else None)
     if config is not None:
         path = _socket_from_config(config)
         if path is not None:
             return SocketPath(path, f"config {config}")
-    return SocketPath(DEFAULT_SOCKET, "default")
+    return SocketPath(defaults.socket, "default")
+
+
+def _where(args: argparse.Namespace) -> SocketPath:
+    """The socket the command line names (main puts a test's `defaults` in `args`)."""
+    return socket_path(
+        getattr(args, "socket", None), getattr(args, "config", None),
+        getattr(args, "defaults", None),
+    )  # fmt: skip
 
 
 def _socket_from_config(config: str) -> str | None:
@@ -166,10 +195,11 @@ def request_raw(args: argparse.Namespace, command: str, timeout: float = READ_TI
 
 
 def _request(args: argparse.Namespace, command: str, timeout: float, raw: bool) -> Any:
-    where = socket_path(getattr(args, "socket", None), getattr(args, "config", None))
+    where = _where(args)
     timeout = getattr(args, "timeout", None) or timeout
+    send: CallLine = getattr(args, "call_line", None) or call_line
     try:
-        line = call_line(where.path, command, timeout=timeout)
+        line = send(where.path, command, None, timeout)
         result = raw_result(line) if raw else None
         return result if result is not None else parse_response(line)
     except (OSError, ControlError, ValueError) as exc:
@@ -180,7 +210,7 @@ def stream(args: argparse.Namespace, command: str, command_args: dict[str, Any])
     """Run a streaming command (``monitor``): its lines as parsed JSON, until the daemon
     closes the connection (CtlError, exit 3: it stopped). Errors become CtlError, as for
     `request`; only the first answer is bounded by the timeout."""
-    where = socket_path(getattr(args, "socket", None), getattr(args, "config", None))
+    where = _where(args)
     timeout = getattr(args, "timeout", None) or READ_TIMEOUT
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, sock.makefile("rb") as lines:
         try:

@@ -33,8 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    defaults: client.Defaults | None = None,
+    call_line: client.CallLine | None = None,
+) -> int:
+    """resolverctl; `defaults` (the default config and socket) and `call_line` (how a request
+    reaches the daemon) are the installed ones unless a test hands in its own."""
     args = build_parser().parse_args(argv)
+    args.defaults, args.call_line = defaults, call_line
     if getattr(args, "config", None) is None:
         args.config = args.global_config
     try:

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-import resolver.config
 from resolver.control import server as control_server
 from resolver.control.protocol import MAX_REQUEST_BYTES, ReloadFailed, UpdateFailed
 from resolver.control.server import ControlServer
+from resolver.ctl.client import Defaults
 from resolver.ctl.main import main
 
 pytestmark = pytest.mark.integration
@@ -474,12 +474,10 @@ def test_ctl_not_running(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 3 and "resolverd is not running (nothing listens on" in err
 
 
-def test_ctl_not_running_default_socket(
-    tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(resolver.config, "DEFAULT_CONFIG", str(tmp / "absent.yaml"))
-    monkeypatch.setattr(resolver.config, "DEFAULT_SOCKET", str(tmp / "default.sock"))
-    code, _, err = ctl(capsys, "routes")
+def test_ctl_not_running_default_socket(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    defaults = Defaults(str(tmp / "absent.yaml"), str(tmp / "default.sock"))
+    code = main(["routes"], defaults=defaults)
+    err = capsys.readouterr().err
     assert code == 3
     assert err == (
         "resolverctl: resolverd is not running "

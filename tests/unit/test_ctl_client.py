@@ -14,10 +14,13 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def no_default_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    path = tmp_path / "etc-resolverd.yaml"
-    monkeypatch.setattr(resolver.config, "DEFAULT_CONFIG", str(path))
-    return path
+def no_default_config(tmp_path: Path) -> Path:
+    """Where the defaults below look for the default config: nothing there yet."""
+    return tmp_path / "etc-resolverd.yaml"
+
+
+def defaults(config: Path) -> client.Defaults:
+    return client.Defaults(str(config), resolver.config.DEFAULT_SOCKET)
 
 
 def test_socket_option_wins(tmp_path: Path) -> None:
@@ -34,9 +37,17 @@ def test_socket_from_config_option(tmp_path: Path) -> None:
 
 
 def test_socket_from_default_config_when_it_exists(no_default_config: Path) -> None:
-    assert client.socket_path(None, None) == (resolver.config.DEFAULT_SOCKET, "default")
+    d = defaults(no_default_config)
+    assert client.socket_path(None, None, d) == (resolver.config.DEFAULT_SOCKET, "default")
     no_default_config.write_text("upstreams: ['192.0.2.53']\ncontrol: {socket: /y/c.sock}\n")
-    assert client.socket_path(None, None) == ("/y/c.sock", f"config {no_default_config}")
+    assert client.socket_path(None, None, d) == ("/y/c.sock", f"config {no_default_config}")
+
+
+def test_the_installed_defaults_are_the_configs() -> None:
+    assert client.installed_defaults() == (
+        resolver.config.DEFAULT_CONFIG,
+        resolver.config.DEFAULT_SOCKET,
+    )
 
 
 def test_config_without_control_section_gives_the_default_socket(tmp_path: Path) -> None:

@@ -4,10 +4,12 @@ what came before) is written with RFC 1035's \\DDD, in every text form."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
+from resolver.control.protocol import error_response
 from resolver.ctl import client
 from resolver.ctl.main import main
 from resolver.ctl.monitor import Table
@@ -73,14 +75,13 @@ def test_status_text_escapes_what_the_daemon_sends() -> None:
     assert "\\027[31mred" in out
 
 
-def test_an_error_from_the_daemon_is_escaped_too(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    def fail(*_args: object, **_kw: object) -> object:
-        raise client.RemoteError("reload", "ReloadFailed", "bad \x1b[2J name\nsecond\x07 line")
+def test_an_error_from_the_daemon_is_escaped_too(capsys: pytest.CaptureFixture[str]) -> None:
+    def fail(_path: str, _command: str, _args: object, _timeout: float) -> bytes:
+        message = "bad \x1b[2J name\nsecond\x07 line"
+        return json.dumps(error_response("ReloadFailed", message)).encode()
 
-    monkeypatch.setattr(client, "request", fail)
-    assert main(["--socket", "/nonexistent", "reload"]) == client.EXIT_ERROR
+    code = main(["--socket", "/nonexistent", "reload"], call_line=fail)
+    assert code == client.EXIT_ERROR
     err = capsys.readouterr().err
     assert not RAW.search(err)
     assert "bad \\027[2J name" in err and "second\\007 line" in err
