@@ -28,7 +28,7 @@ import platform
 import socket
 import stat
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from resolver.control.monitor import Event, Watcher, Watchers
@@ -58,16 +58,20 @@ _GENERIC_SOCKET_ABI = frozenset(
 )
 _MAX_PATH = 107  # sun_path is 108 bytes, NUL included
 
+PeerGroups = Callable[[Any], list[int] | None]  # a connected socket -> the peer's groups
 
-def peer_credentials(sock: Any) -> Peer:
-    """SO_PEERCRED (pid, uid, gid) of a connected Unix socket, plus its supplementary groups."""
+
+def peer_credentials(sock: Any, peer_groups: PeerGroups | None = None) -> Peer:
+    """SO_PEERCRED (pid, uid, gid) of a connected Unix socket, plus its supplementary groups
+    (`peer_groups`, SO_PEERGROUPS by default; None from it: /proc/PID/status)."""
     pid, uid, gid = _UCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     )
-    return Peer(pid, uid, gid, groups_of(pid, _peer_groups(sock)))
+    groups = (peer_groups or so_peergroups)(sock)
+    return Peer(pid, uid, gid, groups_of(pid, groups))
 
 
-def _peer_groups(sock: Any) -> list[int] | None:
+def so_peergroups(sock: Any) -> list[int] | None:
     """SO_PEERGROUPS: the peer's supplementary groups at connect time; None when unavailable."""
     if platform.machine() not in _GENERIC_SOCKET_ABI:
         return None
@@ -148,8 +152,10 @@ class ControlServer:
         idle_timeout: float = 30.0,
         max_connections: int = 32,
         stop_grace: float = 5.0,
+        peer_groups: PeerGroups | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
+        self._peer_groups = peer_groups  # None: SO_PEERGROUPS (tests take /proc's way)
         self.handlers = handlers
         self.group = group
         self.idle_timeout = idle_timeout
@@ -287,7 +293,7 @@ class ControlServer:
         conn = _Connection()
         counted: int | None = None  # the uid charged for it
         try:
-            peer = peer_credentials(writer.get_extra_info("socket"))
+            peer = peer_credentials(writer.get_extra_info("socket"), self._peer_groups)
             refusal = self.shares.take(peer.uid)
             if refusal is not None:
                 await self._refuse(reader, writer, peer, refusal)

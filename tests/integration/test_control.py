@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 
-from resolver.control import server as control_server
 from resolver.control.protocol import MAX_REQUEST_BYTES, ReloadFailed, UpdateFailed
 from resolver.control.server import ControlServer
 from resolver.ctl.client import Defaults
@@ -667,13 +666,15 @@ def test_group_member_by_supplementary_gid_may_reload(admin_served: ServerThread
 
 @needs_root
 def test_supplementary_groups_from_proc_when_so_peergroups_is_missing(
-    admin_served: ServerThread, monkeypatch: pytest.MonkeyPatch
+    tmp: Path, daemon: FakeDaemon
 ) -> None:
-    monkeypatch.setattr(control_server, "_peer_groups", lambda sock: None)
-    answers = as_user(admin_served.path, NOBODY, NOBODY, [ADMIN], "flush")
-    assert outcome(answers["flush"]) == "ok"
-    answers = as_user(admin_served.path, NOBODY, NOBODY, [27], "status")
-    assert outcome(answers["status"]) == "EACCES"  # the mode, before any credential check
+    tmp.chmod(0o755)  # nobody must reach the socket
+    path = str(tmp / "control.sock")
+    with ServerThread(path, daemon, str(ADMIN), peer_groups=lambda sock: None):
+        answers = as_user(path, NOBODY, NOBODY, [ADMIN], "flush")
+        assert outcome(answers["flush"]) == "ok"
+        answers = as_user(path, NOBODY, NOBODY, [27], "status")
+        assert outcome(answers["status"]) == "EACCES"  # the mode, before any credential check
 
 
 CTL_CHILD = r"""
