@@ -149,6 +149,7 @@ def test_install_run_upgrade_and_purge(debs: Debs, lab: PackageLab) -> None:
     assert ADDRESS in lab.set_members(), daemon.output()
     status = lab.status()
     assert status["queries"]["tagged"] >= 1, status
+    assert status["build"] == "compiled", status  # the package holds the mypyc build
     assert status["breakout"]["table"] == TABLE and status["breakout"]["routes_v4"] == 1, status
     assert lab.stop(daemon) == 0, daemon.output()
     # Stopping leaves the routes in place (a restart has no gap): the purge must remove them.
