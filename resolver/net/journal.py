@@ -97,8 +97,13 @@ class Journal:
         protocol: int,
         clock: Callable[[], float],
         wall: Callable[[], float],
+        *,
+        prepared: Callable[[], None] | None = None,
     ) -> None:
+        """`prepared` runs in the worker once a compaction's file is written and synced,
+        before the loop swaps it in: a test stops there to see what a kill would find."""
         self.state_dir = state_dir
+        self._prepared = prepared
         self.path = path_of(state_dir)
         self.header = f"resolverd-holds {VERSION} {table} {protocol}\n".encode()
         self._clock, self._wall = clock, wall
@@ -303,6 +308,8 @@ class Journal:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o640)
+            if self._prepared is not None:
+                self._prepared()
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

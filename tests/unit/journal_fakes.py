@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from resolver.net.holds import Hold
@@ -23,8 +23,10 @@ def hold(address: str, name: str, expires: float, row: int = 1) -> Hold:
     return Hold(packed(address), name, expires, row)
 
 
-def new_journal(state_dir: str, clock: Clock) -> Journal:
-    return Journal(state_dir, 365, 245, clock, lambda: clock.now + WALL)
+def new_journal(
+    state_dir: str, clock: Clock, prepared: Callable[[], None] | None = None
+) -> Journal:
+    return Journal(state_dir, 365, 245, clock, lambda: clock.now + WALL, prepared=prepared)
 
 
 def read(path: str) -> bytes:
