@@ -59,6 +59,7 @@ _GENERIC_SOCKET_ABI = frozenset(
 _MAX_PATH = 107  # sun_path is 108 bytes, NUL included
 
 PeerGroups = Callable[[Any], list[int] | None]  # a connected socket -> the peer's groups
+Drain = Callable[[asyncio.StreamWriter], Awaitable[None]]  # wait until the writer may write
 
 
 def peer_credentials(sock: Any, peer_groups: PeerGroups | None = None) -> Peer:
@@ -153,9 +154,12 @@ class ControlServer:
         max_connections: int = 32,
         stop_grace: float = 5.0,
         peer_groups: PeerGroups | None = None,
+        stream_drain: Drain | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self._peer_groups = peer_groups  # None: SO_PEERGROUPS (tests take /proc's way)
+        # How a monitor stream waits for its socket (StreamWriter.drain; a test holds it).
+        self._stream_drain: Drain = stream_drain or asyncio.StreamWriter.drain
         self.handlers = handlers
         self.group = group
         self.idle_timeout = idle_timeout
@@ -395,7 +399,7 @@ class ControlServer:
                     await wake.wait()
                     continue
                 writer.write(_event_lines(events, dropped))
-                await writer.drain()
+                await self._stream_drain(writer)
         finally:
             closed.cancel()
             self.monitor.close(watcher)

@@ -135,28 +135,24 @@ async def test_the_stream_keeps_what_its_filter_asks_for(tmp: Path) -> None:
         assert await asyncio.wait_for(tagged.read(), 5) == b""  # the connection was closed
 
 
-async def test_a_stream_that_cannot_write_loses_events_counted(
-    tmp: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_stream_that_cannot_write_loses_events_counted(tmp: Path) -> None:
     """The queue is bounded: while the stream task waits for its socket (drain() held here, as
     a client that stopped reading makes it wait), the events beyond the queue are dropped; once
     it can write, the client gets those that fitted and then {"dropped": N}. Every event is
     either sent or counted, and the DNS answers never waited."""
+    release = asyncio.Event()
+
+    async def held_drain(writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        await writer.drain()
+
     async with DnsEnv() as env:
-        control = ControlServer(str(tmp / "c.sock"), FakeDaemon(), None)
+        control = ControlServer(str(tmp / "c.sock"), FakeDaemon(), None, stream_drain=held_drain)
         control.monitor.connect(env.srv.handler)
         control.monitor.queue = 5
         await control.start()
         try:
             reader, _writer = await open_monitor(tmp / "c.sock")
-            release = asyncio.Event()
-            real_drain = asyncio.StreamWriter.drain
-
-            async def held_drain(self: asyncio.StreamWriter) -> None:
-                await release.wait()
-                await real_drain(self)
-
-            monkeypatch.setattr(asyncio.StreamWriter, "drain", held_drain)
             for i in range(40):
                 await env.ask(f"n{i}.example.test")  # each answered while the stream is held
             status = control.monitor.status()
