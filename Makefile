@@ -117,8 +117,8 @@ demo: venv sysdeps
 	$(PY) -m tests.demo
 
 lint: venv
-	$(VENV)/bin/ruff check policy resolver tests vulture_whitelist.py
-	$(VENV)/bin/ruff format --check policy resolver tests vulture_whitelist.py
+	$(VENV)/bin/ruff check policy resolver tests setup.py vulture_whitelist.py
+	$(VENV)/bin/ruff format --check policy resolver tests setup.py vulture_whitelist.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/vulture
