@@ -24,7 +24,7 @@ from typing import Any
 from policy.loader import PolicyError
 from policy.matcher import Matcher
 from policy.model import Policy
-from resolver import __version__, allocator, collector, sdnotify, statusreport
+from resolver import __version__, allocator, buildinfo, collector, sdnotify, statusreport
 from resolver.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from resolver.control.protocol import RawJSON, ReloadFailed, UpdateFailed
 from resolver.control.server import ControlServer
@@ -304,8 +304,9 @@ async def serve(loaded: Loaded, loop_name: str) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     cfg = loaded.config
     log.info(
-        "resolverd %s ready on %s (%s loop), %d rules, breakout %s",
+        "resolverd %s (%s build) ready on %s (%s loop), %d rules, breakout %s",
         __version__,
+        buildinfo.build(),
         ", ".join(f"{h}:{p}" for h, p in cfg.listen),
         loop_name,
         len(loaded.policy.rules),
