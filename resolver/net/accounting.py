@@ -337,6 +337,7 @@ class Accounting:
             log.warning("breakout: cannot delete table inet %s: %s", traffic.TABLE, bad)
         self.layout, self.counting, self.since = None, False, None
         self.counted.clear()
+        self.totals = []
 
     def report(self) -> dict[str, Any]:
         rows = [

@@ -87,9 +87,8 @@ class Breakout:
                 if dry_run
                 else Journal(state_dir, cfg.table, cfg.route_protocol, clock, wall)
             )
-        counts = not dry_run and (cfg.count_traffic or cfg.flush_conntrack)
-        if accounting is None:
-            accounting = Accounting(cfg) if counts else NullAccounting()
+        if accounting is None:  # with both keys off it opens nothing until a reload says so
+            accounting = NullAccounting() if dry_run else Accounting(cfg)
         accounting.configure(cfg, classes_of(policy.rules))
         ledger = Ledger(cfg.max_entries, cfg.client_share)
         installs = Installs(ledger, kernel, journal, clock, cfg.ack_timeout, accounting)
@@ -361,7 +360,10 @@ class Breakout:
         self.cfg = cfg
         accounting = self.parts.installs.accounting
         accounting.configure(cfg, classes_of(policy.rules))
+        counting = accounting.counting
         await accounting.open(self._loop)  # new links or rows: their counters
+        if accounting.counting and not counting:  # count_traffic turned on: what is held now
+            self.parts.installs.count_held()
 
     def latency(self) -> tuple[int, float]:
         """(install batches acked, total seconds from send to last ack) since start: metrics."""

@@ -203,6 +203,14 @@ class Installs:
                 self.ack_timeout * 1000, batch.waiters,
             )  # fmt: skip
 
+    def count_held(self) -> None:
+        """Hand every installed hold to the counters (counting just turned on)."""
+        now = self.clock()
+        self.accounting.count(
+            [(h.family, h.packed, set_timeout(h.expires, now), h.row)
+             for h in self.ledger if h.installed]
+        )  # fmt: skip
+
     # -- set-entry refreshes ----------------------------------------------------------------
 
     def queue_refresh(self, h: Hold) -> None:
