@@ -28,11 +28,15 @@ import pytest
 from resolver.hooks import wait as settled
 from resolver.net import ipsets, netlink
 from resolver.net import kernel as kernel_mod
-from resolver.net.breakout import Breakout
 from resolver.net.kernel import Kernel
 from resolver.net.netlink import HEADER, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR
 from resolver.net.routes import AF, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, parse_route
-from tests.unit.breakout_fakes import MATCHER, POLICY, Clock, make_cfg, make_view, tagged
+from tests.unit.breakout_fakes import (
+    Clock,
+    make_breakout,
+    make_cfg,
+    tagged,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -237,10 +241,7 @@ class Rig:
         self.kernel.rtnl = channel(netlink.NETLINK_ROUTE, self.rt)
         self.kernel.nfnl = channel(netlink.NETLINK_NETFILTER, self.nf)
         self.clock = Clock(time.monotonic())
-        self.b = Breakout(
-            self.cfg, tmp, MATCHER, POLICY, clock=self.clock, kernel=self.kernel,
-            view=make_view(), watch=False, sweep_interval=3600, audit_interval=3600,
-        )  # fmt: skip
+        self.b = make_breakout(tmp, self.cfg, kernel=self.kernel, clock=self.clock, watch=False)
 
     async def __aenter__(self) -> Rig:
         await self.b.start()

@@ -21,8 +21,8 @@ from tests.unit.breakout_fakes import (
     Clock,
     FakeKernel,
     answer,
+    make_breakout,
     make_cfg,
-    make_view,
     run,
     tagged,
 )
@@ -39,10 +39,7 @@ async def started(
 ) -> Breakout:  # fmt: skip
     """A breakout on `old` whose reloads get `new` (the same fake when None: one kernel)."""
     clock = clock or Clock()
-    b = Breakout(
-        make_cfg(**cfg), str(tmp_path), MATCHER, POLICY, clock=clock, kernel=old,
-        kernel_factory=lambda _cfg: new or old, view=make_view(), sweep_interval=3600,
-    )  # fmt: skip
+    b = make_breakout(tmp_path, make_cfg(**cfg), kernel=old, new_kernel=new, clock=clock)
     await b.start()
     await answer(b, tagged("x.office.com", *HOSTS), 60)
     assert all(old.has_route(a) for a in HOSTS) and old.routes.get(ROW14)
@@ -189,11 +186,7 @@ class Counters(NullAccounting):
 def test_a_reload_that_turns_counting_on_counts_what_is_already_held(tmp_path: Any) -> None:
     async def body() -> None:
         k, counters = FakeKernel(), Counters()
-        b = Breakout(
-            make_cfg(), str(tmp_path), MATCHER, POLICY, clock=Clock(), kernel=k,
-            kernel_factory=lambda _cfg: k, view=make_view(), sweep_interval=3600,
-            accounting=counters,
-        )  # fmt: skip
+        b = make_breakout(tmp_path, kernel=k, accounting=counters)
         await b.start()
         await answer(b, tagged("x.office.com", *HOSTS), 60)
         assert counters.items == []  # counting off: nothing handed over
@@ -212,5 +205,5 @@ def test_a_reload_that_turns_counting_on_counts_what_is_already_held(tmp_path: A
 def test_a_kernel_breakout_with_both_keys_off_can_be_turned_on_by_a_reload(
     tmp_path: Any,
 ) -> None:
-    b = Breakout(make_cfg(), str(tmp_path), MATCHER, POLICY, kernel=FakeKernel(), view=make_view())
+    b = make_breakout(tmp_path)
     assert isinstance(b.parts.installs.accounting, Accounting)  # not the dry-run's null one
