@@ -34,9 +34,9 @@ from resolver.feed import EndpointFeed
 from resolver.hooks import BreakoutHook, NullHook
 from resolver.metrics import Metric, MetricsServer
 from resolver.metricset import collect
-from resolver.net.accounting import remove_table
 from resolver.net.breakout import Breakout, BreakoutError
 from resolver.net.cleanup import cleanup
+from resolver.net.traffic import remove_table
 
 log = logging.getLogger("resolverd")
 

@@ -27,8 +27,8 @@ from typing import Any
 from policy.model import Policy
 from resolver.config import BreakoutConfig, Mode
 from resolver.hooks import Epoch, Pending, Tagged
-from resolver.net import cleanup, reconcile, reload, report
-from resolver.net.accounting import Accounting, AccountingLike, NullAccounting, classes_of
+from resolver.net import cleanup, reconcile, reload, report, traffic
+from resolver.net.accounting import Accounting, AccountingLike, NullAccounting
 from resolver.net.batches import InstallBatch, Joined
 from resolver.net.dryrun import DryRunKernel
 from resolver.net.errors import BreakoutError
@@ -89,7 +89,7 @@ class Breakout:
             )
         if accounting is None:  # with both keys off it opens nothing until a reload says so
             accounting = NullAccounting() if dry_run else Accounting(cfg)
-        accounting.configure(cfg, classes_of(policy.rules))
+        accounting.configure(cfg, traffic.classes_of(policy.rules))
         ledger = Ledger(cfg.max_entries, cfg.client_share)
         installs = Installs(ledger, kernel, journal, clock, cfg.ack_timeout, accounting)
         choice = LinkChoice(cfg.links, health_thresholds(cfg, kernel.can_probe))
@@ -359,7 +359,7 @@ class Breakout:
         await reload.apply(self.parts, old, cfg, change, verified, matcher, policy)
         self.cfg = cfg
         accounting = self.parts.installs.accounting
-        accounting.configure(cfg, classes_of(policy.rules))
+        accounting.configure(cfg, traffic.classes_of(policy.rules))
         counting = accounting.counting
         await accounting.open(self._loop)  # new links or rows: their counters
         if accounting.counting and not counting:  # count_traffic turned on: what is held now
