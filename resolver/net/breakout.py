@@ -367,7 +367,8 @@ class Breakout:
 
     def latency(self) -> tuple[int, float]:
         """(install batches acked, total seconds from send to last ack) since start: metrics."""
-        return self.parts.installs.latency()
+        acks = self.parts.installs.acks
+        return acks.count, acks.total
 
     def status(self) -> dict[str, Any]:
         return report.status(self.cfg, self.parts)

@@ -68,7 +68,7 @@ def status(cfg: BreakoutConfig, parts: Parts) -> dict[str, Any]:
         "failovers": counters["failovers"],
         "journal": cast("JournalStatus", parts.journal.status()),
         "counters": dict(counters),
-        "netlink_latency": cast("NetlinkLatency", parts.installs.latency_percentiles()),
+        "netlink_latency": cast("NetlinkLatency", parts.installs.acks.percentiles()),
         "connected_networks": [c for c, _ in parts.links.view.connected()],
     }
     counted = parts.installs.accounting.report()
