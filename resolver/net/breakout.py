@@ -158,14 +158,6 @@ class Breakout:
         self._active = parts.repairs.active = True
         self._tasks.append(loop.create_task(self._every(self.sweep_interval, self.sweep)))
         self._tasks.append(loop.create_task(self._every(self.audit_interval, self.audit)))
-        log.info(
-            "breakout %s on %s (table %d, rule priority %d, protocol %d): %d holds, %d routes "
-            "from the config; IPv4 via %s, IPv6 via %s", self.mode,
-            ", ".join(link.interface for link in self.cfg.links), self.cfg.table,
-            self.cfg.rule_priority, self.cfg.route_protocol, len(self.ledger),
-            len(self.ledger.config_routes.routed), parts.links.choice.describe(4),
-            parts.links.choice.describe(6),
-        )  # fmt: skip
 
     async def stop(self) -> None:
         """Stop watching and write the journal out. Routes stay: a restart adopts them."""
@@ -358,12 +350,6 @@ class Breakout:
         self.matcher, self.policy = matcher, policy
         await reload.apply(self.parts, old, cfg, change, verified, matcher, policy)
         self.cfg = cfg
-        accounting = self.parts.installs.accounting
-        accounting.configure(cfg, traffic.classes_of(policy.rules))
-        counting = accounting.counting
-        await accounting.open(self._loop)  # new links or rows: their counters
-        if accounting.counting and not counting:  # count_traffic turned on: what is held now
-            self.parts.installs.count_held()
 
     def latency(self) -> tuple[int, float]:
         """(install batches acked, total seconds from send to last ack) since start: metrics."""
@@ -379,12 +365,7 @@ class Breakout:
 
     async def routes_json_counted(self) -> bytes:
         """`routes` with each address's bytes and packets, read from the kernel now."""
-        counted = await self.parts.installs.accounting.per_address()
-        cfg = self.cfg
-        scoped = cfg.clients or cfg.client_interfaces  # else everyone is in scope: not shown
-        return report.routes_json(
-            self.ledger, self.parts.clock(), counted, self.in_scope if scoped else None
-        )
+        return await report.routes_counted(self.cfg, self.parts, self.in_scope)
 
     def routes(self) -> list[dict[str, Any]]:
         return report.routes(self.ledger, self.parts.clock())

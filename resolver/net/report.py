@@ -123,6 +123,16 @@ def routes_json(
     return ("[" + ",".join(parts) + "]").encode("ascii")
 
 
+async def routes_counted(
+    cfg: BreakoutConfig, parts: Parts, in_scope: Callable[[str], bool]
+) -> bytes:
+    """`routes_json` with each address's bytes and packets, read from the kernel now, and
+    with a scoped breakout each hold's `in_scope`."""
+    counted = await parts.installs.accounting.per_address()
+    scoped = cfg.clients or cfg.client_interfaces  # else everyone is in scope: not shown
+    return routes_json(parts.ledger, parts.clock(), counted, in_scope if scoped else None)
+
+
 def _plain(name: str) -> bool:
     """A name that needs no JSON escaping (letters, digits, dots, hyphens, underscores)."""
     return name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
