@@ -11,9 +11,13 @@ ranges are printed, not single figures):
   batch (time.thread_time on the loop), the process's CPU per batch, each batch's latency
   (submit to settled, p50/p99) and the lateness of a 1 ms timer (p50/p99);
 - `busy`: the same batches while a callback chain keeps the loop busy (BURN_US of Python per
-  iteration, as answers would): the interpreter lock is contended, the writer thread needs it
-  to read each ack. Figures: batches settled per second, their latency and the timer's
-  lateness.
+  iteration, as a loop full of answers would): the interpreter lock is contended, the writer
+  thread needs it back after each blocking call. Figures: batches settled per second, their
+  latency and the timer's lateness.
+
+Both loads also count voluntary context switches per batch, of the loop thread and of the
+writer (/proc/thread-self/status): in the busy load the loop only blocks when the writer holds
+the interpreter lock, so the loop's count is the contention it feels.
 
 The measuring half runs inside the namespace: ``python -m tests.bench.test_handoff_bench
 --inside [asyncio|uvloop]``.
@@ -27,6 +31,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,7 +43,7 @@ N_BATCHES = 4000
 BATCH = 8
 INFLIGHT = 32
 BUSY_SECONDS = 2.0
-BURN_US = 40
+BURN_US = 500
 TICK = 0.001
 REPEATS = 5
 TABLE = 1001
@@ -49,6 +54,16 @@ def _pool() -> list[tuple[int, bytes]]:
           for i in range(1, 255)]  # fmt: skip
     v6 = [socket.inet_pton(socket.AF_INET6, f"2001:db8:1::{i:x}") for i in range(1, 4096)]
     return [(4, p) for p in v4] + [(6, p) for p in v6]
+
+
+def _switches(tid: int | None = None) -> int:
+    """Voluntary context switches of a thread of this process (the caller when `tid` is None)."""
+    path = "/proc/thread-self/status" if tid is None else f"/proc/self/task/{tid}/status"
+    with open(path) as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -140,6 +155,9 @@ class _Run:
         if self.busy:
             self.limit = 1 << 30
             self.loop.call_soon(self._burn)
+        writer = next(t for t in threading.enumerate() if t.name.startswith("netlink-"))
+        assert writer.native_id is not None
+        sw0, wsw0 = _switches(), _switches(writer.native_id)
         t0, cpu0, proc0 = time.perf_counter(), time.thread_time(), time.process_time()
         self.loop.call_later(TICK, self._tick, time.perf_counter() + TICK)
         self._more()
@@ -149,6 +167,7 @@ class _Run:
             await self.done
         wall = time.perf_counter() - t0
         cpu, proc = time.thread_time() - cpu0, time.process_time() - proc0
+        sw, wsw = _switches() - sw0, _switches(writer.native_id) - wsw0
         self.stopping = True
         while self.inflight:
             await asyncio.sleep(0.01)
@@ -164,6 +183,8 @@ class _Run:
             "latency_p99_us": round(_pct(self.latency, 0.99) * 1e6, 1),
             "timer_late_p50_us": round(_pct(self.lateness, 0.5) * 1e6, 1),
             "timer_late_p99_us": round(_pct(self.lateness, 0.99) * 1e6, 1),
+            "loop_switches_per_batch": round(sw / n, 3),
+            "writer_switches_per_batch": round(wsw / n, 3),
         }
 
 
@@ -225,7 +246,8 @@ def bench_ns() -> Iterator[str]:
 
 BATCH_FIGURES = (
     "loop_cpu_us_per_batch", "process_cpu_us_per_batch", "batches_per_s", "latency_p50_us",
-    "latency_p99_us", "timer_late_p50_us", "timer_late_p99_us",
+    "latency_p99_us", "timer_late_p50_us", "timer_late_p99_us", "loop_switches_per_batch",
+    "writer_switches_per_batch",
 )  # fmt: skip
 
 
