@@ -8,8 +8,9 @@ ack asked at the end of each; an nf_tables transaction or a request alone in its
 one list of errnos for all of its messages. The writer thread is woken once per round, sends
 the datagrams, reads the acks into that list (no Python object per message), and wakes the
 loop once; the loop gives each job its slice of the errnos. While a round is out, what the
-loop queues waits and crosses in the next one, all together: the busier the loop, the larger
-the rounds, and the fewer times the writer needs the interpreter lock per message.
+loop queues waits and crosses in the next one, all together, handed over as soon as the
+last one is collected: the busier the loop, the larger the rounds, and the fewer times the
+writer needs the interpreter lock per message.
 
 Why it matters: the writer takes the interpreter lock back after every blocking call (the wake,
 each sendmsg, each recv, the wake of the loop); while the loop is busy, each of those waits up
@@ -118,7 +119,7 @@ class Round:
 class Handoff:
     """The loop's side of the crossing: `queue` on the loop; `hand_over` (scheduled once per
     loop iteration) packs a round and rings the writer; `take` and `finish` are the writer's;
-    `collect` (when the writer has signalled) settles the round's jobs and schedules the next.
+    `collect` (when the writer has signalled) settles the round's jobs and hands over the next.
 
     `schedule(fn)` runs `fn` on the loop soon (loop.call_soon); `ring()` wakes the writer.
     """
@@ -166,7 +167,8 @@ class Handoff:
         self._ring()
 
     def collect(self) -> None:
-        """The writer is done with the round: settle its jobs, then hand over what waited."""
+        """The writer is done with the round: settle its jobs, then hand over at once what
+        waited for it (and what the callbacks queued), not an iteration later."""
         rnd = self.finished
         if rnd is None:
             return
@@ -175,9 +177,8 @@ class Handoff:
         errors = rnd.errors
         for job in rnd.jobs:
             settle(job, errors[job.start : job.start + job.count])
-        if self.outbox and not self.scheduled:
-            self.scheduled = True
-            self._schedule(self.hand_over)
+        if self.outbox:
+            self.hand_over()
 
     def shut(self, code: int) -> None:
         """Closing (the writer has stopped or is stuck): a finished round is settled as it
