@@ -7,8 +7,8 @@ batch. The batch's future completes when the kernel has acknowledged them all, o
 `ack_timeout` (counted in `ack_timeouts`). A timer that fires late because the whole process
 stood still (a garbage-collection pass, a long loop iteration; the netlink thread cannot read
 an ack without the interpreter lock either) waits STALL_GRACE more, once, so that an ack already
-in the kernel is not taken for a slow kernel: uvloop runs due timers before the callbacks the
-netlink thread queued meanwhile. Set-entry refreshes are collected and sent every REFRESH_DELAY,
+in the kernel is not taken for a slow kernel: uvloop runs due timers before the completions the
+netlink thread signalled meanwhile. Set-entry refreshes are collected and sent every REFRESH_DELAY,
 off the reply path. Deletions are remembered until their RTM_DELROUTE comes back, so that the
 monitor can tell them from deletions made by someone else.
 """

@@ -137,7 +137,7 @@ async def run(cfg: BreakoutConfig, parts: Parts, policy: Policy, matcher: Matche
         )
     ready = links.ready()
     await installs.install_prefixes(ledger.config_routes.missing(ready))
-    todo = [h for h in ledger.missing if ready[h.family]]
+    todo = ledger.missing.ready(ready)
     for h in todo:
         installs.enqueue(h)
     await wait(installs.flush_now())

@@ -162,7 +162,7 @@ async def _new_kernel(
         _failed(ledger, f"no ip rule for table {cfg.table} yet", err)
     ready = parts.links.ready()
     ledger.must_reinstall()
-    for h in [h for h in ledger.missing if ready[h.family]]:
+    for h in ledger.missing.ready(ready):
         installs.enqueue(h)
     ledger.config_routes.mark(installed=False)
     await wait(installs.flush_now())
