@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from resolver.config import Config
 from resolver.dns import replies, wire
+from resolver.dns.exchange import Transport
+from resolver.dns.sockets import Sockets
 from resolver.dns.tagging import NameMatcher
 from resolver.dns.upstream import Upstream, UpstreamSet
 from resolver.dns.zones import Zones
@@ -63,9 +65,12 @@ class Resolved:
 class Forwarder:
     """The upstream sets of one configuration; see the module docstring."""
 
-    def __init__(self, config: Config, *, probe_interval: float = 5.0) -> None:
+    def __init__(
+        self, config: Config, *, probe_interval: float = 5.0, transport: Transport | None = None
+    ) -> None:
         self.probe_interval = probe_interval
-        self.default = UpstreamSet("default", (), 1.0, probe_interval=probe_interval)
+        self.transport: Transport = Sockets() if transport is None else transport
+        self.default = self._new_set("default")
         self.zone_sets: dict[str, UpstreamSet] = {}
         self.zones = Zones(())
         self.breakout: UpstreamSet | None = None
@@ -95,7 +100,9 @@ class Forwarder:
         return changed
 
     def _new_set(self, role: str) -> UpstreamSet:
-        return UpstreamSet(role, (), 1.0, probe_interval=self.probe_interval)
+        return UpstreamSet(
+            role, (), 1.0, transport=self.transport, probe_interval=self.probe_interval
+        )
 
     def sets(self) -> list[UpstreamSet]:
         out = [self.default, *self.zone_sets.values()]
@@ -220,3 +227,4 @@ class Forwarder:
     async def close(self) -> None:
         for upstreams in self.sets():
             await upstreams.close()
+        self.transport.close()

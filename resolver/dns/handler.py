@@ -41,6 +41,7 @@ from resolver.dns import events, wire
 from resolver.dns.cache import Cache, Entry, shared_int
 from resolver.dns.counts import Counts
 from resolver.dns.events import Tracer
+from resolver.dns.exchange import Transport
 from resolver.dns.forwarder import Forwarder
 from resolver.dns.misses import DEFERRED, Misses
 from resolver.dns.query import Conn, Query
@@ -76,6 +77,7 @@ class Handler:
         *,
         clock: Callable[[], float] = time.monotonic,
         probe_interval: float = 5.0,
+        transport: Transport | None = None,
     ) -> None:
         self._clock = clock
         self.counts = Counts()
@@ -83,7 +85,7 @@ class Handler:
         self.tracer = Tracer()
         self._trace = False  # tracer.on, read on the hot path (refresh_log_level)
         self.cache = Cache(config.cache.max_entries)
-        self.forwarder = Forwarder(config, probe_interval=probe_interval)
+        self.forwarder = Forwarder(config, probe_interval=probe_interval, transport=transport)
         self.hook = hook
         self._epoch = hook.epoch
         self.matcher = matcher

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable
 
 from resolver.dns import exchange, wire
-from resolver.dns.exchange import Reply
+from resolver.dns.exchange import Reply, Transport
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,12 @@ class UpstreamSet:
         upstreams: Iterable[Address],
         timeout: float,
         *,
+        transport: Transport,
         dead_after: int = DEAD_AFTER,
         probe_interval: float = PROBE_INTERVAL,
     ) -> None:
         self.role = role
+        self.transport = transport
         self.timeout = timeout
         self.dead_after = dead_after
         self.probe_interval = probe_interval
@@ -255,7 +257,7 @@ class UpstreamSet:
         stats["queries"] += 1
         started = loop.time()
         try:
-            reply = await exchange.query_udp(up, question, do, cd, edns, self.timeout)
+            reply = await self.query_udp(up, question, do, cd, edns)
         except OSError as err:
             stats["errors"] += 1
             log.warning("cannot query upstream %s: %s", up.text, err.strerror or err)
@@ -272,10 +274,26 @@ class UpstreamSet:
             return reply
         stats["tcp"] += 1
         try:
-            return await exchange.query_tcp(up, question, do, cd, edns, self.timeout)
+            return await self.transport.tcp(up, question, do, cd, edns, self.timeout)
         except exchange.TcpFailed:
             self._failed(up)
             return None
+
+    async def query_udp(
+        self, up: Upstream, question: bytes, do: bool, cd: bool, edns: bool
+    ) -> Reply | None:
+        """One UDP attempt, awaited (the probes; off the miss path)."""
+        fut: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Reply | None) -> None:
+            if not fut.done():
+                fut.set_result(reply)
+
+        attempt = self.transport.udp(up, question, do, cd, edns, self.timeout, done)
+        try:
+            return await fut
+        finally:
+            attempt.cancel()
 
     def _failed(self, up: Upstream) -> None:
         if up.failed(self.dead_after) and not self.closed:
@@ -295,7 +313,7 @@ class UpstreamSet:
             await asyncio.sleep(self.probe_interval)
             started = loop.time()
             try:
-                reply = await exchange.query_udp(up, ROOT_NS, False, False, True, self.timeout)
+                reply = await self.query_udp(up, ROOT_NS, False, False, True)
             except OSError as err:
                 log.debug("probe of %s: %s", up.text, err)
                 continue
