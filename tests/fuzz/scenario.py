@@ -290,22 +290,22 @@ async def _scenario(options: int, query: bytes) -> None:
     finally:
         await handler.drain(0.0)
     require(not handler.misses.pending, "waiters left in the pending table")
-    require(not handler.misses.tasks, "tasks left")
+    require(not handler.misses.resolving, "misses left in flight")
     require(not handler.misses.budgets.in_flight, "queries still counted in flight")
 
 
 async def _ask(handler: Handler, conn: FuzzConn, addr: Any, query: bytes) -> None:
-    """One query: the reply now or, once the tasks are done, exactly one deferred reply."""
+    """One query: the reply now or, once the misses are over, exactly one deferred reply."""
     before = len(conn.sent)
     spliced = handler.forwarder.spliced
     reply = handler.handle(query, addr, conn)
     misses = handler.misses
     for _ in range(200):
-        if not misses.tasks and not misses.waiting:
+        if not misses.resolving and not misses.waiting:
             break
         await asyncio.sleep(0)
     require(
-        not misses.tasks and not misses.waiting,
+        not misses.resolving and not misses.waiting,
         "a query still in the works after 200 turns of the loop",
     )
     if reply is None:
