@@ -15,6 +15,7 @@ the wait goes on. A TCP reply with TC set is no complete answer either and count
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -27,6 +28,7 @@ from resolver.dns import replies, wire
 log = logging.getLogger(__name__)
 
 Reply = tuple[bytes, replies.Layout]
+SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # ours, not the upstream's
 
 
 class Peer(Protocol):

@@ -186,11 +186,14 @@ class Misses:
         while self.resolving and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL)
         left = [res for res in self.pending.values() if res.in_flight]
+        tcp = {res.tcp for res in left if res.tcp is not None}
         for res in left:
             res.cancel()
             del self.pending[res.key]
             self.resolving -= 1
             self.budgets.done_query(res.client)
+        if tcp:  # TCP retries, cancelled: let them close their connections
+            await asyncio.wait(tcp, timeout=1.0)
         while self.waiting and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL)
         await self.forwarder.close()

@@ -34,11 +34,11 @@ import logging
 from collections.abc import Callable
 
 from resolver.dns import exchange, wire
-from resolver.dns.exchange import Attempt, Reply
+from resolver.dns.exchange import SHORTAGE, Attempt, Reply
 from resolver.dns.forwarder import Fallback, Forwarder, Resolved
 from resolver.dns.query import Query
 from resolver.dns.tagging import NameMatcher
-from resolver.dns.upstream import SHORTAGE, Upstream, UpstreamSet
+from resolver.dns.upstream import Upstream, UpstreamSet
 
 log = logging.getLogger("resolver.dns.handler")
 

@@ -215,13 +215,21 @@ class Sockets:
     def udp(
         self, up: Peer, question: bytes, do: bool, cd: bool, edns: bool, timeout: float,
         done: Done,
-    ) -> Query:  # fmt: skip
-        now = self.loop.time()
+    ) -> Query | asyncio.Handle:  # fmt: skip
+        loop = self.loop
+        now = loop.time()
         sock = self.current.get(up)
         if sock is None or not sock.usable(question, now):
             if sock is not None:
                 sock.retire()
-            sock = Sock(self, up, now)
+            try:
+                sock = Sock(self, up, now)
+            except OSError as err:
+                if err.errno in exchange.SHORTAGE:
+                    raise
+                # No route, no address (a breakout link gone...): as a send that failed.
+                log.debug("upstream %s: cannot connect: %s", up.text, err)
+                return loop.call_soon(done, None)
             self.open.add(sock)
             self.current[up] = sock
         return sock.send(question, do, cd, edns, timeout, done)
@@ -237,3 +245,4 @@ class Sockets:
                 query.cancel()
             sock.close()
         self.current.clear()
+        self._loop = None

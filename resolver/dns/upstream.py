@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
 import socket
@@ -48,7 +47,6 @@ ROOT_NS = b"\0\0\x02\0\x01"  # the probe's question: ". IN NS"
 SOFT_ALPHA = 0.3  # weight of one answer in the soft-failure score
 SOFT_HALF_LIFE = 60.0  # seconds for the soft-failure score to halve on its own
 SOFT_PENALTY = 1.0  # seconds added to the smoothed RTT at a soft-failure score of 1
-SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # ours, not the upstream's
 STAT_KEYS = (
     "queries",
     "answers",

@@ -99,7 +99,7 @@ async def _ask_all(
         futs = [loop.create_future() for _ in batch]
         for question, fut in zip(batch, futs, strict=True):
             query = pool.udp(up, question, False, False, True, timeout, fut.set_result)
-            if sent is not None and query.sock is not None:
+            if sent is not None and isinstance(query, sockets.Query) and query.sock is not None:
                 port = query.sock.sock.getsockname()[1]
                 sent.append(Sent(query.sock, port, query.qid, question))
         out.extend(await asyncio.gather(*futs))
@@ -198,3 +198,18 @@ async def test_no_fd_left_after_answers_timeouts_and_close() -> None:
         answering.close()
         silent.close()
     assert _fds() == before
+
+
+async def test_connect_refused_is_a_failed_send_not_an_error() -> None:
+    """connect() failing for the upstream's address (here EACCES: broadcast) is what a send
+    that failed was: `done(None)` on a later turn of the loop, no socket kept."""
+    before = _fds()
+    pool = sockets.Sockets()
+    got: list[Reply | None] = []
+    attempt = pool.udp(
+        Upstream("255.255.255.255", 53, 0), _question(1), False, False, True, 1.0, got.append
+    )
+    assert got == [] and not isinstance(attempt, sockets.Query)
+    await asyncio.sleep(0)
+    assert got == [None]
+    assert not pool.open and _fds() == before
