@@ -18,8 +18,9 @@ The steps, in order:
    (and is sent once new routes are in, when some must go in first);
 4. a miss: handed to `Misses` (misses.py), which owns the questions in flight: coalesced with
    identical ones, else charged to the client's budgets (ratelimit.Budgets: over them a UDP
-   query gets TC, a TCP query SERVFAIL) and resolved: forwarder, cache, tagging
-   (tagging.tag), the hook, then every waiter's reply.
+   query gets TC, a TCP query SERVFAIL) and resolved by a state machine (resolution.py:
+   upstream attempts moved on by socket and timer callbacks), then cached, tagged
+   (tagging.tag), handed to the hook, and every waiter's reply sent.
 The query is read once into a `Query` record (query.py), which goes along until its reply is
 sent. A reply that waits for the kernel (the hook's Pending) is sent from its callback: no
 task or future per answer.
