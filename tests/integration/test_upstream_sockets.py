@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,3 +214,36 @@ async def test_connect_refused_is_a_failed_send_not_an_error() -> None:
     await asyncio.sleep(0)
     assert got == [None]
     assert not pool.open and _fds() == before
+
+
+async def test_each_query_keeps_its_own_deadline() -> None:
+    """A short timeout after a long one still fires on time, none fires early, and an
+    answered query's timer fires nothing."""
+    loop = asyncio.get_running_loop()
+    silent, answering = Fake(silent=True), Fake()
+    pool = sockets.Sockets()
+    dead, up = Upstream("127.0.0.1", silent.port, 0), Upstream("127.0.0.1", answering.port, 1)
+    when: dict[str, float] = {}
+    got: dict[str, Reply | None] = {}
+
+    def done(name: str) -> Callable[[Reply | None], None]:
+        def record(reply: Reply | None) -> None:
+            assert name not in got, f"{name} called twice"
+            got[name], when[name] = reply, loop.time()
+
+        return record
+
+    try:
+        start = loop.time()
+        pool.udp(dead, _question(1), False, False, True, 0.6, done("long"))
+        pool.udp(up, _question(2), False, False, True, 0.2, done("answered"))
+        pool.udp(dead, _question(3), False, False, True, 0.1, done("short"))
+        await asyncio.sleep(0.8)
+        assert got["answered"] is not None and when["answered"] - start < 0.1
+        assert got["short"] is None and got["long"] is None
+        assert 0.1 <= when["short"] - start < 0.1 + 0.1
+        assert 0.6 <= when["long"] - start < 0.6 + 0.1
+    finally:
+        pool.close()
+        silent.close()
+        answering.close()
