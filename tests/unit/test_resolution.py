@@ -57,6 +57,7 @@ class Script:
         self.actions = actions
         self.asked: list[tuple[str, bool]] = []  # (upstream host, edns)
         self.cancelled = 0
+        self.tcp_closed = False
 
     def udp(
         self, up: exchange.Peer, question: bytes, do: bool, cd: bool, edns: bool,
@@ -71,6 +72,11 @@ class Script:
             return Hang(self)
         if action == "timeout":
             return loop.call_soon(done, None)
+        if action == "tc":
+            data = struct.pack("!HHHHHH", QID, 0x8380, 1, 0, 0, 0) + question
+            layout = replies.accept_reply(data, QID, question)
+            assert layout is not None and layout.truncated
+            return loop.call_soon(done, (data, layout))
         assert isinstance(action, int)
         count = 1 if action == wire.NOERROR else 0
         data = struct.pack("!HHHHHH", QID, 0x8180 | action, 1, count, 0, 0) + question
@@ -82,7 +88,15 @@ class Script:
     def tcp(
         self, up: exchange.Peer, question: bytes, do: bool, cd: bool, edns: bool, timeout: float
     ) -> Coroutine[Any, Any, exchange.Reply | None]:
-        raise AssertionError("no TCP in these tests")
+        self.asked.append((up.host, edns))
+        return self._tcp_never_answers()
+
+    async def _tcp_never_answers(self) -> exchange.Reply | None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.tcp_closed = True
+        return None
 
     def close(self) -> None:
         pass
@@ -188,3 +202,17 @@ async def test_drain_cancels_what_is_in_flight_and_counts_it() -> None:
     assert script.cancelled == 2 and conn.sent == []
     _left(handler)
     assert handler.handle(_query("c.example.test"), ("127.0.0.1", 5000), conn) is None
+
+
+async def test_drain_cancels_a_tcp_retry_and_waits_for_it() -> None:
+    script = Script({UP1[0]: ["tc"], UP2[0]: []})
+    handler, conn = _handler(script), Conn()
+    handler.handle(_query(), ("127.0.0.1", 5000), conn)
+    await _turns()
+    assert script.asked == [(UP1[0], True), (UP1[0], True)]  # UDP, then TCP (a task)
+    assert handler.misses.forwarder.default.upstreams[0].stats["tcp"] == 1
+    assert handler.misses.resolving == 1 and not script.tcp_closed
+    assert await handler.drain(0.0) == 1
+    assert script.tcp_closed  # cancelled, and drain waited for it to finish
+    assert conn.sent == []
+    _left(handler)
