@@ -1,0 +1,108 @@
+"""The miss path makes no asyncio Task and no Future per UDP miss (resolution.py): misses
+through Handler.handle against an in-process fake upstream, with every task and every future
+made by code under resolver/ counted; the rare TCP retry after TC may make a task."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine, Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dnslib import DNSRecord
+
+from resolver.dns.handler import Handler
+from resolver.dns.misses import DEFERRED
+from tests.fakeupstream import FakeUpstream
+from tests.integration.conftest import ZONE, RecordingHook, StubMatcher, make_config
+
+pytestmark = pytest.mark.integration
+
+RESOLVER = str(Path(__file__).resolve().parents[2] / "resolver")
+MISSES = 300
+NOERROR, NXDOMAIN = 0, 3
+
+
+class Conn:
+    tcp = False
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, addr: Any) -> None:
+        self.sent.append(data)
+
+
+class Made:
+    """Tasks (by their coroutine's file) and futures (by their caller's file) made under
+    resolver/ while it is installed on the running loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.tasks: list[str] = []
+        self.futures: list[str] = []
+        self._create_future = loop.create_future
+
+    def __enter__(self) -> Made:
+        def factory(
+            loop: asyncio.AbstractEventLoop,
+            coro: Generator[Any, None, Any] | Coroutine[Any, Any, Any],
+            **kwargs: Any,
+        ) -> asyncio.Task[Any]:
+            code = getattr(coro, "cr_code", None)
+            if code is not None and code.co_filename.startswith(RESOLVER):
+                self.tasks.append(code.co_qualname)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        def create_future() -> asyncio.Future[Any]:
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.startswith(RESOLVER):
+                self.futures.append(caller.co_qualname)
+            return self._create_future()
+
+        self.loop.set_task_factory(factory)
+        self.loop.create_future = create_future  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.set_task_factory(None)
+        del self.loop.create_future
+
+
+async def _misses(handler: Handler, conn: Conn, names: list[str], qtype: str = "A") -> None:
+    """Misses, 100 at a time (more would overflow the fake's receive buffer)."""
+    for start in range(0, len(names), 100):
+        before = len(conn.sent)
+        batch = names[start : start + 100]
+        for i, name in enumerate(batch):
+            query = DNSRecord.question(name, qtype)
+            query.header.id = i
+            data = bytes(query.pack())
+            assert handler.handle(data, ("127.0.0.1", 40000 + i), conn) == DEFERRED
+        for _ in range(2000):
+            if len(conn.sent) == before + len(batch):
+                break
+            await asyncio.sleep(0.001)
+        assert len(conn.sent) == before + len(batch)
+
+
+async def test_udp_misses_make_no_task_and_no_future() -> None:
+    fake = await FakeUpstream(ZONE).start()
+    handler = Handler(make_config([fake.address]), StubMatcher({}), RecordingHook())
+    conn = Conn()
+    try:
+        with Made(asyncio.get_running_loop()) as made:
+            await _misses(handler, conn, [f"n{i}.example.test" for i in range(MISSES)])
+            assert handler.counts.values["misses"] == MISSES
+            rcodes = {DNSRecord.parse(r).header.rcode for r in conn.sent}
+            assert rcodes <= {NOERROR, NXDOMAIN}  # no SERVFAIL: every miss got its answer
+            assert made.tasks == [] and made.futures == []
+            # The same code does see a task when there is one: TC, then TCP.
+            fake.mode = "tc"
+            await _misses(handler, conn, ["big.example.test"], "TXT")
+            assert made.tasks == ["query_tcp"]
+    finally:
+        await handler.drain(0.5)
+        await fake.stop()
