@@ -36,6 +36,7 @@ from resolver.metrics import Metric, MetricsServer
 from resolver.metricset import collect
 from resolver.net.breakout import Breakout, BreakoutError
 from resolver.net.cleanup import cleanup
+from resolver.net.traffic import remove_table
 
 log = logging.getLogger("resolverd")
 
@@ -60,6 +61,16 @@ def load_everything(path: str) -> Loaded:
     return Loaded(config, policy, Matcher(policy.rules))
 
 
+async def _no_counters() -> None:
+    """count_traffic is off: the counters' table an earlier run left (it survives restarts on
+    purpose) goes, so that no packet is counted for nobody (a reload deletes it too)."""
+    try:
+        if await remove_table():
+            log.info("breakout: count_traffic is off: table inet resolverd deleted")
+    except (BreakoutError, OSError) as err:
+        log.warning("breakout: count_traffic is off, but %s", err)
+
+
 class Daemon:
     """Owns the running pieces and implements the control socket's handlers."""
 
@@ -80,6 +91,8 @@ class Daemon:
     async def start(self) -> None:
         cfg, policy, matcher = self.loaded.config, self.loaded.policy, self.loaded.matcher
         hook: BreakoutHook = NullHook()
+        if cfg.breakout.mode == "kernel" and not cfg.breakout.count_traffic:
+            await _no_counters()
         if cfg.breakout.mode != "off":
             self.breakout = Breakout(cfg.breakout, cfg.state_dir, matcher, policy)
             await self.breakout.start()

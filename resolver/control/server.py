@@ -24,14 +24,13 @@ import errno
 import grp
 import logging
 import os
-import platform
 import socket
 import stat
-import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from resolver.control.monitor import Event, Watcher, Watchers
+from resolver.control.peers import PeerGroups, peer_credentials
 from resolver.control.protocol import (
     BUSY,
     MAX_REQUEST_BYTES,
@@ -43,46 +42,13 @@ from resolver.control.protocol import (
     RawJSON,
     encode,
     error_response,
-    groups_of,
 )
 
 log = logging.getLogger(__name__)
 
-_UCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
-# SO_PEERGROUPS (Linux 4.13) is not in Python's socket module. Its number is 59 in
-# asm-generic/socket.h, which these architectures use; others fall back to /proc.
-_SO_PEERGROUPS = 59
-_GENERIC_SOCKET_ABI = frozenset(
-    {"x86_64", "i386", "i686", "aarch64", "arm64", "armv7l", "armv6l", "riscv64", "s390x"}
-    | {"ppc64le", "ppc64", "loongarch64"}
-)
 _MAX_PATH = 107  # sun_path is 108 bytes, NUL included
 
-PeerGroups = Callable[[Any], list[int] | None]  # a connected socket -> the peer's groups
 Drain = Callable[[asyncio.StreamWriter], Awaitable[None]]  # wait until the writer may write
-
-
-def peer_credentials(sock: Any, peer_groups: PeerGroups | None = None) -> Peer:
-    """SO_PEERCRED (pid, uid, gid) of a connected Unix socket, plus its supplementary groups
-    (`peer_groups`, SO_PEERGROUPS by default; None from it: /proc/PID/status)."""
-    pid, uid, gid = _UCRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    )
-    groups = (peer_groups or so_peergroups)(sock)
-    return Peer(pid, uid, gid, groups_of(pid, groups))
-
-
-def so_peergroups(sock: Any) -> list[int] | None:
-    """SO_PEERGROUPS: the peer's supplementary groups at connect time; None when unavailable."""
-    if platform.machine() not in _GENERIC_SOCKET_ABI:
-        return None
-    try:
-        data: bytes = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)
-    except OSError as exc:  # ENOPROTOOPT on old kernels, ERANGE beyond 256 groups
-        log.debug("control: SO_PEERGROUPS unavailable (%s); reading /proc", exc)
-        return None
-    count = len(data) // 4
-    return list(struct.unpack(f"{count}I", data[: count * 4]))
 
 
 def resolve_group(group: str | None) -> tuple[int, str]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from resolver.control.monitor import Filter
 from resolver.ctl import client
-from resolver.ctl.status import text
+from resolver.ctl.blocks import text
 
 # Columns: title, starting width, widest a column grows to fit its values (beyond: that line only).
 COLUMNS = (

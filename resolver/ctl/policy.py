@@ -27,7 +27,7 @@ import textwrap
 from typing import TYPE_CHECKING, Any
 
 from resolver.ctl import client
-from resolver.ctl.status import mapping_pairs, render_blocks
+from resolver.ctl.blocks import mapping_pairs, render_blocks
 
 if TYPE_CHECKING:
     from policy.model import Policy

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from resolver.ctl import client
-from resolver.ctl.status import mapping_pairs, render_blocks
+from resolver.ctl.blocks import mapping_pairs, render_blocks
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

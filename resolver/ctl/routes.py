@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from resolver.ctl import client
-from resolver.ctl.status import format_bytes, format_duration, text
+from resolver.ctl.blocks import format_bytes, format_duration, text
 
 HEADER = ("ADDRESS", "FAMILY", "ROW", "HOLD", "NAMES")
 

@@ -1,31 +1,34 @@
-"""One question to one upstream, over UDP and (after TC) over TCP: the sockets of forwarding.
+"""One question to one upstream: what the forwarding side asks of the UDP/TCP layer.
 
-Every upstream query gets an id from the system's CSPRNG (`new_id`) and a new non-blocking
-UDP socket, so the kernel picks a fresh random source port. The socket is watched with
-`loop.add_reader`: measured under uvloop against a local C server, about 22 us of CPU per
-query (socket, send, reply, close) against 28-32 us for a DatagramProtocol per query. A
-datagram is accepted only when it comes from the upstream's address and port and
-`replies.accept_reply` says it is the reply to our query (id, QR, opcode, question; FORMERR
-and NOTIMP also without a question) and well-formed (no compression loops; bytes after the last
-record are cut off and counted); anything else is counted and dropped while the wait goes on.
-A TCP reply with TC set is no complete answer either and counts as malformed.
+`Transport` is that contract, injected (Handler -> Forwarder -> UpstreamSet) so that tests and
+the fuzz harness replace the sockets without patching module attributes (which code compiled
+with mypyc would ignore). `sockets.Sockets` is the real one: UDP from a small pool of
+connected sockets (see sockets.py), TCP through `query_tcp` here.
+
+Every upstream query gets an id from the system's CSPRNG (`new_id`). A reply is accepted only
+when `replies.accept_reply` says it is the reply to our query (id, QR, opcode, question;
+FORMERR and NOTIMP also without a question) and well-formed (no compression loops; bytes after
+the last record are cut off and counted by `cut`); anything else is counted and dropped while
+the wait goes on. A TCP reply with TC set is no complete answer either and counts as malformed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
 import struct
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from resolver.dns import replies, wire
-from resolver.fdwatch import stop_reading
 
 log = logging.getLogger(__name__)
 
 Reply = tuple[bytes, replies.Layout]
+SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # ours, not the upstream's
 
 
 class Peer(Protocol):
@@ -36,6 +39,38 @@ class Peer(Protocol):
     family: socket.AddressFamily
     text: str
     stats: dict[str, int]
+
+
+class Attempt(Protocol):
+    """One UDP attempt in flight."""
+
+    def cancel(self) -> None:
+        """Forget it: its callback is never called, its timer and its slot are freed."""
+        ...
+
+
+class Transport(Protocol):
+    """What the upstream sets ask of the sockets."""
+
+    def udp(
+        self, up: Peer, question: bytes, do: bool, cd: bool, edns: bool, timeout: float,
+        done: Callable[[Reply | None], None],
+    ) -> Attempt:  # fmt: skip
+        """Send one query over UDP; `done` is called once, later from the loop (never from
+        inside this call), with the reply, or None on a timeout or a send that failed.
+        OSError at once when no socket is to be had."""
+        ...
+
+    def tcp(
+        self, up: Peer, question: bytes, do: bool, cd: bool, edns: bool, timeout: float
+    ) -> Coroutine[Any, Any, Reply | None]:
+        """One attempt over TCP (after TC), as `query_tcp`: the reply, None for an
+        unacceptable one, TcpFailed for a timeout or a failed connection."""
+        ...
+
+    def close(self) -> None:
+        """Close every socket; attempts still in flight are forgotten (never called)."""
+        ...
 
 
 class _Ids:
@@ -57,68 +92,6 @@ class _Ids:
 
 
 new_id = _Ids().next
-
-
-def query_udp(
-    up: Peer, question: bytes, do: bool, cd: bool, edns: bool, timeout: float
-) -> asyncio.Future[Reply | None]:
-    """One attempt over UDP, from a socket of its own: a future with the reply, or None on a
-    timeout or a send that failed. OSError (at once) for a socket we cannot have. The socket
-    is closed as soon as the future is done, whatever its outcome, cancellation included."""
-    loop = asyncio.get_running_loop()
-    qid = new_id()
-    query = wire.build_query(qid, question, do, cd, edns)
-    sock = socket.socket(up.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-    fd = sock.fileno()
-    done: asyncio.Future[Reply | None] = loop.create_future()
-    host, port, stats = up.host, up.port, up.stats
-
-    def readable() -> None:
-        while not done.done():
-            try:
-                data, source = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:  # e.g. an ICMP error reported on the socket
-                stats["errors"] += 1
-                log.debug("upstream %s: %s", up.text, err)
-                return
-            if source[1] != port or source[0] != host:
-                stats["dropped"] += 1
-                continue
-            try:
-                layout = replies.accept_reply(data, qid, question)
-            except wire.WireError as err:
-                stats["malformed"] += 1
-                log.debug("upstream %s: malformed reply dropped: %s", up.text, err)
-                continue
-            if layout is None:
-                stats["dropped"] += 1
-                continue
-            done.set_result(_cut(up, data, layout))
-
-    def expire() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    def finished(_fut: object) -> None:
-        timer.cancel()
-        stop_reading(loop, fd)
-        sock.close()
-
-    try:
-        loop.add_reader(fd, readable)
-    except BaseException:
-        sock.close()
-        raise
-    timer = loop.call_later(timeout, expire)
-    done.add_done_callback(finished)
-    try:
-        sock.sendto(query, (host, port))
-    except OSError as err:
-        log.debug("upstream %s: send failed: %s", up.text, err)
-        done.set_result(None)
-    return done
 
 
 class TcpFailed(Exception):
@@ -165,10 +138,10 @@ async def query_tcp(
         up.stats["malformed"] += 1
         log.debug("upstream %s over TCP: reply with TC set, not used", up.text)
         return None
-    return _cut(up, data, layout)
+    return cut(up, data, layout)
 
 
-def _cut(up: Peer, data: bytes, layout: replies.Layout) -> Reply:
+def cut(up: Peer, data: bytes, layout: replies.Layout) -> Reply:
     """The reply without the bytes after its last record (counted), as `layout` found it."""
     if layout.end < len(data):
         up.stats["trailing"] += 1

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from resolver.config import Config
 from resolver.dns import replies, wire
+from resolver.dns.exchange import Reply, Transport
+from resolver.dns.sockets import Sockets
 from resolver.dns.tagging import NameMatcher
 from resolver.dns.upstream import Upstream, UpstreamSet
 from resolver.dns.zones import Zones
@@ -63,9 +65,12 @@ class Resolved:
 class Forwarder:
     """The upstream sets of one configuration; see the module docstring."""
 
-    def __init__(self, config: Config, *, probe_interval: float = 5.0) -> None:
+    def __init__(
+        self, config: Config, *, probe_interval: float = 5.0, transport: Transport | None = None
+    ) -> None:
         self.probe_interval = probe_interval
-        self.default = UpstreamSet("default", (), 1.0, probe_interval=probe_interval)
+        self.transport: Transport = Sockets() if transport is None else transport
+        self.default = self._new_set("default")
         self.zone_sets: dict[str, UpstreamSet] = {}
         self.zones = Zones(())
         self.breakout: UpstreamSet | None = None
@@ -95,7 +100,9 @@ class Forwarder:
         return changed
 
     def _new_set(self, role: str) -> UpstreamSet:
-        return UpstreamSet(role, (), 1.0, probe_interval=self.probe_interval)
+        return UpstreamSet(
+            role, (), 1.0, transport=self.transport, probe_interval=self.probe_interval
+        )
 
     def sets(self) -> list[UpstreamSet]:
         out = [self.default, *self.zone_sets.values()]
@@ -111,7 +118,7 @@ class Forwarder:
             return self.breakout
         return self.default
 
-    def _route(
+    def route(
         self, question: bytes, qname: str, matcher: NameMatcher, ready: bool
     ) -> tuple[UpstreamSet, UpstreamSet | Fallback]:
         """The set to ask now, and the origin to record: a breakout name asked of the default
@@ -150,60 +157,37 @@ class Forwarder:
             and self.zones.find(tag.via) is None
         )
 
-    async def resolve(
-        self, question: bytes, do: bool, cd: bool, matcher: NameMatcher, ready: bool
-    ) -> Resolved | None:
-        """The answer for `question` (name, type, class; the name in lower case), or None when
-        no set gave one (the caller answers SERVFAIL)."""
-        qname = wire.read_name(question, 0)
-        chosen, origin = self._route(question, qname, matcher, ready)
-        got = await chosen.resolve(question, do, cd)
-        if got is None and chosen is self.breakout:
-            self.fallbacks += 1
-            log.debug("no breakout resolver answered for %s: asking the default upstreams", qname)
-            origin, chosen = Fallback(chosen), self.default
-            got = await chosen.resolve(question, do, cd)
-        if got is None:
-            return None
-        (data, layout), up = got
-        resolved = Resolved(data, layout, up, origin)
+    def splice_target(
+        self, resolved: Resolved, chosen: UpstreamSet, question: bytes, qname: str, do: bool,
+        matcher: NameMatcher, ready: bool,
+    ) -> str | None:  # fmt: skip
+        """The policy name to ask the breakout resolvers about, when `resolved` (from the set
+        `chosen`) has a chain into one that they should finish (the module docstring)."""
         breakout = self.breakout
-        qtype = (question[-4] << 8) | question[-3]
-        if breakout is None or origin is not chosen or chosen is breakout or not ready or do:
-            return resolved
-        if qtype not in SPLICED_TYPES:
-            return resolved
-        return await self._finish_chain(resolved, question, qname, cd, breakout, matcher)
-
-    async def _finish_chain(
-        self,
-        resolved: Resolved,
-        question: bytes,
-        qname: str,
-        cd: bool,
-        breakout: UpstreamSet,
-        matcher: NameMatcher,
-    ) -> Resolved:
-        """Splice when the chain enters a policy name; else (or when that fails) `resolved`."""
+        if breakout is None or resolved.origin is not chosen or chosen is breakout:
+            return None
+        if not ready or do or ((question[-4] << 8) | question[-3]) not in SPLICED_TYPES:
+            return None
         data, layout = resolved.data, resolved.layout
         if layout.rcode != wire.NOERROR or not layout.answers:
-            return resolved
+            return None
         chain, _ = replies.chain_of(data, layout, qname)
         # A policy name inside a forward zone is the zone's to answer (a zone beats the
         # policy), on a chain as much as asked directly: it is no target.
         zones = self.zones
-        target = next(
-            (n for n in chain[1:] if matcher.match(n) and zones.find(n) is None),
-            None,
-        )
-        if target is None:
-            return resolved
-        local_question = wire.encode_name(target) + question[-4:]
-        got = await breakout.resolve(local_question, False, cd)
+        return next((n for n in chain[1:] if matcher.match(n) and zones.find(n) is None), None)
+
+    def splice(
+        self, resolved: Resolved, qname: str, target: str, breakout: UpstreamSet,
+        got: tuple[Reply, Upstream] | None,
+    ) -> Resolved:  # fmt: skip
+        """`resolved` finished with the breakout resolvers' answer `got` about `target`; as it
+        is when they gave none (counted in `fallbacks`) or the parts do not join."""
         if got is None:
             self.fallbacks += 1
             return resolved
         (local, local_layout), up = got
+        data, layout = resolved.data, resolved.layout
         joined = replies.splice(data, layout, target, local, local_layout)
         if joined is None:
             return resolved
@@ -220,3 +204,4 @@ class Forwarder:
     async def close(self) -> None:
         for upstreams in self.sets():
             await upstreams.close()
+        self.transport.close()

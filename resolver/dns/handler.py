@@ -18,8 +18,9 @@ The steps, in order:
    (and is sent once new routes are in, when some must go in first);
 4. a miss: handed to `Misses` (misses.py), which owns the questions in flight: coalesced with
    identical ones, else charged to the client's budgets (ratelimit.Budgets: over them a UDP
-   query gets TC, a TCP query SERVFAIL) and resolved: forwarder, cache, tagging
-   (tagging.tag), the hook, then every waiter's reply.
+   query gets TC, a TCP query SERVFAIL) and resolved by a state machine (resolution.py:
+   upstream attempts moved on by socket and timer callbacks), then cached, tagged
+   (tagging.tag), handed to the hook, and every waiter's reply sent.
 The query is read once into a `Query` record (query.py), which goes along until its reply is
 sent. A reply that waits for the kernel (the hook's Pending) is sent from its callback: no
 task or future per answer.
@@ -41,6 +42,7 @@ from resolver.dns import events, wire
 from resolver.dns.cache import Cache, Entry, shared_int
 from resolver.dns.counts import Counts
 from resolver.dns.events import Tracer
+from resolver.dns.exchange import Transport
 from resolver.dns.forwarder import Forwarder
 from resolver.dns.misses import DEFERRED, Misses
 from resolver.dns.query import Conn, Query
@@ -76,6 +78,7 @@ class Handler:
         *,
         clock: Callable[[], float] = time.monotonic,
         probe_interval: float = 5.0,
+        transport: Transport | None = None,
     ) -> None:
         self._clock = clock
         self.counts = Counts()
@@ -83,7 +86,7 @@ class Handler:
         self.tracer = Tracer()
         self._trace = False  # tracer.on, read on the hot path (refresh_log_level)
         self.cache = Cache(config.cache.max_entries)
-        self.forwarder = Forwarder(config, probe_interval=probe_interval)
+        self.forwarder = Forwarder(config, probe_interval=probe_interval, transport=transport)
         self.hook = hook
         self._epoch = hook.epoch
         self.matcher = matcher

@@ -1,11 +1,12 @@
 """The miss path (step 4 of `handler`'s docstring): questions asked of the upstreams.
 
 `Misses` owns what a miss needs and nothing else does: the questions in flight and the clients
-waiting for each (coalescing: at most MAX_WAITERS per question), the tasks that resolve them,
-the clients' budgets, the forwarder, and the replies waiting for the kernel. A miss is
-charged to its client's budgets, resolved in a task (the forwarder, the cache, tagging), and
+waiting for each (coalescing: at most MAX_WAITERS per question), the clients' budgets, the
+forwarder, and the replies waiting for the kernel. A miss is charged to its client's budgets,
+resolved by a `resolution.Resolution` (a state machine moved on by socket, timer and hook
+callbacks: no task and no future per miss), then cached and tagged here (`_resolved`), and
 answered, every waiter at once, when the breakout hook has its routes in (its Pending's
-callback: no task waits for the kernel) or at once when there is nothing to wait for.
+callback: nothing waits for the kernel) or at once when there is nothing to wait for.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from resolver.dns import wire
 from resolver.dns.cache import Cache, Entry, build_entry, shared_int
 from resolver.dns.counts import Counts
 from resolver.dns.events import Tracer
-from resolver.dns.forwarder import Forwarder
+from resolver.dns.forwarder import Forwarder, Resolved
 from resolver.dns.query import Query
 from resolver.dns.ratelimit import Budgets
+from resolver.dns.resolution import Resolution
 from resolver.dns.tagging import NameMatcher, tag
 from resolver.hooks import BreakoutHook, Pending, Tagged, iter_packed
 
@@ -30,6 +32,7 @@ log = logging.getLogger("resolver.dns.handler")
 
 MAX_WAITERS = 256  # clients waiting for one coalesced question
 DEFERRED = b""  # handle(): the reply will come through conn.send
+DRAIN_POLL = 0.01  # seconds between looks while draining (shutdown only)
 
 
 class Misses:
@@ -46,8 +49,8 @@ class Misses:
         self.hook = hook
         self.matcher = matcher
         self.clock = clock
-        self.pending: dict[bytes, list[Query]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.pending: dict[bytes, Resolution] = {}  # questions in flight or waiting the kernel
+        self.resolving = 0  # those still asking upstreams
         self.waiting = 0  # replies waiting for the kernel (hits and misses)
         self.budgets = Budgets(0, 1, 1.0, 0, 1)
         self.closing = False
@@ -57,17 +60,17 @@ class Misses:
     @property
     def busy(self) -> bool:
         """No more work may be taken on (the pending table's bound, `forward.max_pending`)."""
-        return len(self.tasks) + self.waiting >= self.max_pending
+        return self.resolving + self.waiting >= self.max_pending
 
     def miss(self, key: bytes, q: Query) -> bytes | None:
         """The reply now (an error), or DEFERRED: it comes through `q.conn` later."""
         counters = self.counts.values
         counters["misses"] += 1
-        waiters = self.pending.get(key)
-        if waiters is not None and len(waiters) < MAX_WAITERS:
-            waiters.append(q)
+        res = self.pending.get(key)
+        if res is not None and len(res.waiters) < MAX_WAITERS:
+            res.waiters.append(q)
             return DEFERRED
-        if waiters is not None or len(self.pending) >= self.max_pending:
+        if res is not None or len(self.pending) >= self.max_pending:
             counters["pending_full"] += 1
             self.tracer.answered(q, wire.SERVFAIL, "local")
             return q.error(wire.SERVFAIL)
@@ -78,10 +81,12 @@ class Misses:
             if q.conn.tcp:
                 return q.error(wire.SERVFAIL)
             return q.error(wire.NOERROR, tc=True)
-        self.pending[key] = [q]
-        task = asyncio.get_running_loop().create_task(self._resolve(key, q.do, q.cd, host))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        res = Resolution(
+            key, q, host, self.forwarder, self.matcher, self.hook.ready, self._resolved
+        )
+        self.pending[key] = res
+        self.resolving += 1
+        res.start()  # sends the first query; finishes later, from a callback
         return DEFERRED
 
     def hook_answer(
@@ -96,15 +101,16 @@ class Misses:
             log.exception("breakout hook failed for %s", tagged.qname)
             return None
 
-    async def _resolve(self, key: bytes, do: bool, cd: bool, client: str) -> None:
-        """Ask the upstreams, cache and tag the answer, call the hook; answer every waiter
-        now, or when the kernel has the routes."""
+    def _resolved(self, res: Resolution, resolved: Resolved | None) -> None:
+        """`res` is over (its `finish`): cache and tag the answer, call the hook; answer every
+        waiter now, or when the kernel has the routes."""
+        self.resolving -= 1
+        key, client = res.key, res.client
         entry: Entry | None = None
         source = "local"
         installed: list[bytes] | None = [] if self.tracer.observer is not None else None
         pending: Pending | None = None
         try:
-            resolved = await self.forwarder.resolve(key[:-1], do, cd, self.matcher, self.hook.ready)
             if resolved is not None:
                 source = resolved.upstream.text
                 entry = self._entry(key, resolved.data, resolved.layout, resolved.origin)
@@ -114,14 +120,11 @@ class Misses:
                     pending = self.hook_answer(tagged, entry.addr_ttl(0), client, installed)
                 else:
                     self.counts.values["routes_deferred"] += 1
-        except asyncio.CancelledError:
-            self.pending.pop(key, None)
-            self.budgets.done_query(client)
-            raise
         except Exception:
             log.exception("internal error while resolving; answering SERVFAIL")
             entry = None
         self.budgets.done_query(client)
+        do = res.do
         if pending is None:
             self._answer(key, entry, do, source, installed, 0.0)
             return
@@ -154,7 +157,8 @@ class Misses:
         installed: list[bytes] | None, waited: float,
     ) -> None:  # fmt: skip
         """Every client waiting for the question `key`: its reply, SERVFAIL without `entry`."""
-        waiters = self.pending.pop(key, [])
+        res = self.pending.pop(key, None)
+        waiters = res.waiters if res is not None else []
         counts, tracer = self.counts, self.tracer
         counters = counts.values
         now = self.clock()
@@ -174,20 +178,23 @@ class Misses:
     # -- shutdown --------------------------------------------------------------------------
     async def drain(self, timeout: float) -> int:
         """Stop taking new misses, wait up to `timeout` for those in flight (and for the
-        replies waiting for the kernel, which it bounds), cancel the rest. Returns how many
-        were cancelled."""
+        replies waiting for the kernel, which it bounds), cancel the rest (their clients get
+        no reply). Returns how many were cancelled."""
         self.closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        tasks = set(self.tasks)
-        left: set[asyncio.Task[None]] = set()
-        if tasks:
-            _done, left = await asyncio.wait(tasks, timeout=timeout)
-            for task in left:
-                task.cancel()
-            if left:
-                await asyncio.wait(left, timeout=1.0)
+        while self.resolving and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+        left = [res for res in self.pending.values() if res.in_flight]
+        tcp = {res.tcp for res in left if res.tcp is not None}
+        for res in left:
+            res.cancel()
+            del self.pending[res.key]
+            self.resolving -= 1
+            self.budgets.done_query(res.client)
+        if tcp:  # TCP retries, cancelled: let them close their connections
+            await asyncio.wait(tcp, timeout=1.0)
         while self.waiting and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(DRAIN_POLL)
         await self.forwarder.close()
         return len(left)

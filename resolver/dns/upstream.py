@@ -1,8 +1,9 @@
 """Upstream sets: each upstream's health, the order they are tried in, and their probes.
 
 An `UpstreamSet` is one role's list of upstreams (the default upstreams, a forward zone's, or
-the ISP's breakout resolvers) with its own health ordering; `exchange` does the socket work of
-one attempt, `forwarder` picks the set for a name.
+the ISP's breakout resolvers) with its own health ordering; its `transport` (exchange.Transport)
+does the socket work of one attempt, `resolution` drives the attempts of a miss through the
+set, `forwarder` picks the set for a name.
 
 What an upstream's answer means for this query:
 - FORMERR or NOTIMP to our EDNS query: asked once more without OPT (a server that does not
@@ -27,15 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
 import socket
 import time
 from collections.abc import Iterable
 
-from resolver.dns import exchange, wire
-from resolver.dns.exchange import Reply
+from resolver.dns.exchange import Reply, Transport
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,6 @@ ROOT_NS = b"\0\0\x02\0\x01"  # the probe's question: ". IN NS"
 SOFT_ALPHA = 0.3  # weight of one answer in the soft-failure score
 SOFT_HALF_LIFE = 60.0  # seconds for the soft-failure score to halve on its own
 SOFT_PENALTY = 1.0  # seconds added to the smoothed RTT at a soft-failure score of 1
-SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # ours, not the upstream's
 STAT_KEYS = (
     "queries",
     "answers",
@@ -154,10 +152,12 @@ class UpstreamSet:
         upstreams: Iterable[Address],
         timeout: float,
         *,
+        transport: Transport,
         dead_after: int = DEAD_AFTER,
         probe_interval: float = PROBE_INTERVAL,
     ) -> None:
         self.role = role
+        self.transport = transport
         self.timeout = timeout
         self.dead_after = dead_after
         self.probe_interval = probe_interval
@@ -199,85 +199,25 @@ class UpstreamSet:
     def status(self) -> list[dict[str, object]]:
         return [u.status(self.role) for u in self.upstreams]
 
-    async def resolve(self, question: bytes, do: bool, cd: bool) -> tuple[Reply, Upstream] | None:
-        """The first usable answer for `question` (name, type, class as on the wire) and the
-        upstream that gave it, or None when none of the set gave one."""
-        for up in self.ordered():
-            try:
-                reply = await self._ask(up, question, do, cd)
-            except OSError:
-                break  # our own shortage: the next upstream would fare no better
-            if reply is not None:
-                up.stats["answers"] += 1
-                return reply, up
-        return None
-
-    async def _ask(self, up: Upstream, question: bytes, do: bool, cd: bool) -> Reply | None:
-        """`up`'s usable answer, or None (a refusal, a timeout, an error: ask the next one).
-        OSError for a shortage of our own (no socket to be had)."""
-        stats = up.stats
-        reply = await self._exchange(up, question, do, cd, True)
-        if reply is None:
-            return None
-        rcode = reply[1].rcode
-        if rcode in (wire.FORMERR, wire.NOTIMP):
-            # A server that does not speak EDNS (RFC 6891 7): once more without OPT. The
-            # answer is then built per the client's EDNS as usual, without DNSSEC records.
-            stats["formerr"] += 1
-            stats["no_edns"] += 1
-            reply = await self._exchange(up, question, do, cd, False)
-            if reply is None:
-                return None
-            rcode = reply[1].rcode
-        if rcode == wire.NOERROR or rcode == wire.NXDOMAIN or 5 < rcode <= 15:
-            # Answers, and the rare rcodes 6-15, handed on as they are (no OPT needed for them).
-            up.graded(True, self.clock())
-            return reply
-        if rcode == wire.SERVFAIL:
-            stats["servfail"] += 1
-        elif rcode == wire.REFUSED:
-            stats["refused"] += 1
-        elif rcode > 15:
-            stats["extended"] += 1
-            log.debug("upstream %s: extended rcode %d, not handed on", up.text, rcode)
-        else:
-            stats["formerr"] += 1
-        up.graded(False, self.clock())
-        return None
-
-    async def _exchange(
+    async def query_udp(
         self, up: Upstream, question: bytes, do: bool, cd: bool, edns: bool
     ) -> Reply | None:
-        """One question to `up` over UDP, and over TCP again if the answer was truncated;
-        None on a timeout, an error or no acceptable reply. OSError for our own shortage."""
-        loop = asyncio.get_running_loop()
-        stats = up.stats
-        stats["queries"] += 1
-        started = loop.time()
-        try:
-            reply = await exchange.query_udp(up, question, do, cd, edns, self.timeout)
-        except OSError as err:
-            stats["errors"] += 1
-            log.warning("cannot query upstream %s: %s", up.text, err.strerror or err)
-            if err.errno in SHORTAGE:
-                raise
-            self._failed(up)
-            return None
-        if reply is None:
-            stats["timeouts"] += 1
-            self._failed(up)
-            return None
-        up.answered(loop.time() - started)
-        if not reply[1].truncated:
-            return reply
-        stats["tcp"] += 1
-        try:
-            return await exchange.query_tcp(up, question, do, cd, edns, self.timeout)
-        except exchange.TcpFailed:
-            self._failed(up)
-            return None
+        """One UDP attempt, awaited (the probes; off the miss path)."""
+        fut: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
 
-    def _failed(self, up: Upstream) -> None:
+        def done(reply: Reply | None) -> None:
+            if not fut.done():
+                fut.set_result(reply)
+
+        attempt = self.transport.udp(up, question, do, cd, edns, self.timeout, done)
+        try:
+            return await fut
+        finally:
+            attempt.cancel()
+
+    def failed(self, up: Upstream) -> None:
+        """Count a failure of `up` (a timeout, an error); the one that makes it dead starts
+        its probe."""
         if up.failed(self.dead_after) and not self.closed:
             log.warning(
                 "upstream %s (%s) failed %d times in a row: skipped, probed every %.0fs",
@@ -295,7 +235,7 @@ class UpstreamSet:
             await asyncio.sleep(self.probe_interval)
             started = loop.time()
             try:
-                reply = await exchange.query_udp(up, ROOT_NS, False, False, True, self.timeout)
+                reply = await self.query_udp(up, ROOT_NS, False, False, True)
             except OSError as err:
                 log.debug("probe of %s: %s", up.text, err)
                 continue

@@ -18,14 +18,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from resolver.config import BreakoutConfig
 from resolver.net import conntrack, netlink, nftables, traffic
-from resolver.net.errors import BreakoutError
 from resolver.net.traffic import Layout, TrafficClass
 
 log = logging.getLogger(__name__)
@@ -148,7 +146,7 @@ class Accounting:
         assert self.nfnl is not None
         self._known |= set(self.rows.values())
         links = tuple(link.interface for link in self.cfg.links)
-        layout = Layout(links, tuple(sorted(self._known, key=_class_order)))
+        layout = Layout(links, tuple(sorted(self._known, key=traffic.class_order)))
         try:
             since = await traffic.read_since(self.nfnl, layout)
             reset = since is None
@@ -337,6 +335,7 @@ class Accounting:
             log.warning("breakout: cannot delete table inet %s: %s", traffic.TABLE, bad)
         self.layout, self.counting, self.since = None, False, None
         self.counted.clear()
+        self.totals = []
 
     def report(self) -> dict[str, Any]:
         rows = [
@@ -350,30 +349,3 @@ class Accounting:
         if self.problem:
             out["traffic_error"] = self.problem
         return out
-
-
-async def remove_table() -> bool:
-    """Delete table inet resolverd, counters and all, with no daemon running (`resolverd
-    --cleanup`); False when there was none."""
-    channel = netlink.Channel(netlink.NETLINK_NETFILTER)
-    loop = asyncio.get_running_loop()
-    channel.attach(loop)
-    try:
-        fut: asyncio.Future[list[int]] = loop.create_future()
-        channel.submit(traffic.remove(Layout((), ())), fut.set_result, atomic=True)
-        bad = nftables.failed(await fut)
-    finally:
-        channel.close()
-    if bad and bad != errno.ENOENT:
-        raise BreakoutError(f"cannot delete table inet {traffic.TABLE}: {os.strerror(bad)}")
-    return not bad
-
-
-def _class_order(cls: TrafficClass) -> tuple[bool, int, str, str]:
-    number = cls.row if isinstance(cls.row, int) else 0
-    return (not isinstance(cls.row, int), number, str(cls.row), cls.category or "")
-
-
-def classes_of(rules: Iterable[Any]) -> dict[int, TrafficClass]:
-    """Each policy row's traffic class: (row, category)."""
-    return {rule.row: TrafficClass(rule.row, rule.category) for rule in rules}

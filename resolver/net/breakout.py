@@ -27,8 +27,8 @@ from typing import Any
 from policy.model import Policy
 from resolver.config import BreakoutConfig, Mode
 from resolver.hooks import Epoch, Pending, Tagged
-from resolver.net import cleanup, reconcile, reload, report
-from resolver.net.accounting import Accounting, AccountingLike, NullAccounting, classes_of
+from resolver.net import cleanup, reconcile, reload, report, traffic
+from resolver.net.accounting import Accounting, AccountingLike, NullAccounting
 from resolver.net.batches import InstallBatch, Joined
 from resolver.net.dryrun import DryRunKernel
 from resolver.net.errors import BreakoutError
@@ -89,10 +89,9 @@ class Breakout:
                 if dry_run
                 else Journal(state_dir, cfg.table, cfg.route_protocol, clock, wall)
             )
-        counts = not dry_run and (cfg.count_traffic or cfg.flush_conntrack)
-        if accounting is None:
-            accounting = Accounting(cfg) if counts else NullAccounting()
-        accounting.configure(cfg, classes_of(policy.rules))
+        if accounting is None:  # with both keys off it opens nothing until a reload says so
+            accounting = NullAccounting() if dry_run else Accounting(cfg)
+        accounting.configure(cfg, traffic.classes_of(policy.rules))
         ledger = Ledger(cfg.max_entries, cfg.client_share)
         installs = Installs(ledger, kernel, journal, clock, cfg.ack_timeout, accounting)
         choice = LinkChoice(cfg.links, health_thresholds(cfg, kernel.can_probe))
@@ -161,14 +160,6 @@ class Breakout:
         self._active = parts.repairs.active = True
         self._tasks.append(loop.create_task(self._every(self.sweep_interval, self.sweep)))
         self._tasks.append(loop.create_task(self._every(self.audit_interval, self.audit)))
-        log.info(
-            "breakout %s on %s (table %d, rule priority %d, protocol %d): %d holds, %d routes "
-            "from the config; IPv4 via %s, IPv6 via %s", self.mode,
-            ", ".join(link.interface for link in self.cfg.links), self.cfg.table,
-            self.cfg.rule_priority, self.cfg.route_protocol, len(self.ledger),
-            len(self.ledger.config_routes.routed), parts.links.choice.describe(4),
-            parts.links.choice.describe(6),
-        )  # fmt: skip
 
     async def stop(self) -> None:
         """Stop watching and write the journal out. Routes stay: a restart adopts them."""
@@ -361,13 +352,11 @@ class Breakout:
         self.matcher, self.policy = matcher, policy
         await reload.apply(self.parts, old, cfg, change, verified, matcher, policy)
         self.cfg = cfg
-        accounting = self.parts.installs.accounting
-        accounting.configure(cfg, classes_of(policy.rules))
-        await accounting.open(self._loop)  # new links or rows: their counters
 
     def latency(self) -> tuple[int, float]:
         """(install batches acked, total seconds from send to last ack) since start: metrics."""
-        return self.parts.installs.latency()
+        acks = self.parts.installs.acks
+        return acks.count, acks.total
 
     def status(self) -> dict[str, Any]:
         return report.status(self.cfg, self.parts)
@@ -378,12 +367,7 @@ class Breakout:
 
     async def routes_json_counted(self) -> bytes:
         """`routes` with each address's bytes and packets, read from the kernel now."""
-        counted = await self.parts.installs.accounting.per_address()
-        cfg = self.cfg
-        scoped = cfg.clients or cfg.client_interfaces  # else everyone is in scope: not shown
-        return report.routes_json(
-            self.ledger, self.parts.clock(), counted, self.in_scope if scoped else None
-        )
+        return await report.routes_counted(self.cfg, self.parts, self.in_scope)
 
     def routes(self) -> list[dict[str, Any]]:
         return report.routes(self.ledger, self.parts.clock())

@@ -24,13 +24,13 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 
 from resolver.config import BreakoutConfig
 from resolver.net import records
-from resolver.net.accounting import remove_table
 from resolver.net.errors import has_net_admin, needs_net_admin
 from resolver.net.kernel import Kernel
 from resolver.net.kernelapi import EntryItem, KernelLike, settled_future
 from resolver.net.parts import Parts
 from resolver.net.probes import owned_probe_rules, owned_rules, probe_tables, rule_specs
 from resolver.net.routes import AF, HOST_LEN, Route, owned
+from resolver.net.traffic import remove_table
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ batch. The batch's future completes when the kernel has acknowledged them all, o
 `ack_timeout` (counted in `ack_timeouts`). A timer that fires late because the whole process
 stood still (a garbage-collection pass, a long loop iteration; the netlink thread cannot read
 an ack without the interpreter lock either) waits STALL_GRACE more, once, so that an ack already
-in the kernel is not taken for a slow kernel: uvloop runs due timers before the callbacks the
-netlink thread queued meanwhile. Set-entry refreshes are collected and sent every REFRESH_DELAY,
+in the kernel is not taken for a slow kernel: uvloop runs due timers before the completions the
+netlink thread signalled meanwhile. Set-entry refreshes are collected and sent every REFRESH_DELAY,
 off the reply path. Deletions are remembered until their RTM_DELROUTE comes back, so that the
 monitor can tell them from deletions made by someone else.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 
 from resolver.net.accounting import AccountingLike, NullAccounting
@@ -27,6 +26,7 @@ from resolver.net.errors import GONE, Errnos
 from resolver.net.holds import Hold
 from resolver.net.journal import JournalLike
 from resolver.net.kernelapi import KernelLike, RouteItem, Settled, set_timeout, settled_future
+from resolver.net.latency import AckLatency
 from resolver.net.ledger import Ledger
 from resolver.net.prefixes import CidrRoute
 from resolver.net.routes import Route
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 REFRESH_DELAY = 0.5  # set-entry timeout refreshes wait this long, to go out together
 STALL = 0.01  # an ack timer this late means the process itself was stopped
 STALL_GRACE = 0.01  # then: two of the interpreter's switch intervals for the netlink thread
-LATENCY_SAMPLES = 1024
 
 
 class Installs:
@@ -69,9 +68,7 @@ class Installs:
         self._refresh: dict[bytes, Hold] = {}
         self._refresh_handle: asyncio.TimerHandle | None = None
         self._own_deletes: dict[str, int] = {}  # "dst/len" -> deletions not yet echoed
-        self._latency: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self._latency_count = 0
-        self._latency_sum = 0.0
+        self.acks = AckLatency()  # the status's netlink_latency, the metrics' totals
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -150,10 +147,7 @@ class Installs:
             self._part_done(batch)
 
     def _routes_added(self, batch: InstallBatch, holds: list[Hold], errors: list[int]) -> None:
-        elapsed = time.perf_counter() - batch.started
-        self._latency.append(elapsed)
-        self._latency_count += 1
-        self._latency_sum += elapsed
+        self.acks.record(time.perf_counter() - batch.started)
         ledger = self.ledger
         for h, code in zip(holds, errors, strict=True):
             if code == 0:
@@ -202,6 +196,14 @@ class Installs:
                 "answers sent before their routes were acknowledged",
                 self.ack_timeout * 1000, batch.waiters,
             )  # fmt: skip
+
+    def count_held(self) -> None:
+        """Hand every installed hold to the counters (counting just turned on)."""
+        now = self.clock()
+        self.accounting.count(
+            [(h.family, h.packed, set_timeout(h.expires, now), h.row)
+             for h in self.ledger if h.installed]
+        )  # fmt: skip
 
     # -- set-entry refreshes ----------------------------------------------------------------
 
@@ -374,23 +376,3 @@ class Installs:
             self.kernel.add_routes(items, done)
         else:
             self.kernel.del_routes(items, done)
-
-    # -- figures ----------------------------------------------------------------------------
-
-    def latency(self) -> tuple[int, float]:
-        return self._latency_count, self._latency_sum
-
-    def latency_percentiles(self) -> dict[str, float]:
-        samples = sorted(self._latency)
-        if not samples:
-            return {"samples": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
-
-        def pick(q: float) -> float:
-            return round(samples[min(len(samples) - 1, int(q * len(samples)))] * 1000, 3)
-
-        return {
-            "samples": len(samples),
-            "p50_ms": pick(0.5),
-            "p99_ms": pick(0.99),
-            "max_ms": pick(1.0),
-        }

@@ -6,9 +6,10 @@ counters, the clients' shares of the holds, and two views of the holds that keep
 work proportional to what changes rather than to what is held:
 
 - `missing`: the holds whose route is neither in the kernel nor on its way there (new ones
-  whose family has no usable link, those whose install failed, those lost or withdrawn). The
-  sweep puts back the missing ones of the families that can carry routes, without walking
-  every hold;
+  whose family has no usable link, those whose install failed, those lost or withdrawn), kept
+  per family. The sweep puts back the missing ones of the families that can carry routes,
+  without walking every hold, nor the holds of a family withdrawn for want of a link (all of
+  them are missing then, for as long as the outage lasts);
 - an expiry heap: the sweep pops the holds whose time came, and a hold extended since it was
   pushed goes back in at its new expiry (its lapsed names are pruned then). A hold is in the
   heap once; entries of forgotten holds are skipped when they come up.
@@ -39,6 +40,44 @@ COUNTERS = (
 )  # fmt: skip
 
 
+class Missing:
+    """The holds whose route is neither in the kernel nor on its way there, per family."""
+
+    __slots__ = ("_of",)
+
+    def __init__(self) -> None:
+        self._of: dict[int, set[Hold]] = {4: set(), 6: set()}
+
+    def add(self, h: Hold) -> None:
+        self._of[4 if len(h.packed) == 4 else 6].add(h)
+
+    def discard(self, h: Hold) -> None:
+        self._of[4 if len(h.packed) == 4 else 6].discard(h)
+
+    def clear(self) -> None:
+        for held in self._of.values():
+            held.clear()
+
+    def of(self, family: int) -> set[Hold]:
+        return self._of[family]
+
+    def ready(self, ready: dict[int, bool]) -> list[Hold]:
+        """The missing holds of the families whose `ready` is true (those alone are walked)."""
+        return [h for family, held in self._of.items() if ready[family] for h in held]
+
+    def __contains__(self, h: object) -> bool:
+        return any(h in held for held in self._of.values())
+
+    def __iter__(self) -> Iterator[Hold]:
+        return iter([h for held in self._of.values() for h in held])
+
+    def __len__(self) -> int:
+        return sum(len(held) for held in self._of.values())
+
+    def __bool__(self) -> bool:
+        return any(self._of.values())
+
+
 class Ledger:
     """The breakout's books (see the module docstring)."""
 
@@ -50,7 +89,8 @@ class Ledger:
         self.per_client = max(1, int(max_entries * client_share))
         self.owners: dict[bytes, Owner] = {}
         self.names = 0  # names over all holds: the records a journal of them holds
-        self.missing: set[Hold] = set()
+        self.missing = Missing()
+        self.swept = 0  # holds the sweep has looked at, in all: what the periodic work costs
         self.epoch = Epoch()  # hooks.BreakoutHook.epoch
         self._heap: list[tuple[float, int, Hold]] = []
         self._pushed = 0  # a tie-breaker for the heap: holds do not compare
@@ -179,6 +219,7 @@ class Ledger:
         heap, out = self._heap, []
         while heap and heap[0][0] <= now:
             _when, _seq, h = heapq.heappop(heap)
+            self.swept += 1
             if self.holds.get(h.packed) is not h:
                 continue  # forgotten, or replaced by a newer hold for the address
             if h.expires <= now:
@@ -188,6 +229,13 @@ class Ledger:
             self._pushed += 1
             heapq.heappush(heap, (h.expires, self._pushed, h))
         return out
+
+    def to_put_back(self, ready: dict[int, bool], now: float) -> list[Hold]:
+        """The live missing holds of the families that can carry routes: what the sweep
+        sends again. Costs what is missing there, not what is held."""
+        candidates = self.missing.ready(ready)
+        self.swept += len(candidates)
+        return [h for h in candidates if h.expires > now]
 
     def sweep_logs(self) -> None:
         """The caps' warnings may come again once the holds are well below them."""

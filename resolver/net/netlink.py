@@ -17,9 +17,11 @@ The thread: rtnetlink and nfnetlink process a request synchronously inside `send
 the kernel's routing lock (rtnl_lock) or the subsystem's mutex. When another process holds
 that lock (a big `ip route flush`, a link being torn down), `sendmsg` blocks, and a blocking
 call on the event loop would stop every DNS answer, cached ones included. So each `Channel`
-owns a writer thread that does the sending and reads the acks; the loop only queues work and
-gets each batch's errnos back through `call_soon_threadsafe`. A reply waits for its routes at
-most `ack_timeout` (the breakout's timer), whatever the kernel is doing.
+owns a writer thread that does the sending and reads the acks. The loop queues work; what is
+queued in one loop iteration crosses in one round (`handoff.Handoff`): one wake of the writer
+(a lock released), its datagrams merged, one list of errnos for all of its messages, and one
+wake of the loop (an eventfd the loop watches), which settles every job of the round. A reply
+waits for its routes at most `ack_timeout` (the breakout's timer), whatever the kernel is doing.
 """
 
 from __future__ import annotations
@@ -31,22 +33,30 @@ import os
 import socket
 import struct
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from mypy_extensions import mypyc_attr
+
+from resolver.fdwatch import stop_reading
+from resolver.net.handoff import CHUNK as CHUNK
+from resolver.net.handoff import HEADER as HEADER
+from resolver.net.handoff import NLM_F_ACK as NLM_F_ACK
+from resolver.net.handoff import NLMSG_DONE as NLMSG_DONE
+from resolver.net.handoff import NLMSG_ERROR as NLMSG_ERROR
+from resolver.net.handoff import RECV_TIMEOUT as RECV_TIMEOUT
+from resolver.net.handoff import Buffer as Buffer
+from resolver.net.handoff import Handoff, Job, run_round
+from resolver.net.handoff import Message as Message
+from resolver.net.handoff import Settled as Settled
+from resolver.net.handoff import iter_messages as iter_messages
+from resolver.net.quickcalls import QuickCalls
 
 log = logging.getLogger(__name__)
 
 NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
 
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-
 NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
@@ -61,19 +71,10 @@ NETLINK_CAP_ACK = 10
 NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33  # not exported by the socket module
 
-HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_ERROR = struct.Struct("=i")
 _ATTR = struct.Struct("=HH")
 
-# Messages per sendmsg. Bounds what failures can queue on the socket before it is drained:
-# an error ack costs about 1 KiB of receive buffer (skb overhead included).
-CHUNK = 256
 RCVBUF = 4 << 20
 _RECV_SIZE = 1 << 18
-
-Buffer = bytes | bytearray | memoryview
-Message = tuple[int, int, bytes]  # (nlmsg_type, nlmsg_flags, body after the header)
-Settled = Callable[[list[int]], None]  # errno per message (0: done), in submission order
 
 
 # A Python class even when this module is compiled: mypyc cannot subclass OSError natively.
@@ -113,17 +114,6 @@ def parse_attrs(buf: Buffer, offset: int = 0, end: int | None = None) -> dict[in
     return out
 
 
-def iter_messages(buf: Buffer, size: int) -> Iterator[tuple[int, int, int, int, int]]:
-    """(type, flags, seq, body offset, end) of every message in the first `size` bytes."""
-    offset = 0
-    while offset + 16 <= size:
-        length, kind, flags, seq, _pid = HEADER.unpack_from(buf, offset)
-        if length < 16:
-            return
-        yield kind, flags, seq, offset + 16, min(offset + length, size)
-        offset += (length + 3) & ~3
-
-
 def recv(sock: socket.socket, buf: bytearray, overrun: Callable[[], None]) -> int | None:
     """Read the next datagram queued on the non-blocking `sock` into `buf`: its size, or None
     when none is left. ENOBUFS (the kernel dropped messages for want of room) calls `overrun`,
@@ -158,19 +148,6 @@ def open_socket(proto: int, groups: int = 0, strict: bool = False) -> socket.soc
     return sock
 
 
-RECV_TIMEOUT = 5.0  # seconds the writer waits for an ack the kernel owes before giving up
-
-
-@dataclass(slots=True)
-class _Job:
-    """Work for the writer thread: datagrams to send, and what to collect of the answers."""
-
-    datagrams: list[tuple[bytes, int, int]]  # (bytes, first seq, seq whose ack closes it)
-    count: int  # messages in all
-    done: Callable[[list[int], list[bytes]], None]  # errnos per message, reply bodies
-    dump: bool = False  # a request: collect reply bodies until DONE (or its ack)
-
-
 class Channel:
     """One netlink socket for requests: batches with settle callbacks, and dumps/gets.
 
@@ -184,70 +161,62 @@ class Channel:
         self.sock = sock if sock is not None else open_socket(proto, strict=strict)
         self.sock.setblocking(True)
         self.sock.settimeout(RECV_TIMEOUT)
-        self._seq = 1
-        self._jobs: deque[_Job | None] = deque()
-        self._wake = threading.Condition()
+        self.handoff = Handoff(self._schedule, self._ring)
+        # Released by the loop to wake the writer; held while there is nothing to do (only the
+        # loop releases it, only the writer takes it).
+        self._bell = threading.Lock()
+        self._bell.acquire()
+        self._stopping = False
+        self._done_fd = -1  # eventfd: the writer has finished a round
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: threading.Thread | None = None
         self._buf = bytearray(_RECV_SIZE)
-        self.pending = 0  # jobs queued or in progress
+        self._quick: QuickCalls | None = None  # real sockets only (quickcalls.py)
+        self._fake = sock is not None
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or in progress."""
+        return self.handoff.pending
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._writer is None:
             self._loop = loop
+            self._done_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            loop.add_reader(self._done_fd, self._completed)
+            if not self._fake:
+                self._quick = QuickCalls.open(self.sock, self._buf, self._done_fd)
             self._writer = threading.Thread(
                 target=self._run, name=f"netlink-{self.proto}", daemon=True
             )
             self._writer.start()
 
     def close(self) -> None:
-        thread, self._writer = self._writer, None
-        if thread is not None:
-            with self._wake:
-                self._jobs.append(None)
-                self._wake.notify()
-            thread.join(RECV_TIMEOUT + 1.0)
-        for job in self._take_all():
-            job.done([errno.ESHUTDOWN] * job.count, [])
-        self.pending = 0
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._stopping = True
+            self._ring()
+            writer.join(RECV_TIMEOUT + 1.0)
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                stop_reading(loop, self._done_fd)
+            if writer.is_alive():  # stuck in the kernel: it may still signal; keep its eventfd
+                log.warning("netlink writer %s did not stop; its socket is closed", writer.name)
+            else:
+                os.close(self._done_fd)
+            self._done_fd = -1
+        self.handoff.shut(errno.ESHUTDOWN)
         self.sock.close()
-
-    def _next_seq(self) -> int:
-        seq = self._seq
-        self._seq = seq + 1 if seq < 0x7FFFFFFF else 1
-        return seq
 
     # -- the loop's side ---------------------------------------------------------------------
 
     def submit(self, messages: Sequence[Message], settled: Settled, atomic: bool = False) -> None:
-        """Send `messages`, CHUNK per sendmsg (all in one when `atomic`); call `settled` once,
-        on the loop, with an errno per message."""
+        """Send `messages` (all in one sendmsg when `atomic`; else perhaps with other batches,
+        CHUNK per sendmsg); call `settled` once, on the loop, with an errno per message."""
         if not messages:
             settled([])
             return
-        step = len(messages) if atomic else CHUNK
-        datagrams = [self._pack(messages[i : i + step]) for i in range(0, len(messages), step)]
-        self._queue(_Job(datagrams, len(messages), lambda errors, _replies: settled(errors)))
-
-    def _pack(self, part: Sequence[Message]) -> tuple[bytes, int, int]:
-        # The datagram is settled by the ack of its last message asking for one (an nf_tables
-        # transaction acks its element message, not BATCH_END); when none does, the last does.
-        ack_index = len(part) - 1
-        for i in range(len(part) - 1, -1, -1):
-            if part[i][1] & NLM_F_ACK:
-                ack_index = i
-                break
-        first = self._seq
-        data = bytearray()
-        acked = -1
-        for i, (kind, flags, body) in enumerate(part):
-            seq = self._next_seq()
-            if i == ack_index:
-                flags |= NLM_F_ACK
-                acked = seq
-            data += HEADER.pack(16 + len(body), kind, flags, seq, 0)
-            data += body
-        return bytes(data), first, acked
+        self._queue(Job(messages, settled, atomic))
 
     def request(self, kind: int, flags: int, body: bytes) -> asyncio.Future[list[bytes]]:
         """Send one request; the future gets every reply body (dump parts or the single reply).
@@ -266,106 +235,55 @@ class Channel:
             else:
                 fut.set_result(replies)
 
-        seq = self._next_seq()
-        data = HEADER.pack(16 + len(body), kind, flags | NLM_F_ACK, seq, 0) + body
-        self._queue(_Job([(data, seq, seq)], 1, done, dump=True))
+        self._queue(Job([(kind, flags | NLM_F_ACK, body)], replied=done))
         return fut
 
-    def _queue(self, job: _Job) -> None:
+    def _queue(self, job: Job) -> None:
         if self._writer is None:
             self.attach(asyncio.get_running_loop())
-        self.pending += 1
-        with self._wake:
-            self._jobs.append(job)
-            self._wake.notify()
+        self.handoff.queue(job)
 
-    def _settle(self, job: _Job, errors: list[int], replies: list[bytes]) -> None:
-        self.pending -= 1
+    def _schedule(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon(fn)
+
+    def _ring(self) -> None:
+        # Only the loop releases the bell, so it cannot be released between the check and
+        # the release; unlocked means a wake is pending already.
+        if self._bell.locked():
+            self._bell.release()
+
+    def _completed(self) -> None:
+        """The eventfd is readable: the writer has finished a round."""
         try:
-            job.done(errors, replies)
-        except Exception:
-            log.exception("netlink settle callback failed")
-
-    def _take_all(self) -> list[_Job]:
-        with self._wake:
-            jobs = [job for job in self._jobs if job is not None]
-            self._jobs.clear()
-        return jobs
+            os.eventfd_read(self._done_fd)
+        except BlockingIOError:
+            log.debug("netlink: a spurious wake of the loop")  # a round collected already
+            return
+        self.handoff.collect()
 
     # -- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        handoff, bell, sock, buf = self.handoff, self._bell, self.sock, self._buf
+        quick = self._quick
         while True:
-            with self._wake:
-                while not self._jobs:
-                    self._wake.wait()
-                job = self._jobs.popleft()
-            if job is None:
+            bell.acquire()
+            if self._stopping:
+                return
+            rnd = handoff.take()
+            if rnd is None:
+                continue
+            run_round(sock, rnd, buf, quick)
+            handoff.finish(rnd)
+            if self._stopping:  # close() collects it
                 return
             try:
-                errors, replies = self._do(job)
-            except Exception:  # never let the writer die: every later request would hang
-                log.exception("netlink writer: request failed unexpectedly")
-                errors, replies = [errno.EIO] * job.count, []
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                return
-            try:
-                loop.call_soon_threadsafe(self._settle, job, errors, replies)
-            except RuntimeError:  # the loop closed meanwhile
-                return
-
-    def _do(self, job: _Job) -> tuple[list[int], list[bytes]]:
-        errors = [0] * job.count
-        replies: list[bytes] = []
-        base = 0
-        for data, first, acked in job.datagrams:
-            try:
-                self.sock.send(data)
+                if quick is not None:
+                    quick.wake()
+                else:
+                    os.eventfd_write(self._done_fd, 1)
             except OSError as err:
-                code = err.errno or errno.EIO
-                self._fail_range(errors, base, first, acked, code)
-                log.warning("netlink send failed: %s", os.strerror(code))
-            else:
-                self._collect(first, acked, errors, base, replies if job.dump else None)
-            base += acked - first + 1
-        return errors, replies
-
-    def _collect(
-        self, first: int, acked: int, errors: list[int], base: int, replies: list[bytes] | None
-    ) -> None:
-        """Read until the ack (or DONE) for `acked` arrives; record errors and reply bodies."""
-        buf = self._buf
-        while True:
-            try:
-                size = self.sock.recv_into(buf)
-            except TimeoutError:
-                self._fail_range(errors, base, first, acked, errno.ETIMEDOUT)
-                log.warning("netlink: no ack within %.0f s", RECV_TIMEOUT)
+                log.error("netlink writer: cannot wake the loop: %s", os.strerror(err.errno or 0))
                 return
-            except OSError as err:  # ENOBUFS: replies were lost, nothing here is certain
-                code = err.errno or errno.EIO
-                self._fail_range(errors, base, first, acked, code)
-                log.warning("netlink receive failed (%s): %d requests failed",
-                            os.strerror(code), acked - first + 1)  # fmt: skip
-                return
-            for kind, _flags, seq, start, end in iter_messages(buf, size):
-                if not first <= seq <= acked:
-                    continue  # an answer to an earlier request that timed out
-                if kind == NLMSG_ERROR:
-                    code = -_ERROR.unpack_from(buf, start)[0] if end - start >= 4 else errno.EIO
-                    if code:
-                        errors[base + seq - first] = code
-                    if seq == acked:
-                        return
-                elif kind == NLMSG_DONE:
-                    if seq == acked:
-                        return
-                elif replies is not None:
-                    replies.append(bytes(buf[start:end]))
-
-    @staticmethod
-    def _fail_range(errors: list[int], base: int, first: int, acked: int, code: int) -> None:
-        for i in range(base, base + max(acked - first + 1, 1)):
-            if i < len(errors) and not errors[i]:
-                errors[i] = code

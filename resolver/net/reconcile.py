@@ -137,7 +137,7 @@ async def run(cfg: BreakoutConfig, parts: Parts, policy: Policy, matcher: Matche
         )
     ready = links.ready()
     await installs.install_prefixes(ledger.config_routes.missing(ready))
-    todo = [h for h in ledger.missing if ready[h.family]]
+    todo = ledger.missing.ready(ready)
     for h in todo:
         installs.enqueue(h)
     await wait(installs.flush_now())
@@ -150,4 +150,11 @@ async def run(cfg: BreakoutConfig, parts: Parts, policy: Policy, matcher: Matche
         "reconciled table %d: %d holds from the journal, %d routes adopted, %d installed, "
         "%d removed, %d kept unaccounted", cfg.table, len(restored), len(review.adopted),
         len(todo), len(review.stale), len(review.unaccounted),
+    )  # fmt: skip
+    log.info(
+        "breakout %s on %s (table %d, rule priority %d, protocol %d): %d holds, %d routes "
+        "from the config; IPv4 via %s, IPv6 via %s", cfg.mode,
+        ", ".join(link.interface for link in cfg.links), cfg.table, cfg.rule_priority,
+        cfg.route_protocol, len(ledger), len(ledger.config_routes.routed),
+        links.choice.describe(4), links.choice.describe(6),
     )  # fmt: skip

@@ -23,6 +23,7 @@ from typing import Any
 from policy.model import Policy
 from resolver.config import BreakoutConfig
 from resolver.hooks import wait
+from resolver.net import traffic
 from resolver.net.errors import BreakoutError
 from resolver.net.kernelapi import KernelLike
 from resolver.net.ledger import Ledger
@@ -107,8 +108,20 @@ async def apply(
     links.reassess()
     await installs.install_prefixes(ledger.config_routes.missing(links.ready()))
     await wait(installs.flush_now())
+    await _recount(parts, cfg, policy)
     log.info("breakout reconfigured: %d holds kept, %d removed, %d routes from the config",
              len(ledger), len(dropped), len(ledger.config_routes.routed))  # fmt: skip
+
+
+async def _recount(parts: Parts, cfg: BreakoutConfig, policy: Policy) -> None:
+    """The counters follow the new links and rows; counting turned on counts what is held,
+    turned off deletes the table (accounting.Accounting.open)."""
+    accounting = parts.installs.accounting
+    accounting.configure(cfg, traffic.classes_of(policy.rules))
+    counting = accounting.counting
+    await accounting.open(asyncio.get_running_loop())
+    if accounting.counting and not counting:
+        parts.installs.count_held()
 
 
 async def _new_links(parts: Parts, old: BreakoutConfig, cfg: BreakoutConfig) -> None:
@@ -149,7 +162,7 @@ async def _new_kernel(
         _failed(ledger, f"no ip rule for table {cfg.table} yet", err)
     ready = parts.links.ready()
     ledger.must_reinstall()
-    for h in [h for h in ledger.missing if ready[h.family]]:
+    for h in ledger.missing.ready(ready):
         installs.enqueue(h)
     ledger.config_routes.mark(installed=False)
     await wait(installs.flush_now())

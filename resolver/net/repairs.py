@@ -90,7 +90,7 @@ class Repairs:
         """Re-install the live routes that are not in the kernel (someone deleted them, or an
         install failed) and the config's routes that went missing: within a sweep."""
         ready = self.links.ready()
-        lost = [h for h in self.ledger.missing if h.expires > now and ready[h.family]]
+        lost = self.ledger.to_put_back(ready, now)
         for h in lost:
             self.installs.enqueue(h)
         routes = self.ledger.config_routes.missing(ready)

@@ -68,7 +68,7 @@ def status(cfg: BreakoutConfig, parts: Parts) -> dict[str, Any]:
         "failovers": counters["failovers"],
         "journal": cast("JournalStatus", parts.journal.status()),
         "counters": dict(counters),
-        "netlink_latency": cast("NetlinkLatency", parts.installs.latency_percentiles()),
+        "netlink_latency": cast("NetlinkLatency", parts.installs.acks.percentiles()),
         "connected_networks": [c for c, _ in parts.links.view.connected()],
     }
     counted = parts.installs.accounting.report()
@@ -121,6 +121,16 @@ def routes_json(
             + "}"
         )
     return ("[" + ",".join(parts) + "]").encode("ascii")
+
+
+async def routes_counted(
+    cfg: BreakoutConfig, parts: Parts, in_scope: Callable[[str], bool]
+) -> bytes:
+    """`routes_json` with each address's bytes and packets, read from the kernel now, and
+    with a scoped breakout each hold's `in_scope`."""
+    counted = await parts.installs.accounting.per_address()
+    scoped = cfg.clients or cfg.client_interfaces  # else everyone is in scope: not shown
+    return routes_json(parts.ledger, parts.clock(), counted, in_scope if scoped else None)
 
 
 def _plain(name: str) -> bool:

@@ -39,13 +39,17 @@ A named counter outlives the addresses it counted; an element's counter goes wit
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
 import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from resolver.net import netlink, nftables
+from resolver.net.errors import BreakoutError
 from resolver.net.netlink import NLM_F_CREATE, Buffer, Message
 from resolver.net.nftables import (
     NFGENMSG,
@@ -317,3 +321,30 @@ async def read_held(channel: netlink.Channel, layout: Layout, family: int) -> li
     kind, flags, body = nftables.dump_elements(layout.table, SETS[family])
     replies = await channel.request(kind, flags, body)
     return [h for reply in replies for h in parse_elements(reply)]
+
+
+async def remove_table() -> bool:
+    """Delete table inet resolverd, counters and all, with no daemon running (`resolverd
+    --cleanup`); False when there was none."""
+    channel = netlink.Channel(netlink.NETLINK_NETFILTER)
+    loop = asyncio.get_running_loop()
+    channel.attach(loop)
+    try:
+        fut: asyncio.Future[list[int]] = loop.create_future()
+        channel.submit(remove(Layout((), ())), fut.set_result, atomic=True)
+        bad = nftables.failed(await fut)
+    finally:
+        channel.close()
+    if bad and bad != errno.ENOENT:
+        raise BreakoutError(f"cannot delete table inet {TABLE}: {os.strerror(bad)}")
+    return not bad
+
+
+def class_order(cls: TrafficClass) -> tuple[bool, int, str, str]:
+    number = cls.row if isinstance(cls.row, int) else 0
+    return (not isinstance(cls.row, int), number, str(cls.row), cls.category or "")
+
+
+def classes_of(rules: Iterable[Any]) -> dict[int, TrafficClass]:
+    """Each policy row's traffic class: (row, category)."""
+    return {rule.row: TrafficClass(rule.row, rule.category) for rule in rules}

@@ -14,10 +14,11 @@ Input layout:
                 is set to the id of the query it answers)
 
 Each upstream attempt (UDP, or TCP after TC) takes items until one is a reply to it or the
-items run out (a timeout). exchange.query_udp and query_tcp are replaced, while an input runs,
-by `_query_udp` and `_query_tcp` (`Feed.attempt`), which do with each item what the real ones
-do with a datagram: `replies.accept_reply` (counted dropped or malformed when refused), then
-`exchange._cut`; everything above them (upstream sets, health, the forwarder, splicing, the
+items run out (a timeout). The handler is given `FeedTransport` (exchange.Transport, through
+Handler's `transport` parameter: no module attribute is patched), whose attempts
+(`Feed.attempt`) do with each item what the real ones do with a datagram:
+`replies.accept_reply` (counted dropped or malformed when refused), then `exchange.cut`;
+everything above them (upstream sets, health, the forwarder, splicing, the
 cache, tagging, the handler) is the real code.
 
 The query is asked three times (a miss, a hit, a hit or miss after the clock moved), each
@@ -33,7 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from policy.matcher import Matcher
@@ -125,31 +126,34 @@ class Feed:
 FEED = Feed([])
 
 
-def _query_udp(
-    up: exchange.Peer, question: bytes, do: bool, cd: bool, edns: bool, timeout: float
-) -> asyncio.Future[exchange.Reply | None]:
-    """exchange.query_udp's contract: a future with the reply, or None for a timeout."""
-    done: asyncio.Future[exchange.Reply | None] = asyncio.get_running_loop().create_future()
-    got = FEED.attempt(up, question, do, cd, edns)
-    if got is None:
-        done.set_result(None)
-    else:
+class FeedTransport:
+    """The exchange.Transport of the fuzz runs: each attempt takes its reply from FEED, as the
+    real one would from the socket (accept_reply, then exchange.cut). Injected through
+    Handler(transport=...), so it works on compiled code too."""
+
+    def udp(
+        self, up: exchange.Peer, question: bytes, do: bool, cd: bool, edns: bool,
+        timeout: float, done: Callable[[exchange.Reply | None], None],
+    ) -> exchange.Attempt:  # fmt: skip
+        """exchange.Transport.udp's contract: `done` later, with the reply or None (timeout)."""
+        got = FEED.attempt(up, question, do, cd, edns)
+        reply = None if got is None else exchange.cut(up, got[1], got[0])
+        return asyncio.get_running_loop().call_soon(done, reply)
+
+    async def tcp(
+        self, up: exchange.Peer, question: bytes, do: bool, cd: bool, edns: bool, timeout: float
+    ) -> exchange.Reply | None:
+        got = FEED.attempt(up, question, do, cd, edns)
+        if got is None:
+            raise exchange.TcpFailed(True)
         layout, data = got
-        done.set_result(exchange._cut(up, data, layout))
-    return done
+        if layout.truncated:
+            up.stats["malformed"] += 1
+            return None
+        return exchange.cut(up, data, layout)
 
-
-async def _query_tcp(
-    up: exchange.Peer, question: bytes, do: bool, cd: bool, edns: bool, timeout: float
-) -> exchange.Reply | None:
-    got = FEED.attempt(up, question, do, cd, edns)
-    if got is None:
-        raise exchange.TcpFailed(True)
-    layout, data = got
-    if layout.truncated:
-        up.stats["malformed"] += 1
-        return None
-    return exchange._cut(up, data, layout)
+    def close(self) -> None:
+        pass
 
 
 class FuzzHook:
@@ -209,19 +213,17 @@ _LOOP: list[asyncio.AbstractEventLoop] = []
 
 
 @contextlib.contextmanager
-def _patched() -> Iterator[None]:
-    """The sockets replaced by the feed, errors collected and not printed; all put back after
-    (the replay test runs in the same process as the integration tier)."""
+def _collected() -> Iterator[None]:
+    """Errors collected and not printed; put back after (the replay test runs in the same
+    process as the integration tier)."""
     log = logging.getLogger("resolver")
-    saved = exchange.query_udp, exchange.query_tcp, log.propagate
-    exchange.query_udp = _query_udp
-    exchange.query_tcp = _query_tcp
+    saved = log.propagate
     log.addHandler(ERRORS)
     log.propagate = False
     try:
         yield
     finally:
-        exchange.query_udp, exchange.query_tcp, log.propagate = saved
+        log.propagate = saved
         log.removeHandler(ERRORS)
 
 
@@ -257,7 +259,7 @@ def run(data: bytes) -> None:
     if not _LOOP:
         _LOOP.append(asyncio.new_event_loop())
         atexit.register(_LOOP[0].close)
-    with _patched():
+    with _collected():
         _LOOP[0].run_until_complete(_scenario(options, query))
     left = asyncio.all_tasks(_LOOP[0])
     require(not left, f"tasks left on the loop: {left!r}"[:300])
@@ -270,7 +272,9 @@ async def _scenario(options: int, query: bytes) -> None:
     tcp, ready = bool(options & 1), bool(options & 4)
     clock = Clock()
     hook = FuzzHook(ready, bool(options & 2))
-    handler = Handler(CONFIGS[bool(options & 16)], MATCHER, hook, clock=clock)
+    handler = Handler(
+        CONFIGS[bool(options & 16)], MATCHER, hook, clock=clock, transport=FeedTransport()
+    )
     conn = FuzzConn(tcp)
     addr = CLIENT_OUT if options & 8 else CLIENT_IN
     try:
@@ -286,22 +290,22 @@ async def _scenario(options: int, query: bytes) -> None:
     finally:
         await handler.drain(0.0)
     require(not handler.misses.pending, "waiters left in the pending table")
-    require(not handler.misses.tasks, "tasks left")
+    require(not handler.misses.resolving, "misses left in flight")
     require(not handler.misses.budgets.in_flight, "queries still counted in flight")
 
 
 async def _ask(handler: Handler, conn: FuzzConn, addr: Any, query: bytes) -> None:
-    """One query: the reply now or, once the tasks are done, exactly one deferred reply."""
+    """One query: the reply now or, once the misses are over, exactly one deferred reply."""
     before = len(conn.sent)
     spliced = handler.forwarder.spliced
     reply = handler.handle(query, addr, conn)
     misses = handler.misses
     for _ in range(200):
-        if not misses.tasks and not misses.waiting:
+        if not misses.resolving and not misses.waiting:
             break
         await asyncio.sleep(0)
     require(
-        not misses.tasks and not misses.waiting,
+        not misses.resolving and not misses.waiting,
         "a query still in the works after 200 turns of the loop",
     )
     if reply is None:

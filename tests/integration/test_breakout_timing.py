@@ -16,34 +16,15 @@ from resolver.hooks import wait as settled
 from resolver.net.breakout import Breakout
 from resolver.net.links import KIND_ADDR, KIND_LINK, Addr, Link
 from tests.unit.breakout_fakes import (
-    MATCHER,
-    POLICY,
     WAN,
-    Clock,
     FakeKernel,
     answer,
-    make_cfg,
-    make_view,
     run,
+    started,
     tagged,
 )
 
 pytestmark = pytest.mark.integration
-
-
-async def started(
-    tmp_path: Any, kernel: FakeKernel | None = None, clock: Clock | None = None, **cfg: Any
-) -> tuple[Breakout, FakeKernel, Clock]:
-    kernel = kernel or FakeKernel()
-    clock = clock or Clock()
-    b = Breakout(
-        make_cfg(**cfg), str(tmp_path), MATCHER, POLICY,
-        clock=clock, wall=lambda: clock.now + 1_700_000_000.0, kernel=kernel, view=make_view(),
-        sweep_interval=3600,
-    )  # fmt: skip
-    await b.start()
-    kernel.calls.clear()
-    return b, kernel, clock
 
 
 def test_slow_kernel_releases_the_answer_after_ack_timeout(tmp_path: Any) -> None:

@@ -119,7 +119,7 @@ async def test_many_clients_on_a_looping_chain_at_once_all_get_an_answer() -> No
     async with RawEnv([responder({names[0]: (names, names[5])})], matcher=MATCHER) as env:
         replies = await asyncio.gather(*(env.tcp([query_bytes(names[0])]) for _ in range(30)))
         assert all(DNSRecord.parse(r[0]).header.rcode == 0 for r in replies)
-        assert not env.srv.handler.misses.pending and not env.srv.handler.misses.tasks
+        assert not env.srv.handler.misses.pending and not env.srv.handler.misses.resolving
 
 
 async def test_a_chain_into_a_policy_name_past_the_cap_is_not_spliced() -> None:

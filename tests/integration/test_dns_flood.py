@@ -24,7 +24,12 @@ from dnslib import DNSRecord
 from resolver.net.breakout import Breakout
 from tests.integration.conftest import query_bytes
 from tests.integration.rawupstream import RawEnv, header, qid, question, rr
-from tests.unit.breakout_fakes import MATCHER, POLICY, by_address, make_cfg, make_view
+from tests.unit.breakout_fakes import (
+    MATCHER,
+    by_address,
+    make_breakout,
+    make_cfg,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +64,7 @@ async def breakout(tmp_path: Path, max_entries: int, client_share: float = 1.0) 
         min_hold=300,
         grace=0,
     )
-    hook = Breakout(cfg, str(tmp_path), MATCHER, POLICY, view=make_view())
+    hook = make_breakout(tmp_path, cfg)
     await hook.start()
     return hook
 

@@ -36,6 +36,7 @@ from tests.unit.breakout_fakes import (
     Clock,
     FakeKernel,
     answer,
+    make_breakout,
     make_cfg,
     make_view,
     run,
@@ -415,10 +416,9 @@ def health_cfg(**kw: Any) -> Any:
 async def started(tmp_path: Any, script: Script, **kw: Any) -> tuple[Breakout, FakeKernel]:
     kernel = FakeKernel()
     clock = Clock()
-    b = Breakout(
-        health_cfg(**kw), str(tmp_path), MATCHER, POLICY, clock=clock,
-        wall=lambda: clock.now + 1_700_000_000.0, kernel=kernel, view=two_links_view(),
-        checks=script.checks, sweep_interval=3600, audit_interval=3600,
+    b = make_breakout(
+        tmp_path, health_cfg(**kw), kernel=kernel, clock=clock, view=two_links_view(),
+        checks=script.checks,
     )  # fmt: skip
     await b.start()
     return b, kernel
@@ -636,8 +636,7 @@ def test_strict_reverse_path_filtering_is_reported(
 
 def test_dry_run_with_health_uses_link_state(tmp_path: Any) -> None:
     async def body() -> None:
-        b = Breakout(health_cfg(mode="dry-run"), str(tmp_path), MATCHER, POLICY,
-                     view=two_links_view())  # fmt: skip
+        b = make_breakout(tmp_path, health_cfg(mode="dry-run"), view=two_links_view())
         assert b.cfg.mode is Mode.DRY_RUN
         await b.start()
         assert b.parts.probes.prober is None and b.ready and b.status()["active"] == "wan0"

@@ -27,11 +27,15 @@ import pytest
 
 from resolver.hooks import wait as settled
 from resolver.net import netlink
-from resolver.net.breakout import Breakout
 from resolver.net.kernel import Kernel
 from resolver.net.netlink import HEADER, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR
 from resolver.net.routes import AF, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, parse_route
-from tests.unit.breakout_fakes import MATCHER, POLICY, Clock, make_cfg, make_view, tagged
+from tests.unit.breakout_fakes import (
+    Clock,
+    make_breakout,
+    make_cfg,
+    tagged,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -200,6 +204,45 @@ async def test_an_unexpected_receive_failure_does_not_kill_the_writer() -> None:
     ch.close()
 
 
+async def test_one_round_per_iteration_and_one_more_for_what_waited_on_a_held_lock() -> None:
+    """The real writer thread and eventfd: three batches queued in one iteration cross in one
+    round; while the kernel's lock is held, later batches wait on the loop and then cross
+    together, each still getting its own errnos."""
+    sock = FakeSock()
+    sock.fail = lambda kind, body: errno.EEXIST if b"\xcb\x00\x71\x05" in body else 0
+    ch = channel(netlink.NETLINK_ROUTE, sock)
+    loop = asyncio.get_running_loop()
+    futs = [loop.create_future() for _ in range(3)]
+    for i, fut in enumerate(futs):
+        ch.submit([route_add(f"203.0.113.{i + 1}")], fut.set_result)
+    assert await asyncio.wait_for(asyncio.gather(*futs), 3) == [[0], [0], [0]]
+    assert ch.handoff.rounds == 1 and len(sock.sent) == 3
+    sock.gate.clear()  # another process holds rtnl_lock: the writer blocks in sendmsg
+    blocked = loop.create_future()
+    ch.submit([route_add("203.0.113.4")], blocked.set_result)
+    later = [loop.create_future() for _ in range(4)]
+    for i, fut in enumerate(later):
+        ch.submit([route_add(f"203.0.113.{5 + i}")], fut.set_result)
+        await asyncio.sleep(0)  # each in its own loop iteration
+    assert not blocked.done() and ch.pending == 5
+    sock.gate.set()
+    assert await asyncio.wait_for(blocked, 3) == [0]
+    got = await asyncio.wait_for(asyncio.gather(*later), 3)
+    assert got == [[errno.EEXIST], [0], [0], [0]]
+    assert ch.handoff.rounds == 3 and ch.pending == 0
+    ch.close()
+
+
+async def test_close_settles_what_is_queued() -> None:
+    sock = FakeSock()
+    ch = channel(netlink.NETLINK_ROUTE, sock)
+    assert await submit(ch, [route_add("203.0.113.1")]) == [0]
+    got: list[list[int]] = []
+    ch.submit([route_add("203.0.113.2")], got.append)  # not handed over yet
+    ch.close()
+    assert got == [[errno.ESHUTDOWN]] and ch.pending == 0
+
+
 # -- the breakout on top of it ----------------------------------------------------------------
 
 
@@ -234,10 +277,7 @@ class Rig:
         self.kernel.rtnl = channel(netlink.NETLINK_ROUTE, self.rt)
         self.kernel.nfnl = channel(netlink.NETLINK_NETFILTER, self.nf)
         self.clock = Clock(time.monotonic())
-        self.b = Breakout(
-            self.cfg, tmp, MATCHER, POLICY, clock=self.clock, kernel=self.kernel,
-            view=make_view(), watch=False, sweep_interval=3600, audit_interval=3600,
-        )  # fmt: skip
+        self.b = make_breakout(tmp, self.cfg, kernel=self.kernel, clock=self.clock, watch=False)
 
     async def __aenter__(self) -> Rig:
         await self.b.start()

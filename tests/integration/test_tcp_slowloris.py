@@ -44,6 +44,7 @@ class Attack:
         self.connects = 0
         self.closed_by_server = 0
         self.open = 0
+        self.running = True
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> Attack:
@@ -52,7 +53,7 @@ class Attack:
         return self
 
     async def _one(self) -> None:
-        while True:
+        while self.running:
             try:
                 reader, writer = await asyncio.open_connection(
                     *self.env.address(), local_addr=(self.source, 0)
@@ -78,16 +79,24 @@ class Attack:
             await reader.read()
             return
         for byte in framed(QUERY) * 1000:
+            if not self.running:
+                return
             writer.write(bytes((byte,)))
             await writer.drain()
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow the
+            # cancellation that stop() sends when its read completes at the same moment.
             with contextlib.suppress(TimeoutError):
-                if await asyncio.wait_for(reader.read(1), self.dribble) == b"":
-                    return
+                async with asyncio.timeout(self.dribble):
+                    if await reader.read(1) == b"":
+                        return
 
     async def stop(self) -> None:
+        """Every attacker gone, within 10 s (a test fails rather than hangs)."""
+        self.running = False
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        async with asyncio.timeout(10.0):
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 async def good_tcp(env: DnsEnv) -> float:

@@ -11,6 +11,7 @@ from policy.matcher import Matcher
 from policy.model import Policy, Rule
 from resolver.config import BreakoutConfig, LinkConfig, Mode
 from resolver.hooks import Tagged, pack_addresses, wait
+from resolver.net.breakout import Breakout
 from resolver.net.links import Addr, Link, NetView
 from resolver.net.routes import AF, HOST_LEN, NextHop, Route
 
@@ -241,6 +242,49 @@ def make_cfg(**kw: Any) -> BreakoutConfig:
         first = base["links"][0]
         base.update(interface=first.interface, gateway4=first.gateway4, gateway6=first.gateway6)
     return BreakoutConfig(**base)
+
+
+WALL = 1_700_000_000.0  # wall clock = monotonic clock + WALL in these tests
+
+
+def make_breakout(
+    tmp_path: Any, cfg: BreakoutConfig | None = None, *, kernel: Any = None,
+    clock: Clock | None = None, new_kernel: FakeKernel | None = None, **kw: Any,
+) -> Breakout:  # fmt: skip
+    """A whole Breakout, the one way the tests build it: for what its composition does (the
+    hook end to end, reload, dry run, restarts). Its owners alone are tested over
+    tests/owners.py. In kernel mode the kernel is `kernel` (a new FakeKernel when None), and
+    a reload's verification gets `new_kernel` (the same one when None). No periodic sweep or
+    audit runs by itself; the tests call them."""
+    cfg = cfg if cfg is not None else make_cfg()
+    test_clock = clock or Clock()
+    if cfg.mode is Mode.KERNEL:
+        kernel = kernel or FakeKernel()
+        now = kernel
+
+        def factory(_cfg: BreakoutConfig) -> Any:
+            return new_kernel or now
+
+        kw.setdefault("kernel_factory", factory)
+    kw.setdefault("view", make_view())
+    kw.setdefault("sweep_interval", 3600)
+    kw.setdefault("audit_interval", 3600)
+    return Breakout(
+        cfg, str(tmp_path), MATCHER, POLICY, clock=test_clock,
+        wall=lambda: test_clock.now + WALL, kernel=kernel, **kw,
+    )  # fmt: skip
+
+
+async def started(
+    tmp_path: Any, kernel: FakeKernel | None = None, clock: Clock | None = None, **cfg: Any
+) -> tuple[Breakout, FakeKernel, Clock]:
+    """A started kernel-mode breakout on `make_cfg(**cfg)`, its fake kernel's calls cleared."""
+    kernel = kernel or FakeKernel()
+    clock = clock or Clock()
+    b = make_breakout(tmp_path, make_cfg(**cfg), kernel=kernel, clock=clock)
+    await b.start()
+    kernel.calls.clear()
+    return b, kernel, clock
 
 
 def tagged(name: str, *addresses: str, qname: str | None = None) -> Tagged:

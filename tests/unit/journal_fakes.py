@@ -10,9 +10,7 @@ from contextlib import contextmanager
 from resolver.net.holds import Hold
 from resolver.net.journal import Journal
 from resolver.net.records import Saved, load
-from tests.unit.breakout_fakes import Clock
-
-WALL = 1_700_000_000.0  # wall clock = monotonic clock + WALL in these tests
+from tests.unit.breakout_fakes import WALL, Clock
 
 
 def packed(address: str) -> bytes:

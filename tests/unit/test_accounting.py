@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from resolver.config import BreakoutConfig, LinkConfig
+from resolver.ctl.blocks import format_bytes
 from resolver.ctl.routes import render_routes
-from resolver.ctl.status import format_bytes, render_status
+from resolver.ctl.status import render_status
 from resolver.net import nftables, traffic
 from resolver.net.accounting import Accounting, NullAccounting
 from resolver.net.holds import Hold

@@ -7,9 +7,16 @@ from typing import Any
 
 import pytest
 
-from resolver.net.breakout import Breakout
 from resolver.net.dryrun import DryRunKernel
-from tests.unit.breakout_fakes import MATCHER, POLICY, Clock, answer, make_cfg, make_view, tagged
+from tests.unit.breakout_fakes import (
+    MATCHER,
+    POLICY,
+    Clock,
+    answer,
+    make_breakout,
+    make_cfg,
+    tagged,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -17,10 +24,7 @@ pytestmark = pytest.mark.unit
 def test_dry_run_records_decisions_and_touches_no_kernel(tmp_path: Any) -> None:
     async def body() -> None:
         clock = Clock()
-        b = Breakout(
-            make_cfg(mode="dry-run", min_hold=100, grace=0), str(tmp_path), MATCHER, POLICY,
-            clock=clock, view=make_view(),
-        )  # fmt: skip
+        b = make_breakout(tmp_path, make_cfg(mode="dry-run", min_hold=100, grace=0), clock=clock)
         await b.start()
         assert isinstance(b.kernel, DryRunKernel)
         await answer(b, tagged("x.office.com", "203.0.113.1", "10.0.0.1"), 60)
@@ -49,7 +53,7 @@ def test_dry_run_records_decisions_and_touches_no_kernel(tmp_path: Any) -> None:
 
 def test_dry_run_decision_list_is_bounded(tmp_path: Any) -> None:
     async def body() -> None:
-        b = Breakout(make_cfg(mode="dry-run"), str(tmp_path), MATCHER, POLICY, view=make_view())
+        b = make_breakout(tmp_path, make_cfg(mode="dry-run"))
         await b.start()
         for i in range(700):
             b.on_answer(tagged("x.office.com", f"2001:db8:365::{i:x}"), 60)
@@ -67,7 +71,7 @@ def test_dry_run_flush_and_mode_change(tmp_path: Any) -> None:
     from resolver.net.errors import BreakoutError
 
     async def body() -> None:
-        b = Breakout(make_cfg(mode="dry-run"), str(tmp_path), MATCHER, POLICY, view=make_view())
+        b = make_breakout(tmp_path, make_cfg(mode="dry-run"))
         await b.start()
         await answer(b, tagged("x.office.com", "203.0.113.1"), 60)
         assert (await b.flush())["routes"] == 1
@@ -82,7 +86,7 @@ def test_dry_run_flush_and_mode_change(tmp_path: Any) -> None:
 
 def test_mode_off_is_inert(tmp_path: Any) -> None:
     async def body() -> None:
-        b = Breakout(make_cfg(mode="off"), str(tmp_path), MATCHER, POLICY, view=make_view())
+        b = make_breakout(tmp_path, make_cfg(mode="off"))
         await b.start()
         assert b.on_answer(tagged("x.office.com", "203.0.113.1"), 60) is None
         assert b.routes() == []

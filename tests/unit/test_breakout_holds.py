@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from resolver.hooks import wait as settled
-from resolver.net.breakout import Breakout
 from resolver.net.links import KIND_ADDR, KIND_LINK, KIND_ROUTE, Addr, Link
 from resolver.net.routes import Route
 from tests.unit.breakout_fakes import (
@@ -25,9 +24,11 @@ from tests.unit.breakout_fakes import (
     answer,
     by_address,
     device_route,
+    make_breakout,
     make_cfg,
     make_view,
     run,
+    started,
     tagged,
 )
 
@@ -37,21 +38,6 @@ CONTRACT = {
     "interface", "link_up", "table", "routes_v4", "routes_v6", "cidr_routes", "ipset_v4",
     "ipset_v6", "errors",
 }  # fmt: skip
-
-
-async def started(
-    tmp_path: Any, kernel: FakeKernel | None = None, clock: Clock | None = None, **cfg: Any
-) -> tuple[Breakout, FakeKernel, Clock]:
-    kernel = kernel or FakeKernel()
-    clock = clock or Clock()
-    b = Breakout(
-        make_cfg(**cfg), str(tmp_path), MATCHER, POLICY,
-        clock=clock, wall=lambda: clock.now + 1_700_000_000.0, kernel=kernel, view=make_view(),
-        sweep_interval=3600,
-    )  # fmt: skip
-    await b.start()
-    kernel.calls.clear()
-    return b, kernel, clock
 
 
 def test_new_addresses_are_installed_before_the_awaitable_completes(tmp_path: Any) -> None:
@@ -325,7 +311,7 @@ def test_a_held_back_prefix_comes_back_in_dry_run_too(tmp_path: Any) -> None:
     async def body() -> None:
         view = make_view()
         view.apply_route(True, device_route("13.67.59.0/24", LAN))
-        b = Breakout(make_cfg(mode="dry-run"), str(tmp_path), MATCHER, POLICY, view=view)
+        b = make_breakout(tmp_path, make_cfg(mode="dry-run"), view=view)
         await b.start()
         assert b.status()["cidr_routes"] == 1
         b.parts.links.on_event(KIND_ROUTE, False, device_route("13.67.59.0/24", LAN))
@@ -406,11 +392,7 @@ def test_state_file_round_trip_and_reconcile(tmp_path: Any) -> None:
             Route(4, "203.0.113.50", 32, 365, 4, 0, 1, WAN, "192.0.2.1"),
         ]
         clock.now += 100
-        b2 = Breakout(
-            make_cfg(), str(tmp_path), MATCHER, POLICY, clock=clock,
-            wall=lambda: clock.now + 1_700_000_000.0, kernel=k, view=make_view(),
-            sweep_interval=3600,
-        )  # fmt: skip
+        b2 = make_breakout(tmp_path, kernel=k, clock=clock)
         k.calls.clear()
         await b2.start()
         assert sorted(r["address"] for r in b2.routes()) == ["2001:db8:365::1", "203.0.113.1"]
@@ -439,10 +421,7 @@ def test_lapsed_state_is_dropped_on_start(tmp_path: Any) -> None:
         await answer(b, tagged("x.office.com", "203.0.113.1"), 5)
         await b.stop()
         clock.now += 60
-        b2 = Breakout(
-            make_cfg(min_hold=10, grace=0), str(tmp_path), MATCHER, POLICY, clock=clock,
-            wall=lambda: clock.now + 1_700_000_000.0, kernel=k, view=make_view(),
-        )  # fmt: skip
+        b2 = make_breakout(tmp_path, make_cfg(min_hold=10, grace=0), kernel=k, clock=clock)
         await b2.start()
         assert b2.routes() == [] and not k.has_route("203.0.113.1")
         await b2.stop()
@@ -488,10 +467,7 @@ def test_a_new_gateway_reinstalls_in_place_and_a_new_table_moves_everything(
     async def body() -> None:
         old, new = FakeKernel(), FakeKernel()
         clock = Clock()
-        b = Breakout(
-            make_cfg(), str(tmp_path), MATCHER, POLICY, clock=clock, kernel=old,
-            kernel_factory=lambda cfg: new, view=make_view(),
-        )  # fmt: skip
+        b = make_breakout(tmp_path, kernel=old, new_kernel=new, clock=clock)
         await b.start()
         await answer(b, tagged("x.office.com", "203.0.113.1", "2001:db8:365::1"), 60)
         old.calls.clear()

@@ -10,6 +10,7 @@ import pytest
 
 from policy.matcher import Matcher
 from policy.model import Policy
+from resolver.net.accounting import Accounting, NullAccounting
 from resolver.net.breakout import Breakout
 from resolver.net.errors import BreakoutError
 from resolver.net.netlink import NetlinkSocketError
@@ -20,8 +21,8 @@ from tests.unit.breakout_fakes import (
     Clock,
     FakeKernel,
     answer,
+    make_breakout,
     make_cfg,
-    make_view,
     run,
     tagged,
 )
@@ -38,10 +39,7 @@ async def started(
 ) -> Breakout:  # fmt: skip
     """A breakout on `old` whose reloads get `new` (the same fake when None: one kernel)."""
     clock = clock or Clock()
-    b = Breakout(
-        make_cfg(**cfg), str(tmp_path), MATCHER, POLICY, clock=clock, kernel=old,
-        kernel_factory=lambda _cfg: new or old, view=make_view(), sweep_interval=3600,
-    )  # fmt: skip
+    b = make_breakout(tmp_path, make_cfg(**cfg), kernel=old, new_kernel=new, clock=clock)
     await b.start()
     await answer(b, tagged("x.office.com", *HOSTS), 60)
     assert all(old.has_route(a) for a in HOSTS) and old.routes.get(ROW14)
@@ -165,3 +163,47 @@ def test_a_moved_table_loses_what_was_installed_after_verification(tmp_path: Any
         await b.stop()
 
     run(body)
+
+
+class Counters(NullAccounting):
+    """Accounting that counts when the config says so, and records what it is handed."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.items: list[tuple[int, bytes, int, int]] = []
+        self.cfg: Any = None
+
+    def configure(self, cfg: Any, classes: Any) -> None:
+        self.cfg = cfg
+
+    async def open(self, loop: Any) -> None:
+        self.counting = bool(self.cfg.count_traffic)
+
+    def count(self, items: Any) -> None:
+        self.items.extend(items)
+
+
+def test_a_reload_that_turns_counting_on_counts_what_is_already_held(tmp_path: Any) -> None:
+    async def body() -> None:
+        k, counters = FakeKernel(), Counters()
+        b = make_breakout(tmp_path, kernel=k, accounting=counters)
+        await b.start()
+        await answer(b, tagged("x.office.com", *HOSTS), 60)
+        assert counters.items == []  # counting off: nothing handed over
+        await b.reconfigure(make_cfg(count_traffic=True), MATCHER, POLICY)
+        assert counters.counting
+        handed = {socket.inet_ntop(socket.AF_INET if f == 4 else socket.AF_INET6, p)
+                  for f, p, _timeout, _row in counters.items}  # fmt: skip
+        assert handed == set(HOSTS)
+        await b.reconfigure(make_cfg(count_traffic=True), MATCHER, POLICY)
+        assert len(counters.items) == 2  # already counting: not handed twice
+        await b.stop()
+
+    run(body)
+
+
+def test_a_kernel_breakout_with_both_keys_off_can_be_turned_on_by_a_reload(
+    tmp_path: Any,
+) -> None:
+    b = make_breakout(tmp_path)
+    assert isinstance(b.parts.installs.accounting, Accounting)  # not the dry-run's null one

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from resolver.ctl.blocks import format_duration, mapping_pairs, render_blocks
 from resolver.ctl.routes import render_routes
-from resolver.ctl.status import format_duration, mapping_pairs, render_blocks, render_status
+from resolver.ctl.status import render_status
 from resolver.statusmodel import breakout_off
 
 pytestmark = pytest.mark.unit

@@ -22,16 +22,11 @@ from resolver.dns.server import DnsServer
 from resolver.hooks import NullHook
 from resolver.metrics import render
 from resolver.metricset import collect
-from resolver.net.breakout import Breakout
 from resolver.statusmodel import BreakoutStatus
 from tests.unit.breakout_fakes import (
-    MATCHER,
-    POLICY,
     Clock,
-    FakeKernel,
     answer,
-    make_cfg,
-    make_view,
+    make_breakout,
     tagged,
 )
 from tests.unit.test_metrics import status_tree
@@ -144,11 +139,7 @@ def exporter_output(tmp_path: Path) -> str:
 
     async def breakout() -> tuple[dict[str, Any], tuple[int, float]]:
         clock = Clock()
-        b = Breakout(
-            make_cfg(), str(tmp_path), MATCHER, POLICY,
-            clock=clock, wall=lambda: clock.now + 1_700_000_000.0, kernel=FakeKernel(),
-            view=make_view(), sweep_interval=3600,
-        )  # fmt: skip
+        b = make_breakout(tmp_path, clock=clock)
         await b.start()
         try:
             await answer(b, tagged("outlook.office.com", "203.0.113.10", "2001:db8:365::10"), 60)

@@ -24,17 +24,16 @@ from resolver.net.records import UNACCOUNTED, load, parse
 from resolver.net.routes import Route
 from tests.unit.breakout_fakes import (
     MATCHER,
-    POLICY,
+    WALL,
     WAN,
     Clock,
     FakeKernel,
     answer,
-    make_cfg,
-    make_view,
+    make_breakout,
     run,
     tagged,
 )
-from tests.unit.journal_fakes import WALL, hold, journal_log, new_journal, on_disk, read
+from tests.unit.journal_fakes import hold, journal_log, new_journal, on_disk, read
 
 pytestmark = pytest.mark.unit
 
@@ -291,10 +290,7 @@ def test_the_legacy_state_file_is_imported_once(tmp_path: Any) -> None:
 
 
 async def _start(state_dir: str, k: FakeKernel, clock: Clock) -> Breakout:
-    b = Breakout(
-        make_cfg(), state_dir, MATCHER, POLICY, clock=clock,
-        wall=lambda: clock.now + WALL, kernel=k, view=make_view(), sweep_interval=3600,
-    )  # fmt: skip
+    b = make_breakout(state_dir, kernel=k, clock=clock)
     await b.start()
     return b
 

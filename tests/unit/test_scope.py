@@ -19,7 +19,6 @@ from resolver.ctl import explain
 from resolver.dns.events import Tracer
 from resolver.dns.query import Query
 from resolver.net import cleanup
-from resolver.net.breakout import Breakout
 from resolver.net.probes import (
     describe_rule,
     owned_probe_rules,
@@ -35,8 +34,8 @@ from tests.unit.breakout_fakes import (
     MATCHER,
     POLICY,
     FakeKernel,
+    make_breakout,
     make_cfg,
-    make_view,
     run,
 )
 
@@ -191,8 +190,7 @@ def test_the_breakout_answers_in_scope_from_its_view_of_connected_networks(
     tmp_path: Path,
 ) -> None:
     # make_view: lan0 holds 192.0.2.128/25 and 2001:db8:c::/64.
-    b = Breakout(make_cfg(client_interfaces=("lan0",)), str(tmp_path), MATCHER, POLICY,
-                 kernel=FakeKernel(), view=make_view(), watch=False)  # fmt: skip
+    b = make_breakout(tmp_path, make_cfg(client_interfaces=("lan0",)), watch=False)
     assert b.in_scope("192.0.2.200") and b.in_scope("2001:db8:c::9")
     assert not b.in_scope("203.0.113.9")
     b.cfg = make_cfg()
@@ -298,8 +296,7 @@ def test_a_reload_that_changes_the_scope_adds_the_new_rules_before_removing_the_
     async def body() -> None:
         k = RuleKernel()
         old = make_cfg(clients=("192.0.2.128/26", "2001:db8:c::/64"))
-        b = Breakout(old, str(tmp_path), MATCHER, POLICY, kernel=k, view=make_view(),
-                     sweep_interval=3600)  # fmt: skip
+        b = make_breakout(tmp_path, old, kernel=k)
         await b.start()
         assert k.specs() == {src("192.0.2.128/26"), src("2001:db8:c::/64"), LO}
         k.log.clear()
@@ -327,8 +324,7 @@ def test_a_start_removes_the_rules_of_an_earlier_scope_after_adding_its_own(
         k = RuleKernel()
         for spec in (src("203.0.113.0/24"), iif("vlan9"), ALL):
             k.present |= {(spec, f) for f in spec.families}
-        b = Breakout(make_cfg(clients=("192.0.2.128/26",)), str(tmp_path), MATCHER, POLICY,
-                     kernel=k, view=make_view(), sweep_interval=3600)  # fmt: skip
+        b = make_breakout(tmp_path, make_cfg(clients=("192.0.2.128/26",)), kernel=k)
         await b.start()
         assert k.specs() == {src("192.0.2.128/26"), LO}
         first_del = next(i for i, (op, _, _) in enumerate(k.log) if op == "del")
