@@ -18,7 +18,7 @@ SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd n
 SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node unbound conntrack iperf3 gcc
 
 .PHONY: all venv venv-compiled sysdeps test test-unit test-integration test-compiled test-netns \
-	test-package bench demo lint deb clean soak profile fuzz
+	test-package bench bench-compiled demo lint deb clean soak profile fuzz
 
 all: test
 
@@ -64,18 +64,29 @@ test: venv sysdeps
 	  $(PY) -m pytest tests/unit tests/integration tests/fuzz tests/netns tests/package -q
 	$(MAKE) test-compiled
 
-# The unit and integration tiers on the compiled build: the tests (and the files they read:
-# README, systemd/, debian/, contrib/) copied to $(CTESTS)/resolverd without resolver/ and
-# policy/, run there with the compiled venv's python. shared/ (the seed table) is linked beside
-# the copy as it sits beside the checkout.
-test-compiled: venv-compiled sysdeps
+# The compiled build's tests and benchmarks run from a copy of the checkout without resolver/ and
+# policy/ (the tests and the files they read: README, systemd/, debian/, contrib/), with the
+# compiled venv's python, so that they import the installed extensions. shared/ (the seed
+# table) is linked beside the copy as it sits beside the checkout.
+define compiled_copy
 	rm -rf $(CTESTS) && mkdir -p $(CTESTS)/resolverd
 	git ls-files -z --cached --others --exclude-standard -- . ':!resolver' ':!policy' ':!build' | \
 	  xargs -0 sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh | \
 	  tar --null -T - -cf - | tar -C $(CTESTS)/resolverd -xf -
 	[ ! -d ../shared ] || ln -s $(abspath ../shared) $(CTESTS)/shared
+endef
+
+# The unit and integration tiers on the compiled build.
+test-compiled: venv-compiled sysdeps
+	$(compiled_copy)
 	cd $(CTESTS)/resolverd && RESOLVERD_EXPECT_BUILD=compiled \
 	  $(abspath $(CPY)) -m pytest tests/unit tests/integration -q -p no:cacheprovider
+
+# The benchmarks on the compiled build (the results land in the copy's tests/bench/results).
+bench-compiled: venv-compiled sysdeps
+	$(compiled_copy)
+	cd $(CTESTS)/resolverd && $(abspath $(CPY)) -m pytest tests/bench -q -s -m bench --tb=short \
+	  -p no:cacheprovider $(BENCH_ARGS)
 
 test-unit: venv sysdeps
 	RESOLVERD_EXPECT_BUILD=interpreted $(PY) -m pytest tests/unit -q -m unit
@@ -102,7 +113,7 @@ deb:
 	debian/build-deb $(DIST)
 
 bench: venv sysdeps
-	$(PY) -m pytest tests/bench -q -s -m bench --tb=short
+	$(PY) -m pytest tests/bench -q -s -m bench --tb=short $(BENCH_ARGS)
 
 # Not part of test or bench. SOAK_SECONDS=60 shortens it; SOAK_QPS=N skips the rate burst.
 soak: venv sysdeps

@@ -196,6 +196,7 @@ def world() -> Iterator[World]:
                     code=h.code_version(),
                     host={"cpus": os.cpu_count(), "loadavg_start": _loadavg()},
                     pinned=False,
+                    build=daemon.status().get("build", "interpreted"),
                     resolverd_config=config.read_text(),
                     dnsmasq_argv=" ".join(_cmdline(dnsmasq.pid)),
                     upstream="dnsmasq --addn-hosts (generated) --local-ttl=3600 in its own netns",
@@ -252,7 +253,8 @@ def test_cached_qps(world: World) -> None:
     if PINNED:
         figures["pinned"] = _pinned_cached(w)
     w.save("cached", figures)
-    print(f"\n[a] cached qps ({h.now_utc()}), one client: dnsperf {' '.join(CACHED_OPTS)}")
+    print(f"\n[a] cached qps ({h.now_utc()}), {world.report['build']} build, one client: "
+          f"dnsperf {' '.join(CACHED_OPTS)}")  # fmt: skip
     print(f"    {figures['names']}; unpinned; ABBA x{CACHED_RUNS}")
     for s in SERVERS:
         print(_row(s, runs[s], med[s], _lost(runs[s])))
@@ -345,7 +347,8 @@ def test_miss_path(world: World) -> None:
         "reply; dnsmasq adds the address to an ipset only (no routes)",
     }
     w.save("miss", figures)
-    print(f"\n[b] miss path ({h.now_utc()}), {MISS_CLIENTS} clients at once, each: dnsperf "
+    print(f"\n[b] miss path ({h.now_utc()}), {world.report['build']} build, {MISS_CLIENTS} "
+          f"clients at once, each: dnsperf "
           f"{' '.join(MISS_OPTS)}")  # fmt: skip
     print(f"    {figures['names']}; unpinned; ABBA x{RUNS}")
     for s in SERVERS:
