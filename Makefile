@@ -18,7 +18,7 @@ SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd n
 SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node unbound conntrack iperf3 gcc
 
 .PHONY: all venv venv-compiled sysdeps test test-unit test-integration test-compiled test-netns \
-	test-package bench bench-compiled demo lint deb clean soak profile fuzz
+	test-package test-netns-compiled bench bench-compiled demo lint deb clean soak profile fuzz
 
 all: test
 
@@ -81,6 +81,14 @@ test-compiled: venv-compiled sysdeps
 	$(compiled_copy)
 	cd $(CTESTS)/resolverd && RESOLVERD_EXPECT_BUILD=compiled \
 	  $(abspath $(CPY)) -m pytest tests/unit tests/integration -q -p no:cacheprovider
+
+# The first-packet, split-DNS, failover and crash tests (netns, root) on the compiled build; not
+# in make test, which keeps CI under ten minutes.
+test-netns-compiled: venv-compiled sysdeps
+	$(compiled_copy)
+	cd $(CTESTS)/resolverd && RESOLVERD_EXPECT_BUILD=compiled $(abspath $(CPY)) -m pytest -q \
+	  -p no:cacheprovider tests/netns/test_e2e.py tests/netns/test_split_dns.py \
+	  tests/netns/test_failover.py tests/netns/test_crash.py
 
 # The benchmarks on the compiled build (the results land in the copy's tests/bench/results).
 bench-compiled: venv-compiled sysdeps
