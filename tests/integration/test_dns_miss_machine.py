@@ -17,6 +17,7 @@ from resolver.dns.handler import Handler
 from resolver.dns.misses import DEFERRED
 from tests.fakeupstream import FakeUpstream
 from tests.integration.conftest import ZONE, RecordingHook, StubMatcher, make_config
+from tests.unit.test_resolution import Conn
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +25,6 @@ TESTS = str(Path(__file__).resolve().parents[1])
 ASYNCIO = str(Path(asyncio.__file__).parent)  # the fake's TCP server accepts in a task
 MISSES = 300
 NOERROR, NXDOMAIN = 0, 3
-
-
-class Conn:
-    tcp = False
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes, addr: Any) -> None:
-        self.sent.append(data)
 
 
 class Made:
