@@ -32,8 +32,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -265,6 +265,35 @@ def _kill_ns_processes(ns: str) -> None:
     for pid in res.stdout.split():
         with suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
+
+
+@contextmanager
+def wan_namespace(prefix: str, what: str) -> Iterator[str]:
+    """A namespace of its own with wan0 (192.0.2.2/24, 2001:db8:f::2/64) up on a veth pair, for
+    the benchmarks that program its kernel directly; removed, with its processes, whatever
+    happens. `what` names the benchmark in the error when not run as root."""
+    if os.geteuid() != 0:
+        raise BenchError(f"the {what} benchmark builds a network namespace: run it as root")
+    ns = f"{prefix}-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+             "net.ipv6.conf.default.accept_dad=0"], check=True,
+        )  # fmt: skip
+        for cmd in (
+            "link set lo up",
+            "link add wan0 type veth peer name peer0",
+            "addr add 192.0.2.2/24 dev wan0",
+            "addr add 2001:db8:f::2/64 dev wan0",
+            "link set wan0 up",
+            "link set peer0 up",
+        ):
+            subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
+        yield ns
+    finally:
+        _kill_ns_processes(ns)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def _remove_stale_namespaces() -> None:

@@ -38,6 +38,8 @@ from typing import Any
 
 import pytest
 
+from tests.bench import harness as h
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N_BATCHES = 4000
 BATCH = 8
@@ -216,32 +218,11 @@ def inside(kind: str) -> dict[str, Any]:
 
 @pytest.fixture
 def bench_ns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.fail("the handoff benchmark builds a network namespace: run it as root",
-                    pytrace=False)  # fmt: skip
-    ns = f"r365h-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        ex = ["ip", "netns", "exec", ns]
-        subprocess.run(
-            [*ex, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
-             "net.ipv6.conf.default.accept_dad=0"], check=True,
-        )  # fmt: skip
-        for cmd in (
-            "link set lo up",
-            "link add wan0 type veth peer name peer0",
-            "addr add 192.0.2.2/24 dev wan0",
-            "addr add 2001:db8:f::2/64 dev wan0",
-            "link set wan0 up",
-            "link set peer0 up",
-        ):
-            subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
-        yield ns
-    finally:
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-        for pid in pids.stdout.split():
-            subprocess.run(["kill", "-9", pid], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        with h.wan_namespace("r365h", "handoff") as ns:
+            yield ns
+    except h.BenchError as err:
+        pytest.fail(str(err), pytrace=False)
 
 
 BATCH_FIGURES = (

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from resolver.hooks import wait as settled
+from tests.bench import harness as h
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N_ROUTES = 20_000
@@ -146,8 +147,8 @@ def _journal_note_us(state_dir: str, n: int = 20_000) -> float:
     j = Journal(state_dir, 365, 245, time.monotonic, time.time)
     holds = [Hold(_addr(i), "x.office.com", time.monotonic() + 330, 1) for i in range(n)]
     t0 = time.perf_counter()
-    for h in holds:
-        j.note([h])
+    for hold in holds:
+        j.note([hold])
     took = time.perf_counter() - t0
     j.close()
     return round(took / n * 1e6, 2)
@@ -220,30 +221,11 @@ def inside() -> dict[str, Any]:
 
 @pytest.fixture
 def bench_ns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.fail("the route benchmark builds a network namespace: run it as root", pytrace=False)
-    ns = f"r365b-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        ex = ["ip", "netns", "exec", ns]
-        subprocess.run(
-            [*ex, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
-             "net.ipv6.conf.default.accept_dad=0"], check=True,
-        )  # fmt: skip
-        for cmd in (
-            "link set lo up",
-            "link add wan0 type veth peer name peer0",
-            "addr add 192.0.2.2/24 dev wan0",
-            "link set wan0 up",
-            "link set peer0 up",
-        ):
-            subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
-        yield ns
-    finally:
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-        for pid in pids.stdout.split():
-            subprocess.run(["kill", "-9", pid], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        with h.wan_namespace("r365b", "route") as ns:
+            yield ns
+    except h.BenchError as err:
+        pytest.fail(str(err), pytrace=False)
 
 
 @pytest.mark.bench

@@ -17,7 +17,7 @@ from resolver.config import Config
 from resolver.dns import exchange, replies, wire
 from resolver.dns.handler import Handler
 from resolver.dns.misses import DEFERRED
-from resolver.hooks import Epoch, Pending, Tagged
+from resolver.hooks import NullHook
 
 pytestmark = pytest.mark.unit
 
@@ -28,16 +28,6 @@ A_RECORD = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x01\x2c\x00\x04\xc0\x00\x02\x0a"
 # What an upstream does with one attempt: a reply's rcode, "timeout", "hang" (never
 # answers), or an exception raised by the transport at once.
 Action = int | str | BaseException
-
-
-class Hook:
-    epoch = Epoch()
-    ready = False
-
-    def on_answer(
-        self, tagged: Tagged, ttl: int, client: str = "", installed: list[bytes] | None = None
-    ) -> Pending | None:
-        return None
 
 
 class Conn:
@@ -112,7 +102,7 @@ class Hang:
 
 def _handler(script: Script) -> Handler:
     config = Config(upstreams=(UP1, UP2), listen=(("127.0.0.1", 53),))
-    return Handler(config, Matcher(()), Hook(), transport=script)
+    return Handler(config, Matcher(()), NullHook(), transport=script)
 
 
 def _query(name: str = "www.example.test") -> bytes:
