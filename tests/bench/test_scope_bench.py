@@ -1,4 +1,4 @@
-"""What the breakout's scope rules cost per forwarded packet (netns, root; figures: pytest -s).
+"""What the breakout's scope rules cost per forwarded packet (netns, root; make bench, figures: -s).
 
 With `breakout.clients` (or `client_interfaces`) set, resolverd sends traffic to its table
 through one `from PREFIX` rule per prefix, then `iif lo` (then one `iif NAME` per interface),
@@ -40,7 +40,7 @@ import pytest
 from tests.netns.lab import BREAKOUT_GW4, CLIENT4, SERVICE4, TUN_IF, WAN_IF, Lab
 from tests.netns.scenario import PRIORITY, PROTOCOL, TABLE
 
-pytestmark = pytest.mark.netns
+pytestmark = pytest.mark.bench
 
 IN4, OUT4 = CLIENT4, "192.0.2.140"  # both on the client's LAN (192.0.2.128/25)
 TARGET = SERVICE4[0]  # owned by the breakout server and the tunnel server alike
@@ -74,7 +74,7 @@ CONFIGS: dict[str, tuple[list[str], str, str]] = {  # name: (selectors, source, 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     if shutil.which("iperf3") is None:
-        pytest.fail("tests/netns/test_scope_cost.py needs iperf3: run make sysdeps")
+        pytest.fail("tests/bench/test_scope_bench.py needs iperf3: run make sysdeps")
     with Lab("scp") as built:
         built.ip(built.client, "addr", "add", f"{OUT4}/25", "dev", "eth0")
         built.ip(built.router, "route", "add", f"{TARGET}/32", "via", BREAKOUT_GW4, "dev",
