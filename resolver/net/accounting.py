@@ -35,6 +35,12 @@ REFRESH_EVERY = 10.0  # seconds between two reads of the class counters by the s
 # netlink thread) for every answer of 20 ms, not one per install batch. A new address's
 # first packets within it (a handshake) are not counted.
 COUNT_DELAY = 0.02
+# Each transaction that adds elements makes the kernel validate the whole table again, every
+# element's goto included (nft_table_validate walks the maps): about 53 ns an element on Linux
+# 6.18, 1.6 ms a transaction with 30,000 held (measured in a namespace). Spacing the
+# transactions by this much per held address keeps that walk under 4% of a CPU: 20 ms up to
+# 13,000 held, 45 ms at 30,000.
+SPACING_PER_HELD = 1.5e-6
 
 CountItem = tuple[int, bytes, int, int]  # family, packed address, timeout seconds, policy row
 
@@ -210,14 +216,15 @@ class Accounting:
 
     def count(self, items: Sequence[CountItem]) -> None:
         """Add or refresh the elements of held addresses, each in its row's class, within
-        COUNT_DELAY."""
+        COUNT_DELAY (longer with many held: SPACING_PER_HELD)."""
         if not self.counting or self.nfnl is None or self.layout is None:
             return
         self._queued.extend(items)
         if self.count_delay <= 0 or self.loop is None:
             self.send_counted()
         elif self._timer is None:
-            self._timer = self.loop.call_later(self.count_delay, self.send_counted)
+            delay = max(self.count_delay, len(self.counted) * SPACING_PER_HELD)
+            self._timer = self.loop.call_later(delay, self.send_counted)
 
     def send_counted(self) -> None:
         self._timer = None

@@ -17,7 +17,7 @@ from resolver.ctl.blocks import format_bytes
 from resolver.ctl.routes import render_routes
 from resolver.ctl.status import render_status
 from resolver.net import nftables, traffic
-from resolver.net.accounting import Accounting, NullAccounting
+from resolver.net.accounting import COUNT_DELAY, Accounting, NullAccounting
 from resolver.net.holds import Hold
 from resolver.net.netlink import Message
 from resolver.net.report import routes_json
@@ -93,6 +93,34 @@ def test_release_removes_only_the_elements_it_made() -> None:
     assert acc.counted == {}
     acc.release([(4, A)])  # gone already: nothing more to send
     assert len(channel.sent) == 2
+
+
+class Timers:
+    """The loop's call_later, kept: (delay, callback)."""
+
+    def __init__(self) -> None:
+        self.later: list[tuple[float, Any]] = []
+
+    def call_later(self, delay: float, callback: Any) -> object:
+        self.later.append((delay, callback))
+        return object()  # the handle, never cancelled here
+
+
+def test_elements_wait_longer_as_the_held_grow() -> None:
+    """Each adding transaction makes the kernel walk every element: with 30,000 held they go
+    out every 45 ms, not every 20 ms; and one transaction takes what came in between."""
+    acc, channel = counting()
+    acc.count_delay = COUNT_DELAY
+    timers = Timers()
+    acc.loop = timers  # type: ignore[assignment]
+    acc.count([(4, A, 300, 1)])
+    acc.count([(4, B, 300, 1)])
+    assert [d for d, _ in timers.later] == [COUNT_DELAY] and channel.sent == []
+    timers.later.pop()[1]()
+    assert channel.kinds() == [[nftables.NFT_MSG_NEWSETELEM]]
+    acc.counted.update({bytes([10, 0, i >> 8, i & 255]): ROWS[1] for i in range(30_000)})
+    acc.count([(6, C, 300, 1)])
+    assert timers.later[0][0] == pytest.approx(30_002 * 1.5e-6)
 
 
 def test_refused_elements_are_counted_not_raised() -> None:
