@@ -20,10 +20,10 @@ and category, and per held address.
 
 A packet that leaves another interface costs one compare per link; one toward a held address
 costs a map lookup (which also counts it in the element), a goto and a compare per link to
-reach its named counter. Measured (tests/netns/test_counters.py, /tmp/issue19-report.md; 64-byte
-UDP, 10,000 held addresses, about 2.1 us per packet without the table): +0.2 us per packet
-toward a held address, +0.13 us toward one not held through a breakout link, and +0.14 us for
-per-element counters alone (no named counters). The forward hook at priority 300 runs after
+reach its named counter. Measured (tests/bench/test_counters_bench.py; 64-byte UDP, 10,000
+held addresses, about 2.1 us per packet without the table): +0.2 us per packet toward a held
+address, +0.13 us toward one not held through a breakout link, and +0.14 us for per-element
+counters alone (no named counters). The forward hook at priority 300 runs after
 the firewall's filter chains, so packets they drop are not counted; the router's own traffic
 is not counted. Packets are counted as the router forwards them: a GRO/GSO aggregate (TCP
 through a NIC or veth that offloads) counts once, with all its bytes.

@@ -1,28 +1,24 @@
 """resolver.net.traffic against the kernel, in the NAT lab (tests/netns/natlab.py): resolverd's
 table `inet resolverd` as nft lists it, what it counts (per class and link in named counters,
-per address in the map's elements), what survives a restart, and what counting costs per
-forwarded packet (printed: pytest -s).
+per address in the map's elements), and what survives a restart. What counting costs per
+forwarded packet is a benchmark: tests/bench/test_counters_bench.py.
 
 The table is programmed by tests/netns/trafficdriver.py in the router; traffic goes from the
 client to S0 (wan0) or S1 (wan1); packets are counted exactly (a burst of datagrams from one
-socket), and within 5% for an iperf3 run at full speed.
+socket).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.netns.natlab import SERVICE4, SERVICE6, NatLab
-from tests.netns.trafficdriver import TrafficDriver
+from tests.netns.trafficdriver import TrafficDriver, running
 
 pytestmark = pytest.mark.netns
 
@@ -30,35 +26,20 @@ LINKS = ["wan0", "wan1"]
 SEED5, OPT46, ALLOW47 = [5, None], [46, "Optimize"], [47, "Allow"]
 CLASSES = [SEED5, OPT46, ALLOW47]
 SINCE = 1_700_000_000
-IPERF_PORT = 5201
-ROUNDS, SECONDS = 3, 2.0  # per-packet cost: alternating runs of iperf3, each this long
-HELD = 10_000  # held IPv6 addresses in the map while measuring
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[NatLab]:
     if shutil.which("iperf3") is None:
-        pytest.fail("tests/netns/test_counters.py needs iperf3: run make sysdeps")
+        pytest.fail("the counters' tests need iperf3: run make sysdeps")
     with NatLab("cnt") as built:
         yield built
 
 
 @pytest.fixture
 def driver(lab: NatLab) -> Iterator[TrafficDriver]:
-    lab.run(lab.router, "nft", "delete", "table", "inet", "resolverd", check=False)
-    for address in SERVICE4 + SERVICE6:
-        lab.route(address, "wan0")
-    proc = lab.spawn(
-        lab.router, sys.executable, "-m", "tests.netns.trafficdriver", stdin=subprocess.PIPE
-    )
-    d = TrafficDriver(proc)
-    d.apply("setup", links=LINKS, classes=CLASSES, since=SINCE)
-    try:
+    with running(lab, LINKS, CLASSES, SINCE) as d:
         yield d
-    finally:
-        proc.kill()
-        proc.wait(timeout=5)
-        lab.run(lab.router, "nft", "delete", "table", "inet", "resolverd", check=False)
 
 
 def burst(lab: NatLab, host: str, count: int, size: int) -> None:
@@ -155,52 +136,3 @@ def test_restart_keeps_counts_and_a_new_table_says_reset(
     d.apply("setup", links=LINKS, classes=CLASSES, since=SINCE + 2000)
     assert d.call("since") == SINCE + 2000
     assert set(counted(d).values()) == {(0, 0)}
-
-
-def iperf(lab: NatLab, host: str) -> dict[str, Any]:
-    res = lab.run(
-        lab.client, "iperf3", "-c", host, "-p", str(IPERF_PORT), "-u", "-b", "0", "-l", "64",
-        "-t", str(SECONDS), "-A", "0", "-J", timeout=SECONDS + 20,
-    )  # fmt: skip
-    out: dict[str, Any] = json.loads(res.stdout)["end"]["sum"]
-    return out
-
-
-def test_per_packet_cost_and_accuracy(lab: NatLab, driver: TrafficDriver) -> None:
-    """64-byte UDP at full speed, one iperf3 stream pinned to a CPU, to an address held among
-    10,000: the forwarding path with the counting table against the same without its hook."""
-    d = driver
-    d.apply("hold_many", family=6, prefix="2001:db8:ff::", count=HELD, **{"class": ALLOW47})
-    d.apply("hold", family=6, items=[[SERVICE6[0], OPT46, 3600]])
-    server = lab.spawn(lab.servers["wan0"], "iperf3", "-s", "-B", SERVICE6[0], "-p",
-                       str(IPERF_PORT), "-A", "1", stdout=subprocess.DEVNULL)  # fmt: skip
-    time.sleep(0.3)
-    ns: dict[str, list[float]] = {"none": [], "counting": []}
-    sent = 0
-    try:
-        for _ in range(ROUNDS):
-            for mode in ("none", "counting"):
-                if mode == "none":
-                    lab.run(lab.router, "nft", "flush chain inet resolverd out; "
-                            "delete chain inet resolverd out")  # fmt: skip
-                else:
-                    d.apply("setup", links=LINKS, classes=CLASSES, since=SINCE)
-                run = iperf(lab, SERVICE6[0])
-                ns[mode].append(1e9 * run["seconds"] / run["packets"])
-                if mode == "counting":
-                    sent += run["packets"]
-    finally:
-        server.kill()
-    total = counted(d)[(46, "Optimize", "wan0")][0]
-    element = held(d, 6)[SERVICE6[0]]["packets"]
-    cost = statistics.median(ns["counting"]) - statistics.median(ns["none"])
-    print(
-        f"\ncounting: {statistics.median(ns['none']):.0f} -> "
-        f"{statistics.median(ns['counting']):.0f} ns per 92-byte packet forwarded "
-        f"(+{cost:.0f} ns), runs {[round(x) for x in ns['none']]} vs "
-        f"{[round(x) for x in ns['counting']]}; counted {total} of {sent} sent "
-        f"({100 * total / sent:.2f}%), element {element}"
-    )
-    assert abs(total - sent) <= 0.05 * sent
-    assert element == total
-    assert cost < 1500  # generous: the figure is what matters; this catches a slow path
