@@ -27,15 +27,8 @@ def status(cfg: BreakoutConfig, parts: Parts) -> dict[str, Any]:
     as a plain dict: Breakout.status's type). The links, journal, latency and decisions come as
     their owners' dicts: the casts name what those hold."""
     ledger, choice = parts.ledger, parts.links.choice
-    now = parts.clock()
-    routes = {4: 0, 6: 0}
-    entries = {4: 0, 6: 0}
-    for h in ledger:
-        family = 4 if len(h.packed) == 4 else 6
-        if h.installed:
-            routes[family] += 1
-        if h.set_expires > now:
-            entries[family] += 1
+    r4, r6, e4, e6 = ledger.tally(parts.clock())
+    routes, entries = {4: r4, 6: r6}, {4: e4, 6: e6}
     ready = choice.ready()
     active = {f: (s.cfg.interface if (s := choice.active[f]) is not None else None)
               for f in (4, 6)}  # fmt: skip

@@ -169,3 +169,16 @@ def test_family_and_adopt() -> None:
     ledger.adopt([h])  # replaces the hold of the same address
     assert len(ledger) == 2 and ledger.get(packed("203.0.113.1")) is h
     assert [x.address for x in ledger.lapsed(150.0)] == ["2001:db8:365::1"]
+
+
+def test_tally_counts_installed_routes_and_live_set_entries_per_family() -> None:
+    ledger = Ledger(10)
+    for address in ("203.0.113.1", "203.0.113.2", "2001:db8:365::1", "2001:db8:365::2"):
+        add(ledger, address, 100.0)
+    a, b = (ledger.get(packed(x)) for x in ("203.0.113.1", "2001:db8:365::2"))
+    assert a is not None and b is not None
+    ledger.sending(a, BATCH)
+    ledger.installed(a, BATCH)
+    a.set_expires, b.set_expires = 50.0, 60.0
+    assert ledger.tally(55.0) == (1, 0, 0, 1)  # (routes v4, v6, set entries v4, v6)
+    assert ledger.tally(40.0) == (1, 0, 1, 1)
