@@ -77,6 +77,11 @@ class Hold:
         self.noted = 0.0  # monotonic: the expiry the journal has for it
         self.owner: Owner | None = None  # the client charged for it (None: restored at start)
 
+    def __lt__(self, other: Hold) -> bool:
+        """The order of holds due at the same time in the ledger's expiry heap (by address),
+        so that its entries need no tie-breaker of their own."""
+        return self.packed < other.packed
+
     @property
     def family(self) -> int:
         return 4 if len(self.packed) == 4 else 6

@@ -92,8 +92,7 @@ class Ledger:
         self.missing = Missing()
         self.swept = 0  # holds the sweep has looked at, in all: what the periodic work costs
         self.epoch = Epoch()  # hooks.BreakoutHook.epoch
-        self._heap: list[tuple[float, int, Hold]] = []
-        self._pushed = 0  # a tie-breaker for the heap: holds do not compare
+        self._heap: list[tuple[float, Hold]] = []  # (expiry, hold): ties by address
         self._cap_logged = False  # max_entries reached: said once, until well below it again
         self._share_logged = False  # a client at its share: said once, until none is
 
@@ -181,8 +180,7 @@ class Ledger:
         self.names += h.name_count()
         if not h.installed and h.batch is None:
             self.missing.add(h)
-        self._pushed += 1
-        heapq.heappush(self._heap, (h.expires, self._pushed, h))
+        heapq.heappush(self._heap, (h.expires, h))
 
     def extend(self, h: Hold, name: str, row: int, expires: float) -> None:
         self.names += h.extend(name, row, expires)
@@ -232,7 +230,7 @@ class Ledger:
         pruned. Costs what comes due, not what is held."""
         heap, out = self._heap, []
         while heap and heap[0][0] <= now:
-            _when, _seq, h = heapq.heappop(heap)
+            _when, h = heapq.heappop(heap)
             self.swept += 1
             if self.holds.get(h.packed) is not h:
                 continue  # forgotten, or replaced by a newer hold for the address
@@ -240,8 +238,7 @@ class Ledger:
                 out.append(h)
                 continue
             self.names -= h.prune(now)
-            self._pushed += 1
-            heapq.heappush(heap, (h.expires, self._pushed, h))
+            heapq.heappush(heap, (h.expires, h))
         return out
 
     def to_put_back(self, ready: dict[int, bool], now: float) -> list[Hold]:

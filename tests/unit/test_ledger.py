@@ -107,6 +107,20 @@ def test_a_replaced_hold_does_not_come_due_for_the_old_one() -> None:
     assert ledger.lapsed(20.0) == [] and ledger.lapsed(60.0) == [new]
 
 
+def test_holds_due_at_the_same_time_need_no_tie_breaker() -> None:
+    """The heap holds (expiry, hold): equal expiries compare the holds, by address, and an
+    old hold of the same address at the same expiry compares equal, not as an error."""
+    ledger = Ledger(10)
+    old = ledger.add(packed("203.0.113.2"), "x.office.com", 10.0, 1)
+    assert old is not None
+    ledger.forget([old])
+    for address in ("203.0.113.3", "203.0.113.2", "203.0.113.1"):
+        add(ledger, address, 10.0)
+    due = ledger.lapsed(10.0)
+    assert [h.address for h in due] == ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+    assert old not in due
+
+
 def test_a_lost_route_moves_the_epoch_and_is_missing_again() -> None:
     ledger = Ledger(10)
     h = ledger.add(packed("203.0.113.1"), "x.office.com", 100.0, 1)
