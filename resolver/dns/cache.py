@@ -33,6 +33,7 @@ _OPT = (wire.opt_record(False), wire.opt_record(True))  # by the DO bit of the k
 _SHARED: dict[int, int] = {}
 _SHARED_OFFSETS: dict[bytes, bytes] = {}
 SHARED_MAX = 4096
+SHARED_OFFSETS_MAX = 32  # bytes: the TTLs of 16 records
 
 
 def shared_int(n: int) -> int:
@@ -51,7 +52,10 @@ def shared_int(n: int) -> int:
 def shared_offsets(at: bytes) -> bytes:
     """One bytes object per pattern of TTL offsets: replies of one shape (question length and
     records) have the same, and each entry holding its own few bytes would cost about 40 bytes
-    a time (61,000 cached answers: 2.3 MB). At most SHARED_MAX patterns are kept."""
+    a time (61,000 cached answers: 2.3 MB). At most SHARED_MAX patterns of at most
+    SHARED_OFFSETS_MAX bytes are kept (a table that hostile replies can fill stays small)."""
+    if len(at) > SHARED_OFFSETS_MAX:
+        return at
     found = _SHARED_OFFSETS.get(at)
     if found is not None:
         return found

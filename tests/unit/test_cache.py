@@ -12,7 +12,7 @@ from policy.loader import builtin_policy
 from policy.matcher import Matcher
 from policy.model import Match, Rule
 from resolver.dns import replies, wire
-from resolver.dns.cache import Cache, Entry, build_entry
+from resolver.dns.cache import SHARED_OFFSETS_MAX, Cache, Entry, build_entry
 from resolver.dns.tagging import tag
 from resolver.hooks import address_texts
 
@@ -105,6 +105,18 @@ def test_ttls_count_down_by_whole_seconds() -> None:
         0,
         0,
     ]
+
+
+def test_replies_of_one_shape_share_their_ttl_offsets_and_big_ones_do_not() -> None:
+    one, other = _entry(_positive("a1.example.test")), _entry(_positive("b2.example.test"))
+    assert one.ttl_at == other.ttl_at and one.ttl_at is other.ttl_at  # one object for both
+    assert _entry(_positive("longer.example.test")).ttl_at != one.ttl_at
+    big = DNSRecord.parse(_query("many.example.test")).reply()
+    for i in range(SHARED_OFFSETS_MAX // 2 + 1):  # one TTL more than a shared pattern has
+        big.add_answer(RR("many.example.test", QTYPE.A, rdata=A(f"192.0.2.{i + 1}"), ttl=60))
+    first, second = _entry(big), _entry(big)
+    assert first.ttl_at == second.ttl_at and first.ttl_at is not second.ttl_at
+    assert len(first.ttl_at) > SHARED_OFFSETS_MAX
 
 
 def test_positive_ttl_capped_at_max_ttl() -> None:
