@@ -82,6 +82,11 @@ class Hold:
         so that its entries need no tie-breaker of their own."""
         return self.packed < other.packed
 
+    def __hash__(self) -> int:
+        """By identity, as without `__lt__` (equality is identity): compiled with mypyc, a
+        class that defines a comparison is unhashable otherwise, and holds go in sets."""
+        return object.__hash__(self)
+
     @property
     def family(self) -> int:
         return 4 if len(self.packed) == 4 else 6
