@@ -16,7 +16,7 @@ the main table out tun0 (the tunnel), under four sets of IPv4 rules at PRIORITY:
 - `in256`: as `in64` with 255 others before the client's prefix.
 
 The configurations alternate, ROUNDS runs of SECONDS each. Two figures per run: wall-clock ns
-per packet sent (as tests/netns/test_counters.py), and the sender's CPU time per packet
+per packet sent (as tests/bench/test_counters_bench.py), and the sender's CPU time per packet
 (iperf3's own CPU use: the whole path, forwarding included, runs in softirq on the sender's
 CPU, charged to it), which holds steady when other work shares the CPU and the wall clock
 does not. The medians are printed, with the cost per rule derived from them ((in - all) /
