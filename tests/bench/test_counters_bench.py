@@ -1,5 +1,5 @@
 """What counting breakout traffic costs per forwarded packet (netns, root; make bench, figures:
--s), in the NAT lab of tests/netns/test_counters.py, with its driver: 64-byte UDP at
+-s), in the NAT lab of tests/netns/test_counters.py, with its fixtures: 64-byte UDP at
 full speed, one iperf3 stream pinned to a CPU, to an address held among 10,000, the forwarding
 path with the counting table against the same without its hook. The counts are checked too
 (within 5% of what iperf3 sent: some datagrams die on the way at full speed).
@@ -8,38 +8,32 @@ path with the counting table against the same without its hook. The counts are c
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.netns.natlab import SERVICE6, NatLab
-from tests.netns.test_counters import ALLOW47, CLASSES, LINKS, OPT46, SINCE, counted, held
-from tests.netns.trafficdriver import TrafficDriver, running
+from tests.netns.test_counters import (  # noqa: F401 - counters_*: the fixtures lab, driver
+    ALLOW47,
+    CLASSES,
+    LINKS,
+    OPT46,
+    SINCE,
+    counted,
+    counters_driver,
+    counters_lab,
+    held,
+)
+from tests.netns.trafficdriver import TrafficDriver
 
 pytestmark = pytest.mark.bench
 
 IPERF_PORT = 5201
 ROUNDS, SECONDS = 3, 2.0  # alternating runs of iperf3, each this long
 HELD = 10_000  # held IPv6 addresses in the map while measuring
-
-
-@pytest.fixture
-def lab() -> Iterator[NatLab]:
-    if shutil.which("iperf3") is None:
-        pytest.fail("tests/bench/test_counters_bench.py needs iperf3: run make sysdeps")
-    with NatLab("cntb") as built:
-        yield built
-
-
-@pytest.fixture
-def driver(lab: NatLab) -> Iterator[TrafficDriver]:
-    with running(lab, LINKS, CLASSES, SINCE) as d:
-        yield d
 
 
 def iperf(lab: NatLab, host: str) -> dict[str, Any]:

@@ -28,16 +28,16 @@ CLASSES = [SEED5, OPT46, ALLOW47]
 SINCE = 1_700_000_000
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[NatLab]:
+@pytest.fixture(scope="module", name="lab")
+def counters_lab() -> Iterator[NatLab]:
     if shutil.which("iperf3") is None:
         pytest.fail("the counters' tests need iperf3: run make sysdeps")
     with NatLab("cnt") as built:
         yield built
 
 
-@pytest.fixture
-def driver(lab: NatLab) -> Iterator[TrafficDriver]:
+@pytest.fixture(name="driver")
+def counters_driver(lab: NatLab) -> Iterator[TrafficDriver]:
     with running(lab, LINKS, CLASSES, SINCE) as d:
         yield d
 
