@@ -23,6 +23,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from resolver.dns import replies, wire
 from resolver.hooks import Tagged
@@ -30,6 +31,7 @@ from resolver.hooks import Tagged
 _TTL = struct.Struct("!I")
 _OFFSETS = "!{}H"
 _OPT = (wire.opt_record(False), wire.opt_record(True))  # by the DO bit of the key
+T = TypeVar("T")
 _SHARED: dict[int, int] = {}
 _SHARED_OFFSETS: dict[bytes, bytes] = {}
 SHARED_MAX = 4096
@@ -39,29 +41,26 @@ SHARED_OFFSETS_MAX = 32  # bytes: the TTLs of 16 records
 def shared_int(n: int) -> int:
     """One int object per value for TTLs (a few hundred distinct ones in practice): each entry
     holding its own 300 would cost 28 bytes a time."""
-    if -5 <= n <= 256:
-        return n
-    found = _SHARED.get(n)
-    if found is not None:
-        return found
-    if len(_SHARED) < SHARED_MAX:
-        _SHARED[n] = n
-    return n
+    return n if -5 <= n <= 256 else _share(_SHARED, n)
 
 
 def shared_offsets(at: bytes) -> bytes:
     """One bytes object per pattern of TTL offsets: replies of one shape (question length and
     records) have the same, and each entry holding its own few bytes would cost about 40 bytes
-    a time (61,000 cached answers: 2.3 MB). At most SHARED_MAX patterns of at most
-    SHARED_OFFSETS_MAX bytes are kept (a table that hostile replies can fill stays small)."""
-    if len(at) > SHARED_OFFSETS_MAX:
-        return at
-    found = _SHARED_OFFSETS.get(at)
+    a time (61,000 cached answers: 2.3 MB). Only patterns of at most SHARED_OFFSETS_MAX bytes
+    are kept (a table that hostile replies can fill stays small)."""
+    return at if len(at) > SHARED_OFFSETS_MAX else _share(_SHARED_OFFSETS, at)
+
+
+def _share(table: dict[T, T], value: T) -> T:
+    """The one object `table` keeps for `value` (kept from now on while there is room: at
+    most SHARED_MAX), or `value` itself."""
+    found = table.get(value)
     if found is not None:
         return found
-    if len(_SHARED_OFFSETS) < SHARED_MAX:
-        _SHARED_OFFSETS[at] = at
-    return at
+    if len(table) < SHARED_MAX:
+        table[value] = value
+    return value
 
 
 @dataclass(slots=True)
