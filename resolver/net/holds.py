@@ -62,7 +62,8 @@ class Hold:
     """One address resolverd routes: its names, its expiry, and what the kernel holds for it."""
 
     __slots__ = (
-        "batch", "expires", "installed", "names", "noted", "owner", "packed", "row", "set_expires",
+        "batch", "due", "expires", "installed", "names", "noted", "owner", "packed", "row",
+        "set_expires",
     )  # fmt: skip
 
     def __init__(self, packed: bytes, name: str, expires: float, row: int) -> None:
@@ -76,11 +77,12 @@ class Hold:
         self.set_expires = 0.0  # monotonic: when the set entries last programmed lapse
         self.noted = 0.0  # monotonic: the expiry the journal has for it
         self.owner: Owner | None = None  # the client charged for it (None: restored at start)
+        self.due = expires  # its place in the ledger's expiry heap (set when it goes in)
 
     def __lt__(self, other: Hold) -> bool:
-        """The order of holds due at the same time in the ledger's expiry heap (by address),
-        so that its entries need no tie-breaker of their own."""
-        return self.packed < other.packed
+        """The order of the ledger's expiry heap, which holds the holds themselves (no tuple
+        and no float object each): by `due`, then by address."""
+        return self.due < other.due or (self.due == other.due and self.packed < other.packed)
 
     def __hash__(self) -> int:
         """By identity, as without `__lt__` (equality is identity): compiled with mypyc, a

@@ -12,7 +12,8 @@ work proportional to what changes rather than to what is held:
   them are missing then, for as long as the outage lasts);
 - an expiry heap: the sweep pops the holds whose time came, and a hold extended since it was
   pushed goes back in at its new expiry (its lapsed names are pruned then). A hold is in the
-  heap once; entries of forgotten holds are skipped when they come up.
+  heap once (the heap holds the holds, ordered by `Hold.due`, which changes only while the
+  hold is out of it); forgotten holds are skipped when they come up.
 
 Every change of a hold's kernel state goes through a method here (`sending`, `installed`,
 `failed`, `lost`, `withdrawn`, `must_reinstall`), and so does every change of the `epoch`
@@ -92,7 +93,7 @@ class Ledger:
         self.missing = Missing()
         self.swept = 0  # holds the sweep has looked at, in all: what the periodic work costs
         self.epoch = Epoch()  # hooks.BreakoutHook.epoch
-        self._heap: list[tuple[float, Hold]] = []  # (expiry, hold): ties by address
+        self._heap: list[Hold] = []  # by Hold.due; a hold is in it once (module docstring)
         self._cap_logged = False  # max_entries reached: said once, until well below it again
         self._share_logged = False  # a client at its share: said once, until none is
 
@@ -180,7 +181,8 @@ class Ledger:
         self.names += h.name_count()
         if not h.installed and h.batch is None:
             self.missing.add(h)
-        heapq.heappush(self._heap, (h.expires, h))
+        h.due = h.expires
+        heapq.heappush(self._heap, h)
 
     def extend(self, h: Hold, name: str, row: int, expires: float) -> None:
         self.names += h.extend(name, row, expires)
@@ -229,8 +231,8 @@ class Ledger:
         extended meanwhile go back into the heap at their new expiry, their lapsed names
         pruned. Costs what comes due, not what is held."""
         heap, out = self._heap, []
-        while heap and heap[0][0] <= now:
-            _when, h = heapq.heappop(heap)
+        while heap and heap[0].due <= now:
+            h = heapq.heappop(heap)
             self.swept += 1
             if self.holds.get(h.packed) is not h:
                 continue  # forgotten, or replaced by a newer hold for the address
@@ -238,7 +240,8 @@ class Ledger:
                 out.append(h)
                 continue
             self.names -= h.prune(now)
-            heapq.heappush(heap, (h.expires, h))
+            h.due = h.expires  # out of the heap now: its place may change
+            heapq.heappush(heap, h)
         return out
 
     def to_put_back(self, ready: dict[int, bool], now: float) -> list[Hold]:

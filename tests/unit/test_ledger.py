@@ -108,8 +108,8 @@ def test_a_replaced_hold_does_not_come_due_for_the_old_one() -> None:
 
 
 def test_holds_due_at_the_same_time_need_no_tie_breaker() -> None:
-    """The heap holds (expiry, hold): equal expiries compare the holds, by address, and an
-    old hold of the same address at the same expiry compares equal, not as an error."""
+    """The heap holds the holds, by due time: equal ones compare by address, and an old hold
+    of the same address due at the same time compares equal, not as an error."""
     ledger = Ledger(10)
     old = ledger.add(packed("203.0.113.2"), "x.office.com", 10.0, 1)
     assert old is not None
