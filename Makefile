@@ -18,7 +18,8 @@ SYSPKGS := iproute2 ipset nftables bind9-dnsutils dnsperf dnsmasq-base systemd n
 SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node unbound conntrack iperf3 gcc
 
 .PHONY: all venv venv-compiled sysdeps test test-unit test-integration test-compiled test-netns \
-	test-package test-netns-compiled bench bench-compiled demo lint deb clean soak profile fuzz
+	test-package test-netns-compiled bench bench-compiled demo lint deb clean soak soak-compiled \
+	profile fuzz
 
 all: test
 
@@ -129,6 +130,12 @@ bench: venv sysdeps
 # Not part of test or bench. SOAK_SECONDS=60 shortens it; SOAK_QPS=N skips the rate burst.
 soak: venv sysdeps
 	$(PY) -m pytest tests/bench/test_soak.py -q -s -m soak --tb=short
+
+# The soak on the compiled build, from the same copy as test-compiled.
+soak-compiled: venv-compiled sysdeps
+	$(compiled_copy)
+	cd $(CTESTS)/resolverd && $(abspath $(CPY)) -m pytest tests/bench/test_soak.py -q -s -m soak \
+	  --tb=short -p no:cacheprovider
 
 # cProfile, py-spy and tracemalloc of the miss path; tables in tests/bench/results/profile-*.txt
 profile: venv sysdeps
