@@ -11,6 +11,7 @@ socket).
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.netns.natlab import SERVICE4, SERVICE6, NatLab
-from tests.netns.trafficdriver import TrafficDriver, running
+from tests.netns.trafficdriver import TrafficDriver
 
 pytestmark = pytest.mark.netns
 
@@ -38,8 +39,22 @@ def counters_lab() -> Iterator[NatLab]:
 
 @pytest.fixture(name="driver")
 def counters_driver(lab: NatLab) -> Iterator[TrafficDriver]:
-    with running(lab, LINKS, CLASSES, SINCE) as d:
+    """A driver in the router, every service address routed out wan0, the table set up; the
+    driver killed and the table deleted afterwards."""
+    lab.run(lab.router, "nft", "delete", "table", "inet", "resolverd", check=False)
+    for address in SERVICE4 + SERVICE6:
+        lab.route(address, "wan0")
+    proc = lab.spawn(
+        lab.router, sys.executable, "-m", "tests.netns.trafficdriver", stdin=subprocess.PIPE
+    )
+    d = TrafficDriver(proc)
+    try:
+        d.apply("setup", links=LINKS, classes=CLASSES, since=SINCE)
         yield d
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        lab.run(lab.router, "nft", "delete", "table", "inet", "resolverd", check=False)
 
 
 def burst(lab: NatLab, host: str, count: int, size: int) -> None:

@@ -27,15 +27,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from resolver.net import netlink, nftables, traffic
 from resolver.net.netlink import Message
 from resolver.net.traffic import Layout, TrafficClass
-from tests.netns.natlab import SERVICE4, SERVICE6, NatLab
 
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
@@ -116,8 +114,7 @@ async def serve() -> None:
 
 
 class TrafficDriver:
-    """The test side: `call("counters")` returns the result, or raises on an error reply.
-    `running` starts one in a lab's router."""
+    """The test side: `call("counters")` returns the result, or raises on an error reply."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
@@ -139,28 +136,6 @@ class TrafficDriver:
         code = self.call(op, **kw)
         if code:
             raise RuntimeError(f"{op}: errno {code}")
-
-
-@contextmanager
-def running(
-    lab: NatLab, links: list[str], classes: list[Any], since: int
-) -> Iterator[TrafficDriver]:
-    """A driver in `lab`'s router, every service address routed out wan0, the table set up as
-    `links`, `classes` and `since` say; the driver killed and the table deleted afterwards."""
-    lab.run(lab.router, "nft", "delete", "table", "inet", "resolverd", check=False)
-    for address in SERVICE4 + SERVICE6:
-        lab.route(address, "wan0")
-    proc = lab.spawn(
-        lab.router, sys.executable, "-m", "tests.netns.trafficdriver", stdin=subprocess.PIPE
-    )
-    d = TrafficDriver(proc)
-    try:
-        d.apply("setup", links=links, classes=classes, since=since)
-        yield d
-    finally:
-        proc.kill()
-        proc.wait(timeout=5)
-        lab.run(lab.router, "nft", "delete", "table", "inet", "resolverd", check=False)
 
 
 def now() -> int:
