@@ -23,12 +23,12 @@ import sysconfig
 
 from setuptools import setup
 
-# The DNS core, the hooks, the matcher, the hold ledger and holds, the netlink encoders: the
-# code every query or route runs through. resolver/dns/tcp.py and server.py (socket set-up,
+# The DNS core, the hooks, the matcher, the hold ledger and holds, the netlink encoders, and
+# the breakout's side of an answer (breakout, kernel, journal, links, the traffic counters):
+# the code every query or route runs through. resolver/dns/tcp.py and server.py (socket set-up,
 # asyncio.Protocol subclasses) and everything that runs once or on request stay interpreted.
 COMPILED = [
     "policy/matcher.py",
-    "resolver/hooks.py",
     "resolver/dns/cache.py",
     "resolver/dns/counts.py",
     "resolver/dns/events.py",
@@ -46,16 +46,33 @@ COMPILED = [
     "resolver/dns/upstream.py",
     "resolver/dns/wire.py",
     "resolver/dns/zones.py",
+    "resolver/fdwatch.py",
+    "resolver/hooks.py",
+    "resolver/net/accounting.py",
     "resolver/net/batches.py",
+    "resolver/net/breakout.py",
+    "resolver/net/errors.py",
     "resolver/net/handoff.py",
     "resolver/net/holds.py",
     "resolver/net/installs.py",
     "resolver/net/ipsets.py",
+    "resolver/net/journal.py",
+    "resolver/net/kernel.py",
+    "resolver/net/kernelapi.py",
+    "resolver/net/latency.py",
     "resolver/net/ledger.py",
+    "resolver/net/linkchoice.py",
+    "resolver/net/links.py",
+    "resolver/net/linkwatch.py",
     "resolver/net/netlink.py",
+    "resolver/net/neverroute.py",
+    "resolver/net/nftables.py",
     "resolver/net/nftsets.py",
+    "resolver/net/prefixes.py",
+    "resolver/net/quickcalls.py",
     "resolver/net/records.py",
     "resolver/net/routes.py",
+    "resolver/net/traffic.py",
 ]
 
 

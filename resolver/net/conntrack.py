@@ -203,7 +203,7 @@ def matching(bodies: Sequence[Buffer], addresses: Collection[bytes]) -> list[Ent
 # -- the flush ---------------------------------------------------------------------------------
 
 
-def _submit(channel: netlink.Channel, messages: Sequence[Message]) -> asyncio.Future[list[int]]:
+def _submit(channel: netlink.ChannelLike, messages: Sequence[Message]) -> asyncio.Future[list[int]]:
     fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
 
     def settled(errors: list[int]) -> None:
@@ -215,7 +215,7 @@ def _submit(channel: netlink.Channel, messages: Sequence[Message]) -> asyncio.Fu
 
 
 async def flush(
-    channel: netlink.Channel,
+    channel: netlink.ChannelLike,
     addresses: Collection[bytes],
     deadline: float,
     clock: Callable[[], float] = time.monotonic,

@@ -34,6 +34,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -146,6 +147,16 @@ def open_socket(proto: int, groups: int = 0, strict: bool = False) -> socket.soc
         sock.close()
         raise
     return sock
+
+
+class ChannelLike(Protocol):
+    """What the counters and their readers ask of a Channel (tests hand in a fake one)."""
+
+    def submit(
+        self, messages: Sequence[Message], settled: Settled, atomic: bool = False
+    ) -> None: ...
+    def request(self, kind: int, flags: int, body: bytes) -> asyncio.Future[list[bytes]]: ...
+    def close(self) -> None: ...
 
 
 class Channel:

@@ -299,7 +299,7 @@ def _order(t: Traffic) -> tuple[bool, int, str, str, str]:
     return (not isinstance(t.row, int), number, str(t.row), t.category or "", t.link)
 
 
-async def read_since(channel: netlink.Channel, layout: Layout) -> int | None:
+async def read_since(channel: netlink.ChannelLike, layout: Layout) -> int | None:
     """The table's `since`, or None when the table does not exist (counters to be made)."""
     kind, flags, body = nftables.get_table(layout.table)
     try:
@@ -311,13 +311,13 @@ async def read_since(channel: netlink.Channel, layout: Layout) -> int | None:
     return parse_since(replies[0]) if replies else None
 
 
-async def read_counters(channel: netlink.Channel, layout: Layout) -> list[Traffic]:
+async def read_counters(channel: netlink.ChannelLike, layout: Layout) -> list[Traffic]:
     kind, flags, body = nftables.dump_counters(layout.table)
     replies = await channel.request(kind, flags, body)
     return traffic(layout, (c for c in map(parse_counter, replies) if c is not None))
 
 
-async def read_held(channel: netlink.Channel, layout: Layout, family: int) -> list[Held]:
+async def read_held(channel: netlink.ChannelLike, layout: Layout, family: int) -> list[Held]:
     kind, flags, body = nftables.dump_elements(layout.table, SETS[family])
     replies = await channel.request(kind, flags, body)
     return [h for reply in replies for h in parse_elements(reply)]

@@ -205,7 +205,11 @@ def run_flush(channel: FakeChannel, addresses: list[bytes], deadline: float, **k
     async def go() -> conntrack.Flushed:
         loop = asyncio.get_running_loop()
         return await conntrack.flush(
-            cast(netlink.Channel, channel), addresses, loop.time() + deadline, clock=loop.time, **kw
+            cast(netlink.ChannelLike, channel),
+            addresses,
+            loop.time() + deadline,
+            clock=loop.time,
+            **kw,
         )
 
     return asyncio.run(go())
@@ -265,7 +269,7 @@ def test_the_deadline_is_checked_between_batches() -> None:
 
     async def go() -> conntrack.Flushed:
         return await conntrack.flush(
-            cast(netlink.Channel, channel), [V4_DST], 5.0, clock=lambda: next(ticks)
+            cast(netlink.ChannelLike, channel), [V4_DST], 5.0, clock=lambda: next(ticks)
         )
 
     assert asyncio.run(go()) == conntrack.Flushed(512, 0, False)

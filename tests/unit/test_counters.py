@@ -320,21 +320,23 @@ def test_readers_on_a_fake_channel() -> None:
     async def go() -> None:
         table = nftables.new_table("resolverd", traffic.comment(42))[2]
         ch = FakeChannel([table])
-        assert await traffic.read_since(cast(netlink.Channel, ch), LAYOUT) == 42
+        assert await traffic.read_since(cast(netlink.ChannelLike, ch), LAYOUT) == 42
         assert ch.asked[0][:2] == (0x0A01, NLM_F_REQUEST)
         gone = FakeChannel(None, errno.ENOENT)
-        assert await traffic.read_since(cast(netlink.Channel, gone), LAYOUT) is None
+        assert await traffic.read_since(cast(netlink.ChannelLike, gone), LAYOUT) is None
         with pytest.raises(netlink.NetlinkSocketError):
-            await traffic.read_since(cast(netlink.Channel, FakeChannel(None, errno.EPERM)), LAYOUT)
+            await traffic.read_since(
+                cast(netlink.ChannelLike, FakeChannel(None, errno.EPERM)), LAYOUT
+            )
         ch = FakeChannel([obj_reply("r5-seed.wan1", 3, 30)])
-        assert await traffic.read_counters(cast(netlink.Channel, ch), LAYOUT) == [
+        assert await traffic.read_counters(cast(netlink.ChannelLike, ch), LAYOUT) == [
             traffic.Traffic(5, None, "wan1", 30, 3)
         ]
         kind, flags, body = ch.asked[0]
         assert (kind, flags & netlink.NLM_F_DUMP) == (0x0A13, netlink.NLM_F_DUMP)
         assert netlink.parse_attrs(body, 4)[3] == be32(1)  # counters only
         ch = FakeChannel([elem_reply()])
-        assert len(await traffic.read_held(cast(netlink.Channel, ch), LAYOUT, 4)) == 2
+        assert len(await traffic.read_held(cast(netlink.ChannelLike, ch), LAYOUT, 4)) == 2
         assert b"held4\0" in ch.asked[0][2]
 
     asyncio.run(go())
