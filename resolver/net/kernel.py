@@ -71,7 +71,8 @@ class Kernel:
                 self.rtnl = netlink.Channel(netlink.NETLINK_ROUTE, strict=True)
                 self.rtnl.attach(loop)
             if self.nfnl is None and any(name or nft for _, name, nft in sets):
-                self.nfnl = netlink.Channel(netlink.NETLINK_NETFILTER)
+                # One writer thread for both: an answer's routes and set entries cross together.
+                self.nfnl = netlink.Channel(netlink.NETLINK_NETFILTER, share=self.rtnl)
                 self.nfnl.attach(loop)
         except PermissionError as err:
             raise needs_net_admin("open netlink sockets") from err

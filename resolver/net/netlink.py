@@ -17,11 +17,13 @@ The thread: rtnetlink and nfnetlink process a request synchronously inside `send
 the kernel's routing lock (rtnl_lock) or the subsystem's mutex. When another process holds
 that lock (a big `ip route flush`, a link being torn down), `sendmsg` blocks, and a blocking
 call on the event loop would stop every DNS answer, cached ones included. So each `Channel`
-owns a writer thread that does the sending and reads the acks. The loop queues work; what is
-queued in one loop iteration crosses in one round (`handoff.Handoff`): one wake of the writer
-(a lock released), its datagrams merged, one list of errnos for all of its messages, and one
-wake of the loop (an eventfd the loop watches), which settles every job of the round. A reply
-waits for its routes at most `ack_timeout` (the breakout's timer), whatever the kernel is doing.
+has a writer thread that does the sending and reads the acks: its own, or one it shares with
+another channel (`share`: the kernel side's routes and set entries go through one). The loop
+queues work; what is queued in one loop iteration crosses in one round (`handoff.Handoff`): one
+wake of the writer (a lock released), its datagrams merged, one list of errnos for all of its
+messages, and one wake of the loop (an eventfd the loop watches), which settles every job of
+the round. A reply waits for its routes at most `ack_timeout` (the breakout's timer), whatever
+the kernel is doing.
 """
 
 from __future__ import annotations
@@ -165,10 +167,27 @@ class Channel:
     Called on the event loop thread; the socket belongs to the writer thread (module doc).
     `submit` never blocks and never raises for kernel errors: each message's errno comes back
     through the callback, on the loop. `sock` is for tests (a fake socket).
+
+    `share`: send through that channel's writer thread instead of one of its own. The host's
+    writer then runs both channels' rounds on one wake and wakes the loop once for both (the
+    kernel side's routes and set entries, which every tagged answer waits for together): half
+    the interpreter-lock round trips of two writers. A held lock on one socket then delays the
+    other's round too, never the loop. Closing the host stops its writer; a guest's jobs still
+    out get ESHUTDOWN, and a guest used after that starts a writer of its own.
     """
 
-    def __init__(self, proto: int, strict: bool = False, sock: socket.socket | None = None):
+    def __init__(
+        self,
+        proto: int,
+        strict: bool = False,
+        sock: socket.socket | None = None,
+        share: Channel | None = None,
+    ):
         self.proto = proto
+        self._host = share  # whose writer sends this channel's rounds (None: its own)
+        self._hosted = False  # attached to the host's writer
+        self._guests: list[Channel] = []  # replaced, never changed: the writer reads it
+        self._busy = threading.Lock()  # held by the host's writer while it runs a guest round
         self.sock = sock if sock is not None else open_socket(proto, strict=strict)
         self.sock.setblocking(True)
         self.sock.settimeout(RECV_TIMEOUT)
@@ -191,6 +210,17 @@ class Channel:
         return self.handoff.pending
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        host = self._host
+        if host is not None:
+            if not self._hosted:
+                host.attach(loop)
+                self._loop = loop
+                self._done_fd = host._done_fd
+                if not self._fake:
+                    self._quick = QuickCalls.open(self.sock, self._buf, self._done_fd)
+                host._guests = [*host._guests, self]
+                self._hosted = True
+            return
         if self._writer is None:
             self._loop = loop
             self._done_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -203,6 +233,9 @@ class Channel:
             self._writer.start()
 
     def close(self) -> None:
+        if self._hosted:
+            self._leave()
+            return
         writer, self._writer = self._writer, None
         if writer is not None:
             self._stopping = True
@@ -216,8 +249,41 @@ class Channel:
             else:
                 os.close(self._done_fd)
             self._done_fd = -1
+        guests, self._guests = self._guests, []
+        for guest in guests:
+            guest._orphan()
         self.handoff.shut(errno.ESHUTDOWN)
         self.sock.close()
+
+    def _leave(self) -> None:
+        """Close a guest: off the host's list, then (once the writer is out of its round, as
+        long as close waits for a writer of its own) its jobs settled and its socket closed."""
+        host = self._host
+        assert host is not None
+        host._guests = [g for g in host._guests if g is not self]
+        free = self._busy.acquire(timeout=RECV_TIMEOUT + 1.0)
+        try:
+            if not free:
+                log.warning("netlink writer netlink-%d did not leave a round; its socket is closed",
+                            host.proto)  # fmt: skip
+            self._detach()
+            self.handoff.shut(errno.ESHUTDOWN)
+            self.sock.close()
+        finally:
+            if free:
+                self._busy.release()
+
+    def _orphan(self) -> None:
+        """The host closed: what is out gets ESHUTDOWN; used again, it runs a writer of its own."""
+        self._detach()
+        self._host = None
+        self.handoff.shut(errno.ESHUTDOWN)
+
+    def _detach(self) -> None:
+        self._hosted = False
+        self._loop = None
+        self._done_fd = -1
+        self._quick = None
 
     # -- the loop's side ---------------------------------------------------------------------
 
@@ -250,7 +316,7 @@ class Channel:
         return fut
 
     def _queue(self, job: Job) -> None:
-        if self._writer is None:
+        if self._writer is None and not self._hosted:
             self.attach(asyncio.get_running_loop())
         self.handoff.queue(job)
 
@@ -260,6 +326,10 @@ class Channel:
         loop.call_soon(fn)
 
     def _ring(self) -> None:
+        host = self._host
+        if host is not None and self._hosted:
+            host._ring()
+            return
         # Only the loop releases the bell, so it cannot be released between the check and
         # the release; unlocked means a wake is pending already.
         if self._bell.locked():
@@ -273,8 +343,20 @@ class Channel:
             log.debug("netlink: a spurious wake of the loop")  # a round collected already
             return
         self.handoff.collect()
+        for guest in self._guests:
+            guest.handoff.collect()
 
     # -- the writer thread -------------------------------------------------------------------
+
+    def _run_guest(self) -> bool:
+        """On the host's writer: this guest's round, if one is handed over."""
+        with self._busy:
+            rnd = self.handoff.take()
+            if rnd is None:
+                return False
+            run_round(self.sock, rnd, self._buf, self._quick)
+            self.handoff.finish(rnd)
+            return True
 
     def _run(self) -> None:
         handoff, bell, sock, buf = self.handoff, self._bell, self.sock, self._buf
@@ -284,10 +366,14 @@ class Channel:
             if self._stopping:
                 return
             rnd = handoff.take()
-            if rnd is None:
+            ran = rnd is not None
+            if rnd is not None:
+                run_round(sock, rnd, buf, quick)
+                handoff.finish(rnd)
+            for guest in self._guests:
+                ran = guest._run_guest() or ran
+            if not ran:
                 continue
-            run_round(sock, rnd, buf, quick)
-            handoff.finish(rnd)
             if self._stopping:  # close() collects it
                 return
             try:

@@ -133,8 +133,8 @@ class FakeSock:
         return (family, address, 32 if family == 4 else 128, 365) in self.routes
 
 
-def channel(proto: int, sock: FakeSock) -> netlink.Channel:
-    return netlink.Channel(proto, sock=cast(socket.socket, sock))
+def channel(proto: int, sock: FakeSock, share: netlink.Channel | None = None) -> netlink.Channel:
+    return netlink.Channel(proto, sock=cast(socket.socket, sock), share=share)
 
 
 def route_add(address: str) -> netlink.Message:
@@ -243,6 +243,74 @@ async def test_close_settles_what_is_queued() -> None:
     assert got == [[errno.ESHUTDOWN]] and ch.pending == 0
 
 
+async def test_a_guest_rides_its_hosts_writer_and_the_loop_hears_once() -> None:
+    rt, nf = FakeSock(), FakeSock()
+    threads = threading.active_count()
+    host = channel(netlink.NETLINK_ROUTE, rt)
+    guest = channel(netlink.NETLINK_NETFILTER, nf, share=host)
+    try:
+        got = await asyncio.gather(
+            submit(host, [route_add("203.0.113.1")]), submit(guest, [route_add("203.0.113.2")])
+        )
+        assert list(got) == [[0], [0]]
+        assert threading.active_count() == threads + 1  # one writer for both sockets
+        assert rt.has("203.0.113.1") and not rt.has("203.0.113.2")
+        assert nf.has("203.0.113.2") and not nf.has("203.0.113.1")
+    finally:
+        guest.close()
+        host.close()
+    assert threading.active_count() == threads
+
+
+async def test_a_held_lock_on_the_hosts_socket_delays_the_guest_not_the_loop() -> None:
+    rt, nf = FakeSock(), FakeSock()
+    host = channel(netlink.NETLINK_ROUTE, rt)
+    guest = channel(netlink.NETLINK_NETFILTER, nf, share=host)
+    loop = asyncio.get_running_loop()
+    routed, entered = loop.create_future(), loop.create_future()
+    rt.gate.clear()
+    try:
+        host.submit([route_add("203.0.113.1")], routed.set_result)
+        guest.submit([route_add("203.0.113.2")], entered.set_result)
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.05)
+        assert time.perf_counter() - t0 < 0.5  # the loop ran on
+        assert not routed.done() and not entered.done()
+    finally:
+        rt.gate.set()
+    assert list(await asyncio.wait_for(asyncio.gather(routed, entered), 3)) == [[0], [0]]
+    guest.close()
+    host.close()
+
+
+async def test_closing_the_host_settles_its_guest_which_then_goes_on_alone() -> None:
+    rt, nf = FakeSock(), FakeSock()
+    host = channel(netlink.NETLINK_ROUTE, rt)
+    guest = channel(netlink.NETLINK_NETFILTER, nf, share=host)
+    assert await submit(guest, [route_add("203.0.113.1")]) == [0]
+    got: list[list[int]] = []
+    guest.submit([route_add("203.0.113.2")], got.append)  # not handed over yet
+    host.close()
+    assert got == [[errno.ESHUTDOWN]] and guest.pending == 0
+    assert await submit(guest, [route_add("203.0.113.3")]) == [0]  # a writer of its own now
+    assert nf.has("203.0.113.3")
+    guest.close()
+
+
+async def test_closing_a_guest_leaves_its_host_working() -> None:
+    rt, nf = FakeSock(), FakeSock()
+    host = channel(netlink.NETLINK_ROUTE, rt)
+    guest = channel(netlink.NETLINK_NETFILTER, nf, share=host)
+    assert await submit(guest, [route_add("203.0.113.1")]) == [0]
+    got: list[list[int]] = []
+    guest.submit([route_add("203.0.113.2")], got.append)
+    guest.close()
+    assert got == [[errno.ESHUTDOWN]]
+    assert await submit(host, [route_add("203.0.113.3")]) == [0]
+    assert rt.has("203.0.113.3") and not nf.has("203.0.113.2")
+    host.close()
+
+
 # -- the breakout on top of it ----------------------------------------------------------------
 
 
@@ -265,7 +333,8 @@ def warnings_of(name: str) -> Iterator[list[str]]:
 
 
 class Rig:
-    """A started Breakout over a real `Kernel` whose two channels are fake sockets."""
+    """A started Breakout over a real `Kernel` whose two channels are fake sockets, sharing one
+    writer thread as the Kernel's own do."""
 
     def __init__(self, tmp: str, **cfg: Any) -> None:
         async def has_set(_channel: Any, _name: str, _family: int) -> bool:
@@ -275,7 +344,7 @@ class Rig:
         self.cfg = make_cfg(**cfg)
         self.kernel = Kernel(self.cfg, net_admin=lambda: True, inspect_ipset=has_set)
         self.kernel.rtnl = channel(netlink.NETLINK_ROUTE, self.rt)
-        self.kernel.nfnl = channel(netlink.NETLINK_NETFILTER, self.nf)
+        self.kernel.nfnl = channel(netlink.NETLINK_NETFILTER, self.nf, share=self.kernel.rtnl)
         self.clock = Clock(time.monotonic())
         self.b = make_breakout(tmp, self.cfg, kernel=self.kernel, clock=self.clock, watch=False)
 
