@@ -32,9 +32,11 @@ import asyncio
 import errno
 import logging
 import os
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -168,12 +170,10 @@ class Channel:
     `submit` never blocks and never raises for kernel errors: each message's errno comes back
     through the callback, on the loop. `sock` is for tests (a fake socket).
 
-    `share`: send through that channel's writer thread instead of one of its own. The host's
-    writer then runs both channels' rounds on one wake and wakes the loop once for both (the
-    kernel side's routes and set entries, which every tagged answer waits for together): half
-    the interpreter-lock round trips of two writers. A held lock on one socket then delays the
-    other's round too, never the loop. Closing the host stops its writer; a guest's jobs still
-    out get ESHUTDOWN, and a guest used after that starts a writer of its own.
+    `share`: use that channel's writer: one wake of one thread, and of the loop, for both
+    channels' rounds. A lock held on one socket delays the other's round, never the loop.
+    `close` first sends what was queued (for at most RECV_TIMEOUT); a guest used after its
+    host closed starts a writer of its own.
     """
 
     def __init__(
@@ -184,10 +184,10 @@ class Channel:
         share: Channel | None = None,
     ):
         self.proto = proto
-        self._host = share  # whose writer sends this channel's rounds (None: its own)
+        self._host = share  # whose writer runs this channel's rounds (None: its own)
         self._hosted = False  # attached to the host's writer
-        self._guests: list[Channel] = []  # replaced, never changed: the writer reads it
-        self._busy = threading.Lock()  # held by the host's writer while it runs a guest round
+        self._guests: list[Channel] = []  # replaced, not changed: the writer reads it
+        self._busy = threading.Lock()  # held by the host's writer in this guest's round
         self.sock = sock if sock is not None else open_socket(proto, strict=strict)
         self.sock.setblocking(True)
         self.sock.settimeout(RECV_TIMEOUT)
@@ -238,9 +238,11 @@ class Channel:
             return
         writer, self._writer = self._writer, None
         if writer is not None:
+            deadline = time.monotonic() + RECV_TIMEOUT
+            self._drain(self, [self, *self._guests], deadline)
             self._stopping = True
             self._ring()
-            writer.join(RECV_TIMEOUT + 1.0)
+            writer.join(max(0.1, deadline + 1.0 - time.monotonic()))
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 stop_reading(loop, self._done_fd)
@@ -256,16 +258,16 @@ class Channel:
         self.sock.close()
 
     def _leave(self) -> None:
-        """Close a guest: off the host's list, then (once the writer is out of its round, as
-        long as close waits for a writer of its own) its jobs settled and its socket closed."""
+        """Close a guest: drained, off the host's list, then closed once the writer is out."""
         host = self._host
         assert host is not None
+        deadline = time.monotonic() + RECV_TIMEOUT
+        self._drain(host, [self], deadline)
         host._guests = [g for g in host._guests if g is not self]
-        free = self._busy.acquire(timeout=RECV_TIMEOUT + 1.0)
+        free = self._busy.acquire(timeout=max(0.1, deadline + 1.0 - time.monotonic()))
         try:
             if not free:
-                log.warning("netlink writer netlink-%d did not leave a round; its socket is closed",
-                            host.proto)  # fmt: skip
+                log.warning("netlink writer netlink-%d is stuck; socket closed", host.proto)
             self._detach()
             self.handoff.shut(errno.ESHUTDOWN)
             self.sock.close()
@@ -273,8 +275,25 @@ class Channel:
             if free:
                 self._busy.release()
 
+    @staticmethod
+    def _drain(host: Channel, channels: list[Channel], deadline: float) -> None:
+        """On the loop: hand over and collect `channels`' rounds through `host`'s writer until
+        none is left or `deadline` passes (a stuck writer: the rest gets ESHUTDOWN)."""
+        loop = host._loop
+        if loop is None or loop.is_closed() or host._done_fd < 0:
+            return
+        while True:
+            for ch in channels:
+                ch.handoff.hand_over()  # nothing when a round is out or none is queued
+            if all(ch.handoff.handed is None for ch in channels):
+                return
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([host._done_fd], [], [], wait)[0]:
+                return
+            host._completed()
+
     def _orphan(self) -> None:
-        """The host closed: what is out gets ESHUTDOWN; used again, it runs a writer of its own."""
+        """The host closed: the rest gets ESHUTDOWN; used again, it runs its own writer."""
         self._detach()
         self._host = None
         self.handoff.shut(errno.ESHUTDOWN)

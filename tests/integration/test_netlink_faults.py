@@ -235,14 +235,29 @@ async def test_one_round_per_iteration_and_one_more_for_what_waited_on_a_held_lo
     ch.close()
 
 
-async def test_close_settles_what_is_queued() -> None:
+async def test_close_sends_what_was_queued_before_it() -> None:
     sock = FakeSock()
     ch = channel(netlink.NETLINK_ROUTE, sock)
     assert await submit(ch, [route_add("203.0.113.1")]) == [0]
     got: list[list[int]] = []
     ch.submit([route_add("203.0.113.2")], got.append)  # not handed over yet
     ch.close()
-    assert got == [[errno.ESHUTDOWN]] and ch.pending == 0
+    assert got == [[0]] and ch.pending == 0 and sock.has("203.0.113.2")
+
+
+async def test_close_gives_up_on_a_held_lock_after_the_receive_timeout() -> None:
+    sock = FakeSock()
+    ch = channel(netlink.NETLINK_ROUTE, sock)
+    got: list[list[int]] = []
+    sock.gate.clear()  # every send blocks, as under a held rtnl_lock
+    try:
+        ch.submit([route_add("203.0.113.1")], got.append)
+        t0 = time.monotonic()
+        ch.close()
+        assert netlink.RECV_TIMEOUT <= time.monotonic() - t0 < netlink.RECV_TIMEOUT + 2
+        assert got == [[errno.ESHUTDOWN]] and ch.pending == 0
+    finally:
+        sock.gate.set()
 
 
 async def test_a_guest_rides_its_hosts_writer_and_the_loop_hears_once() -> None:
@@ -284,15 +299,15 @@ async def test_a_held_lock_on_the_hosts_socket_delays_the_guest_not_the_loop() -
     host.close()
 
 
-async def test_closing_the_host_settles_its_guest_which_then_goes_on_alone() -> None:
+async def test_closing_the_host_sends_its_guests_jobs_and_the_guest_then_goes_on_alone() -> None:
     rt, nf = FakeSock(), FakeSock()
     host = channel(netlink.NETLINK_ROUTE, rt)
     guest = channel(netlink.NETLINK_NETFILTER, nf, share=host)
     assert await submit(guest, [route_add("203.0.113.1")]) == [0]
     got: list[list[int]] = []
     guest.submit([route_add("203.0.113.2")], got.append)  # not handed over yet
-    host.close()
-    assert got == [[errno.ESHUTDOWN]] and guest.pending == 0
+    host.close()  # sends it first
+    assert got == [[0]] and guest.pending == 0 and nf.has("203.0.113.2")
     assert await submit(guest, [route_add("203.0.113.3")]) == [0]  # a writer of its own now
     assert nf.has("203.0.113.3")
     guest.close()
@@ -305,10 +320,10 @@ async def test_closing_a_guest_leaves_its_host_working() -> None:
     assert await submit(guest, [route_add("203.0.113.1")]) == [0]
     got: list[list[int]] = []
     guest.submit([route_add("203.0.113.2")], got.append)
-    guest.close()
-    assert got == [[errno.ESHUTDOWN]]
+    guest.close()  # sends it first
+    assert got == [[0]] and nf.has("203.0.113.2")
     assert await submit(host, [route_add("203.0.113.3")]) == [0]
-    assert rt.has("203.0.113.3") and not nf.has("203.0.113.2")
+    assert rt.has("203.0.113.3") and not rt.has("203.0.113.2")
     host.close()
 
 
