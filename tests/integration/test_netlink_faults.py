@@ -260,10 +260,15 @@ async def test_close_gives_up_on_a_held_lock_after_the_receive_timeout() -> None
         sock.gate.set()
 
 
-async def test_a_guest_rides_its_hosts_writer_and_the_loop_hears_once() -> None:
+def shared_pair() -> tuple[FakeSock, FakeSock, netlink.Channel, netlink.Channel]:
+    """A route channel, and a netfilter one that rides its writer, as the Kernel has them."""
     rt, nf = FakeSock(), FakeSock()
     host = channel(netlink.NETLINK_ROUTE, rt)
-    guest = channel(netlink.NETLINK_NETFILTER, nf, share=host)
+    return rt, nf, host, channel(netlink.NETLINK_NETFILTER, nf, share=host)
+
+
+async def test_a_guest_rides_its_hosts_writer_and_the_loop_hears_once() -> None:
+    rt, nf, host, guest = shared_pair()
     try:
         got = await asyncio.gather(
             submit(host, [route_add("203.0.113.1")]), submit(guest, [route_add("203.0.113.2")])
@@ -279,9 +284,7 @@ async def test_a_guest_rides_its_hosts_writer_and_the_loop_hears_once() -> None:
 
 
 async def test_a_held_lock_on_the_hosts_socket_delays_the_guest_not_the_loop() -> None:
-    rt, nf = FakeSock(), FakeSock()
-    host = channel(netlink.NETLINK_ROUTE, rt)
-    guest = channel(netlink.NETLINK_NETFILTER, nf, share=host)
+    rt, _nf, host, guest = shared_pair()
     loop = asyncio.get_running_loop()
     routed, entered = loop.create_future(), loop.create_future()
     rt.gate.clear()
@@ -300,9 +303,7 @@ async def test_a_held_lock_on_the_hosts_socket_delays_the_guest_not_the_loop() -
 
 
 async def test_closing_the_host_sends_its_guests_jobs_and_the_guest_then_goes_on_alone() -> None:
-    rt, nf = FakeSock(), FakeSock()
-    host = channel(netlink.NETLINK_ROUTE, rt)
-    guest = channel(netlink.NETLINK_NETFILTER, nf, share=host)
+    _rt, nf, host, guest = shared_pair()
     assert await submit(guest, [route_add("203.0.113.1")]) == [0]
     got: list[list[int]] = []
     guest.submit([route_add("203.0.113.2")], got.append)  # not handed over yet
@@ -314,9 +315,7 @@ async def test_closing_the_host_sends_its_guests_jobs_and_the_guest_then_goes_on
 
 
 async def test_closing_a_guest_leaves_its_host_working() -> None:
-    rt, nf = FakeSock(), FakeSock()
-    host = channel(netlink.NETLINK_ROUTE, rt)
-    guest = channel(netlink.NETLINK_NETFILTER, nf, share=host)
+    rt, nf, host, guest = shared_pair()
     assert await submit(guest, [route_add("203.0.113.1")]) == [0]
     got: list[list[int]] = []
     guest.submit([route_add("203.0.113.2")], got.append)
