@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import struct
@@ -43,6 +44,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -155,13 +157,27 @@ def _record(name: str, rtype: str, value: str, ttl: int) -> RR:
     return RR(owner, QTYPE.SOA, rdata=SOA(mname, rname, tuple(int(t) for t in times)), ttl=ttl)
 
 
+def _below_ephemeral() -> int:
+    """A random port under the kernel's ephemeral range, which no client socket is given: a
+    stopped server can start again on its port (test_upstreams_die_and_come_back...) without
+    a resolver's source port having taken it meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return random.randrange(max(1024, low - 12288), low)
+
+
 def bind_pair(host: str, port: int = 0) -> tuple[socket.socket, socket.socket, int]:
-    """A UDP and a listening TCP socket on the same port of `host` (a free one for port 0),
-    both non-blocking: what a name server serves on."""
+    """A UDP and a listening TCP socket on the same port of `host` (a free one below the
+    ephemeral range for port 0), both non-blocking: what a name server serves on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _attempt in range(50):
         udp = socket.socket(family, socket.SOCK_DGRAM)
-        udp.bind((host, port))
+        try:
+            udp.bind((host, port or _below_ephemeral()))
+        except OSError:
+            udp.close()
+            if port:
+                raise
+            continue
         chosen = udp.getsockname()[1]
         tcp = socket.socket(family, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
