@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from resolver import fdwatch
-from resolver.net import netlink, routes
+from resolver.net import echofilter, netlink, routes
 from resolver.net.netlink import NLM_F_DUMP, NLM_F_REQUEST, Buffer
 from resolver.net.routes import RT_SCOPE_LINK, RT_TABLE_MAIN, RTN_UNICAST, RTPROT_KERNEL, Route
 
@@ -252,14 +252,28 @@ class Monitor:
         self._handler = handler
         self._overrun = overrun
         # (table, protocol) of the routes we install: their RTM_NEWROUTE echoes, one per new
-        # route, are dropped unparsed (parsing them cost about 6% of the miss path).
+        # route, are dropped unparsed (parsing them cost about 6% of the miss path), and
+        # before that by the kernel (echofilter), for the (table, protocol) in `_filtered`.
         self._own_routes = own_routes
+        self._filtered: tuple[int, int] | None = None
         self._buf = bytearray(1 << 18)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._refilter()
         loop.add_reader(self.sock.fileno(), self.read)
+
+    def _refilter(self) -> None:
+        """Have the kernel drop the echoes of our routes, for the table and protocol now."""
+        own = self._own_routes() if self._own_routes is not None else None
+        if own is None or own == self._filtered:
+            return
+        self._filtered = own
+        try:
+            echofilter.attach(self.sock, *own)
+        except OSError as err:  # they are then dropped here, in `_dispatch`
+            log.warning("netlink monitor: cannot filter our routes' echoes in the kernel: %s", err)
 
     def close(self) -> None:
         if self._loop is not None:
@@ -268,6 +282,7 @@ class Monitor:
         self.sock.close()
 
     def read(self) -> None:
+        self._refilter()  # a reload may have moved our routes to another table or protocol
         buf = self._buf
         while (size := netlink.recv(self.sock, buf, self._lost)) is not None:
             for kind, _flags, _seq, start, end in netlink.iter_messages(buf, size):
