@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
+import sys
 
 from resolver.net.routes import RTA_TABLE, RTM_NEWROUTE, RTMSG
 
@@ -50,11 +51,12 @@ def _as_loaded(fmt: str, *values: int) -> int:
 def program(table: int, protocol: int) -> list[tuple[int, int, int, int]]:
     """The filter's instructions (code, jump if true, jump if false, k); see the docstring."""
     keep = 20  # the index of the last instruction; a jump's offset counts from the next one
+    high, low = (1, 0) if sys.byteorder == "little" else (2, 3)  # nlmsg_len's low 16 bits
     return [
-        (_LD | _B | _ABS, 0, 0, 1),  # 0: nlmsg_len, low 16 bits (host order, little or big)
+        (_LD | _B | _ABS, 0, 0, high),  # 0: nlmsg_len (a notification is far below 64 KiB)
         (_ALU | _LSH | _K, 0, 0, 8),
         (_ST, 0, 0, 0),
-        (_LD | _B | _ABS, 0, 0, 0),
+        (_LD | _B | _ABS, 0, 0, low),
         (_LDX | _W | _MEM, 0, 0, 0),
         (_ALU | _OR | _X, 0, 0, 0),
         (_MISC | _TAX, 0, 0, 0),
