@@ -1,7 +1,7 @@
 """The router's links, addresses and device routes, read at start and kept current from netlink.
 
 This is the link-watching module: `Monitor` listens, `NetView` is what it learnt; which link
-carries the routes is paths.py's business.
+carries the routes is linkchoice.py's business.
 
 Two uses: whether the breakout interface can carry routes (up, running, with an address of the
 family), and which networks the router is connected to (never routed, see neverroute): the
@@ -9,7 +9,8 @@ prefixes of its addresses, and the main table's device routes that stand for an 
 network rather than for a way out (see `attached_network`).
 `Monitor` listens to the link, address and route multicast groups and hands decoded events to a
 callback; route events are decoded with struct because resolverd's own route changes echo back
-through the same groups, thousands per second when a batch goes in.
+through the same groups, thousands per second when a batch goes in (the kernel drops the echoes
+of its new routes before they are queued, see echofilter.py; those of its deletions come).
 """
 
 from __future__ import annotations
