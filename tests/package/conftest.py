@@ -18,7 +18,10 @@ import pytest
 
 from tests.package.lab import Debs, LabError, PackageLab, build_debs, package_state
 
-TOOLS = ("apt-get", "dpkg", "dpkg-query", "ip", "ipset", "dig", "setpriv", "make", "git")
+TOOLS = (
+    "apt-get", "dpkg", "dpkg-query", "ip", "ipset", "dig", "setpriv", "make", "git",
+    "systemd-analyze",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,6 +7,12 @@ everything that may touch routes, rules or sets runs inside it: the daemon, and 
 whose prerm runs ``resolverd --cleanup`` on removal. On close it kills its processes, purges
 the package if it is still there (inside the namespace), removes what a failed purge left,
 the system user if this lab created it, and the namespace.
+
+While a lab exists, /usr/sbin/policy-rc.d denies the service actions of maintainer scripts
+(deb-systemd-invoke reads it): on a machine booted with systemd the postinst would otherwise
+start resolverd through PID 1, in the host's namespace, with the lab's config. Whatever the
+machine had there is put back on close. `daemons_outside` lists any resolverd that runs
+outside the namespace anyway.
 """
 
 from __future__ import annotations
@@ -58,6 +64,12 @@ breakout:
   ipset4: {IPSET4}
 """
 ZONE = f"records:\n  {NAME}:\n    - {{type: A, value: {ADDRESS}, ttl: 60}}\n"
+
+POLICY_RC = Path("/usr/sbin/policy-rc.d")
+DENY_SERVICES = """#!/bin/sh
+# Written by resolverd's tests/package while a test runs: no service starts or stops.
+exit 101
+"""
 
 APT_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
@@ -183,8 +195,11 @@ class PackageLab(NamespaceLab):
         self._ns_created = False
         self._daemons = 0
         self.user_existed = _user_exists()
+        self._policy_rc: tuple[bytes, int] | None = None  # the machine's own, put back on close
+        self._denying = False
 
     def _build(self) -> None:
+        self._deny_services()
         run("ip", "netns", "add", self.ns)
         self._ns_created = True
         self.ip("link", "set", "lo", "up")
@@ -192,6 +207,42 @@ class PackageLab(NamespaceLab):
         self.ip("addr", "add", WAN_ADDR, "dev", WAN_IF)
         self.ip("link", "set", WAN_IF, "up")
         self.ip("link", "set", WAN_PEER, "up")
+
+    def _deny_services(self) -> None:
+        if POLICY_RC.exists() and POLICY_RC.read_text(errors="replace") != DENY_SERVICES:
+            self._policy_rc = POLICY_RC.read_bytes(), POLICY_RC.stat().st_mode
+        self._denying = True
+        POLICY_RC.write_text(DENY_SERVICES)
+        POLICY_RC.chmod(0o755)
+
+    def _allow_services(self) -> None:
+        if not self._denying:
+            return
+        if self._policy_rc is None:
+            POLICY_RC.unlink(missing_ok=True)
+        else:
+            POLICY_RC.write_bytes(self._policy_rc[0])
+            POLICY_RC.chmod(self._policy_rc[1])
+        self._denying = False
+
+    def daemons_outside(self) -> list[int]:
+        """The pids of resolverd processes outside the lab's namespace (a service start by
+        a maintainer script would be one)."""
+        st = os.stat(f"/run/netns/{self.ns}")
+        lab = st.st_dev, st.st_ino
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if b"/usr/bin/resolverd" not in (proc / "cmdline").read_bytes().split(b"\0"):
+                    continue
+                net = os.stat(proc / "ns" / "net")
+            except (FileNotFoundError, ProcessLookupError):  # it exited meanwhile
+                continue
+            if (net.st_dev, net.st_ino) != lab:
+                found.append(int(proc.name))
+        return found
 
     # -- running things in the namespace
 
@@ -340,6 +391,7 @@ class PackageLab(NamespaceLab):
             if not self.user_existed and _user_exists():
                 run("userdel", USER, check=False)
                 run("groupdel", USER, check=False)
+            self._allow_services()
 
     def _kill_ns_processes(self) -> None:
         res = run("ip", "netns", "pids", self.ns, check=False)

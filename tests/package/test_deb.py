@@ -3,8 +3,10 @@ disagrees with pyproject.toml, apt-get install gives a working daemon, an upgrad
 edited config, apt-get remove cleans up the kernel state but keeps the config, and apt-get
 purge leaves no file, directory, route, rule or set entry, even when the config does not load.
 
-There is no running systemd here, so "a working daemon" is /usr/bin/resolverd started by the
-test as the unit would start it: user resolverd, CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only,
+No service is started through systemd, even on a machine booted with it: the lab denies the
+maintainer scripts' service actions (policy-rc.d), and each step checks that no resolverd
+runs outside the namespace. So "a working daemon" is /usr/bin/resolverd started by the test
+as the unit would start it: user resolverd, CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only,
 the installed config; inside the lab's namespace, where it must answer a query, install the
 route and set entry, and answer `resolverctl status --json`.
 """
@@ -16,7 +18,6 @@ import json
 import os
 import pwd
 import re
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -81,6 +82,7 @@ def test_install_run_upgrade_and_purge(debs: Debs, lab: PackageLab) -> None:
     # --- First install: everything in place, and the example config not put to use.
     out = lab.apt_ok("install", str(debs.v1))
     assert package_state() == ("installed", debs.v1_version)
+    assert lab.daemons_outside() == [], out
     assert "neither enabled nor started" in out, out
     assert f"resolverctl explain --config {CONF} outlook.office365.com" in out, out
     assert "systemctl enable --now resolverd" in out, out
@@ -113,11 +115,10 @@ def test_install_run_upgrade_and_purge(debs: Debs, lab: PackageLab) -> None:
     assert "\nExecReload=/usr/bin/resolverctl " in unit
     docs = re.findall(r"(?m)^Documentation=file://(\S+)$", unit)
     assert docs and all(os.path.exists(d) for d in docs), docs
-    if shutil.which("systemd-analyze"):
-        res = run("systemd-analyze", "verify", str(UNIT), check=False)
-        assert res.returncode == 0 and "resolverd" not in res.stdout + res.stderr, (
-            res.stdout + res.stderr
-        )
+    res = run("systemd-analyze", "verify", str(UNIT), check=False)
+    assert res.returncode == 0 and "resolverd" not in res.stdout + res.stderr, (
+        res.stdout + res.stderr
+    )
 
     # The user, and a config directory it may read but not write.
     user = pwd.getpwnam(USER)
@@ -158,6 +159,7 @@ def test_install_run_upgrade_and_purge(debs: Debs, lab: PackageLab) -> None:
     # --- Upgrade to a newer build: the edited conffile stays, without a prompt.
     out = lab.apt_ok("install", str(debs.v2))
     assert package_state() == ("installed", debs.v2_version)
+    assert lab.daemons_outside() == [], out  # the edited config and enabled unit: no start
     assert CONF.read_text() == TEST_CONFIG, out
     leftovers = [p.name for p in CONF.parent.iterdir() if p.name != CONF.name]
     assert leftovers == [], leftovers  # no .dpkg-dist, .dpkg-new or .dpkg-old
@@ -211,6 +213,7 @@ def test_remove_keeps_the_config_and_purge_survives_one_that_does_not_load(
 
     # Installing again keeps the edited config and says nothing about the example.
     out = lab.apt_ok("install", str(debs.v1))
+    assert lab.daemons_outside() == [], out
     assert CONF.read_text() == TEST_CONFIG
     assert "neither enabled nor started" not in out, out
 
