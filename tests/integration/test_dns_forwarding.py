@@ -171,6 +171,7 @@ async def test_upstream_query_uses_edns_1232_always() -> None:
     async with DnsEnv() as env:
         await env.ask("www.example.test")  # client without EDNS
         await env.ask("n1.example.test", edns=4096)
+        assert len(env.fake.received) == 2
         assert all(r.edns and r.udp_size == 1232 for r in env.fake.received)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from dnslib import EDNS0, QTYPE, RR, A, DNSRecord
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resolver.dns import replies, wire
@@ -29,8 +29,36 @@ def _reply() -> bytes:
 REPLY = _reply()
 
 
+def _query() -> bytes:
+    q = DNSRecord.question("www.example.test", "AAAA")
+    q.add_ar(EDNS0(udp_len=1232, flags="do"))
+    return bytes(q.pack())
+
+
+QUERY = _query()
+
+
+def mutated(message: bytes) -> st.SearchStrategy[bytes]:
+    """`message` with up to 6 bytes changed, then cut short or with bytes appended: mostly
+    well-formed enough to get past the header, so the checks after the parse run too (random
+    bytes alone almost never do)."""
+    edits = st.lists(st.tuples(st.integers(0, len(message) - 1), st.integers(0, 255)), max_size=6)
+
+    def apply(args: tuple[list[tuple[int, int]], int, bytes]) -> bytes:
+        changes, keep, tail = args
+        data = bytearray(message)
+        for at, value in changes:
+            data[at] = value
+        return bytes(data[:keep]) + tail
+
+    keep = st.one_of(st.just(len(message)), st.integers(0, len(message)))
+    tail = st.one_of(st.just(b""), st.binary(max_size=40))
+    return st.tuples(edits, keep, tail).map(apply)
+
+
 @settings(max_examples=2000)
-@given(st.binary(max_size=700))
+@given(st.one_of(st.binary(max_size=700), mutated(QUERY)))
+@example(QUERY)
 def test_parse_query_random_bytes(data: bytes) -> None:
     try:
         qend, _qtype, _flags, limit = wire.parse_query(data)
@@ -40,7 +68,8 @@ def test_parse_query_random_bytes(data: bytes) -> None:
 
 
 @settings(max_examples=2000)
-@given(st.binary(max_size=700))
+@given(st.one_of(st.binary(max_size=700), mutated(REPLY)))
+@example(REPLY)
 def test_scan_reply_random_bytes(data: bytes) -> None:
     try:
         layout = replies.scan_reply(data)
