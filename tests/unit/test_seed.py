@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +37,11 @@ class SeedRow:
     ports: set[str]
 
 
-def seed_text() -> str:
-    found = sorted(SEEDS.glob("000_*.txt")) if SEEDS.is_dir() else []
+def seed_text(seeds: Path = SEEDS) -> str:
+    found = sorted(seeds.glob("000_*.txt")) if seeds.is_dir() else []
     if not found:
         pytest.fail(
-            f"seed table not found: no 000_*.txt in {SEEDS} (shared/seeds beside the checkout)",
+            f"seed table not found: no 000_*.txt in {seeds} (shared/seeds beside the checkout)",
             pytrace=False,
         )
     return found[0].read_text(encoding="utf-8")
@@ -138,13 +137,10 @@ def test_row_matches_seed(row: int, seed_rows: dict[int, SeedRow], rules: dict[i
     assert rule.category is None
 
 
-def test_a_missing_seed_directory_fails_with_one_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_a_missing_seed_directory_fails_with_one_line(tmp_path: Path) -> None:
     nowhere = tmp_path / "no-seeds"
-    monkeypatch.setattr(sys.modules[__name__], "SEEDS", nowhere)
     with pytest.raises(pytest.fail.Exception) as caught:
-        seed_text()
+        seed_text(nowhere)
     assert str(caught.value) == (
         f"seed table not found: no 000_*.txt in {nowhere} (shared/seeds beside the checkout)"
     )
