@@ -4,7 +4,19 @@ halfway removes what it had made before the error goes on."""
 
 from __future__ import annotations
 
+import os
 from typing import Self
+
+
+def inside(netns: str) -> bool:
+    """True when this process runs in the named network namespace: the guard of a helper
+    that changes routes (run with `ip netns exec NETNS ...`), so that it refuses the host's."""
+    here = os.stat("/proc/self/ns/net")
+    try:
+        there = os.stat(f"/run/netns/{netns}")
+    except FileNotFoundError:  # no such namespace: not in it
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 class NamespaceLab:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.netns.lab import REPO, wait_for
-from tests.nslab import NamespaceLab
+from tests.nslab import NamespaceLab, inside
 
 TABLE, PROBE4, PROBE6, PROTOCOL, PRIORITY = 365, 366, 367, 245, 1000
 WAN4, GW4, WAN6, GW6 = "192.0.2.2", "192.0.2.1", "2001:db8:b::2", "2001:db8:b::1"
@@ -437,8 +437,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m tests.netns.test_kernel_oracle program|create-cases NETNS",
               file=sys.stderr)  # fmt: skip
         return 2
-    here, there = os.stat("/proc/self/ns/net"), os.stat(f"/run/netns/{argv[1]}")
-    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+    if not inside(argv[1]):
         print(f"not inside network namespace {argv[1]}: refusing", file=sys.stderr)
         return 2
     if argv[0] == "program":

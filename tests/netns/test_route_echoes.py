@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.netns.lab import REPO
-from tests.nslab import NamespaceLab
+from tests.nslab import NamespaceLab, inside
 
 TABLE, OTHER_TABLE, PROTOCOL = 365, 366, 245
 OURS4, OURS6 = "203.0.113.10", "2001:db8:365::10"
@@ -157,6 +157,8 @@ def agent() -> dict[str, Any]:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "agent":
+        if not inside(sys.argv[2]):
+            sys.exit(f"not inside network namespace {sys.argv[2]}: refusing")
         print(json.dumps(agent()))
     else:
         sys.exit(__doc__)
