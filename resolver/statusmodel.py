@@ -70,6 +70,7 @@ class TcpStatus(TypedDict):
     idle_closed: int
     stalled_closed: int
     oversized: int
+    backlog_closed: int
 
 
 class DnsStatus(TypedDict):

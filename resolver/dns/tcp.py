@@ -18,6 +18,12 @@ Unbound's per-address limits do it):
   (`idle_closed`);
 - a client that does not read its replies stops being read (`pause_writing`), and after
   `idle_timeout` of that it is closed (`stalled_closed`);
+- a connection owed `MAX_OWED` replies is not read until one of them is sent (RFC 7766 6.2.1.1
+  lets a server bound pipelining): its further queries wait in the kernel's buffers;
+- the replies a client has not read take at most `MAX_BACKLOG` bytes of our memory (the
+  transport's buffer): the replies it was owed when it stopped reading can still arrive,
+  and one that takes the buffer past that closes the connection (`backlog_closed`). A
+  connection closed for not reading is aborted: what it did not read is dropped at once;
 - one client (an IPv4 address, an IPv6 /64) holds at most `max_per_client` connections: a new
   one closes that client's own least recently active connection (`client_evicted`);
 - when `max_connections` are open, a new connection closes the least recently active one
@@ -43,11 +49,13 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY = 4096
 MESSAGE_TIMEOUT = 2.0  # seconds for a message to arrive whole, from its first byte
+MAX_OWED = 64  # deferred replies one connection may be owed; then it is not read
+MAX_BACKLOG = 256 * 1024  # bytes of unread replies a connection may leave in our buffer
 PER_CLIENT_SHARE = 8  # a client may hold max_connections / PER_CLIENT_SHARE connections
 EVICT_SCAN = 64  # connections looked at for one to evict
 COUNTERS = (
     "rejected", "evicted", "client_evicted", "slow_closed", "idle_closed", "stalled_closed",
-    "oversized",
+    "oversized", "backlog_closed",
 )  # fmt: skip
 
 
@@ -170,6 +178,7 @@ class TcpConnection(asyncio.Protocol):
         self._last = 0.0  # the last whole query received or reply sent
         self._started: float | None = None  # when the message now arriving began
         self._paused: float | None = None  # since when the client has not read its replies
+        self._full = False  # owed MAX_OWED replies: not read until one is sent
         self._timer: asyncio.TimerHandle | None = None
         self.owed = 0  # deferred replies not sent yet
         self._eof = False
@@ -199,7 +208,7 @@ class TcpConnection(asyncio.Protocol):
         buf = self._buffer
         handle, peer = self._handle, self.peer
         done = False
-        while len(buf) >= 2 and self._paused is None:
+        while len(buf) >= 2 and self._paused is None and not self._full:
             size = (buf[0] << 8) | buf[1]
             if size > MAX_QUERY:
                 self.server.counters["oversized"] += 1
@@ -216,6 +225,10 @@ class TcpConnection(asyncio.Protocol):
                 self._write(reply)
             elif reply is not None:
                 self.owed += 1
+                if self.owed >= MAX_OWED and self.transport is not None:
+                    self._full = True
+                    if self._paused is None:
+                        self.transport.pause_reading()
             if self.transport is None:
                 return
         if done:
@@ -240,12 +253,19 @@ class TcpConnection(asyncio.Protocol):
         self._write(data)
         if self._eof and not self.owed:
             self.close()
+        elif self._full and self.owed < MAX_OWED and self.transport is not None:
+            self._full = False
+            if self._paused is None:
+                self._read_again()
 
     def _write(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         transport.write(len(data).to_bytes(2, "big") + data)
+        if transport.get_write_buffer_size() > MAX_BACKLOG:
+            self._close_for("backlog_closed", "replies not read", abort=True)
+            return
         self._last = asyncio.get_running_loop().time()
         self.server.touch(self)
 
@@ -256,8 +276,14 @@ class TcpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        if not self._full:
+            self._read_again()
+
+    def _read_again(self) -> None:
+        """After a pause (the client did not read, or was owed MAX_OWED replies)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
             self._started = None  # what is left of a message is due from now on
             self._work()  # what arrived before the pause
             if self._buffer and self._started is None and self.transport is not None:
@@ -287,7 +313,7 @@ class TcpConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         now = loop.time()
         due = now + server.idle_timeout
-        if self._started is not None and self._paused is None:  # paused: we do not read
+        if self._started is not None and self._paused is None and not self._full:  # else unread
             deadline = self._started + min(server.message_timeout, server.idle_timeout)
             if now >= deadline:
                 return self._close_for("slow_closed", "a message not whole in time")
@@ -295,7 +321,7 @@ class TcpConnection(asyncio.Protocol):
         if self._paused is not None:
             deadline = self._paused + server.idle_timeout
             if now >= deadline:
-                return self._close_for("stalled_closed", "replies not read")
+                return self._close_for("stalled_closed", "replies not read", abort=True)
             due = min(due, deadline)
         elif not self.owed and self._started is None:
             deadline = self._last + server.idle_timeout
@@ -304,9 +330,12 @@ class TcpConnection(asyncio.Protocol):
             due = min(due, deadline)
         self._arm(loop, due)
 
-    def _close_for(self, counter: str, why: str) -> None:
+    def _close_for(self, counter: str, why: str, abort: bool = False) -> None:
         self.server.counters[counter] += 1
         log.debug("TCP client %s: closing (%s)", self.peer, why)
+        transport = self.transport
+        if abort and transport is not None:
+            transport.abort()  # close() would keep the unread replies until they are read
         self.close()
 
     def close(self) -> None:

@@ -19,7 +19,8 @@ import time
 import pytest
 from dnslib import DNSRecord
 
-from tests.integration.conftest import DnsEnv, query_bytes
+from resolver.dns.tcp import MAX_OWED
+from tests.integration.conftest import ZONE, DnsEnv, query_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -319,3 +320,54 @@ async def test_a_client_that_never_reads_is_paused_then_closed() -> None:
         took = time.perf_counter() - started
         assert env.srv.tcp_stats()["stalled_closed"] == 1, (sent, took)
         assert (await env.ask("www.example.test", tcp=True)).rr
+
+
+async def test_pipelined_misses_beyond_the_owed_cap_wait_and_are_all_answered() -> None:
+    """RFC 7766 6.2.1.1: a connection owed MAX_OWED replies is not read until one is sent; the
+    queries beyond that wait in the kernel and are answered later, none lost."""
+    names = [f"p{i}.example.test" for i in range(2 * MAX_OWED)]
+    zone = {**ZONE, **{n: [{"type": "A", "value": "192.0.2.99", "ttl": 60}] for n in names}}
+    async with DnsEnv(zone, forward={"timeout": 2.0}) as env:
+        env.fake.delay = 0.3
+        reader, writer = await asyncio.open_connection(*env.address())
+        messages = [query_bytes(n) for n in names]
+        writer.write(b"".join(framed(m) for m in messages))
+        await writer.drain()
+        await asyncio.sleep(0.15)
+        assert env.srv.handler.misses.resolving == MAX_OWED
+        ids = []
+        async with asyncio.timeout(5.0):
+            for _ in messages:
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+                reply = DNSRecord.parse(await reader.readexactly(size))
+                assert [str(r.rdata) for r in reply.rr] == ["192.0.2.99"], reply
+                ids.append(reply.header.id)
+        writer.close()
+        assert sorted(ids) == sorted(DNSRecord.parse(m).header.id for m in messages)
+        assert env.srv.tcp_stats()["backlog_closed"] == 0
+
+
+async def test_owed_replies_a_client_does_not_read_close_it_at_the_backlog_cap() -> None:
+    """64 queries for one 60 KB answer, pipelined, replies never read: once the answer comes,
+    the unread replies would take 3.8 MB of the server's memory; past MAX_BACKLOG the
+    connection is aborted instead, and everybody else is served."""
+    huge = [{"type": "TXT", "value": f"{i:03d}-" + "x" * 240, "ttl": 300} for i in range(230)]
+    async with DnsEnv({**ZONE, "huge.example.test": huge}, forward={"timeout": 2.0}) as env:
+        env.fake.delay = 0.2
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(sock, env.address())
+            query = framed(query_bytes("huge.example.test", "TXT", edns=1232))
+            await loop.sock_sendall(sock, query * MAX_OWED)
+            async with asyncio.timeout(5.0):
+                while env.srv.tcp_stats()["backlog_closed"] == 0:
+                    await asyncio.sleep(0.05)
+        finally:
+            sock.close()
+        stats = env.srv.tcp_stats()
+        assert stats["connections"] == 0 and stats["stalled_closed"] == 0, stats
+        reply = await env.ask("huge.example.test", "TXT", tcp=True)
+        assert len(reply.rr) == len(huge)
