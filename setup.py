@@ -23,12 +23,14 @@ import sysconfig
 
 from setuptools import setup
 
-# The DNS core, the hooks, the matcher, the hold ledger and holds, the netlink encoders, and
-# the breakout's side of an answer (breakout, kernel, journal, links, the traffic counters):
-# the code every query or route runs through. resolver/dns/tcp.py and server.py (socket set-up,
-# asyncio.Protocol subclasses) and everything that runs once or on request stay interpreted.
+# The DNS core, the hooks, the matcher, the client keys, the hold ledger and holds, the netlink
+# encoders, and the breakout's side of an answer (breakout, kernel, journal, links, the traffic
+# counters): the code every query or route runs through. resolver/dns/tcp.py and server.py
+# (socket set-up, asyncio.Protocol subclasses) and everything that runs once or on request stay
+# interpreted.
 COMPILED = [
     "policy/matcher.py",
+    "resolver/clients.py",
     "resolver/dns/cache.py",
     "resolver/dns/counts.py",
     "resolver/dns/events.py",

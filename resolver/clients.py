@@ -1,8 +1,14 @@
-"""A client's address as the ACL, the monitor's filter and the TCP limits see it."""
+"""A client's address as the ACL, the monitor's filter, the TCP limits, the budgets and the
+holds see it.
+
+`client_ip` is the address (for the ACL and the filters). `client_key` is who is charged for
+what a client holds, the same for every limit: an IPv4 address, or the /64 of an IPv6 address
+(one host can have many addresses in its /64, and they are cheap)."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -17,3 +23,25 @@ def client_ip(host: str) -> IP | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def client_key(host: str) -> bytes | None:
+    """Who `host` is for every per-client limit: its IPv4 address, or the /64 of its IPv6
+    address (an IPv4-mapped one as IPv4); None (nobody) for anything else."""
+    text = host.partition("%")[0]
+    try:
+        if ":" not in text:
+            return socket.inet_pton(socket.AF_INET, text)
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except OSError:
+        return None
+    if packed[:12] == b"\0" * 10 + b"\xff\xff":
+        return packed[12:]
+    return packed[:8]
+
+
+def client_text(key: bytes) -> str:
+    """A `client_key` as text: ``192.0.2.7`` or ``2001:db8:1:2::/64``."""
+    if len(key) == 4:
+        return socket.inet_ntop(socket.AF_INET, key)
+    return socket.inet_ntop(socket.AF_INET6, key + bytes(8)) + "/64"

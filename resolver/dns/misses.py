@@ -1,7 +1,8 @@
 """The miss path (step 4 of `handler`'s docstring): questions asked of the upstreams.
 
 `Misses` owns what a miss needs and nothing else does: the questions in flight and the clients
-waiting for each (coalescing: at most MAX_WAITERS per question), the clients' budgets, the
+waiting for each (coalescing: at most MAX_WAITERS per question and `max_pending` in all, each
+charged to its client's share of the table like a question of its own), the clients' budgets, the
 forwarder, and the replies waiting for the kernel. A miss is charged to its client's budgets,
 resolved by a `resolution.Resolution` (a state machine moved on by socket, timer and hook
 callbacks: no task and no future per miss), then cached and tagged here (`_resolved`), and
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from resolver.clients import client_key
 from resolver.dns import wire
 from resolver.dns.cache import Cache, Entry, build_entry, shared_int
 from resolver.dns.counts import Counts
@@ -35,6 +37,14 @@ DEFERRED = b""  # handle(): the reply will come through conn.send
 DRAIN_POLL = 0.01  # seconds between looks while draining (shutdown only)
 
 
+def charge_of(q: Query) -> bytes:
+    """Whose budgets `q` is charged to (`clients.client_key`; the host text for a peer that is
+    no address, which the sockets never give)."""
+    host = q.client
+    key = client_key(host)
+    return host.encode() if key is None else key
+
+
 class Misses:
     """The miss path of one handler (see the module docstring)."""
 
@@ -51,6 +61,7 @@ class Misses:
         self.clock = clock
         self.pending: dict[bytes, Resolution] = {}  # questions in flight or waiting the kernel
         self.resolving = 0  # those still asking upstreams
+        self.coalesced = 0  # clients waiting for a question another client asked
         self.waiting = 0  # replies waiting for the kernel (hits and misses)
         self.budgets = Budgets(0, 1, 1.0, 0, 1)
         self.closing = False
@@ -67,27 +78,38 @@ class Misses:
         counters = self.counts.values
         counters["misses"] += 1
         res = self.pending.get(key)
-        if res is not None and len(res.waiters) < MAX_WAITERS:
+        if res is not None:
+            if len(res.waiters) >= MAX_WAITERS or self.coalesced >= self.max_pending:
+                return self._full(q)
+            if not self.budgets.take_wait(charge_of(q)):
+                return self._ratelimited(q)
             res.waiters.append(q)
+            self.coalesced += 1
             return DEFERRED
-        if res is not None or len(self.pending) >= self.max_pending:
-            counters["pending_full"] += 1
-            self.tracer.answered(q, wire.SERVFAIL, "local")
-            return q.error(wire.SERVFAIL)
-        host = q.client
-        if not self.budgets.take_query(host):
-            counters["ratelimited"] += 1
-            self.tracer.answered(q, wire.SERVFAIL, "local")
-            if q.conn.tcp:
-                return q.error(wire.SERVFAIL)
-            return q.error(wire.NOERROR, tc=True)
+        if len(self.pending) >= self.max_pending:
+            return self._full(q)
+        charged = charge_of(q)
+        if not self.budgets.take_query(charged):
+            return self._ratelimited(q)
         res = Resolution(
-            key, q, host, self.forwarder, self.matcher, self.hook.ready, self._resolved
+            key, q, charged, self.forwarder, self.matcher, self.hook.ready, self._resolved
         )
         self.pending[key] = res
         self.resolving += 1
         res.start()  # sends the first query; finishes later, from a callback
         return DEFERRED
+
+    def _full(self, q: Query) -> bytes:
+        self.counts.values["pending_full"] += 1
+        self.tracer.answered(q, wire.SERVFAIL, "local")
+        return q.error(wire.SERVFAIL)
+
+    def _ratelimited(self, q: Query) -> bytes:
+        self.counts.values["ratelimited"] += 1
+        self.tracer.answered(q, wire.SERVFAIL, "local")
+        if q.conn.tcp:
+            return q.error(wire.SERVFAIL)
+        return q.error(wire.NOERROR, tc=True)
 
     def hook_answer(
         self, tagged: Tagged, ttl: int, client: str, installed: list[bytes] | None
@@ -105,7 +127,7 @@ class Misses:
         """`res` is over (its `finish`): cache and tag the answer, call the hook; answer every
         waiter now, or when the kernel has the routes."""
         self.resolving -= 1
-        key, client = res.key, res.client
+        key, client, charged = res.key, res.client, res.charged
         entry: Entry | None = None
         source = "local"
         installed: list[bytes] | None = [] if self.tracer.observer is not None else None
@@ -116,14 +138,14 @@ class Misses:
                 entry = self._entry(key, resolved.data, resolved.layout, resolved.origin)
             tagged = entry.tag if entry is not None else None
             if entry is not None and tagged is not None and tagged.addresses:
-                if self.budgets.take_routes(client, sum(1 for _ in iter_packed(tagged.addresses))):
+                if self.budgets.take_routes(charged, sum(1 for _ in iter_packed(tagged.addresses))):
                     pending = self.hook_answer(tagged, entry.addr_ttl(0), client, installed)
                 else:
                     self.counts.values["routes_deferred"] += 1
         except Exception:
             log.exception("internal error while resolving; answering SERVFAIL")
             entry = None
-        self.budgets.done_query(client)
+        self.budgets.done_query(charged)
         do = res.do
         if pending is None:
             self._answer(key, entry, do, source, installed, 0.0)
@@ -159,6 +181,7 @@ class Misses:
         """Every client waiting for the question `key`: its reply, SERVFAIL without `entry`."""
         res = self.pending.pop(key, None)
         waiters = res.waiters if res is not None else []
+        self._release(waiters)
         counts, tracer = self.counts, self.tracer
         counters = counts.values
         now = self.clock()
@@ -174,6 +197,14 @@ class Misses:
                 reply = entry.reply(q.data, q.qend, q.edns, q.limit, now)
             q.send(reply)
             tracer.answered(q, reply[3] & 0xF, source, tagged, installed, waited)
+
+    def _release(self, waiters: list[Query]) -> None:
+        """The coalesced waiters (all but the first) are answered or cancelled: their places
+        in their clients' shares are free again."""
+        if len(waiters) > 1:
+            self.coalesced -= len(waiters) - 1
+            for q in waiters[1:]:
+                self.budgets.done_query(charge_of(q))
 
     # -- shutdown --------------------------------------------------------------------------
     async def drain(self, timeout: float) -> int:
@@ -191,7 +222,8 @@ class Misses:
             res.cancel()
             del self.pending[res.key]
             self.resolving -= 1
-            self.budgets.done_query(res.client)
+            self.budgets.done_query(res.charged)
+            self._release(res.waiters)
         if tcp:  # TCP retries, cancelled: let them close their connections
             await asyncio.wait(tcp, timeout=1.0)
         while self.waiting and loop.time() < deadline:

@@ -1,10 +1,13 @@
 """Budgets on what costs, per client: upstream queries, queries in flight, new routes.
 
-Cached answers cost nothing and are never limited. A cache miss costs an upstream query: each
-client has a token bucket of `qps` a second (at most `burst` saved up) and may hold at most
-`share` of the pending table in flight. A tagged answer fetched from upstream costs its
-addresses in route tokens (`routes` a second, twice that saved up). What the handler does with
-a refusal is its business (TC over UDP, SERVFAIL over TCP; no route for this answer).
+A client is `clients.client_key`: an IPv4 address, or an IPv6 /64. Cached answers cost nothing
+and are never limited. A cache miss costs an upstream query: each client has a token bucket of
+`qps` a second (at most `burst` saved up) and may hold at most `share` of the pending table in
+flight, counting its questions asked upstream and its waits for a question another client
+asked (coalesced: no query of its own, but a place in the table all the same). A tagged answer
+fetched from upstream costs its addresses in route tokens (`routes` a second, twice that saved
+up). What the handler does with a refusal is its business (TC over UDP, SERVFAIL over TCP; no
+route for this answer).
 
 The table of clients is bounded: when it is full the client seen longest ago (by first
 insertion) is forgotten, which only gives that client full buckets again. A spoofed flood from
@@ -35,12 +38,12 @@ class TokenBucket:
         self.burst = max(float(burst), 1.0)
         self.max_clients = max_clients
         self._clock = clock
-        self._buckets: dict[str, list[float]] = {}  # client -> [tokens, time of last refill]
+        self._buckets: dict[bytes, list[float]] = {}  # client -> [tokens, time of last refill]
 
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, client: str, n: float = 1.0) -> bool:
+    def take(self, client: bytes, n: float = 1.0) -> bool:
         if self.rate <= 0:
             return True
         now = self._clock()
@@ -77,9 +80,9 @@ class Budgets:
         self.queries = TokenBucket(qps, burst, clock=clock)
         self.routes = TokenBucket(routes if self.on else 0.0, 2 * routes, clock=clock)
         self.max_in_flight = max(1, int(max_pending * share))
-        self.in_flight: dict[str, int] = {}
+        self.in_flight: dict[bytes, int] = {}
 
-    def take_query(self, client: str) -> bool:
+    def take_query(self, client: bytes) -> bool:
         """A cache miss by `client`: True when it may send an upstream query (then it must
         call `done_query` when that query is over)."""
         if not self.on:
@@ -91,13 +94,23 @@ class Budgets:
         self.in_flight[client] = held + 1
         return True
 
-    def done_query(self, client: str) -> None:
+    def take_wait(self, client: bytes) -> bool:
+        """`client` waits for a question in flight for another: True when it may (then it
+        must call `done_query` when its answer is sent)."""
+        held = self.in_flight.get(client, 0)
+        if self.on and held >= self.max_in_flight:
+            return False
+        self.in_flight[client] = held + 1
+        return True
+
+    def done_query(self, client: bytes) -> None:
+        """A query or a wait taken by `client` is over."""
         held = self.in_flight.get(client, 0) - 1
         if held > 0:
             self.in_flight[client] = held
         else:
             self.in_flight.pop(client, None)
 
-    def take_routes(self, client: str, addresses: int) -> bool:
+    def take_routes(self, client: bytes, addresses: int) -> bool:
         """A tagged answer from upstream with `addresses` addresses for `client`."""
         return self.routes.take(client, addresses)

@@ -53,6 +53,7 @@ class Resolution:
         "at",
         "attempt",
         "cd",
+        "charged",
         "client",
         "do",
         "edns",
@@ -76,12 +77,13 @@ class Resolution:
     )
 
     def __init__(
-        self, key: bytes, q: Query, client: str, forwarder: Forwarder, matcher: NameMatcher,
+        self, key: bytes, q: Query, charged: bytes, forwarder: Forwarder, matcher: NameMatcher,
         ready: bool, finish: Callable[[Resolution, Resolved | None], None],
     ) -> None:  # fmt: skip
         self.key = key
         self.waiters = [q]  # the clients waiting (coalesced), answered by the owner
-        self.client = client  # whose budgets it is charged to
+        self.client = q.client  # who asked first: its holds are charged to it
+        self.charged = charged  # its budgets (clients.client_key)
         self.forwarder = forwarder
         self.matcher = matcher
         self.ready = ready  # a breakout link was usable when the miss came

@@ -37,12 +37,11 @@ The search for a connection to evict looks at `EVICT_SCAN` candidates at most.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections import OrderedDict
 from typing import Any, cast
 
-from resolver.clients import client_ip
+from resolver import clients
 from resolver.dns.handler import Handler
 
 log = logging.getLogger(__name__)
@@ -60,15 +59,10 @@ COUNTERS = (
 
 
 def client_key(peer: Any) -> str:
-    """Whose connection this is: the IPv4 address, or the /64 of an IPv6 address (one host
-    can have many addresses in its /64, and they are cheap)."""
+    """Whose connection this is (`clients.client_key`), as text."""
     host = str(peer[0]) if peer else ""
-    ip = client_ip(host)
-    if ip is None:
-        return host
-    if ip.version == 4:
-        return str(ip)
-    return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address)
+    key = clients.client_key(host)
+    return host if key is None else clients.client_text(key)
 
 
 def per_client(max_connections: int) -> int:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from policy.model import Policy
+from resolver.clients import client_key
 from resolver.config import BreakoutConfig, Mode
 from resolver.hooks import Epoch, Pending, Tagged
 from resolver.net import cleanup, reconcile, reload, report, traffic
@@ -33,7 +34,7 @@ from resolver.net.batches import InstallBatch, Joined
 from resolver.net.dryrun import DryRunKernel
 from resolver.net.errors import BreakoutError
 from resolver.net.health import PathChecks
-from resolver.net.holds import Hold, client_key
+from resolver.net.holds import Hold
 from resolver.net.installs import Installs
 from resolver.net.journal import Journal, JournalLike, NullJournal
 from resolver.net.kernel import Kernel

@@ -36,28 +36,6 @@ class Owner:
         self.holds = 0
 
 
-def client_key(host: str) -> bytes | None:
-    """The client a hold is charged to: its IPv4 address, or the /64 of its IPv6 address (an
-    IPv4-mapped one as IPv4); None (nobody) for anything else."""
-    text = host.partition("%")[0]
-    try:
-        if ":" not in text:
-            return socket.inet_pton(socket.AF_INET, text)
-        packed = socket.inet_pton(socket.AF_INET6, text)
-    except OSError:
-        return None
-    if packed[:12] == b"\0" * 10 + b"\xff\xff":
-        return packed[12:]
-    return packed[:8]
-
-
-def client_text(key: bytes) -> str:
-    """A `client_key` as text: ``192.0.2.7`` or ``2001:db8:1:2::/64``."""
-    if len(key) == 4:
-        return socket.inet_ntop(socket.AF_INET, key)
-    return socket.inet_ntop(socket.AF_INET6, key + bytes(8)) + "/64"
-
-
 class Hold:
     """One address resolverd routes: its names, its expiry, and what the kernel holds for it."""
 

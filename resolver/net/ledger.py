@@ -28,8 +28,9 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from resolver.clients import client_text
 from resolver.hooks import Epoch
-from resolver.net.holds import Hold, Owner, client_text
+from resolver.net.holds import Hold, Owner
 from resolver.net.prefixes import ConfigRoutes
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from resolver.clients import client_text
 from resolver.config import BreakoutConfig
-from resolver.net.holds import Hold, client_text
+from resolver.net.holds import Hold
 from resolver.net.parts import Parts
 from resolver.net.prefixes import POLICY, RESOLVER
 from resolver.statusmodel import BreakoutStatus, Decision, JournalStatus, LinkStatus, NetlinkLatency

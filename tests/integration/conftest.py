@@ -210,13 +210,18 @@ class DnsEnv:
         return self.srv.counters
 
     # -- clients ---------------------------------------------------------------------------
-    async def udp(self, data: bytes, *, v6: bool = False, timeout: float = 2.0) -> bytes | None:
-        """Send raw bytes over UDP; the reply, or None if none came within `timeout`."""
+    async def udp(
+        self, data: bytes, *, v6: bool = False, timeout: float = 2.0, source: str = ""
+    ) -> bytes | None:
+        """Send raw bytes over UDP (from `source`: another loopback address is another
+        client); the reply, or None if none came within `timeout`."""
         loop = asyncio.get_running_loop()
         host, port = self.address(v6)
         sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
+            if source:
+                sock.bind((source, 0))
             await loop.sock_connect(sock, (host, port))
             await loop.sock_sendall(sock, data)
             try:

@@ -261,9 +261,9 @@ async def test_one_client_at_its_cap_closes_its_own_least_active_connection() ->
 def test_ipv6_clients_are_counted_by_their_64() -> None:
     from resolver.dns.tcp import client_key
 
-    assert client_key(("2001:db8:1:2:aaaa::1", 53, 0, 0)) == "2001:db8:1:2::"
-    assert client_key(("2001:db8:1:2:bbbb::7", 53, 0, 0)) == "2001:db8:1:2::"
-    assert client_key(("fe80::1%eth0", 53, 0, 2)) == "fe80::"
+    assert client_key(("2001:db8:1:2:aaaa::1", 53, 0, 0)) == "2001:db8:1:2::/64"
+    assert client_key(("2001:db8:1:2:bbbb::7", 53, 0, 0)) == "2001:db8:1:2::/64"
+    assert client_key(("fe80::1%eth0", 53, 0, 2)) == "fe80::/64"
     assert client_key(("192.0.2.7", 53)) == "192.0.2.7"
     assert client_key(("::ffff:192.0.2.7", 53, 0, 0)) == "192.0.2.7"
 
