@@ -51,7 +51,7 @@ def load(state_dir: str, latest: float = math.inf) -> Loaded:
         with open(path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
-        return _load_legacy(state_dir)
+        return _load_legacy(state_dir, latest)
     except OSError as err:
         return Loaded({}, False, [f"{path}: cannot read: {err.strerror}"], True)
     return parse(data, path, latest)
@@ -74,12 +74,11 @@ def parse(data: bytes, path: str = FILE_NAME, latest: float = math.inf) -> Loade
             problems.append(f"{path}:1: not a resolverd hold journal")
         return Loaded({}, not problems, problems, True)
     for number, raw in enumerate(lines[1:], start=2):
-        try:
-            if not raw.isascii():
-                raise ValueError("not ASCII")
-            _apply(holds, raw.decode("ascii").split(" "), latest)
-        except (ValueError, OSError) as err:  # OSError: an address inet_pton refuses
-            reason = "not an address" if isinstance(err, OSError) else str(err)
+        if raw.isascii():
+            reason = _refused(holds, raw.decode("ascii").split(" "), latest)
+        else:
+            reason = "not ASCII"
+        if reason is not None:
             problems.append(f"{path}:{number}: cannot read {raw[:80]!r} ({reason})")
     return Loaded(holds, not problems, problems, True)
 
@@ -94,6 +93,15 @@ UNACCOUNTED = "(kept: the hold journal was unreadable)"
 def name_ok(name: str) -> bool:
     """Whether `name` is in the one form resolverd keeps names in (`wire.read_name`'s)."""
     return len(name) <= MAX_NAME_TEXT and _NAME.fullmatch(name) is not None
+
+
+def _refused(holds: dict[str, Saved], parts: list[str], latest: float) -> str | None:
+    """Apply one record (`_apply`): None, or why it was refused (it is then skipped)."""
+    try:
+        _apply(holds, parts, latest)
+    except (ValueError, OSError) as err:  # OSError: an address inet_pton refuses
+        return "not an address" if isinstance(err, OSError) else str(err)
+    return None
 
 
 def _apply(holds: dict[str, Saved], parts: list[str], latest: float) -> None:
@@ -145,21 +153,50 @@ def remove(state_dir: str) -> bool:
     return found
 
 
-def _load_legacy(state_dir: str) -> Loaded:
+def _load_legacy(state_dir: str, latest: float) -> Loaded:
+    """resolverd 0.1's state file, `{"holds": {ADDRESS: {"row": ROW, "names": {NAME: EXPIRES}}}}`,
+    read as the journal records it stands for, one per name: each is checked by `_apply` as a
+    journal line is, and one refused is skipped and makes the file untrustworthy. A hold's own
+    `expires` is not read: 0.1 wrote the latest of its names' there."""
     path = os.path.join(state_dir, LEGACY_FILE)
     try:
         with open(path, "rb") as fh:
             doc = json.loads(fh.read())
-        holds = {
-            str(address): Saved(float(h["expires"]), int(h.get("row", 0)),
-                                {str(n): float(e) for n, e in h.get("names", {}).items()})
-            for address, h in doc["holds"].items()
-        }  # fmt: skip
     except FileNotFoundError:
         return Loaded({}, True, [], False)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    # ValueError: not UTF-8, not JSON, an integer of too many digits; RecursionError: nested
+    # too deeply.
+    except (OSError, ValueError, RecursionError) as err:
         return Loaded({}, False, [f"{path}: unreadable: {err}"], True)
-    return Loaded(holds, True, [], True)
+    saved = doc.get("holds") if isinstance(doc, dict) else None
+    if not isinstance(saved, dict):
+        return Loaded({}, False, [f'{path}: unreadable: no "holds" object'], True)
+    holds: dict[str, Saved] = {}
+    problems: list[str] = []
+    for address, h in saved.items():
+        where = f"{path}: hold {address[:80]!r}"
+        names = h.get("names") if isinstance(h, dict) else None
+        if not isinstance(names, dict):
+            problems.append(f"{where}: cannot read (no names object)")
+            continue
+        row = _legacy_number(h.get("row", 0), round_up=False)  # 0.1 wrote none for some
+        for name, expires in names.items():
+            parts = ["+", address, _legacy_number(expires, round_up=True), row, name]
+            reason = _refused(holds, parts, latest)
+            if reason is not None:
+                problems.append(f"{where}, name {name[:80]!r}: cannot read ({reason})")
+    return Loaded(holds, not problems, problems, True)
+
+
+def _legacy_number(value: object, round_up: bool) -> str:
+    """A number of the legacy file as the journal writes it, for `_apply` to check: an
+    integer, or with `round_up` a finite number rounded up (as the writer rounds expiries);
+    anything else as a text that `_apply` refuses."""
+    if round_up and isinstance(value, float) and math.isfinite(value):
+        return str(math.ceil(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return "(not a number)"
 
 
 # -- writing (journal.Journal and its compaction) --------------------------------------------
