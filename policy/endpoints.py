@@ -17,6 +17,10 @@ rules). Skipped, each with a warning naming its path, like any entry that cannot
   service's broadest is a /13, and four of its /14s would merge into a /12), an IPv6 prefix
   shorter than /32 (what a registry gives a whole ISP; the service's broadest is a /36).
 
+An endpoint set's id becomes the row of every route made for it, which the hold journal keeps
+(``resolver.net.records`` reads a row of at most 10 digits back): an id above ``MAX_SET_ID``
+(2**31 - 1; the service's are below 1000) is a structural error, like a missing one.
+
 Skipped rather than refusing the whole download: the other entries and sets are still
 Microsoft's and still verified one by one, refusing them would freeze the policy at an old
 version, and what is skipped is logged, never used.
@@ -31,6 +35,7 @@ from policy.loader import PolicyError, normalise_cidr, normalise_pattern, normal
 from policy.model import TENANT_PREFIX, Policy, Rule
 
 _REQUIRED_KEYS = ("id", "serviceArea", "category", "required", "expressRoute")
+MAX_SET_ID = 2**31 - 1  # the largest id taken: a row the hold journal reads back (10 digits)
 MIN_PREFIX = {4: 10, 6: 32}  # the shortest prefix length taken from the service, by version
 # Second-level labels that make a public suffix under a two-letter country code (co.uk).
 PUBLIC_SECOND_LEVEL = frozenset(
@@ -148,12 +153,12 @@ def policy_from_endpoints_json(
 ) -> Policy:
     """A policy from the service's endpoint sets whose category is in ``categories``.
 
-    Structural problems (not a list, missing keys, wrong types, repeated ids) raise PolicyError
-    listing all of them, each as ``<source>: /<index>/<key>: ...``. A name, prefix or port that
-    does not parse, or is broader than the bounds above, is skipped with a message appended to
-    ``warnings``. ``<tenant>`` in a name becomes ``tenant`` when one is given
-    (``<tenant>-my.sharepoint.com`` -> ``contoso-my.sharepoint.com``); without one
-    ``<tenant>.sharepoint.com`` stays a one-label wildcard and ``<tenant>-my.sharepoint.com``,
+    Structural problems (not a list, missing keys, wrong types, ids repeated or above
+    ``MAX_SET_ID``) raise PolicyError listing all of them, each as ``<source>: /<index>/<key>:
+    ...``. A name, prefix or port that does not parse, or is broader than the bounds above, is
+    skipped with a message appended to ``warnings``. ``<tenant>`` in a name becomes ``tenant``
+    when one is given (``<tenant>-my.sharepoint.com`` -> ``contoso-my.sharepoint.com``); without
+    one ``<tenant>.sharepoint.com`` stays a one-label wildcard and ``<tenant>-my.sharepoint.com``,
     which no label wildcard can express, is skipped with a warning.
     """
     if warnings is None:
@@ -172,6 +177,11 @@ def policy_from_endpoints_json(
         set_id = entry.get("id")
         if "id" in entry and not _is_positive_int(set_id):
             problems.append(f"{where}/id: expected a positive integer, got {set_id!r}")
+        elif isinstance(set_id, int) and set_id > MAX_SET_ID:
+            problems.append(
+                f"{where}/id: {set_id} is out of range 1-{MAX_SET_ID} (an id becomes the row "
+                "the hold journal keeps for its routes)"
+            )
         elif set_id in seen:
             problems.append(f"{where}/id: duplicate id {set_id}")
         if problems or not isinstance(set_id, int):

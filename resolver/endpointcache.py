@@ -4,6 +4,12 @@
 module reads them and merges them into the configured policy. ``effective_policy`` is what
 resolverd runs with and what ``resolverctl explain``/``policy export`` show, so this module
 does no HTTP and imports nothing that does (resolverctl may not load ssl, urllib or asyncio).
+
+The kept copy is read with a download's bounds: at most ``CACHE_LIMIT`` bytes, priced and
+depth-checked before it is parsed (``resolver.endpointbody``), then verified as a download is
+(``policy.endpoints``). Kept sets that fail any of this (a file cut short, damaged, too large or
+too deep, an id out of range) count as none kept: start, ``--cleanup``, reload and resolverctl
+go on without them, saying which file and why, and the next version check downloads them again.
 """
 
 from __future__ import annotations
@@ -17,11 +23,16 @@ from typing import Any
 from policy.endpoints import policy_from_endpoints_json
 from policy.loader import PolicyError, load_policy, merge_policies
 from policy.model import Policy
+from resolver import endpointbody
 from resolver.config import Config, PolicyConfig
 
 log = logging.getLogger("resolverd.policy")
 
 CACHE_FILE = "endpoints.json"
+# Twice the largest /endpoints answer taken (4 MiB, resolver.endpointclient), as json.dumps may
+# write it a little larger (a space after each separator, \uXXXX for a character beyond ASCII).
+CACHE_LIMIT = 8 * 1024 * 1024
+SHOWN_ERRORS = 3  # the structural errors of unusable kept sets named in the one line logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,27 +59,53 @@ def cache_path(state_dir: str) -> str:
 
 
 def read_cache(state_dir: str) -> EndpointSets | None:
-    """The kept download, or None if there is none; PolicyError if it cannot be read."""
+    """The kept download, or None if there is none. PolicyError, one line naming the file, if
+    it cannot be read: larger than CACHE_LIMIT, too costly or deep to parse, not JSON, or not
+    of the shape ``stage_cache`` writes."""
     path = cache_path(state_dir)
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        with open(path, "rb") as fh:
+            body = fh.read(CACHE_LIMIT + 1)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
-        raise PolicyError([f"{path}: unreadable endpoint cache: {err}"]) from None
+    except OSError as err:
+        raise _unusable(path, str(err)) from None
+    try:
+        data = endpointbody.parse(body, CACHE_LIMIT)
+    except endpointbody.BodyError as err:
+        raise _unusable(path, str(err)) from None
     if not isinstance(data, dict):
-        raise PolicyError([f"{path}: expected a JSON object"])
+        raise _unusable(path, "expected a JSON object")
     tenant = data.get("tenant")
     endpoints = data.get("endpoints")
     if not isinstance(endpoints, list):
-        raise PolicyError([f"{path}: /endpoints: expected a list of endpoint sets"])
+        raise _unusable(path, "/endpoints: expected a list of endpoint sets")
     return EndpointSets(
         instance=str(data.get("instance", "")),
         version=str(data.get("version", "")),
         endpoints=endpoints,
         tenant=tenant if isinstance(tenant, str) else None,
     )
+
+
+def verified_cache(state_dir: str, cfg: PolicyConfig) -> EndpointSets | None:
+    """The kept download (see ``read_cache``), verified as a download is when it is of the
+    configured instance: PolicyError, one line naming the file, if it would be refused."""
+    sets = read_cache(state_dir)
+    if sets is not None and _in_use(sets, cfg):
+        try:
+            endpoints_policy(sets, cfg, warnings=[])
+        except PolicyError as err:
+            shown = "; ".join(err.errors[:SHOWN_ERRORS])
+            more = len(err.errors) - SHOWN_ERRORS
+            raise _unusable(
+                cache_path(state_dir), shown + (f" (and {more} more)" if more > 0 else "")
+            ) from None
+    return sets
+
+
+def _unusable(path: str, reason: str) -> PolicyError:
+    return PolicyError([f"{path}: unusable endpoint cache: {reason}"])
 
 
 def stage_cache(state_dir: str, sets: EndpointSets) -> None:
@@ -145,10 +182,15 @@ def merge_endpoints(
 
     Sets downloaded for another tenant are still used (their names are Microsoft 365 names
     too) until the next version check downloads the configured tenant's."""
-    if cfg.endpoints is None or sets is None or sets.instance != cfg.endpoints.instance:
+    if sets is None or not _in_use(sets, cfg):
         return policy
     feed = endpoints_policy(sets, cfg, warnings)
     return merge_policies([policy, feed], cfg.include_optional)
+
+
+def _in_use(sets: EndpointSets, cfg: PolicyConfig) -> bool:
+    """Whether ``sets`` are of the configured instance (then they are merged)."""
+    return cfg.endpoints is not None and sets.instance == cfg.endpoints.instance
 
 
 def effective_policy(
@@ -157,12 +199,21 @@ def effective_policy(
     """What resolverd runs with: built-in + files (include_optional, tenant) + endpoint sets.
 
     The endpoint sets are ``sets`` if given (a download not yet kept), else those kept in
-    ``state_dir``. Names skipped from them are appended to ``warnings`` if given, else logged.
-    Raises PolicyError listing every problem."""
+    ``state_dir`` if they can be used (``verified_cache``); kept sets that cannot be are left
+    out, saying which file and why. That and the names skipped from the sets are appended to
+    ``warnings`` if given, else logged. Raises PolicyError listing every problem of the config's
+    policy, or of ``sets``; never for what the kept copy holds."""
     p = config.policy
     policy = load_policy(p.builtin, p.files, p.include_optional, p.tenant)
     if p.endpoints is None:
         return policy
     if sets is None:
-        sets = read_cache(config.state_dir)
+        try:
+            sets = verified_cache(config.state_dir, p)
+        except PolicyError as err:
+            message = f"{err.errors[0]}; left out until the next version check downloads it again"
+            if warnings is None:
+                log.warning("%s", message)
+            else:
+                warnings.append(message)
     return merge_endpoints(policy, p, sets, warnings)

@@ -14,7 +14,8 @@ limit. So resolverd
 - after a 429 sends no request at all, ``/version`` included, before the time its Retry-After
   gives (delay-seconds or an HTTP date; one hour when it is missing or not understood; at most
   a day), not even for ``resolverctl policy update``, which fails saying until when. The
-  deadline is kept in ``state_dir/endpoints-retry-after`` so a restart honours it too.
+  deadline is kept in ``state_dir/endpoints-retry-after`` (ISO 8601 UTC) so a restart honours
+  it too; read back, it is a day away at most too, and a value that cannot be read is ignored.
 
 The client request id (a GUID the service wants stable per client) is kept in
 ``state_dir/endpoints-client-id``.
@@ -31,11 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from policy.endpoints import policy_from_endpoints_json
@@ -46,11 +48,12 @@ from resolver.endpointcache import (
     EndpointSets,
     commit_cache,
     discard_staged_cache,
-    read_cache,
     stage_cache,
+    verified_cache,
     write_atomically,
 )
 from resolver.endpointclient import (
+    RETRY_AFTER_MAX,
     Clock,
     EndpointsClient,
     EndpointsError,
@@ -189,7 +192,7 @@ class EndpointFeed:
             self._keep_deadline(err.until)
             raise
         self._keep_deadline(None)
-        kept = self._kept()
+        kept = self._kept(cfg)
         if kept is not None and (kept.version, kept.instance, kept.tenant) == (
             version,
             endpoints.instance,
@@ -226,12 +229,14 @@ class EndpointFeed:
             self.last_check = self.clock()
         return message
 
-    def _kept(self) -> EndpointSets | None:
-        """The kept sets; an unreadable cache counts as none, so the download replaces it."""
+    def _kept(self, cfg: PolicyConfig) -> EndpointSets | None:
+        """The kept sets; kept sets that cannot be used (``verified_cache``) count as none, so
+        the download replaces them. Why was logged when the policy was built without them
+        (``effective_policy``, at start or reload): here it is only a debug line."""
         try:
-            return read_cache(self.state_dir)
+            return verified_cache(self.state_dir, cfg)
         except PolicyError as err:
-            log.warning("%s; downloading the endpoint sets again", "; ".join(err.errors))
+            log.debug("%s; downloading the endpoint sets again", err.errors[0])
             return None
 
     # -- files in state_dir ----------------------------------------------------------------
@@ -248,16 +253,30 @@ class EndpointFeed:
         return client_id
 
     def _read_retry_at(self) -> float | None:
+        """The deadline a 429 left (``_keep_deadline``): ISO 8601, UTC when it gives no offset.
+        One further away than RETRY_AFTER_MAX (a clock set back, a file not written by us) is
+        cut to that, and kept so; one that cannot be read is ignored. Both are logged."""
         path = os.path.join(self.state_dir, RETRY_FILE)
         try:
             with open(path, encoding="ascii") as fh:
                 text = fh.read().strip()
-            return datetime.fromisoformat(text).timestamp()
+            when = datetime.fromisoformat(text)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:
             log.warning("%s: unusable, ignored: %s", path, err)
             return None
+        if when.tzinfo is None:  # no offset: UTC, in which _keep_deadline writes it
+            when = when.replace(tzinfo=UTC)
+        until = when.timestamp()
+        latest = float(math.ceil(self.clock() + RETRY_AFTER_MAX))
+        if until <= latest:
+            return until
+        log.warning(
+            "%s: %s is more than %d s away: cut to %s", path, text, RETRY_AFTER_MAX, utc_iso(latest)
+        )
+        self._keep_deadline(latest)
+        return latest
 
     def _keep_deadline(self, until: float | None) -> None:
         """Keep a 429's deadline in state_dir for a restart (None: remove it)."""
