@@ -32,6 +32,7 @@ class CacheStatus(TypedDict):
     hits: int
     misses: int
     evicted: int
+    bytes: int  # the answers' bytes held (at most max_entries x 1,232)
 
 
 class QueryCounts(TypedDict):

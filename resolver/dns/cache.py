@@ -1,5 +1,10 @@
 """The answer cache: one copy of each reply's bytes with the offsets of its TTL fields, LRU-bounded.
 
+The bound is `max_entries` answers and `max_entries` x ENTRY_BYTES bytes of them, whichever
+comes first: answers fetched over TCP after TC can be 64 KB, and a few thousand of those would
+otherwise take the memory 100,000 answers are sized for (the unit's MemoryMax counts 1,232
+bytes an answer, the largest a UDP client gets).
+
 An `Entry` is built once, on the miss path, from an upstream reply that `replies.scan_reply`
 walked. It keeps one byte string, `wire`: the reply without its OPT record, with our header
 (AA and TC cleared: a forwarder is no authority and a truncated reply is never stored; RA set)
@@ -36,6 +41,7 @@ _SHARED: dict[int, int] = {}
 _SHARED_OFFSETS: dict[bytes, bytes] = {}
 SHARED_MAX = 4096
 SHARED_OFFSETS_MAX = 32  # bytes: the TTLs of 16 records
+ENTRY_BYTES = 1232  # bytes of answers the cache may hold per entry of max_entries
 
 
 def shared_int(n: int) -> int:
@@ -213,10 +219,14 @@ def _answers(data: bytes, layout: replies.Layout, chain: list[str]) -> bool:
 
 
 class Cache:
-    """Entries by key (folded name, type, class, DO, CD), least recently used evicted first."""
+    """Entries by key (folded name, type, class, DO, CD), least recently used evicted first
+    when there are more than `max_entries` of them or their answers take more than
+    `max_bytes` (see the module docstring)."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_entries * ENTRY_BYTES
+        self.bytes = 0  # the answers' bytes (Entry.wire) held
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         self.evicted = 0
 
@@ -232,6 +242,7 @@ class Cache:
             return None
         if now >= entry.stored + entry.ttl:
             del self._entries[key]
+            self.bytes -= len(entry.wire)
             entry.kill()
             return None
         self._entries.move_to_end(key)
@@ -241,23 +252,28 @@ class Cache:
         entries = self._entries
         old = entries.pop(entry.key, None)
         if old is not None:
+            self.bytes -= len(old.wire)
             old.kill()
         entries[entry.key] = entry
+        self.bytes += len(entry.wire)
         self._shrink()
 
     def drop(self, entry: Entry) -> None:
         if self._entries.get(entry.key) is entry:
             del self._entries[entry.key]
+            self.bytes -= len(entry.wire)
         entry.kill()
 
     def resize(self, max_entries: int) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_entries * ENTRY_BYTES
         self._shrink()
 
     def _shrink(self) -> None:
         entries = self._entries
-        while len(entries) > self.max_entries:
+        while len(entries) > self.max_entries or self.bytes > self.max_bytes:
             _key, old = entries.popitem(last=False)
+            self.bytes -= len(old.wire)
             old.kill()
             self.evicted += 1
 
@@ -265,3 +281,4 @@ class Cache:
         for entry in self._entries.values():
             entry.kill()
         self._entries.clear()
+        self.bytes = 0

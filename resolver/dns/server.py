@@ -199,7 +199,7 @@ class DnsServer:
             "upstreams": cast(list[UpstreamStatus], upstreams),
             "cache": {
                 "entries": len(handler.cache), "hits": c["hits"], "misses": c["misses"],
-                "evicted": handler.cache.evicted,
+                "evicted": handler.cache.evicted, "bytes": handler.cache.bytes,
             },
             "queries": cast(QueryCounts, {key: c[key] for key in STATUS_QUERIES}),
             "forwarding": {

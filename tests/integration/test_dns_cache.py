@@ -25,7 +25,10 @@ async def test_positive_answer_cached_with_ttl_counting_down() -> None:
         clock.advance(0.5)  # same whole second of age: same TTLs
         assert sorted(r.ttl for r in (await env.ask("two.example.test")).rr) == [30, 90]
         assert len(env.fake.received) == 1
-        assert env.srv.status()["cache"] == {"entries": 1, "hits": 2, "misses": 1, "evicted": 0}
+        # 66 bytes: header 12, question 22, two A records of 16 (owner compressed).
+        assert env.srv.status()["cache"] == {
+            "entries": 1, "hits": 2, "misses": 1, "evicted": 0, "bytes": 66,
+        }  # fmt: skip
         clock.advance(30)  # the smallest TTL (40) has run out: asked again
         third = await env.ask("two.example.test")
         assert sorted(r.ttl for r in third.rr) == [40, 100]

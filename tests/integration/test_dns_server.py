@@ -31,7 +31,8 @@ async def test_status_has_the_contract_keys() -> None:
         assert set(up) == {"address", "healthy", "rtt_ms", "role"} and up["role"] == "default"
         assert up["address"] == env.fake.text and up["healthy"] is True
         assert isinstance(up["rtt_ms"], float)
-        assert status["cache"] == {"entries": 1, "hits": 1, "misses": 1, "evicted": 0}
+        # 50 bytes: header 12, question 22, one A record of 16 (owner compressed).
+        assert status["cache"] == {"entries": 1, "hits": 1, "misses": 1, "evicted": 0, "bytes": 50}
         assert status["udp"] == {"send_dropped": 0, "errors": 0}
         q = status["queries"]
         assert {"total", "tagged", "refused", "servfail"} <= set(q)

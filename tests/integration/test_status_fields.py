@@ -52,7 +52,7 @@ PINNED = [
     "version", "build", "uptime_s", "config", "listen",
     "upstreams", "upstreams[].address", "upstreams[].healthy", "upstreams[].rtt_ms",
     "upstreams[].role",
-    "cache", "cache.entries", "cache.hits", "cache.misses", "cache.evicted",
+    "cache", "cache.entries", "cache.hits", "cache.misses", "cache.evicted", "cache.bytes",
     "queries", "queries.total", "queries.tagged", "queries.refused", "queries.servfail",
     "queries.noerror", "queries.nxdomain", "queries.formerr", "queries.notimp", "queries.other",
     "queries.dropped", "queries.ratelimited", "queries.pending_full",

@@ -12,7 +12,7 @@ from policy.loader import builtin_policy
 from policy.matcher import Matcher
 from policy.model import Match, Rule
 from resolver.dns import replies, wire
-from resolver.dns.cache import SHARED_OFFSETS_MAX, Cache, Entry, build_entry
+from resolver.dns.cache import ENTRY_BYTES, SHARED_OFFSETS_MAX, Cache, Entry, build_entry
 from resolver.dns.tagging import tag
 from resolver.hooks import address_texts
 
@@ -288,3 +288,30 @@ def test_ttl_with_the_top_bit_set_is_zero_and_not_cached() -> None:
         0,
         60,
     ]
+
+
+def test_cache_bounds_the_bytes_of_its_answers_too() -> None:
+    """Answers fetched over TCP can be 64 KB: the cache holds max_entries x ENTRY_BYTES bytes
+    of answers at most, however few entries that is, the least recently used going first."""
+    cache = Cache(100)  # 123,200 bytes
+    small = [_entry(_positive(f"{n}.test")) for n in range(5)]
+    for entry in small:
+        cache.put(entry)
+    assert cache.bytes == sum(len(e.wire) for e in small)
+    huge = []
+    for n in range(3):
+        reply = _positive(f"big{n}.test")
+        for _ in range(200):
+            reply.add_answer(RR(f"big{n}.test", QTYPE.TXT, rdata=TXT("x" * 250), ttl=60))
+        huge.append(_entry(reply))
+    assert all(50_000 < len(e.wire) < 60_000 for e in huge)
+    for entry in huge:
+        cache.put(entry)
+    assert list(cache) == huge[1:]  # the small ones and the oldest big one made room
+    assert cache.evicted == 6 and all(e.expires == -1.0 for e in (*small, huge[0]))
+    assert cache.bytes == len(huge[1].wire) + len(huge[2].wire) <= cache.max_bytes
+    assert cache.max_bytes == 100 * ENTRY_BYTES
+    cache.drop(huge[1])
+    assert cache.bytes == len(huge[2].wire)
+    cache.resize(1)  # 1,232 bytes: no 55 KB answer fits
+    assert len(cache) == 0 and cache.bytes == 0
