@@ -254,8 +254,11 @@ class Cache:
         if old is not None:
             self.bytes -= len(old.wire)
             old.kill()
+        size = len(entry.wire)
+        if size > self.max_bytes:
+            return  # not kept (nor killed: the caller still answers from it)
         entries[entry.key] = entry
-        self.bytes += len(entry.wire)
+        self.bytes += size
         self._shrink()
 
     def drop(self, entry: Entry) -> None:

@@ -315,3 +315,20 @@ def test_cache_bounds_the_bytes_of_its_answers_too() -> None:
     assert cache.bytes == len(huge[2].wire)
     cache.resize(1)  # 1,232 bytes: no 55 KB answer fits
     assert len(cache) == 0 and cache.bytes == 0
+
+
+def test_an_answer_bigger_than_the_whole_cache_is_answered_but_not_kept() -> None:
+    cache = Cache(10)  # 12,320 bytes
+    small = _entry(_positive("big.test"), now=50.0)
+    cache.put(small)
+    reply = _positive("big.test")
+    for _ in range(200):
+        reply.add_answer(RR("big.test", QTYPE.TXT, rdata=TXT("x" * 250), ttl=300))
+    entry = _entry(reply, now=100.0)
+    assert entry.key == small.key and len(entry.wire) > cache.max_bytes
+    cache.put(entry)  # a newer answer to the same question, too big to keep
+    assert len(cache) == 0 and cache.bytes == 0 and small.expires == -1.0
+    assert entry.expires > 100.0  # not killed: the reply made from it keeps its TTLs
+    query = _query("big.test")
+    answer = DNSRecord.parse(entry.reply(query, len(query), False, 65535, 105.0))
+    assert sorted({r.ttl for r in answer.rr}) == [55, 115, 295]  # 60, 120 and 300, 5 s on
