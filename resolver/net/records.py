@@ -176,8 +176,8 @@ def _load_legacy(state_dir: str, latest: float) -> Loaded:
     for address, h in saved.items():
         where = f"{path}: hold {address[:80]!r}"
         names = h.get("names") if isinstance(h, dict) else None
-        if not isinstance(names, dict):
-            problems.append(f"{where}: cannot read (no names object)")
+        if not isinstance(names, dict) or not names:
+            problems.append(f"{where}: cannot read (no names)")  # its route may be live
             continue
         row = _legacy_number(h.get("row", 0), round_up=False)  # 0.1 wrote none for some
         for name, expires in names.items():

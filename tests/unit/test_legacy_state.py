@@ -164,6 +164,7 @@ def test_an_address_not_in_its_canonical_form_is_refused(
         [],
         {"expires": EXPIRES, "row": 1, "names": ["x.office.com"]},
         {"expires": EXPIRES, "row": 1},
+        {"expires": EXPIRES, "row": 1, "names": {}},
         {"expires": EXPIRES, "row": "1", "names": {"x.office.com": EXPIRES}},
         {"expires": EXPIRES, "row": True, "names": {"x.office.com": EXPIRES}},
         {"expires": EXPIRES, "row": None, "names": {"x.office.com": EXPIRES}},
@@ -174,7 +175,7 @@ def test_an_address_not_in_its_canonical_form_is_refused(
         {"expires": EXPIRES, "row": 1, "names": {"x.office.com": {}}},
     ],
     ids=[
-        "hold-number", "hold-list", "names-list", "no-names", "row-text", "row-true",
+        "hold-number", "hold-list", "names-list", "no-names", "names-empty", "row-text", "row-true",
         "row-null", "row-negative", "row-fraction", "expiry-text", "expiry-true",
         "expiry-object",
     ],
