@@ -17,7 +17,8 @@ The steps, in order:
 3. a cache hit: the stored reply, re-stamped; a tagged one extends its holds through the hook
    (and is sent once new routes are in, when some must go in first);
 4. a miss: handed to `Misses` (misses.py), which owns the questions in flight: coalesced with
-   identical ones, else charged to the client's budgets (ratelimit.Budgets: over them a UDP
+   identical ones (a wait, charged to the client's share of the pending table), else charged
+   to the client's budgets (ratelimit.Budgets: over them a UDP
    query gets TC, a TCP query SERVFAIL) and resolved by a state machine (resolution.py:
    upstream attempts moved on by socket and timer callbacks), then cached, tagged
    (tagging.tag), handed to the hook, and every waiter's reply sent.

@@ -20,10 +20,11 @@ Unbound's per-address limits do it):
   `idle_timeout` of that it is closed (`stalled_closed`);
 - a connection owed `MAX_OWED` replies is not read until one of them is sent (RFC 7766 6.2.1.1
   lets a server bound pipelining): its further queries wait in the kernel's buffers;
-- the replies a client has not read take at most `MAX_BACKLOG` bytes of our memory (the
-  transport's buffer): the replies it was owed when it stopped reading can still arrive,
-  and one that takes the buffer past that closes the connection (`backlog_closed`). A
-  connection closed for not reading is aborted: what it did not read is dropped at once;
+- the replies the kernel has not taken yet (the client does not read them) take at most
+  `MAX_BACKLOG` bytes of our memory (the transport's buffer: eight of the largest replies):
+  the replies a client was owed when it stopped reading can still arrive, and one that takes
+  the buffer past that closes the connection (`backlog_closed`). A connection closed for not
+  reading is aborted: what it did not read is dropped at once;
 - one client (an IPv4 address, an IPv6 /64) holds at most `max_per_client` connections: a new
   one closes that client's own least recently active connection (`client_evicted`);
 - when `max_connections` are open, a new connection closes the least recently active one
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 MAX_QUERY = 4096
 MESSAGE_TIMEOUT = 2.0  # seconds for a message to arrive whole, from its first byte
 MAX_OWED = 64  # deferred replies one connection may be owed; then it is not read
-MAX_BACKLOG = 256 * 1024  # bytes of unread replies a connection may leave in our buffer
+MAX_BACKLOG = 512 * 1024  # bytes of replies the kernel has not taken yet, per connection
 PER_CLIENT_SHARE = 8  # a client may hold max_connections / PER_CLIENT_SHARE connections
 EVICT_SCAN = 64  # connections looked at for one to evict
 COUNTERS = (
@@ -249,8 +250,8 @@ class TcpConnection(asyncio.Protocol):
             self.close()
         elif self._full and self.owed < MAX_OWED and self.transport is not None:
             self._full = False
-            if self._paused is None:
-                self._read_again()
+            # Not from inside this call: it comes from the miss path answering its waiters.
+            asyncio.get_running_loop().call_soon(self._read_again)
 
     def _write(self, data: bytes) -> None:
         transport = self.transport
@@ -270,13 +271,18 @@ class TcpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = None
-        if not self._full:
-            self._read_again()
+        self._read_again()
 
     def _read_again(self) -> None:
-        """After a pause (the client did not read, or was owed MAX_OWED replies)."""
+        """After a pause (the client did not read, or was owed MAX_OWED replies), unless
+        another one holds now."""
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        if (
+            self._paused is None
+            and not self._full
+            and transport is not None
+            and not transport.is_closing()
+        ):
             transport.resume_reading()
             self._started = None  # what is left of a message is due from now on
             self._work()  # what arrived before the pause
