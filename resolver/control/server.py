@@ -7,7 +7,9 @@ socket left by a crashed daemon is replaced; a live one (another daemon answerin
 `stop()` removes the file, if it is still ours.
 
 Each connection may carry several requests, one line each, answered in order. A request line is
-at most `protocol.MAX_REQUEST_BYTES`; a connection idle for `idle_timeout` seconds is closed.
+at most `protocol.MAX_REQUEST_BYTES`; a connection idle for `idle_timeout` seconds is closed,
+and one that has not taken an answer within `idle_timeout` is aborted (its answer dropped:
+closing would keep it until read).
 Commands that change state run one at a time. Peers share `max_connections` by uid
 (`protocol.ConnectionShares`); one beyond its share is answered `Busy`.
 
@@ -301,7 +303,7 @@ class ControlServer:
             with contextlib.suppress(TimeoutError, ValueError):
                 await asyncio.wait_for(reader.readline(), 1.0)
             writer.write(encode(error_response(BUSY, f"too many control connections: {reason}")))
-            await writer.drain()
+            await _drained(writer, 1.0)
         finally:
             self._refusing -= 1
 
@@ -322,7 +324,7 @@ class ControlServer:
             except asyncio.LimitOverrunError:
                 too_long = BadRequest(f"request longer than {MAX_REQUEST_BYTES} bytes")
                 writer.write(encode(error_response(too_long.name, too_long.message)))
-                await writer.drain()
+                await _drained(writer, self.idle_timeout)
                 return
             except TimeoutError:
                 log.debug("control: closing a connection idle for %.0fs", self.idle_timeout)
@@ -337,7 +339,8 @@ class ControlServer:
                     await self._stream(reader, writer, answer.data, answer.watcher)
                     return
                 writer.write(answer.data)
-                await writer.drain()
+                if not await _drained(writer, self.idle_timeout):
+                    return
             if last:
                 return
 
@@ -369,6 +372,19 @@ class ControlServer:
         finally:
             closed.cancel()
             self.monitor.close(watcher)
+
+
+async def _drained(writer: asyncio.StreamWriter, timeout: float) -> bool:
+    """Wait up to `timeout` for the client to take what was written; False when it did not:
+    the connection is then aborted (closing would keep the unread answer until read)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await writer.drain()
+    except TimeoutError:
+        log.debug("control: aborting a connection that took no answer for %.1fs", timeout)
+        writer.transport.abort()
+        return False
+    return True
 
 
 async def _until_eof(reader: asyncio.StreamReader) -> None:

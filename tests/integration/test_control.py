@@ -303,6 +303,37 @@ def test_idle_connection_is_closed(tmp: Path, daemon: FakeDaemon) -> None:
         assert talk(thread.path, request_line("ping"))[0]["ok"] is True
 
 
+def test_a_client_that_takes_no_answers_is_aborted_not_held(tmp: Path, daemon: FakeDaemon) -> None:
+    """Requests sent, answers never read: the server stops reading at its buffer's mark; the
+    connection is aborted once an answer waited idle_timeout, and its slot is free again."""
+    with (
+        ServerThread(
+            str(tmp / "c.sock"), daemon, None, idle_timeout=0.3, max_connections=1
+        ) as thread,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock,
+    ):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(thread.path)
+        sock.setblocking(False)
+        requests = request_line("status") * 20_000
+        sent = 0
+        deadline = time.monotonic() + 10
+        while sent < len(requests) and time.monotonic() < deadline:
+            try:
+                sent += sock.send(requests[sent : sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)  # the server stopped reading us
+            except OSError:
+                break  # ... and aborted the connection
+        while time.monotonic() < deadline:  # the slot comes back
+            if talk(thread.path, request_line("ping"))[0]["ok"]:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the connection that reads nothing kept its slot")
+        assert sent < len(requests)  # it was stopped, not served to the end
+
+
 def test_connection_limit(tmp: Path, daemon: FakeDaemon) -> None:
     with ServerThread(str(tmp / "c.sock"), daemon, None, max_connections=1) as thread:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
