@@ -346,13 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Signals wait until the handlers are in place: a SIGHUP during start-up must not kill us.
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    # Before the config is read: what loading it warns of (a kept copy of the endpoint sets
+    # left out...) is logged in the daemon's format.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         loaded = load_everything(args.config)
     except (ConfigError, PolicyError) as err:
         for line in _error_lines(err):
             print(f"resolverd: {line}", file=sys.stderr)
         return 1
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     set_log_level(loaded.config.log_level)
     if args.cleanup:
         return _cleanup(loaded)

@@ -89,6 +89,7 @@ def test_an_unusable_kept_copy_is_said_once_and_downloaded_again(
     assert json.loads(path.read_text())["endpoints"] == SAMPLE  # replaced by the download
     log = rd.log()
     assert log.count(f"{path}: unusable endpoint cache: ") == 1, log
+    assert f"WARNING resolverd.policy: {path}: unusable" in log, log  # the daemon's format
     assert reason in log
     assert "Traceback" not in log
 
