@@ -18,7 +18,7 @@ rules). Skipped, each with a warning naming its path, like any entry that cannot
   shorter than /32 (what a registry gives a whole ISP; the service's broadest is a /36).
 
 An endpoint set's id becomes the row of every route made for it, which the hold journal keeps
-(``resolver.net.records`` reads a row of at most 10 digits back): an id above ``MAX_SET_ID``
+(``resolver.net.records`` reads a row of at most 10 digits back): an id above ``model.MAX_ROW``
 (2**31 - 1; the service's are below 1000) is a structural error, like a missing one.
 
 Skipped rather than refusing the whole download: the other entries and sets are still
@@ -32,10 +32,9 @@ import ipaddress
 from collections.abc import Collection
 
 from policy.loader import PolicyError, normalise_cidr, normalise_pattern, normalise_port
-from policy.model import TENANT_PREFIX, Policy, Rule
+from policy.model import MAX_ROW, TENANT_PREFIX, Policy, Rule
 
 _REQUIRED_KEYS = ("id", "serviceArea", "category", "required", "expressRoute")
-MAX_SET_ID = 2**31 - 1  # the largest id taken: a row the hold journal reads back (10 digits)
 MIN_PREFIX = {4: 10, 6: 32}  # the shortest prefix length taken from the service, by version
 # Second-level labels that make a public suffix under a two-letter country code (co.uk).
 PUBLIC_SECOND_LEVEL = frozenset(
@@ -154,7 +153,7 @@ def policy_from_endpoints_json(
     """A policy from the service's endpoint sets whose category is in ``categories``.
 
     Structural problems (not a list, missing keys, wrong types, ids repeated or above
-    ``MAX_SET_ID``) raise PolicyError listing all of them, each as ``<source>: /<index>/<key>:
+    ``MAX_ROW``) raise PolicyError listing all of them, each as ``<source>: /<index>/<key>:
     ...``. A name, prefix or port that does not parse, or is broader than the bounds above, is
     skipped with a message appended to ``warnings``. ``<tenant>`` in a name becomes ``tenant``
     when one is given (``<tenant>-my.sharepoint.com`` -> ``contoso-my.sharepoint.com``); without
@@ -177,9 +176,9 @@ def policy_from_endpoints_json(
         set_id = entry.get("id")
         if "id" in entry and not _is_positive_int(set_id):
             problems.append(f"{where}/id: expected a positive integer, got {set_id!r}")
-        elif isinstance(set_id, int) and set_id > MAX_SET_ID:
+        elif isinstance(set_id, int) and set_id > MAX_ROW:
             problems.append(
-                f"{where}/id: {set_id} is out of range 1-{MAX_SET_ID} (an id becomes the row "
+                f"{where}/id: {set_id} is out of range 1-{MAX_ROW} (an id becomes the row "
                 "the hold journal keeps for its routes)"
             )
         elif set_id in seen:

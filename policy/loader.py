@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from policy.model import TENANT, TENANT_PREFIX, Policy, Rule
+from policy.model import MAX_ROW, TENANT, TENANT_PREFIX, Policy, Rule
 from policy.yamldoc import Document, DocumentError, compose, pointer, read_text
 
 BUILTINS = ("microsoft365",)
@@ -170,6 +170,12 @@ def _parse_rule(
     row = purpose = required = None
     if "row" in fields:
         row = doc.integer(fields["row"], pointer(path, "row"))
+        if row is not None and row > MAX_ROW:
+            doc.error(
+                fields["row"], pointer(path, "row"),
+                f"{row} is out of range 1-{MAX_ROW} (the hold journal keeps the row of a route)",
+            )  # fmt: skip
+            row = None
     if "purpose" in fields:
         purpose = doc.string(fields["purpose"], pointer(path, "purpose"))
     if "required" in fields:

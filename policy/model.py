@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 # Microsoft's placeholder for the tenant name; a pattern "<tenant>.rest" is a one-label wildcard.
 TENANT = "<tenant>"
 TENANT_PREFIX = TENANT + "."
+# The largest row: a route's row is kept in the hold journal, whose reader takes at most 10
+# digits (resolver.net.records).
+MAX_ROW = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -266,6 +266,11 @@ def test_yaml_syntax_error_is_one_error_with_a_line() -> None:
             "t.yaml:2: /rules/0/row: expected a positive integer, got 0",
         ),
         (
+            "rules:\n  - {row: 2147483648, purpose: p, required: true}\n",
+            "t.yaml:2: /rules/0/row: 2147483648 is out of range 1-2147483647 (the hold journal "
+            "keeps the row of a route)",
+        ),
+        (
             "rules:\n  - {row: 1, purpose: ~, required: true}\n",
             "t.yaml:2: /rules/0/purpose: expected a string, got null",
         ),
