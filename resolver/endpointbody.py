@@ -22,6 +22,10 @@ So whatever it holds, a body costs at most 10 times its size plus 256 KiB to par
 about 40 MiB for an ``/endpoints`` answer, against 845 MB before.
 
 Every refusal is a BodyError saying what was wrong; the client adds which request.
+
+A version (``/version``'s ``latest``, ``2024103100``) is shown, logged, kept and written into
+the PAC export: it must be ``version_ok``, a short run of letters, digits, ``.``, ``_`` and
+``-``, never text that could end a line or a comment.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ _ASTRAL_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # UTF-8 of U+1000
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")  # \ud83d...: a character above U+FFFF
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+
+_VERSION = re.compile(r"[0-9A-Za-z._-]{1,64}")
+
+
+def version_ok(text: str) -> bool:
+    """Whether `text` may be a version of the endpoint data (see the module docstring)."""
+    return _VERSION.fullmatch(text) is not None
 
 
 class BodyError(ValueError):

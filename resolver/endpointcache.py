@@ -80,9 +80,12 @@ def read_cache(state_dir: str) -> EndpointSets | None:
     endpoints = data.get("endpoints")
     if not isinstance(endpoints, list):
         raise _unusable(path, "/endpoints: expected a list of endpoint sets")
+    version = data.get("version", "")
+    if not isinstance(version, str) or (version and not endpointbody.version_ok(version)):
+        raise _unusable(path, f"/version: {version!r:.80} is no version")
     return EndpointSets(
         instance=str(data.get("instance", "")),
-        version=str(data.get("version", "")),
+        version=version,
         endpoints=endpoints,
         tenant=tenant if isinstance(tenant, str) else None,
     )

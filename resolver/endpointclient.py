@@ -206,6 +206,8 @@ class EndpointsClient:
         latest = data.get("latest") if isinstance(data, dict) else None
         if not isinstance(latest, str) or not latest:
             raise EndpointsError(f"version/{self.instance}: no 'latest' version in {data!r:.200}")
+        if not endpointbody.version_ok(latest):
+            raise EndpointsError(f"version/{self.instance}: {latest!r:.80} is no version")
         return latest
 
     def fetch_endpoints(self) -> list[dict[str, Any]]:

@@ -71,6 +71,18 @@ def test_client_fetches_version_and_endpoints(service: str) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "latest", ["2024103100\nFindProxyForURL = 1; //", "2024103100\u2028x", "x" * 65, "1 2"]
+)
+def test_a_version_that_is_no_version_is_refused(service: str, latest: str) -> None:
+    """It is shown, logged, kept and written into the PAC export's comments: letters, digits,
+    '.', '_' and '-' only, 64 at most."""
+    FakeService.version = latest
+    client = EndpointsClient(service, "Worldwide", timeout=5, allow_http=True)
+    with pytest.raises(EndpointsError, match="is no version"):
+        client.fetch_version()
+
+
 def test_client_sends_the_tenant_name_to_endpoints(service: str) -> None:
     client = EndpointsClient(
         service, "Worldwide", "id-1", timeout=5, tenant="contoso", allow_http=True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -257,3 +258,32 @@ def test_pac_routes_hosts_as_the_policy_says() -> None:
         "52.115.255.255": "DIRECT",
         "example.com": proxy,
     }
+
+
+HOSTILE = '2024103100\nFindProxyForURL = function (url, host) { return "PROXY evil:1"; };\n//'
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        dataclasses.replace(POLICY, version=HOSTILE),
+        dataclasses.replace(POLICY, version=HOSTILE.replace("\n", "\u2028")),
+        dataclasses.replace(POLICY, source=HOSTILE),
+        dataclasses.replace(
+            POLICY,
+            rules=(
+                dataclasses.replace(
+                    POLICY.rules[0], purpose="\x1b[2J" + HOSTILE.replace("\n", "\u2028")
+                ),
+            ),
+        ),
+    ],
+    ids=["version", "version-u2028", "source", "purpose"],
+)
+def test_pac_comments_carry_no_code_and_no_escapes(policy: Policy) -> None:
+    """What a feed chose (its version, a set's name) goes into comments of the PAC as
+    printable ASCII: no line terminator ends the comment, no escape reaches a terminal."""
+    pac = to_pac(policy, "PROXY proxy.example:3128")
+    assert all(" " <= ch <= "~" for ch in pac.replace("\n", "")), pac
+    assert all(line.lstrip().startswith("//") for line in pac.splitlines() if "evil" in line)
+    assert run_pac(policy, ["www.example.com"]) == {"www.example.com": "PROXY proxy.example:3128"}

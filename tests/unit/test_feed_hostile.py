@@ -97,6 +97,10 @@ UNUSABLE = {
         kept([*SAMPLE, endpoint_set(10**11)]),
         "endpoints:Worldwide: /5/id: 100000000000 is out of range 1-2147483647",
     ),
+    "a version that could end a line": (
+        kept(SAMPLE, version="2024103100\nFindProxyForURL = 1; //"),
+        "/version: '2024103100\\nFindProxyForURL = 1; //' is no version",
+    ),
     "not an object": ("[]", "expected a JSON object"),
     "no list of sets": (
         '{"instance": "Worldwide", "endpoints": {}}',
