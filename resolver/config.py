@@ -172,6 +172,9 @@ class BreakoutConfig:
     # min_hold) + grace. load_config sets it from cache.max_ttl; a config made otherwise gets
     # the cache's default cap. The hold journal's reader refuses expiries beyond it.
     max_hold: int = 0
+    # Not a key: the addresses of the default upstreams and the forward zones' servers (not the
+    # breakout resolvers), never routed (net/neverroute.py); load_config sets them.
+    dns_servers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.max_hold:
@@ -278,7 +281,9 @@ def _finish(doc: Document, root: yaml.Node, cfg: Config, base_dir: str) -> Confi
                       "it would ask itself")  # fmt: skip
     breakout = _finish_breakout(cfg.breakout, error, doc.has_error)
     longest = max(cfg.cache.max_ttl, breakout.min_hold) + breakout.grace
-    breakout = dataclasses.replace(breakout, max_hold=longest)
+    servers = {host.partition("%")[0] for _path, (host, _port) in _all_upstreams(cfg)}
+    servers -= {host.partition("%")[0] for host, _port in breakout.resolvers}  # via the breakout
+    breakout = dataclasses.replace(breakout, max_hold=longest, dns_servers=tuple(sorted(servers)))
     endpoints = cfg.policy.endpoints
     plain = endpoints is not None and endpoints.url.lower().startswith("http://")
     if plain and endpoints is not None and not endpoints.allow_http:

@@ -64,7 +64,7 @@ class LinkWatch:
         self.choice = choice
         self.probes: Probes | None = None  # set by the breakout once it has them
         self.view = view if view is not None else NetView()
-        self.never = NeverRoute(cfg.never_route)
+        self.never = NeverRoute(cfg.never_route, cfg.dns_servers)
         self.foreign: set[str] = set()  # host routes someone else put in our table
         self.on_rule_gone: Callable[[], None] | None = None
         self._given = view is not None  # a test's view: no netlink at all
@@ -105,10 +105,10 @@ class LinkWatch:
         self._loop = None
 
     def configure(self, cfg: BreakoutConfig) -> None:
-        """A reload: a new never_route list takes effect at once (the holds it now covers go
-        with the next `reassess`)."""
-        if cfg.never_route != self.cfg.never_route:
-            self.never = NeverRoute(cfg.never_route)
+        """A reload: a new never_route list (or new DNS servers) takes effect at once (the
+        holds it now covers go with the next `reassess`)."""
+        if (cfg.never_route, cfg.dns_servers) != (self.cfg.never_route, self.cfg.dns_servers):
+            self.never = NeverRoute(cfg.never_route, cfg.dns_servers)
             self.never.set_connected(self.view.connected())
             self._skip.clear()
         self.cfg = cfg

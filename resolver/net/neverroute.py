@@ -1,7 +1,10 @@
-"""Addresses never routed: the configured `never_route` prefixes and every connected network.
+"""Addresses never routed: the configured `never_route` prefixes, the DNS servers the config
+names (the default upstreams and the forward zones' servers, which the router reaches through
+the tunnel), and every connected network.
 
 A DNS answer must not be able to steer the router's own traffic: an answer under a Microsoft
-365 wildcard that hands out the LAN's own address (or the router's, or a link network's) is not
+365 wildcard that hands out the LAN's own address (or the router's, or a link network's, or
+head office's DNS server: its queries and internal names would leave through the ISP) is not
 routed. The connected part is rebuilt from the kernel's addresses and device routes whenever
 they change (see links.NetView).
 """
@@ -57,8 +60,10 @@ class PrefixIndex:
 class NeverRoute:
     """Why an address must not be routed (a reason string), or None when it may be."""
 
-    def __init__(self, never_route: Iterable[str]) -> None:
-        self.static = PrefixIndex((c, "never_route") for c in never_route)
+    def __init__(self, never_route: Iterable[str], dns_servers: Iterable[str] = ()) -> None:
+        static = [(c, "never_route") for c in never_route]
+        static += [(host, "DNS server of the config") for host in dns_servers]
+        self.static = PrefixIndex(static)
         self.connected = PrefixIndex()
 
     def set_connected(self, networks: Iterable[tuple[str, str]]) -> None:
@@ -71,7 +76,7 @@ class NeverRoute:
             return f"connected network {hit[0]} on {hit[1]}"
         hit = self.static.find(family, packed)
         if hit is not None:
-            return f"never_route {hit[0]}"
+            return f"{hit[1]} {hit[0]}"
         return None
 
     def reason_cidr(self, cidr: str) -> str | None:
@@ -87,5 +92,5 @@ class NeverRoute:
     def static_reason_cidr(self, cidr: str) -> str | None:
         hit = self.static.overlapping(cidr)
         if hit is not None:
-            return f"overlaps never_route {hit[0]}"
+            return f"overlaps {hit[1]} {hit[0]}"
         return None

@@ -485,3 +485,21 @@ def test_a_new_gateway_reinstalls_in_place_and_a_new_table_moves_everything(
         await b.stop()
 
     run(body)
+
+
+def test_the_configs_dns_servers_are_never_routed(tmp_path: Any) -> None:
+    """Head office's DNS server in a tagged answer: routing it would send resolverd's own
+    queries (and the clients' internal names) out through the ISP."""
+
+    async def body() -> None:
+        b, k, _ = await started(tmp_path, dns_servers=("198.51.100.53", "2001:db8:53::53"))
+        t = tagged("x.blob.office.com", "198.51.100.53", "2001:db8:53::53", "203.0.113.10")
+        await answer(b, t, 60)
+        assert list(b.holds) == [socket.inet_pton(socket.AF_INET, "203.0.113.10")]
+        assert k.has_route("203.0.113.10") and not k.has_route("198.51.100.53")
+        assert b.counters["skipped"] == 2
+        reason = b.parts.links.skip_reason(socket.inet_pton(socket.AF_INET, "198.51.100.53"))
+        assert reason == "DNS server of the config 198.51.100.53/32"
+        await b.stop()
+
+    run(body)

@@ -59,6 +59,21 @@ def test_full_breakout_section() -> None:
     assert b.never_route == ("198.51.100.0/24",)
 
 
+def test_the_dns_servers_never_routed_are_the_upstreams_and_zone_servers() -> None:
+    cfg = parse_config(
+        {
+            "upstreams": ["192.0.2.53", "[2001:db8::53]:5353"],
+            "forward_zones": {"corp.example": ["198.51.100.53", "192.0.2.53:5300"]},
+            "breakout": {
+                "interface": "wan0", "gateway4": "203.0.113.1",
+                "resolvers": ["203.0.113.53"],
+            },
+        }
+    )  # fmt: skip
+    # The breakout resolvers are reached through the breakout: they are not among them.
+    assert cfg.breakout.dns_servers == ("192.0.2.53", "198.51.100.53", "2001:db8::53")
+
+
 def test_default_never_route_covers_the_special_ranges() -> None:
     for prefix in ("10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "fe80::/10", "fc00::/7"):
         assert prefix in DEFAULT_NEVER_ROUTE
