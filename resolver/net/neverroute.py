@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Iterable
 
 BITS = {4: 32, 6: 128}
+NAT64 = bytes.fromhex("0064ff9b0000000000000000")  # 64:ff9b::/96, RFC 6052's well-known prefix
 
 
 class PrefixIndex:
@@ -71,6 +72,9 @@ class NeverRoute:
         self.connected = PrefixIndex(networks)
 
     def reason(self, family: int, packed: bytes) -> str | None:
+        if family == 6 and packed[:12] == NAT64:  # judged by the IPv4 address inside
+            inside = self.reason(4, packed[12:])
+            return None if inside is None else f"NAT64 of an IPv4 address: {inside}"
         hit = self.connected.find(family, packed)
         if hit is not None:
             return f"connected network {hit[0]} on {hit[1]}"

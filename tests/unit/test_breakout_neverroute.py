@@ -46,6 +46,12 @@ def packed(a: str) -> tuple[int, bytes]:
         ("fe80::1", "never_route fe80::/10"),
         ("fd00::1", "never_route fc00::/7"),
         ("::ffff:10.0.0.1", "never_route ::ffff:0:0/96"),
+        ("::a00:1", "never_route ::/96"),
+        ("fec0::1", "never_route fec0::/10"),
+        ("5f00::1", "never_route 5f00::/16"),
+        ("64:ff9b::a00:1", "NAT64 of an IPv4 address: never_route 10.0.0.0/8"),
+        ("64:ff9b::7f00:1", "NAT64 of an IPv4 address: never_route 127.0.0.0/8"),
+        ("64:ff9b::d6b:698", None),  # 13.107.6.152 through the ISP's NAT64
         ("203.0.113.10", None),
         ("2001:db8:365::10", None),
         ("13.107.6.152", None),
