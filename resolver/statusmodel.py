@@ -54,6 +54,7 @@ class ForwardingStatus(TypedDict):
     breakout_fallbacks: int
     spliced: int
     routes_deferred: int
+    addresses_capped: int  # addresses of tagged answers beyond MAX_ADDRESSES, not routed
     canaries: int
 
 

@@ -140,7 +140,7 @@ def _forwarding(status: Status) -> list[Block]:
     f = _get(lambda: status["forwarding"])
     if not isinstance(f, Mapping):
         return []
-    known = {"breakout_fallbacks", "spliced", "canaries", "routes_deferred"}
+    known = {"breakout_fallbacks", "spliced", "canaries", "routes_deferred", "addresses_capped"}
     return [
         (
             "Forwarding",
@@ -149,6 +149,7 @@ def _forwarding(status: Status) -> list[Block]:
                 ("Spliced", text(_get(lambda: f["spliced"]))),
                 ("Canaries", text(_get(lambda: f["canaries"]))),
                 ("Routes deferred", text(_get(lambda: f["routes_deferred"]))),
+                ("Addresses capped", text(_get(lambda: f["addresses_capped"]))),
                 *_extras(f, known),
             ],
         )

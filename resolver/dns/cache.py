@@ -42,6 +42,9 @@ _SHARED_OFFSETS: dict[bytes, bytes] = {}
 SHARED_MAX = 4096
 SHARED_OFFSETS_MAX = 32  # bytes: the TTLs of 16 records
 ENTRY_BYTES = 1232  # bytes of answers the cache may hold per entry of max_entries
+# Addresses of one answer that tagging sees (and the breakout routes): Microsoft 365's answers
+# carry fewer than 20; a 64 KB answer could carry 4,000 and take a twelfth of the holds.
+MAX_ADDRESSES = 64
 
 
 def shared_int(n: int) -> int:
@@ -72,11 +75,13 @@ def _share(table: dict[T, T], value: T) -> T:
 @dataclass(slots=True)
 class Chain:
     """What tagging reads of an answer: the CNAME chain from the query name, and its A/AAAA
-    addresses (packed, see hooks.pack_addresses) with the smallest of their TTLs."""
+    addresses (packed, see hooks.pack_addresses: the first MAX_ADDRESSES distinct ones; how
+    many more there were is `capped`) with the smallest of their TTLs."""
 
     names: list[str]
     addresses: bytes
     addr_ttl: int
+    capped: int = 0
 
 
 class Entry:
@@ -158,13 +163,17 @@ def chain_of(data: bytes, layout: replies.Layout, cap: int = 2**31) -> Chain:
 def _chain(names: list[str], addresses: list[tuple[bytes, int]], cap: int) -> Chain:
     packed = bytearray()
     seen: set[bytes] = set()
+    capped = 0
     for address, _ttl in addresses:
         if address not in seen:
+            if len(seen) >= MAX_ADDRESSES:
+                capped += 1
+                continue
             seen.add(address)
             packed.append(len(address))
             packed += address
     smallest = min((ttl for _address, ttl in addresses), default=0)
-    return Chain(names, bytes(packed), smallest if smallest < cap else cap)
+    return Chain(names, bytes(packed), smallest if smallest < cap else cap, capped)
 
 
 def build_entry(

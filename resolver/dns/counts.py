@@ -8,7 +8,7 @@ from resolver.hooks import Tagged
 COUNTER_KEYS = (
     "total", "noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "other",
     "dropped", "ratelimited", "pending_full", "tagged", "hits", "misses", "hook_errors",
-    "canaries", "routes_deferred",
+    "canaries", "routes_deferred", "addresses_capped",
 )  # fmt: skip
 
 

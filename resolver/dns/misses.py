@@ -169,6 +169,8 @@ class Misses:
             return None
         entry.origin = origin
         entry.tag = tag(chain, self.matcher)
+        if chain.capped and entry.tag is not None:
+            self.counts.values["addresses_capped"] += chain.capped
         entry.addr_base = shared_int(chain.addr_ttl)
         if entry.ttl > 0:
             self.cache.put(entry)

@@ -205,6 +205,7 @@ class DnsServer:
             "forwarding": {
                 "breakout_fallbacks": forwarder.fallbacks, "spliced": forwarder.spliced,
                 "routes_deferred": c["routes_deferred"], "canaries": c["canaries"],
+                "addresses_capped": c["addresses_capped"],
             },
             "udp": self.udp_stats(),
             "tcp": self.tcp_stats(),

@@ -330,6 +330,7 @@ async def test_without_a_ready_link_the_breakout_resolvers_are_never_asked() -> 
         assert env.asked("breakout") == []
         assert env.forwarding() == {
             "breakout_fallbacks": 0, "spliced": 0, "routes_deferred": 0, "canaries": 0,
+            "addresses_capped": 0,
         }  # fmt: skip
 
 
@@ -456,6 +457,7 @@ async def test_a_chain_the_breakout_resolvers_cannot_finish_keeps_the_upstream_a
         assert env.asked("breakout") == [("outlook.office365.com", "A")]
         assert env.forwarding() == {
             "breakout_fallbacks": 1, "spliced": 0, "routes_deferred": 0, "canaries": 0,
+            "addresses_capped": 0,
         }  # fmt: skip
 
 

@@ -57,7 +57,7 @@ PINNED = [
     "queries.noerror", "queries.nxdomain", "queries.formerr", "queries.notimp", "queries.other",
     "queries.dropped", "queries.ratelimited", "queries.pending_full",
     "forwarding", "forwarding.breakout_fallbacks", "forwarding.spliced",
-    "forwarding.routes_deferred", "forwarding.canaries",
+    "forwarding.routes_deferred", "forwarding.canaries", "forwarding.addresses_capped",
     "udp", "udp.send_dropped", "udp.errors",
     "tcp", "tcp.connections", "tcp.rejected", "tcp.evicted", "tcp.client_evicted",
     "tcp.slow_closed", "tcp.idle_closed", "tcp.stalled_closed", "tcp.oversized",

@@ -31,7 +31,13 @@ STATUS: dict[str, Any] = {
     ],
     "cache": {"entries": 120, "hits": 300, "misses": 100},
     "queries": {"total": 400, "tagged": 50, "refused": 2, "servfail": 1, "dropped": 7},
-    "forwarding": {"breakout_fallbacks": 4, "spliced": 9, "routes_deferred": 0, "canaries": 3},
+    "forwarding": {
+        "breakout_fallbacks": 4,
+        "spliced": 9,
+        "routes_deferred": 0,
+        "canaries": 3,
+        "addresses_capped": 0,
+    },
     "policy": {"source": "builtin:microsoft365", "version": "seed-000", "rules": 16},
     "breakout": {
         "interface": "wan0",
@@ -85,6 +91,7 @@ Forwarding
              Spliced: 9
             Canaries: 3
      Routes deferred: 0
+    Addresses capped: 0
 
 Policy
    Source: builtin:microsoft365
