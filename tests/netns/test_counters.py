@@ -151,3 +151,12 @@ def test_restart_keeps_counts_and_a_new_table_says_reset(
     d.apply("setup", links=LINKS, classes=CLASSES, since=SINCE + 2000)
     assert d.call("since") == SINCE + 2000
     assert set(counted(d).values()) == {(0, 0)}
+
+
+def test_a_feed_of_many_sets_still_fits_one_setup_transaction(driver: TrafficDriver) -> None:
+    """400 classes on two links: a setup transaction of about 320 KB, more than a netlink
+    socket's default send buffer takes (EMSGSIZE): counting must not stop for it."""
+    many = [[row, "Optimize"] for row in range(1000, 1400)]
+    driver.apply("setup", links=LINKS, classes=[*CLASSES, *many], since=SINCE)
+    rows = {(t["row"], t["link"]) for t in driver.call("counters")}
+    assert (1399, "wan1") in rows and len(rows) == 2 * (len(CLASSES) + len(many))
