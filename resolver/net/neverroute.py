@@ -72,15 +72,15 @@ class NeverRoute:
         self.connected = PrefixIndex(networks)
 
     def reason(self, family: int, packed: bytes) -> str | None:
-        if family == 6 and packed[:12] == NAT64:  # judged by the IPv4 address inside
-            inside = self.reason(4, packed[12:])
-            return None if inside is None else f"NAT64 of an IPv4 address: {inside}"
         hit = self.connected.find(family, packed)
         if hit is not None:
             return f"connected network {hit[0]} on {hit[1]}"
         hit = self.static.find(family, packed)
         if hit is not None:
             return f"{hit[1]} {hit[0]}"
+        if family == 6 and packed[:12] == NAT64:  # also judged by the IPv4 address inside
+            inside = self.reason(4, packed[12:])
+            return None if inside is None else f"NAT64 of an IPv4 address: {inside}"
         return None
 
     def reason_cidr(self, cidr: str) -> str | None:

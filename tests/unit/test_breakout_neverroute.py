@@ -61,6 +61,17 @@ def test_default_never_route(address: str, reason: str | None) -> None:
     assert NeverRoute(DEFAULT_NEVER_ROUTE).reason(*packed(address)) == reason
 
 
+def test_a_nat64_address_is_judged_as_ipv6_first() -> None:
+    """A router's own NAT64 (its route to 64:ff9b::/96 is a connected network), or an operator
+    listing the prefix: refused as IPv6, whatever the IPv4 inside."""
+    public = packed("64:ff9b::d6b:698")  # 13.107.6.152
+    listed = NeverRoute(("64:ff9b::/96",))
+    assert listed.reason(*public) == "never_route 64:ff9b::/96"
+    local = NeverRoute(DEFAULT_NEVER_ROUTE)
+    local.set_connected([("64:ff9b::/96", "nat64")])
+    assert local.reason(*public) == "connected network 64:ff9b::/96 on nat64"
+
+
 def test_connected_networks_win_and_name_the_interface() -> None:
     n = NeverRoute(DEFAULT_NEVER_ROUTE)
     n.set_connected(make_view().connected())
