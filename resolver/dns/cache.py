@@ -163,15 +163,13 @@ def chain_of(data: bytes, layout: replies.Layout, cap: int = 2**31) -> Chain:
 def _chain(names: list[str], addresses: list[tuple[bytes, int]], cap: int) -> Chain:
     packed = bytearray()
     seen: set[bytes] = set()
-    capped = 0
     for address, _ttl in addresses:
         if address not in seen:
-            if len(seen) >= MAX_ADDRESSES:
-                capped += 1
-                continue
             seen.add(address)
-            packed.append(len(address))
-            packed += address
+            if len(seen) <= MAX_ADDRESSES:
+                packed.append(len(address))
+                packed += address
+    capped = max(0, len(seen) - MAX_ADDRESSES)
     smallest = min((ttl for _address, ttl in addresses), default=0)
     return Chain(names, bytes(packed), smallest if smallest < cap else cap, capped)
 
