@@ -95,16 +95,26 @@ def verified_cache(state_dir: str, cfg: PolicyConfig) -> EndpointSets | None:
     """The kept download (see ``read_cache``), verified as a download is when it is of the
     configured instance: PolicyError, one line naming the file, if it would be refused."""
     sets = read_cache(state_dir)
-    if sets is not None and _in_use(sets, cfg):
-        try:
-            endpoints_policy(sets, cfg, warnings=[])
-        except PolicyError as err:
-            shown = "; ".join(err.errors[:SHOWN_ERRORS])
-            more = len(err.errors) - SHOWN_ERRORS
-            raise _unusable(
-                cache_path(state_dir), shown + (f" (and {more} more)" if more > 0 else "")
-            ) from None
+    if sets is not None:
+        _kept_policy(state_dir, sets, cfg, [])
     return sets
+
+
+def _kept_policy(
+    state_dir: str, sets: EndpointSets, cfg: PolicyConfig, warnings: list[str] | None
+) -> Policy | None:
+    """The rules of the kept `sets` (None if they are of another instance), verified as a
+    download is: PolicyError, one line naming the file, if they would be refused."""
+    if not _in_use(sets, cfg):
+        return None
+    try:
+        return endpoints_policy(sets, cfg, warnings)
+    except PolicyError as err:
+        shown = "; ".join(err.errors[:SHOWN_ERRORS])
+        more = len(err.errors) - SHOWN_ERRORS
+        raise _unusable(
+            cache_path(state_dir), shown + (f" (and {more} more)" if more > 0 else "")
+        ) from None
 
 
 def _unusable(path: str, reason: str) -> PolicyError:
@@ -202,21 +212,24 @@ def effective_policy(
     """What resolverd runs with: built-in + files (include_optional, tenant) + endpoint sets.
 
     The endpoint sets are ``sets`` if given (a download not yet kept), else those kept in
-    ``state_dir`` if they can be used (``verified_cache``); kept sets that cannot be are left
-    out, saying which file and why. That and the names skipped from the sets are appended to
-    ``warnings`` if given, else logged. Raises PolicyError listing every problem of the config's
-    policy, or of ``sets``; never for what the kept copy holds."""
+    ``state_dir`` if they can be used (read once, verified as a download is); kept sets that
+    cannot be are left out, saying which file and why. That and the names skipped from the
+    sets are appended to ``warnings`` if given, else logged. Raises PolicyError listing every
+    problem of the config's policy, or of ``sets``; never for what the kept copy holds."""
     p = config.policy
     policy = load_policy(p.builtin, p.files, p.include_optional, p.tenant)
     if p.endpoints is None:
         return policy
-    if sets is None:
-        try:
-            sets = verified_cache(config.state_dir, p)
-        except PolicyError as err:
-            message = f"{err.errors[0]}; left out until the next version check downloads it again"
-            if warnings is None:
-                log.warning("%s", message)
-            else:
-                warnings.append(message)
-    return merge_endpoints(policy, p, sets, warnings)
+    if sets is not None:
+        return merge_endpoints(policy, p, sets, warnings)
+    try:  # the kept sets: read and verified once, their rules built once
+        kept = read_cache(config.state_dir)
+        feed = None if kept is None else _kept_policy(config.state_dir, kept, p, warnings)
+    except PolicyError as err:
+        message = f"{err.errors[0]}; left out until the next version check downloads it again"
+        if warnings is None:
+            log.warning("%s", message)
+        else:
+            warnings.append(message)
+        feed = None
+    return policy if feed is None else merge_policies([policy, feed], p.include_optional)
