@@ -51,6 +51,7 @@ COMPILED = [
     "resolver/fdwatch.py",
     "resolver/hooks.py",
     "resolver/net/accounting.py",
+    "resolver/net/accountingapi.py",
     "resolver/net/batches.py",
     "resolver/net/breakout.py",
     "resolver/net/errors.py",

@@ -8,7 +8,7 @@ their set entries go out (`count`, same timeouts, never waited on by a reply) an
 away (`flush`). Reading is off the hot path: the class counters are read once per
 REFRESH_EVERY by the sweep and before a `status`; the per-address counters only for `routes`.
 
-`NullAccounting` is the dry-run's and the off switch's: it counts nothing and flushes nothing.
+Its interface, and the null counters of the dry-run and the off switch, are in `accountingapi`.
 A table that cannot be made (no nf_tables) is reported in status and counting stays off; the
 breakout runs on.
 """
@@ -20,12 +20,11 @@ import errno
 import logging
 import time
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any, Protocol
-
-from mypy_extensions import mypyc_attr
+from typing import Any
 
 from resolver.config import BreakoutConfig
 from resolver.net import conntrack, netlink, nftables, traffic
+from resolver.net.accountingapi import CountItem
 from resolver.net.traffic import Layout, TrafficClass
 
 log = logging.getLogger(__name__)
@@ -43,65 +42,6 @@ COUNT_DELAY = 0.02
 # transactions by this much per held address keeps that walk under 4% of a CPU: 20 ms up to
 # 13,000 held, 45 ms at 30,000.
 SPACING_PER_HELD = 1.5e-6
-
-CountItem = tuple[int, bytes, int, int]  # family, packed address, timeout seconds, policy row
-
-
-class AccountingLike(Protocol):
-    @property
-    def counting(self) -> bool: ...
-    def configure(self, cfg: BreakoutConfig, classes: dict[int, TrafficClass]) -> None: ...
-    async def open(self, loop: asyncio.AbstractEventLoop) -> None: ...
-    def close(self) -> None: ...
-    def count(self, items: Sequence[CountItem]) -> None: ...
-    def release(self, items: Iterable[tuple[int, bytes]]) -> None: ...
-    def flush(self, addresses: Collection[bytes]) -> None: ...
-    async def refresh(self) -> None: ...
-    def refresh_due(self) -> bool: ...
-    async def per_address(self) -> dict[bytes, tuple[int, int]]: ...
-    async def remove(self) -> None: ...
-    def report(self) -> dict[str, Any]: ...
-
-
-# Tests subclass it to record what a breakout hands over (compiled, it must say it allows that).
-@mypyc_attr(allow_interpreted_subclasses=True)
-class NullAccounting:
-    """Counts nothing, flushes nothing (dry-run, or both keys off)."""
-
-    counting = False
-
-    def configure(self, cfg: BreakoutConfig, classes: dict[int, TrafficClass]) -> None:
-        pass
-
-    async def open(self, loop: asyncio.AbstractEventLoop) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def count(self, items: Sequence[CountItem]) -> None:
-        pass
-
-    def release(self, items: Iterable[tuple[int, bytes]]) -> None:
-        pass
-
-    def flush(self, addresses: Collection[bytes]) -> None:
-        pass
-
-    async def refresh(self) -> None:
-        pass
-
-    def refresh_due(self) -> bool:
-        return False
-
-    async def per_address(self) -> dict[bytes, tuple[int, int]]:
-        return {}
-
-    async def remove(self) -> None:
-        pass
-
-    def report(self) -> dict[str, Any]:
-        return {"traffic": [], "traffic_since": None, "conntrack_flushed": 0}
 
 
 class Accounting:

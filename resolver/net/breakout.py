@@ -29,7 +29,8 @@ from resolver.clients import client_key
 from resolver.config import BreakoutConfig, Mode
 from resolver.hooks import Epoch, Pending, Tagged
 from resolver.net import cleanup, reconcile, reload, report, traffic
-from resolver.net.accounting import Accounting, AccountingLike, NullAccounting
+from resolver.net.accounting import Accounting
+from resolver.net.accountingapi import AccountingLike, NullAccounting
 from resolver.net.batches import InstallBatch, Joined
 from resolver.net.dryrun import DryRunKernel
 from resolver.net.errors import BreakoutError
@@ -85,11 +86,8 @@ class Breakout:
         if kernel is None:
             kernel = kernel_factory(cfg)
         if journal is None:
-            journal = (
-                NullJournal()
-                if dry_run
-                else Journal(state_dir, cfg.table, cfg.route_protocol, clock, wall)
-            )
+            route = (cfg.table, cfg.route_protocol)
+            journal = NullJournal() if dry_run else Journal(state_dir, *route, clock, wall)
         if accounting is None:  # with both keys off it opens nothing until a reload says so
             accounting = NullAccounting() if dry_run else Accounting(cfg)
         accounting.configure(cfg, traffic.classes_of(policy.rules))

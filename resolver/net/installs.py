@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from resolver.net.accounting import AccountingLike, NullAccounting
+from resolver.net.accountingapi import AccountingLike, NullAccounting
 from resolver.net.batches import InstallBatch
 from resolver.net.errors import GONE, Errnos
 from resolver.net.holds import Hold

@@ -19,7 +19,8 @@ from resolver.ctl.blocks import format_bytes
 from resolver.ctl.routes import render_routes
 from resolver.ctl.status import render_status
 from resolver.net import nftables, traffic
-from resolver.net.accounting import COUNT_DELAY, Accounting, NullAccounting
+from resolver.net.accounting import COUNT_DELAY, Accounting
+from resolver.net.accountingapi import NullAccounting
 from resolver.net.holds import Hold
 from resolver.net.netlink import Message
 from resolver.net.report import routes_json

@@ -10,7 +10,8 @@ import pytest
 
 from policy.matcher import Matcher
 from policy.model import Policy
-from resolver.net.accounting import Accounting, NullAccounting
+from resolver.net.accounting import Accounting
+from resolver.net.accountingapi import NullAccounting
 from resolver.net.breakout import Breakout
 from resolver.net.errors import BreakoutError
 from resolver.net.netlink import NetlinkSocketError
