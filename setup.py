@@ -76,6 +76,7 @@ COMPILED = [
     "resolver/net/records.py",
     "resolver/net/routes.py",
     "resolver/net/traffic.py",
+    "resolver/net/trafficprune.py",
 ]
 
 

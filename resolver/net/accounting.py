@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from resolver.config import BreakoutConfig
-from resolver.net import conntrack, netlink, nftables, traffic
+from resolver.net import conntrack, netlink, nftables, traffic, trafficprune
 from resolver.net.accountingapi import CountItem
 from resolver.net.traffic import Layout, TrafficClass
 
@@ -42,6 +42,8 @@ COUNT_DELAY = 0.02
 # transactions by this much per held address keeps that walk under 4% of a CPU: 20 ms up to
 # 13,000 held, 45 ms at 30,000.
 SPACING_PER_HELD = 1.5e-6
+
+BARE = Layout((), ())  # the table alone, for what needs only its name
 
 
 class Accounting:
@@ -67,7 +69,6 @@ class Accounting:
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued: list[CountItem] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._known: set[TrafficClass] = set()  # every class this table has had
 
     def configure(self, cfg: BreakoutConfig, classes: dict[int, TrafficClass]) -> None:
         """The links and the rows' classes (start and reload); `open` applies them."""
@@ -94,16 +95,19 @@ class Accounting:
             await self.remove()  # count_traffic turned off by a reload
 
     async def _setup(self) -> None:
-        """Make or update the table for the current links and classes (idempotent)."""
+        """Make or update the table for the links and the classes of the rows and of the held
+        elements (idempotent); delete the classes left over (`trafficprune`)."""
         assert self.nfnl is not None
-        self._known |= set(self.rows.values())
         links = tuple(link.interface for link in self.cfg.links)
-        layout = Layout(links, tuple(sorted(self._known, key=traffic.class_order)))
         try:
-            since = await traffic.read_since(self.nfnl, layout)
-            reset = since is None
-            if since is None:
-                since = int(time.time())
+            since = await traffic.read_since(self.nfnl, BARE)
+            if since is None:  # made anew: no element survived
+                self.counted.clear()
+            elif not self.counted:  # a restart: the elements that survived it keep their class
+                await self._adopt()
+            classes = set(self.rows.values()) | set(self.counted.values())
+            layout = Layout(links, tuple(sorted(classes, key=traffic.class_order)))
+            made, since = since is None, since or int(time.time())
             codes = await self._submit(traffic.setup(layout, since))
         except (netlink.NetlinkSocketError, OSError) as err:
             self._off(f"nftables table inet {traffic.TABLE}: {err}")
@@ -113,23 +117,45 @@ class Accounting:
             self._off(f"nftables table inet {traffic.TABLE}: {errno.errorcode.get(bad, bad)}")
             return
         self.layout, self.since, self.counting, self.problem = layout, since, True, None
-        if reset:
+        if made:
             log.info("breakout: traffic counters start at zero (table inet %s made)", traffic.TABLE)
-            self.counted.clear()
-        elif not self.counted:  # a restart: the elements that survived it keep their class
-            await self._adopt(layout)
+        await self._prune(layout)
 
-    async def _adopt(self, layout: Layout) -> None:
+    async def _adopt(self) -> None:
+        """The elements' classes, from their chains: also a class whose row the policy no
+        longer has (its chain stays until they go). One in no chain resolverd makes goes."""
         assert self.nfnl is not None
-        by_chain = {layout.chain(cls): cls for cls in layout.classes}
+        foreign: list[tuple[int, bytes]] = []
         try:
             for family in (4, 6):
-                for h in await traffic.read_held(self.nfnl, layout, family):
-                    cls = by_chain.get(h.chain)
-                    if cls is not None:
+                for h in await traffic.read_held(self.nfnl, BARE, family):
+                    cls = trafficprune.class_of(h.chain)
+                    if cls is None:
+                        foreign.append((family, h.address))
+                    else:
                         self.counted[h.address] = cls
         except netlink.NetlinkSocketError as err:
             log.warning("breakout: cannot read the counters' elements: %s", err)
+        for family in (4, 6):
+            gone = [address for f, address in foreign if f == family]
+            for transaction in traffic.release(BARE, family, gone) if gone else ():
+                self._send(transaction)
+
+    async def _prune(self, layout: Layout) -> None:
+        assert self.nfnl is not None
+        try:
+            chains, counters = await trafficprune.left_over(self.nfnl, layout)
+            if not chains and not counters:
+                return
+            bad = nftables.failed(await self._submit(trafficprune.prune(layout, chains, counters)))
+        except netlink.NetlinkSocketError as err:
+            bad = err.code
+        if bad:  # counting goes on; the next setup tries again
+            log.warning("breakout: cannot delete the traffic table's unused chains: %s",
+                        errno.errorcode.get(bad, bad))  # fmt: skip
+        else:
+            log.info("breakout: %d chains and %d counters of unused traffic classes deleted",
+                     len(chains), len(counters))  # fmt: skip
 
     def _off(self, problem: str) -> None:
         self.counting, self.problem = False, problem

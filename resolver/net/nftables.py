@@ -33,6 +33,7 @@ NFT_MSG_NEWTABLE = 0
 NFT_MSG_GETTABLE = 1
 NFT_MSG_DELTABLE = 2
 NFT_MSG_NEWCHAIN = 3
+NFT_MSG_GETCHAIN = 4
 NFT_MSG_NEWRULE = 6
 NFT_MSG_DELRULE = 8
 NFT_MSG_NEWSET = 9
@@ -40,7 +41,9 @@ NFT_MSG_NEWSETELEM = 12
 NFT_MSG_GETSETELEM = 13
 NFT_MSG_NEWOBJ = 18
 NFT_MSG_GETOBJ = 19
+NFT_MSG_DESTROYCHAIN = 27  # Linux 6.3+, as DESTROYSETELEM and DESTROYOBJ
 NFT_MSG_DESTROYSETELEM = 30  # Linux 6.3+: no error for an element that is gone already
+NFT_MSG_DESTROYOBJ = 31
 NLM_F_APPEND = 0x800
 
 NFPROTO_INET = 1
@@ -160,6 +163,13 @@ def new_chain(table: str, chain: str, hook: tuple[int, int] | None = None) -> Me
     return (msg_type(NFT_MSG_NEWCHAIN), NLM_F_REQUEST | NLM_F_CREATE, body)
 
 
+def destroy_chain(table: str, chain: str) -> Message:
+    """Delete `chain` and its rules (none if it is gone already); EBUSY while an element or a
+    rule still goes to it."""
+    body = head() + attr(NFTA_CHAIN_TABLE, asciiz(table)) + attr(NFTA_CHAIN_NAME, asciiz(chain))
+    return (msg_type(NFT_MSG_DESTROYCHAIN), NLM_F_REQUEST, body)
+
+
 def flush_chain(table: str, chain: str) -> Message:
     """Delete every rule of `chain` (a DELRULE that names no rule)."""
     body = head() + attr(NFTA_RULE_TABLE, asciiz(table)) + attr(NFTA_RULE_CHAIN, asciiz(chain))
@@ -192,6 +202,17 @@ def new_counter(table: str, name: str, packets: int = 0, octets: int = 0) -> Mes
         + data
     )
     return (msg_type(NFT_MSG_NEWOBJ), NLM_F_REQUEST | NLM_F_CREATE, body)
+
+
+def destroy_counter(table: str, name: str) -> Message:
+    """Delete a named counter (none if it is gone already); EBUSY while a rule counts in it."""
+    body = (
+        head()
+        + attr(NFTA_OBJ_TABLE, asciiz(table))
+        + attr(NFTA_OBJ_NAME, asciiz(name))
+        + attr(NFTA_OBJ_TYPE, be32(NFT_OBJECT_COUNTER))
+    )
+    return (msg_type(NFT_MSG_DESTROYOBJ), NLM_F_REQUEST, body)
 
 
 def new_verdict_map(table: str, name: str, family: int, set_id: int) -> Message:
@@ -330,6 +351,21 @@ def dump_counters(table: str) -> tuple[int, int, bytes]:
         head() + attr(NFTA_OBJ_TABLE, asciiz(table)) + attr(NFTA_OBJ_TYPE, be32(NFT_OBJECT_COUNTER))
     )
     return msg_type(NFT_MSG_GETOBJ), NLM_F_REQUEST | NLM_F_DUMP, body
+
+
+def dump_chains(table: str) -> tuple[int, int, bytes]:
+    """(type, flags, body) of a GETCHAIN dump (every inet table's: `chain_of` tells them apart)."""
+    return (
+        msg_type(NFT_MSG_GETCHAIN),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        head() + attr(NFTA_CHAIN_TABLE, asciiz(table)),
+    )
+
+
+def chain_of(body: Buffer) -> tuple[str, str]:
+    """(table, chain) of a GETCHAIN reply body."""
+    a = attrs(body, NFGENMSG.size)
+    return string(a.get(NFTA_CHAIN_TABLE, b"")), string(a.get(NFTA_CHAIN_NAME, b""))
 
 
 def dump_elements(table: str, set_name: str) -> tuple[int, int, bytes]:

@@ -32,9 +32,10 @@ What survives what: the counters are the kernel's, in resolverd's table; a resta
 that finds the table keeps them (`setup` creates what is missing, replaces the rules, and
 leaves counters and elements alone), and `since` (the table's comment, written when the table
 was made) says from when they count: a table made anew means counters reset, and says so.
-A named counter outlives the addresses it counted; an element's counter goes with its element
-(a hold that lapsed). Re-adding an element (a refreshed hold) keeps its counter and, on Linux
-6.10+, refreshes its timeout; moving an address to another class replaces its element.
+A named counter outlives the addresses it counted while its row is in the policy (then
+`trafficprune` deletes it); an element's counter goes with its element (a hold that lapsed).
+Re-adding an element (a refreshed hold) keeps its counter and, on Linux 6.10+, refreshes its
+timeout; moving an address to another class replaces its element.
 """
 
 from __future__ import annotations
