@@ -71,6 +71,7 @@ COMPILED = [
     "resolver/net/neverroute.py",
     "resolver/net/nftables.py",
     "resolver/net/nftsets.py",
+    "resolver/net/nlsocket.py",
     "resolver/net/prefixes.py",
     "resolver/net/quickcalls.py",
     "resolver/net/records.py",

@@ -22,6 +22,8 @@ wake of the writer (a lock released), its datagrams merged, one list of errnos f
 messages, and one wake of the loop (an eventfd the loop watches), which settles every job of
 the round. A reply waits for its routes at most `ack_timeout` (the breakout's timer), whatever
 the kernel is doing.
+
+How a netlink socket is opened (buffers, short acks) and read without blocking: nlsocket.py.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ from resolver.net.handoff import Handoff, Job, run_round
 from resolver.net.handoff import Message as Message
 from resolver.net.handoff import Settled as Settled
 from resolver.net.handoff import iter_messages as iter_messages
+from resolver.net.nlsocket import open_socket as open_socket
+from resolver.net.nlsocket import recv as recv
 from resolver.net.quickcalls import QuickCalls
 
 log = logging.getLogger(__name__)
@@ -69,16 +73,8 @@ NLA_F_NESTED = 0x8000
 NLA_F_NET_BYTEORDER = 0x4000
 NLA_TYPE_MASK = 0x3FFF
 
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_GET_STRICT_CHK = 12
-SO_SNDBUFFORCE = 32  # not exported by the socket module
-SO_RCVBUFFORCE = 33
-
 _ATTR = struct.Struct("=HH")
 
-RCVBUF = 4 << 20
-SNDBUF = 4 << 20  # bounds a message (EMSGSIZE): a traffic setup of a feed's many sets
 _RECV_SIZE = 1 << 18
 
 
@@ -117,44 +113,6 @@ def parse_attrs(buf: Buffer, offset: int = 0, end: int | None = None) -> dict[in
         out[kind & NLA_TYPE_MASK] = bytes(buf[offset + 4 : offset + size])
         offset += (size + 3) & ~3
     return out
-
-
-def recv(sock: socket.socket, buf: bytearray, overrun: Callable[[], None]) -> int | None:
-    """Read the next datagram queued on the non-blocking `sock` into `buf`: its size, or None
-    when none is left. ENOBUFS (the kernel dropped messages for want of room) calls `overrun`,
-    then reading goes on."""
-    while True:
-        try:
-            return sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as err:
-            if err.errno != errno.ENOBUFS:
-                raise
-            overrun()
-
-
-def open_socket(proto: int, groups: int = 0, strict: bool = False) -> socket.socket:
-    """A non-blocking netlink socket, large buffers, short error acks."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
-    try:
-        sock.setblocking(False)
-        for force, plain, size in (
-            (SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF),
-            (SO_SNDBUFFORCE, socket.SO_SNDBUF, SNDBUF),
-        ):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, size)
-            except PermissionError:  # no CAP_NET_ADMIN: up to net.core.*mem_max
-                sock.setsockopt(socket.SOL_SOCKET, plain, size)
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors do not echo the request
-        if strict:
-            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)  # dumps honour filters
-        sock.bind((0, groups))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class ChannelLike(Protocol):
