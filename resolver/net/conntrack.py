@@ -14,7 +14,13 @@ only those, through NFNL_SUBSYS_CTNETLINK on a `netlink.Channel(NETLINK_NETFILTE
 
 1. one IPCTNL_MSG_CT_GET dump per family concerned (the kernel leaves out the other family);
    each entry's original destination is read from its first attributes (CTA_TUPLE_ORIG,
-   whose first is CTA_TUPLE_IP) at fixed offsets, the rest decoded only for a match;
+   whose first is CTA_TUPLE_IP) at fixed offsets, the rest decoded only for a match. The
+   channel's writer thread reads it as the dump arrives (`keeping`, the request's `keep`) and
+   copies only the matches: the table, which the clients grow up to nf_conntrack_max, is
+   neither held nor walked on the event loop (205,800 entries, 1,000 matches, both builds:
+   peak RSS +40 MB and a 140-480 ms stall of the loop when it was; +0.6 MB, 14-28 ms now).
+   The filter is Python code (this module is not compiled): while it runs the writer lets the
+   loop in every switch interval, which a compiled writer reading a dump does not do;
 2. for each match, an IPCTNL_MSG_CT_DELETE that echoes the dumped CTA_TUPLE_ORIG unchanged (so
    every protocol works: TCP, UDP, ICMP, GRE...), the entry's CTA_ZONE when it has one, and
    its CTA_ID, so that an entry recreated meanwhile for the same tuple (NATed on the new link
@@ -188,6 +194,18 @@ def parse_entry(body: Buffer) -> Entry | None:
     return Entry(family, dst, tuple_orig, zone, ident)
 
 
+def keeping(addresses: Collection[bytes]) -> netlink.Keep:
+    """A dump's filter (`Channel.request`'s `keep`): an entry whose original destination is in
+    `addresses`. Run by the writer thread on each body before it is copied; thread-safe."""
+    wanted = frozenset(addresses)
+
+    def keep(body: Buffer) -> bool:
+        dst = orig_dst(body)
+        return dst is not None and dst in wanted
+
+    return keep
+
+
 def matching(bodies: Sequence[Buffer], addresses: Collection[bytes]) -> list[Entry]:
     """The entries among dump reply `bodies` whose original destination is in `addresses`."""
     out = []
@@ -225,6 +243,7 @@ async def flush(
     that fails ends the flush (logged), deletes that fail are counted in `failed`."""
     wanted = set(addresses)
     families = sorted({FAMILY_OF_LEN[len(a)] for a in wanted if len(a) in FAMILY_OF_LEN})
+    keep = keeping(wanted)
     deleted = failed = 0
     for family in families:
         remaining = deadline - clock()
@@ -232,7 +251,9 @@ async def flush(
             return Flushed(deleted, failed, False)
         try:
             bodies = await asyncio.wait_for(
-                channel.request(MSG_GET, NLM_F_REQUEST | NLM_F_DUMP, dump_request(family)),
+                channel.request(
+                    MSG_GET, NLM_F_REQUEST | NLM_F_DUMP, dump_request(family), keep=keep
+                ),
                 remaining,
             )
         except TimeoutError:

@@ -1,16 +1,17 @@
 """The crossing between the event loop and a netlink Channel's writer thread, apart from threads.
 
 The loop queues jobs (a batch of messages with its `Settled` callback, or one request whose
-replies are collected). The first job of a loop iteration schedules one `hand_over`
-(`call_soon`): every job queued until then crosses as one `Round`, packed on the loop into as
-few datagrams as it can be (the messages of all plain batches merged, CHUNK per datagram, one
-ack asked at the end of each; an nf_tables transaction or a request alone in its datagram), with
-one list of errnos for all of its messages. The writer thread is woken once per round, sends
-the datagrams, reads the acks into that list (no Python object per message), and wakes the
-loop once; the loop gives each job its slice of the errnos. While a round is out, what the
-loop queues waits and crosses in the next one, all together, handed over as soon as the
-last one is collected: the busier the loop, the larger the rounds, and the fewer times the
-writer needs the interpreter lock per message.
+replies are collected: all, or those its `Keep` filter accepts, read by the writer before any
+copy). The first job of a loop iteration schedules one `hand_over` (`call_soon`): every job
+queued until then crosses as one `Round`, packed on the loop into as few datagrams as it can
+be (the messages of all plain batches merged, CHUNK per datagram, one ack asked at the end of
+each; an nf_tables transaction or a request alone in its datagram), with one list of errnos
+for all of its messages. The writer thread is woken once per round, sends the datagrams,
+reads the acks into that list (no Python object per message), and wakes the loop once; the
+loop gives each job its slice of the errnos. While a round is out, what the loop queues waits
+and crosses in the next one, all together, handed over as soon as the last one is collected:
+the busier the loop, the larger the rounds, and the fewer times the writer needs the
+interpreter lock per message.
 
 Why it matters: the writer takes the interpreter lock back after every blocking call (the wake,
 each sendmsg, each recv, the wake of the loop); while the loop is busy, each of those waits up
@@ -52,6 +53,9 @@ Buffer = bytes | bytearray | memoryview
 Message = tuple[int, int, bytes]  # (nlmsg_type, nlmsg_flags, body after the header)
 Settled = Callable[[list[int]], None]  # errno per message (0: done), in submission order
 Replied = Callable[[list[int], list[bytes]], None]  # a request's errno and its reply bodies
+# Which reply bodies of a request to keep, asked by the writer thread of each one as a view
+# into its receive buffer (valid only during the call): the others are never copied.
+Keep = Callable[[Buffer], bool]
 
 
 def iter_messages(buf: Buffer, size: int) -> Iterator[tuple[int, int, int, int, int]]:
@@ -68,9 +72,9 @@ def iter_messages(buf: Buffer, size: int) -> Iterator[tuple[int, int, int, int, 
 class Job:
     """What the loop queued: messages and who hears of them. A plain batch (`settled`) may share
     datagrams with others; `atomic` (an nf_tables transaction) and requests (`replied`, one
-    message, its reply bodies collected) go alone."""
+    message, its reply bodies collected: those `keep` accepts, when given) go alone."""
 
-    __slots__ = ("atomic", "count", "messages", "replied", "replies", "settled", "start")
+    __slots__ = ("atomic", "count", "keep", "messages", "replied", "replies", "settled", "start")
 
     def __init__(
         self,
@@ -78,30 +82,40 @@ class Job:
         settled: Settled | None = None,
         atomic: bool = False,
         replied: Replied | None = None,
+        keep: Keep | None = None,
     ) -> None:
         self.messages = messages
         self.count = len(messages)
         self.settled = settled
         self.atomic = atomic
         self.replied = replied
+        self.keep = keep
         self.replies: list[bytes] | None = [] if replied is not None else None
         self.start = 0  # its first errno in its round's list
 
 
 class Segment:
     """One datagram of a round: its bytes, the sequence numbers it spans up to the one whose
-    ack settles it, where its errnos start in the round's list, and (a request) its replies."""
+    ack settles it, where its errnos start in the round's list, and (a request) its replies
+    and which of them to keep."""
 
-    __slots__ = ("acked", "base", "data", "first", "replies")
+    __slots__ = ("acked", "base", "data", "first", "keep", "replies")
 
     def __init__(
-        self, data: bytearray, first: int, acked: int, base: int, replies: list[bytes] | None
+        self,
+        data: bytearray,
+        first: int,
+        acked: int,
+        base: int,
+        replies: list[bytes] | None,
+        keep: Keep | None = None,
     ) -> None:
         self.data = data
         self.first = first
         self.acked = acked
         self.base = base
         self.replies = replies
+        self.keep = keep
 
 
 class Round:
@@ -202,7 +216,7 @@ class Handoff:
                 if merged:
                     self._chunks(merged, merged_base, segments)
                     merged = []
-                segments.append(self._segment(job.messages, base, job.replies, True))
+                segments.append(self._segment(job.messages, base, job.replies, True, job.keep))
             elif job.count:
                 if not merged:
                     merged_base = base
@@ -217,7 +231,12 @@ class Handoff:
             out.append(self._segment(messages[i : i + CHUNK], base + i, None, False))
 
     def _segment(
-        self, part: Sequence[Message], base: int, replies: list[bytes] | None, own_ack: bool
+        self,
+        part: Sequence[Message],
+        base: int,
+        replies: list[bytes] | None,
+        own_ack: bool,
+        keep: Keep | None = None,
     ) -> Segment:
         """One datagram. It is settled by the ack of its last message; a job alone in its
         datagram (`own_ack`) by its last message asking for one, if any does (an nf_tables
@@ -241,7 +260,7 @@ class Handoff:
                 flags |= NLM_F_ACK
             data += pack(16 + len(body), kind, flags, first + i, 0)
             data += body
-        return Segment(data, first, first + ack_index, base, replies)
+        return Segment(data, first, first + ack_index, base, replies, keep)
 
     # -- the writer thread -------------------------------------------------------------------
 
@@ -295,8 +314,11 @@ def _send(
 def _collect(
     sock: socket.socket, seg: Segment, errors: list[int], buf: bytearray, quick: QuickCalls | None
 ) -> None:
-    """Read until the ack (or DONE) of `seg.acked` arrives; record errors and reply bodies."""
-    first, acked, base, replies = seg.first, seg.acked, seg.base, seg.replies
+    """Read until the ack (or DONE) of `seg.acked` arrives; record errors and reply bodies (with
+    `seg.keep`, only those it accepts are copied out of `buf`: a dump of a big table costs the
+    memory of what is kept, not of the table)."""
+    first, acked, base, replies, keep = seg.first, seg.acked, seg.base, seg.replies, seg.keep
+    view = memoryview(buf)
     while True:
         try:
             size = quick.recv() if quick is not None else -1
@@ -324,8 +346,8 @@ def _collect(
             elif kind == NLMSG_DONE:
                 if seq == acked:
                     return
-            elif replies is not None:
-                replies.append(bytes(buf[start:end]))
+            elif replies is not None and (keep is None or keep(view[start:end])):
+                replies.append(bytes(view[start:end]))
 
 
 def _fail(errors: list[int], seg: Segment, code: int) -> None:

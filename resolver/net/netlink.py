@@ -51,6 +51,7 @@ from resolver.net.handoff import NLMSG_ERROR as NLMSG_ERROR
 from resolver.net.handoff import RECV_TIMEOUT as RECV_TIMEOUT
 from resolver.net.handoff import Buffer as Buffer
 from resolver.net.handoff import Handoff, Job, run_round
+from resolver.net.handoff import Keep as Keep
 from resolver.net.handoff import Message as Message
 from resolver.net.handoff import Settled as Settled
 from resolver.net.handoff import iter_messages as iter_messages
@@ -121,7 +122,9 @@ class ChannelLike(Protocol):
     def submit(
         self, messages: Sequence[Message], settled: Settled, atomic: bool = False
     ) -> None: ...
-    def request(self, kind: int, flags: int, body: bytes) -> asyncio.Future[list[bytes]]: ...
+    def request(
+        self, kind: int, flags: int, body: bytes, keep: Keep | None = None
+    ) -> asyncio.Future[list[bytes]]: ...
     def close(self) -> None: ...
 
 
@@ -276,8 +279,14 @@ class Channel:
             return
         self._queue(Job(messages, settled, atomic))
 
-    def request(self, kind: int, flags: int, body: bytes) -> asyncio.Future[list[bytes]]:
-        """Send one request; the future gets every reply body (dump parts or the single reply).
+    def request(
+        self, kind: int, flags: int, body: bytes, keep: Keep | None = None
+    ) -> asyncio.Future[list[bytes]]:
+        """Send one request; the future gets every reply body (dump parts or the single reply),
+        or, with `keep`, those it accepts: the writer thread calls it on each body, a view into
+        its receive buffer valid only during the call, and copies only the kept ones (a dump
+        of a big table filtered without holding it). `keep` must be quick and not raise (if it
+        does, the request fails with EIO).
 
         Fails with NetlinkSocketError(errno) when the kernel refuses it.
         """
@@ -293,7 +302,7 @@ class Channel:
             else:
                 fut.set_result(replies)
 
-        self._queue(Job([(kind, flags | NLM_F_ACK, body)], replied=done))
+        self._queue(Job([(kind, flags | NLM_F_ACK, body)], replied=done, keep=keep))
         return fut
 
     def _queue(self, job: Job) -> None:

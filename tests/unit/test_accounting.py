@@ -44,7 +44,9 @@ class Recorder:
         self.sent.append(list(messages))
         settled([0] * len(messages))
 
-    def request(self, kind: int, flags: int, body: bytes) -> asyncio.Future[list[bytes]]:
+    def request(
+        self, kind: int, flags: int, body: bytes, keep: Any = None
+    ) -> asyncio.Future[list[bytes]]:
         raise AssertionError("the counters' elements ask nothing")
 
     def close(self) -> None:

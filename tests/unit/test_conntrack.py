@@ -171,7 +171,8 @@ def test_matching_keeps_only_wanted_destinations() -> None:
 
 
 class FakeChannel:
-    """Answers dumps from `table` (bodies per family) and deletes with `answer(entry body)`."""
+    """Answers dumps from `table` (bodies per family; those `keep` accepts, as the writer
+    thread does, noted in `kept`) and deletes with `answer(entry body)`."""
 
     def __init__(self, table: dict[int, list[bytes]]) -> None:
         self.table = table
@@ -180,14 +181,20 @@ class FakeChannel:
         self.answer: Callable[[bytes], int] = lambda body: 0
         self.hang = False
         self.refuse: int | None = None
+        self.kept: list[int] = []  # per dump answered, the bodies kept
 
-    def request(self, kind: int, flags: int, body: bytes) -> asyncio.Future[list[bytes]]:
+    def request(
+        self, kind: int, flags: int, body: bytes, keep: netlink.Keep | None = None
+    ) -> asyncio.Future[list[bytes]]:
         self.requests.append((kind, flags, body))
         fut: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
         if self.refuse is not None:
             fut.set_exception(netlink.NetlinkSocketError(self.refuse))
         elif not self.hang:
-            fut.set_result(self.table.get({2: 4, 10: 6}[body[0]], []))
+            dumped = self.table.get({2: 4, 10: 6}[body[0]], [])
+            kept = [b for b in dumped if keep is None or keep(memoryview(b))]
+            self.kept.append(len(kept))
+            fut.set_result(kept)
         return fut
 
     def submit(self, messages: Sequence[Message], settled: Settled, atomic: bool = False) -> None:
@@ -228,6 +235,7 @@ def test_flush_dumps_each_family_once_and_deletes_matches_in_batches() -> None:
         (conntrack.MSG_GET, NLM_F_REQUEST | NLM_F_DUMP, b"\x0a\x00\x00\x00"),
     ]
     assert [len(b) for b in channel.batches] == [conntrack.DELETE_BATCH, 300 - 256, 3]
+    assert channel.kept == [300, 3]  # the dumps' other entries were never kept
 
 
 def test_flush_of_one_family_dumps_only_that_family() -> None:

@@ -97,7 +97,9 @@ class Kernel:
         self.sent: list[list[Message]] = []
         self.codes: list[int] = []
 
-    def request(self, kind: int, flags: int, body: bytes) -> asyncio.Future[list[bytes]]:
+    def request(
+        self, kind: int, flags: int, body: bytes, keep: Any = None
+    ) -> asyncio.Future[list[bytes]]:
         fut: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
         if kind == GETTABLE and not self.table:
             fut.set_exception(netlink.NetlinkSocketError(errno.ENOENT))
