@@ -38,6 +38,7 @@ COMPILED = [
     "resolver/dns/forwarder.py",
     "resolver/dns/handler.py",
     "resolver/dns/misses.py",
+    "resolver/dns/mmsg.py",
     "resolver/dns/query.py",
     "resolver/dns/ratelimit.py",
     "resolver/dns/replies.py",

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from resolver.config import Config, format_address
 from resolver.dns.handler import Handler
+from resolver.dns.mmsg import Batches
 from resolver.dns.tagging import NameMatcher
 from resolver.dns.tcp import TcpServer
 from resolver.dns.udp import UdpListener
@@ -50,8 +51,11 @@ class DnsServer:
         *,
         clock: Callable[[], float] = time.monotonic,
         probe_interval: float = 5.0,
+        batched: bool = True,
     ) -> None:
+        """`batched`: UDP through recvmmsg and sendmmsg where the C library has them (mmsg)."""
         self.config = config
+        self.batches = Batches.open() if batched else None
         self.handler = Handler(config, matcher, hook, clock=clock, probe_interval=probe_interval)
         self.tcp = TcpServer(self.handler, config.tcp.idle_timeout, config.tcp.max_connections)
         self.bound: list[Address] = []  # the addresses actually bound (port 0 resolved)
@@ -106,7 +110,7 @@ class DnsServer:
                 tcp.close()
                 reason = err.strerror or str(err)
                 raise OSError(err.errno, f"cannot listen on {where} for DNS: {reason}") from None
-            listener = UdpListener(self.handler, udp)
+            listener = UdpListener(self.handler, udp, self.batches)
             listener.start(loop)
             self._udp.append(listener)
             server = await loop.create_server(self.tcp.protocol, sock=tcp, backlog=TCP_BACKLOG)

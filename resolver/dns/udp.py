@@ -3,7 +3,9 @@ it returns.
 
 It drives a non-blocking socket with `loop.add_reader` and reads up to `BATCH` datagrams per
 wake-up, which measured cheaper per query than a DatagramProtocol under uvloop (one Python
-callback per wake-up instead of one per datagram, no transport in between). The protocol logic
+callback per wake-up instead of one per datagram, no transport in between): with `mmsg.Batches`
+in one recvmmsg, their replies in one sendmmsg; without, one recvfrom and one sendto each.
+The protocol logic
 is the handler's (`Handler.handle`); this module only moves bytes. A miss is resolved in a
 task that replies through `send` later. A reply the kernel cannot take right now (send buffer
 full) is dropped and counted in `send_dropped`, never queued, so nothing grows without bound.
@@ -13,16 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 from resolver import fdwatch
-from resolver.dns.handler import Handler
+from resolver.dns.mmsg import BATCH, MAX_QUERY, REPLY_SLOT, Batches
+from resolver.dns.query import Conn
 
 log = logging.getLogger(__name__)
 
-BATCH = 64  # datagrams read per wake-up before the loop gets a turn
-MAX_QUERY = 4096  # bytes read per datagram; no DNS query is bigger
+
+class QueryHandler(Protocol):
+    """What the listener hands each datagram to (`handler.Handler`)."""
+
+    def handle(self, data: bytes, addr: Any, conn: Conn) -> bytes | None: ...
 
 
 class UdpListener:
@@ -30,9 +37,12 @@ class UdpListener:
 
     tcp = False
 
-    def __init__(self, handler: Handler, sock: socket.socket) -> None:
+    def __init__(
+        self, handler: QueryHandler, sock: socket.socket, batches: Batches | None = None
+    ) -> None:
         self.handler = handler
         self.sock = sock
+        self.batches = batches  # None: one datagram per system call
         self.send_dropped = 0  # replies the kernel would not take (send buffer full)
         self.errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -43,6 +53,39 @@ class UdpListener:
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
+        batches = self.batches
+        if batches is None:
+            self._read_each()
+            return
+        fd, handle = self.sock.fileno(), self.handler.handle
+        try:
+            batch = batches.receive(fd)
+        except OSError as err:  # e.g. an ICMP error queued on the socket: read again next time
+            self.errors += 1
+            log.debug("UDP receive error: %s", err)
+            return
+        replies: list[tuple[int, bytes]] = []
+        for i in range(len(batch)):
+            data, addr = batch[i]
+            try:
+                reply = handle(data, addr, self)
+            except Exception:  # read already: the batch's other queries must not go with it
+                self.errors += 1
+                log.exception("UDP query from %s: the handler failed", addr[0])
+                continue
+            if reply:  # neither dropped (None) nor deferred (b"")
+                if len(reply) <= REPLY_SLOT:
+                    replies.append((i, reply))
+                else:
+                    self.send(reply, addr)
+        if replies:
+            dropped, errors = batches.send(fd, replies)
+            self.send_dropped += dropped
+            self.errors += len(errors)
+            for code in errors:
+                log.debug("UDP send failed: %s", os.strerror(code))
+
+    def _read_each(self) -> None:
         recvfrom, sendto, handle = self.sock.recvfrom, self.sock.sendto, self.handler.handle
         for _ in range(BATCH):
             try:

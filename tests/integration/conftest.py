@@ -156,8 +156,10 @@ class DnsEnv:
         clock: Any = None,
         probe_interval: float = 5.0,
         upstream_host: str = "127.0.0.1",
+        batched: bool = True,
         **config: Any,
     ) -> None:
+        self.batched = batched
         self.zone = ZONE if zone is None else zone
         self.n_upstreams = upstreams
         self.hook = hook if hook is not None else RecordingHook()
@@ -178,7 +180,7 @@ class DnsEnv:
     async def start_server(self, upstreams: list[tuple[str, int]]) -> None:
         """The DnsServer under test, forwarding to `upstreams`."""
         self.config = make_config(upstreams, **self.config_over)
-        kwargs: dict[str, Any] = {"probe_interval": self.probe_interval}
+        kwargs: dict[str, Any] = {"probe_interval": self.probe_interval, "batched": self.batched}
         if self.clock is not None:
             kwargs["clock"] = self.clock
         self.server = DnsServer(self.config, self.matcher, self.hook, **kwargs)

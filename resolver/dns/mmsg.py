@@ -1,0 +1,191 @@
+"""UDP queries and their replies in batches: recvmmsg and sendmmsg, through ctypes.
+
+Read one at a time, a cached answer costs the listener two system calls (recvfrom, sendto),
+two releases of the interpreter lock, a 4 KiB buffer allocated and shrunk, and the client's
+address turned into a string (inet_ntop) and back (inet_pton): about a third of its user time
+(perf, compiled build). Here one recvmmsg reads up to BATCH queries into fixed buffers, and one
+sendmmsg sends the replies, each to the address its query came from as the kernel wrote it.
+Both calls are non-blocking (MSG_DONTWAIT) and made through `ctypes.PyDLL`, which keeps the
+interpreter lock: they never wait. Measured (make bench-compiled -k cached, 2026-12-07, 2 runs
+each way in the same hour, about 55 queries per batch): 1.36 + 2.35 us of CPU per cached answer
+instead of 1.51 + 2.93, and 1.30x dnsmasq's rate instead of 0.92-0.96x.
+
+The handler still sees each query as bytes and the client's address as the tuple recvfrom
+gives ((host, port) or (host, port, flowinfo, scope_id)); the host strings are kept per packed
+address (at most HOSTS). A reply is copied into a slot of the send buffers and goes to the
+sender's address where the read left it. The fields are read and written through memoryviews
+of the buffers in native order, so a batch costs two ctypes calls and no Python object per
+field. One `Batches` serves every UDP listener: the loop runs one listener's read at a time,
+and a batch's replies are sent before it returns.
+
+`Batches.open` gives None where the C library cannot be reached this way: the listeners then
+use recvfrom and sendto.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import socket
+import struct
+
+from resolver.dns.wire import EDNS_SIZE
+
+log = logging.getLogger(__name__)
+
+BATCH = 64  # datagrams read per call, and per wake-up of a listener
+MAX_QUERY = 4096  # bytes read per datagram; no DNS query is bigger
+REPLY_SLOT = EDNS_SIZE  # the most a UDP reply carries; a bigger one goes out with sendto
+HOSTS = 4096  # host strings kept by packed address
+MSG_DONTWAIT = 0x40
+
+
+# struct mmsghdr { struct msghdr { void *name; socklen_t namelen; struct iovec *iov; size_t
+# iovlen; void *control; size_t controllen; int flags; }; unsigned len; } and struct iovec {
+# void *base; size_t len; }, laid out by struct's native alignment (ctypes structures cannot be
+# compiled by mypyc).
+HDR = struct.calcsize("PIPNPNi0PI0P")
+IOV = struct.calcsize("PN")
+NAME = 32  # a sockaddr_in6 (28 bytes), aligned
+_PTR = struct.Struct("P")
+_NAMELEN_AT, _IOV_AT = struct.calcsize("P"), struct.calcsize("PI0P")
+_LEN_AT, _IOV_LEN_AT = struct.calcsize("PIPNPNi0P"), struct.calcsize("P")
+# Indexes of the fields in the native 32-bit and pointer-sized views of the buffers.
+_NAMELEN_I, _LEN_I, _IOV_LEN_Q = _NAMELEN_AT // 4, _LEN_AT // 4, _IOV_LEN_AT // _PTR.size
+_HDR_I, _HDR_Q, _IOV_Q, _NAME_I, _NAME_H = HDR // 4, HDR // _PTR.size, IOV // _PTR.size, 8, 16
+_BE32 = struct.Struct(">I")
+
+Address = tuple[str, int] | tuple[str, int, int, int]
+
+
+def _address(buf: bytearray) -> int:
+    """Where `buf`'s bytes are (pinned: a bytearray exported to ctypes cannot be resized)."""
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+
+
+class _Vector:
+    """`size` message headers, each with one buffer of `slot` bytes and a name of NAME."""
+
+    def __init__(self, size: int, slot: int) -> None:
+        self.hdrs = bytearray(size * HDR)
+        self.iovs = bytearray(size * IOV)
+        self.data = bytearray(size * slot)
+        self.names = bytearray(size * NAME)
+        hdrs, iovs, data, names = map(_address, (self.hdrs, self.iovs, self.data, self.names))
+        self.at, self.names_at = hdrs, names
+        for i in range(size):
+            at = i * HDR
+            _PTR.pack_into(self.hdrs, at, names + i * NAME)
+            struct.pack_into("I", self.hdrs, at + _NAMELEN_AT, NAME)
+            struct.pack_into("PN", self.hdrs, at + _IOV_AT, iovs + i * IOV, 1)
+            struct.pack_into("PN", self.iovs, i * IOV, data + i * slot, slot)
+        self.pristine = bytes(self.hdrs)  # every name length back to NAME before a read
+        self.hdr_i = memoryview(self.hdrs).cast("I")
+        self.hdr_q = memoryview(self.hdrs).cast("P")
+        self.iov_q = memoryview(self.iovs).cast("P")
+        self.name_i = memoryview(self.names).cast("I")
+        self.name_h = memoryview(self.names).cast("H")
+
+
+class Batches:
+    """The buffers of one batch of queries and one of replies, and the two calls."""
+
+    def __init__(self, libc: ctypes.PyDLL, size: int = BATCH) -> None:
+        recvmmsg = libc.recvmmsg
+        recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                             ctypes.c_void_p]  # fmt: skip
+        recvmmsg.restype = ctypes.c_int
+        sendmmsg = libc.sendmmsg
+        sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        sendmmsg.restype = ctypes.c_int
+        self._recvmmsg = recvmmsg
+        self._sendmmsg = sendmmsg
+        self.size = size
+        self._in = _Vector(size, MAX_QUERY)
+        self._out = _Vector(size, REPLY_SLOT)
+        self._received = 0
+        self._hosts: dict[int | bytes, str] = {}
+
+    @classmethod
+    def open(cls) -> Batches | None:
+        try:
+            return cls(ctypes.PyDLL(None, use_errno=True))
+        except (OSError, AttributeError) as err:
+            log.info("UDP: no recvmmsg/sendmmsg (%s); one datagram per call", err)
+            return None
+
+    def receive(self, fd: int) -> list[tuple[bytes, Address]]:
+        """Read up to `size` datagrams from `fd` (cut at MAX_QUERY, as recvfrom would): each
+        with its sender, as recvfrom says it. None queued: an empty list."""
+        vec, used = self._in, self._received
+        if used:
+            vec.hdrs[: used * HDR] = vec.pristine[: used * HDR]
+        self._received = 0
+        n = int(self._recvmmsg(fd, vec.at, self.size, MSG_DONTWAIT, None))
+        if n < 0:
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EINTR):
+                return []
+            raise OSError(code, os.strerror(code))
+        self._received = n
+        data, names, hdr_i, name_i, name_h = vec.data, vec.names, vec.hdr_i, vec.name_i, vec.name_h
+        hosts = self._hosts
+        out: list[tuple[bytes, Address]] = []
+        for i in range(n):
+            start, at = i * MAX_QUERY, i * NAME
+            size = hdr_i[i * _HDR_I + _LEN_I]
+            port = names[at + 2] << 8 | names[at + 3]
+            addr: Address
+            if name_h[i * _NAME_H] == socket.AF_INET:
+                key = name_i[i * _NAME_I + 1]  # the packed address, as a native int
+                host = hosts.get(key)
+                if host is None:
+                    host = self._host(key, socket.AF_INET, bytes(names[at + 4 : at + 8]))
+                addr = (host, port)
+            else:
+                packed = bytes(names[at + 8 : at + 24])
+                host = hosts.get(packed)
+                if host is None:
+                    host = self._host(packed, socket.AF_INET6, packed)
+                flowinfo = _BE32.unpack_from(names, at + 4)[0]
+                addr = (host, port, flowinfo, name_i[i * _NAME_I + 6])
+            out.append((bytes(data[start : start + min(size, MAX_QUERY)]), addr))
+        return out
+
+    def _host(self, key: int | bytes, family: int, packed: bytes) -> str:
+        if len(self._hosts) >= HOSTS:
+            self._hosts.clear()
+        host = self._hosts[key] = socket.inet_ntop(family, packed)
+        return host
+
+    def send(self, fd: int, replies: list[tuple[int, bytes]]) -> tuple[int, list[int]]:
+        """Send each (i, data) of `replies` on `fd` to the sender of the `i`th datagram of
+        the last read (data at most REPLY_SLOT bytes): how many the kernel would not take now
+        (dropped, never queued), and the errno of each that failed otherwise."""
+        out, vec = self._out, self._in
+        data, hdr_q, hdr_i, iov_q = out.data, out.hdr_q, out.hdr_i, out.iov_q
+        in_hdr_i, names_at = vec.hdr_i, vec.names_at
+        count = len(replies)
+        for j in range(count):
+            i, reply = replies[j]
+            start, size = j * REPLY_SLOT, len(reply)
+            data[start : start + size] = reply
+            iov_q[j * _IOV_Q + _IOV_LEN_Q] = size
+            hdr_q[j * _HDR_Q] = names_at + i * NAME  # msg_name: the sender's, as read
+            hdr_i[j * _HDR_I + _NAMELEN_I] = in_hdr_i[i * _HDR_I + _NAMELEN_I]
+        sent = 0
+        errors: list[int] = []
+        while sent < count:
+            n = int(self._sendmmsg(fd, out.at + sent * HDR, count - sent, MSG_DONTWAIT))
+            if n > 0:
+                sent += n
+                continue
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.ENOBUFS):
+                return count - sent, errors
+            if code != errno.EINTR:
+                errors.append(code)  # this one reply is lost; the rest still go
+                sent += 1
+        return 0, errors
