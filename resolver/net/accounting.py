@@ -29,7 +29,7 @@ from resolver.net.traffic import Layout, TrafficClass
 
 log = logging.getLogger(__name__)
 
-FLUSH_TIME = 2.0  # longest a conntrack flush may take (50,000 entries: about 0.1 s)
+FLUSH_TIME = 2.0  # longest a conntrack flush may take (50,000 entries: 0.1 s; 206,000: 0.4-0.7)
 READ_TIME = 1.0  # longest a status waits for the counters
 REFRESH_EVERY = 10.0  # seconds between two reads of the class counters by the sweep
 # New elements wait this long to go out together: one transaction (and one crossing to the

@@ -27,7 +27,7 @@ only those, through NFNL_SUBSYS_CTNETLINK on a `netlink.Channel(NETLINK_NETFILTE
    already) is left alone. DELETE_BATCH deletes per `submit`; ENOENT (gone meanwhile) is
    neither counted nor a failure.
 
-Why not the kernel's filters (measured on Linux 6.18, 2 cores; /tmp/issue19-report.md): a
+Why not the kernel's filters (measured on Linux 6.18, 2 cores, for issue 19): a
 CTA_FILTER on the original destination, for a dump or (Linux 6.12+) a flush, costs one walk of
 the whole conntrack hash table per address (0.3-6 ms each here), where a dump costs one walk
 per family whatever the number of addresses (about 30 ms for 10,000 entries, 120 ms for
