@@ -30,6 +30,7 @@ from resolver.net import netlink
 from resolver.net.kernel import Kernel
 from resolver.net.netlink import HEADER, NLM_F_ACK, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR
 from resolver.net.routes import AF, RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE, parse_route
+from tests.fakenetlink import QueuedSocket
 from tests.unit.breakout_fakes import (
     Clock,
     make_breakout,
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.integration
 Answer = Callable[[int, bytes], int]  # (message type, body) -> errno to answer with
 
 
-class FakeSock:
+class FakeSock(QueuedSocket):
     """A netlink socket whose 'kernel' keeps the routes it is sent and answers each request.
 
     `fail(kind, body)` picks an errno per message; `lose` recv calls raise ENOBUFS, dropping
@@ -51,7 +52,10 @@ class FakeSock:
     every send as a held rtnl_lock would; `crash` makes the next recv raise it as is.
     """
 
+    timeout = 0.5
+
     def __init__(self) -> None:
+        super().__init__()
         self.routes: dict[tuple[int, str, int, int], bytes] = {}
         self.fail: Answer | None = None
         self.lose = 0
@@ -61,19 +65,8 @@ class FakeSock:
         self.gate.set()
         self.sent: list[int] = []  # message types, in order
         self.senders: set[int] = set()  # the threads that called send
-        self._queue: deque[bytes] = deque()
-        self._cond = threading.Condition()
 
     # what netlink.Channel calls
-    def setblocking(self, flag: bool) -> None:
-        pass
-
-    def settimeout(self, value: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
     def send(self, data: bytes) -> int:
         self.senders.add(threading.get_ident())
         self.gate.wait()
@@ -94,9 +87,7 @@ class FakeSock:
             elif code or flags & NLM_F_ACK:
                 out.append(HEADER.pack(36, NLMSG_ERROR, 0, seq, 0) + struct.pack("=i", -code)
                            + bytes(16))  # fmt: skip
-        with self._cond:
-            self._queue.extend(out)
-            self._cond.notify_all()
+        self.queue(out)
         return len(data)
 
     def recv_into(self, buf: bytearray) -> int:
@@ -108,11 +99,7 @@ class FakeSock:
                 self.lose -= 1
                 self._queue.clear()
                 raise OSError(errno.ENOBUFS, "No buffer space available")
-            if not self._cond.wait_for(lambda: bool(self._queue), timeout=0.5):
-                raise TimeoutError
-            data = self._queue.popleft()
-        buf[: len(data)] = data
-        return len(data)
+        return super().recv_into(buf)
 
     # the 'kernel'
     def _carry_out(self, kind: int, body: bytes) -> tuple[int, list[bytes]]:

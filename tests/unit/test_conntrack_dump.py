@@ -15,8 +15,6 @@ import errno
 import itertools
 import socket
 import struct
-import threading
-from collections import deque
 from collections.abc import Sequence
 from typing import cast
 
@@ -24,6 +22,7 @@ import pytest
 
 from resolver.net import conntrack, netlink
 from resolver.net.netlink import HEADER, NLM_F_ACK, NLMSG_DONE, NLMSG_ERROR, Message, Settled
+from tests.fakenetlink import QueuedSocket
 
 pytestmark = pytest.mark.unit
 
@@ -69,25 +68,15 @@ def entry_body(ident: int, dst: str, sport: int) -> bytes:
     )
 
 
-class CtKernel:
+class CtKernel(QueuedSocket):
     """A ctnetlink socket over `table` (id -> body): CT_GET dumps of a family in datagrams of
     about DATAGRAM bytes, CT_DELETE by CTA_ID (ENOENT when gone). Replies are read by the
     channel's writer thread."""
 
     def __init__(self, table: dict[int, bytes]) -> None:
+        super().__init__()
         self.table = table
         self.deleted: list[int] = []
-        self._queue: deque[bytes] = deque()
-        self._cond = threading.Condition()
-
-    def setblocking(self, flag: bool) -> None:
-        pass
-
-    def settimeout(self, value: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def send(self, data: bytes) -> int:
         out: list[bytes] = []
@@ -104,9 +93,7 @@ class CtKernel:
                     self.deleted.append(ident)
             if code or flags & NLM_F_ACK:
                 out.append(HEADER.pack(20, NLMSG_ERROR, 0, seq, 0) + struct.pack("=i", -code))
-        with self._cond:
-            self._queue.extend(out)
-            self._cond.notify_all()
+        self.queue(out)
         return len(data)
 
     def _dump(self, af: int, seq: int) -> list[bytes]:
@@ -120,14 +107,6 @@ class CtKernel:
                 part.clear()
         part += HEADER.pack(20, NLMSG_DONE, NLM_F_MULTI, seq, 0) + bytes(4)
         return [*datagrams, bytes(part)]
-
-    def recv_into(self, buf: bytearray) -> int:
-        with self._cond:
-            if not self._cond.wait_for(lambda: bool(self._queue), timeout=2.0):
-                raise TimeoutError
-            data = self._queue.popleft()
-        buf[: len(data)] = data
-        return len(data)
 
 
 def big_table(others: int) -> tuple[dict[int, bytes], set[int]]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-import threading
-from collections import deque
 from typing import Any, cast
 
 import pytest
@@ -70,6 +68,7 @@ from resolver.net.errors import BreakoutError
 from resolver.net.kernel import Kernel
 from resolver.net.netlink import HEADER, NLMSG_ERROR, Message
 from resolver.net.routes import NextHop, RouteEncoder, RuleSpec
+from tests.fakenetlink import QueuedSocket
 
 pytestmark = pytest.mark.unit
 
@@ -618,27 +617,17 @@ def test_parse_header_and_parse_revision_read_the_kernels_replies() -> None:
 # -- ipsets.create against a fake kernel that reads requests with pyroute2 ------------------
 
 
-class IpsetKernel:
+class IpsetKernel(QueuedSocket):
     """An nfnetlink socket for `netlink.Channel`: decodes each request with pyroute2's
     ipset_msg and answers as the kernel does. `sets` holds what exists (name -> header
     reply); `refuse` maps a command to the errno it fails with."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.sets: dict[str, bytes] = {}
         self.refuse: dict[int, int] = {}
         self.created: list[Any] = []  # the decoded create requests
         self.revision: int | None = 6  # what IPSET_CMD_TYPE reports (None: nothing)
-        self._out: deque[bytes] = deque()
-        self._cond = threading.Condition()
-
-    def setblocking(self, flag: bool) -> None:
-        pass
-
-    def settimeout(self, value: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def send(self, data: bytes) -> int:
         m = ipset_msg(data)
@@ -647,9 +636,7 @@ class IpsetKernel:
         replies, code = self._answer(cmd, m)
         out = b"".join(r[:8] + struct.pack("=II", seq, 0) + r[16:] for r in replies)
         out += HEADER.pack(36, NLMSG_ERROR, 0, seq, 0) + struct.pack("=i", -code) + bytes(16)
-        with self._cond:
-            self._out.append(out)
-            self._cond.notify_all()
+        self.queue([out])
         return len(data)
 
     def _answer(self, cmd: int, m: Any) -> tuple[list[bytes], int]:
@@ -677,14 +664,6 @@ class IpsetKernel:
         if cmd == IPSET_CMD_LIST:
             return ([self.sets[name]], 0) if name in self.sets else ([], errno.ENOENT)
         raise AssertionError(f"unexpected ipset command {cmd}")
-
-    def recv_into(self, buf: bytearray) -> int:
-        with self._cond:
-            if not self._cond.wait_for(lambda: bool(self._out), timeout=2.0):
-                raise TimeoutError
-            data = self._out.popleft()
-        buf[: len(data)] = data
-        return len(data)
 
 
 def breakout_config(**keys: Any) -> BreakoutConfig:
