@@ -26,6 +26,7 @@ from resolver.config import BreakoutConfig
 from resolver.net import conntrack, netlink, nftables, traffic, trafficprune
 from resolver.net.accountingapi import CountItem
 from resolver.net.traffic import Layout, TrafficClass
+from resolver.net.trafficprune import BARE
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ COUNT_DELAY = 0.02
 # transactions by this much per held address keeps that walk under 4% of a CPU: 20 ms up to
 # 13,000 held, 45 ms at 30,000.
 SPACING_PER_HELD = 1.5e-6
-
-BARE = Layout((), ())  # the table alone, for what needs only its name
 
 
 class Accounting:
@@ -69,10 +68,13 @@ class Accounting:
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued: list[CountItem] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._setup_lock = asyncio.Lock()
+        self._unready = False  # the rows may name classes the next setup makes: elements wait
 
     def configure(self, cfg: BreakoutConfig, classes: dict[int, TrafficClass]) -> None:
-        """The links and the rows' classes (start and reload); `open` applies them."""
-        self.cfg, self.rows = cfg, dict(classes)
+        """The links and the rows' classes (start and reload); `open` applies them. Until
+        then no element goes out: a new row's chain does not exist yet."""
+        self.cfg, self.rows, self._unready = cfg, dict(classes), True
 
     async def open(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -96,7 +98,19 @@ class Accounting:
 
     async def _setup(self) -> None:
         """Make or update the table for the links and the classes of the rows and of the held
-        elements (idempotent); delete the classes left over (`trafficprune`)."""
+        elements (idempotent); delete the classes left over (`trafficprune`). One at a time
+        (a reload's, the sweep's after the table went); elements queued meanwhile go after
+        it, when every class they name has its chain."""
+        async with self._setup_lock:
+            self._unready = True
+            try:
+                await self._make()
+            finally:
+                self._unready = False
+                if self._queued:
+                    self.send_counted()
+
+    async def _make(self) -> None:
         assert self.nfnl is not None
         links = tuple(link.interface for link in self.cfg.links)
         try:
@@ -119,43 +133,20 @@ class Accounting:
         self.layout, self.since, self.counting, self.problem = layout, since, True, None
         if made:
             log.info("breakout: traffic counters start at zero (table inet %s made)", traffic.TABLE)
-        await self._prune(layout)
+        await trafficprune.prune_table(self.nfnl, self._submit, layout)
 
     async def _adopt(self) -> None:
-        """The elements' classes, from their chains: also a class whose row the policy no
-        longer has (its chain stays until they go). One in no chain resolverd makes goes."""
+        """A restart: the elements that survived it keep their class; foreign ones go."""
         assert self.nfnl is not None
-        foreign: list[tuple[int, bytes]] = []
         try:
-            for family in (4, 6):
-                for h in await traffic.read_held(self.nfnl, BARE, family):
-                    cls = trafficprune.class_of(h.chain)
-                    if cls is None:
-                        foreign.append((family, h.address))
-                    else:
-                        self.counted[h.address] = cls
+            counted, foreign = await trafficprune.read_classes(self.nfnl)
         except netlink.NetlinkSocketError as err:
             log.warning("breakout: cannot read the counters' elements: %s", err)
-        for family in (4, 6):
-            gone = [address for f, address in foreign if f == family]
-            for transaction in traffic.release(BARE, family, gone) if gone else ():
+            return
+        self.counted.update(counted)
+        for family, gone in foreign.items():
+            for transaction in traffic.release(BARE, family, gone):
                 self._send(transaction)
-
-    async def _prune(self, layout: Layout) -> None:
-        assert self.nfnl is not None
-        try:
-            chains, counters = await trafficprune.left_over(self.nfnl, layout)
-            if not chains and not counters:
-                return
-            bad = nftables.failed(await self._submit(trafficprune.prune(layout, chains, counters)))
-        except netlink.NetlinkSocketError as err:
-            bad = err.code
-        if bad:  # counting goes on; the next setup tries again
-            log.warning("breakout: cannot delete the traffic table's unused chains: %s",
-                        errno.errorcode.get(bad, bad))  # fmt: skip
-        else:
-            log.info("breakout: %d chains and %d counters of unused traffic classes deleted",
-                     len(chains), len(counters))  # fmt: skip
 
     def _off(self, problem: str) -> None:
         self.counting, self.problem = False, problem
@@ -200,6 +191,8 @@ class Accounting:
 
     def send_counted(self) -> None:
         self._timer = None
+        if self._unready:
+            return  # `_setup` sends them
         items, self._queued = self._queued, []
         if not self.counting or self.nfnl is None or self.layout is None:
             return
@@ -222,7 +215,11 @@ class Accounting:
     def release(self, items: Iterable[tuple[int, bytes]]) -> None:
         if not self.counting or self.nfnl is None or self.layout is None:
             return
-        if self._queued:
+        items = list(items)
+        if self._queued and self._unready:  # not sent yet: it must not be, after this
+            going = {packed for _, packed in items}
+            self._queued = [item for item in self._queued if item[1] not in going]
+        elif self._queued:
             self.send_counted()  # an element queued now must not outlive its release
         gone: dict[int, list[bytes]] = {4: [], 6: []}
         for family, packed in items:

@@ -12,13 +12,21 @@ policy and none of its addresses is held, so `status` stopped showing them alrea
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import re
+from collections.abc import Callable
 
 from resolver.net import netlink, nftables, traffic
 from resolver.net.netlink import Message
 from resolver.net.traffic import Layout, TrafficClass
 
+log = logging.getLogger(__name__)
+
+BARE = Layout((), ())  # the table alone, for what needs only its name
 CHAIN_PREFIX = "c-"  # Layout.chain's: the only chains pruning deletes
+Submit = Callable[[list[Message]], "asyncio.Future[list[int]]"]
 _CLASS_CHAIN = re.compile(r"c-r([0-9]{1,10})-(.+)")
 
 
@@ -54,3 +62,39 @@ def prune(layout: Layout, chains: list[str], counters: list[str]) -> list[Messag
         [nftables.destroy_chain(t, name) for name in chains]
         + [nftables.destroy_counter(t, name) for name in counters]
     )
+
+
+async def read_classes(
+    channel: netlink.ChannelLike,
+) -> tuple[dict[bytes, TrafficClass], dict[int, list[bytes]]]:
+    """The held elements' classes, read back from their chains (a restart: also a class whose
+    row the policy no longer has), and per family the elements in a chain resolverd does not
+    make."""
+    counted: dict[bytes, TrafficClass] = {}
+    foreign: dict[int, list[bytes]] = {4: [], 6: []}
+    for family in (4, 6):
+        for h in await traffic.read_held(channel, BARE, family):
+            cls = class_of(h.chain)
+            if cls is None:
+                foreign[family].append(h.address)
+            else:
+                counted[h.address] = cls
+    return counted, foreign
+
+
+async def prune_table(channel: netlink.ChannelLike, submit: Submit, layout: Layout) -> None:
+    """Delete what `layout` does not have (`left_over`) in one transaction; a refusal is
+    logged (the next setup tries again), never raised."""
+    try:
+        chains, counters = await left_over(channel, layout)
+        if not chains and not counters:
+            return
+        bad = nftables.failed(await submit(prune(layout, chains, counters)))
+    except netlink.NetlinkSocketError as err:
+        bad = err.code
+    if bad:
+        log.warning("breakout: cannot delete the traffic table's unused chains: %s",
+                    errno.errorcode.get(bad, bad))  # fmt: skip
+    else:
+        log.info("breakout: %d chains and %d counters of unused traffic classes deleted",
+                 len(chains), len(counters))  # fmt: skip

@@ -65,6 +65,7 @@ def counting() -> tuple[Accounting, Recorder]:
     acc.nfnl = channel
     acc.layout = Layout(("wan0",), tuple(ROWS.values()))
     acc.counting = True
+    acc._unready = False  # as a setup leaves it: every row's chain made
     return acc, channel
 
 

@@ -96,10 +96,13 @@ class Kernel:
         self.table = table
         self.sent: list[list[Message]] = []
         self.codes: list[int] = []
+        self.asked: list[Any] = []  # called with each request's type as it comes
 
     def request(
         self, kind: int, flags: int, body: bytes, keep: Any = None
     ) -> asyncio.Future[list[bytes]]:
+        for hook in self.asked:
+            hook(kind)
         fut: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
         if kind == GETTABLE and not self.table:
             fut.set_exception(netlink.NetlinkSocketError(errno.ENOENT))
@@ -224,3 +227,53 @@ def test_a_prune_the_kernel_refuses_is_logged_and_counting_goes_on(
         setup(acc)
     assert acc.counting and acc.problem is None
     assert "cannot delete the traffic table's unused chains: EBUSY" in caplog.text
+
+
+def test_elements_counted_during_a_reload_wait_for_their_rows_chains() -> None:
+    """A reload's new rows have no chain until its setup transaction: an address counted
+    meanwhile under a new row is moved there after it, and its old class (the element still
+    goes to that chain until then) stays in the layout, not pruned from under it."""
+    new = TrafficClass(903)
+    kernel = Kernel(chains=["c-r7-Allow"], counters=["r7-Allow.wan0"])
+    acc = accounting(kernel, {903: new})  # the reload's rows: 7 is gone
+    acc.counted[A] = OLD7
+    acc.layout, acc.counting = Layout(("wan0",), (OLD7,)), True
+    counted_at: list[int] = []
+
+    def count_once(kind: int) -> None:  # the COUNT_DELAY timer fires during the setup
+        if not counted_at:
+            counted_at.append(kind)
+            acc.count([(4, A, 300, 903)])
+
+    kernel.asked.append(count_once)
+    setup(acc)
+    first = [kind & 0xFF for kind, _, _ in kernel.sent[0][1:-1]]
+    assert first[0] == 0  # NEWTABLE: the setup transaction went first
+    moves = [i for i, t in enumerate(kernel.sent) if t[1][0] == DESTROYSETELEM]
+    assert moves and moves[0] > 0, [t[1][0] for t in kernel.sent]
+    assert classes(acc) == [OLD7, new]  # kept: its element went there until the move
+    assert kernel.kinds(DESTROYCHAIN) == []
+    assert acc.counted == {A: new}
+
+    # Once moved, the next setup deletes the old class.
+    kernel.sent.clear()
+    kernel.asked.clear()
+    setup(acc)
+    assert classes(acc) == [new]
+    assert kernel.kinds(DESTROYCHAIN) == [[(DESTROYCHAIN, "c-r7-Allow")]]
+
+
+def test_a_release_during_a_setup_drops_the_queued_element() -> None:
+    kernel = Kernel()
+    acc = accounting(kernel, {5: SEED5})
+    acc.layout, acc.counting = Layout(("wan0",), (SEED5,)), True
+
+    def count_then_release(kind: int) -> None:
+        if kind == GETTABLE:
+            acc.count([(4, B, 300, 5)])  # queued: the setup is running
+            acc.release([(4, B)])  # gone before it could be sent
+
+    kernel.asked.append(count_then_release)
+    setup(acc)
+    added = [t for t in kernel.sent if t[1][0] == 0x0A0C]  # NEWSETELEM
+    assert added == [] and B not in acc.counted
