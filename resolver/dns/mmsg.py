@@ -18,8 +18,9 @@ of the buffers in native order, so a batch costs two ctypes calls and no Python 
 field. One `Batches` serves every UDP listener: the loop runs one listener's read at a time,
 and a batch's replies are sent before it returns.
 
-`Batches.open` gives None where the C library cannot be reached this way: the listeners then
-use recvfrom and sendto.
+`Batches.open` gives None where the C library cannot be reached this way, and a listener
+whose recvmmsg fails as a call that cannot be made there (UNUSABLE: a seccomp filter, an
+emulator) drops its batches: the listeners then use recvfrom and sendto.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ MAX_QUERY = 4096  # bytes read per datagram; no DNS query is bigger
 REPLY_SLOT = EDNS_SIZE  # the most a UDP reply carries; a bigger one goes out with sendto
 HOSTS = 4096  # host strings kept by packed address
 MSG_DONTWAIT = 0x40
+# What recvmmsg fails with where it cannot be called at all: the socket stays readable, and
+# reading it again would fail again at once.
+UNUSABLE = frozenset({errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EINVAL, errno.EFAULT,
+                      errno.EOPNOTSUPP})  # fmt: skip
 
 
 # struct mmsghdr { struct msghdr { void *name; socklen_t namelen; struct iovec *iov; size_t
@@ -60,9 +65,9 @@ _BE32 = struct.Struct(">I")
 Address = tuple[str, int] | tuple[str, int, int, int]
 
 
-def _address(buf: bytearray) -> int:
-    """Where `buf`'s bytes are (pinned: a bytearray exported to ctypes cannot be resized)."""
-    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+def _pinned(buf: bytearray) -> ctypes.Array[ctypes.c_char]:
+    """`buf`'s bytes for ctypes: while the array lives, `buf` cannot be resized (moved)."""
+    return (ctypes.c_char * len(buf)).from_buffer(buf)
 
 
 class _Vector:
@@ -73,7 +78,8 @@ class _Vector:
         self.iovs = bytearray(size * IOV)
         self.data = bytearray(size * slot)
         self.names = bytearray(size * NAME)
-        hdrs, iovs, data, names = map(_address, (self.hdrs, self.iovs, self.data, self.names))
+        self.pins = [_pinned(b) for b in (self.hdrs, self.iovs, self.data, self.names)]
+        hdrs, iovs, data, names = map(ctypes.addressof, self.pins)
         self.at, self.names_at = hdrs, names
         for i in range(size):
             at = i * HDR
@@ -162,30 +168,34 @@ class Batches:
 
     def send(self, fd: int, replies: list[tuple[int, bytes]]) -> tuple[int, list[int]]:
         """Send each (i, data) of `replies` on `fd` to the sender of the `i`th datagram of
-        the last read (data at most REPLY_SLOT bytes): how many the kernel would not take now
-        (dropped, never queued), and the errno of each that failed otherwise."""
+        the last read (at most `size` replies of at most REPLY_SLOT bytes; others fail with
+        EMSGSIZE): how many the kernel would not take now (dropped, never queued), and the
+        errno of each that failed otherwise."""
         out, vec = self._out, self._in
         data, hdr_q, hdr_i, iov_q = out.data, out.hdr_q, out.hdr_i, out.iov_q
         in_hdr_i, names_at = vec.hdr_i, vec.names_at
-        count = len(replies)
-        for j in range(count):
-            i, reply = replies[j]
-            start, size = j * REPLY_SLOT, len(reply)
-            data[start : start + size] = reply
+        count = 0
+        errors: list[int] = []
+        for i, reply in replies:
+            size = len(reply)
+            if size > REPLY_SLOT or count == self.size:  # never past a slot or the last
+                errors.append(errno.EMSGSIZE)  # (the listener sends bigger ones itself)
+                continue
+            j, count = count, count + 1
+            data[j * REPLY_SLOT : j * REPLY_SLOT + size] = reply
             iov_q[j * _IOV_Q + _IOV_LEN_Q] = size
             hdr_q[j * _HDR_Q] = names_at + i * NAME  # msg_name: the sender's, as read
             hdr_i[j * _HDR_I + _NAMELEN_I] = in_hdr_i[i * _HDR_I + _NAMELEN_I]
         sent = 0
-        errors: list[int] = []
         while sent < count:
             n = int(self._sendmmsg(fd, out.at + sent * HDR, count - sent, MSG_DONTWAIT))
             if n > 0:
                 sent += n
                 continue
             code = ctypes.get_errno()
-            if code in (errno.EAGAIN, errno.ENOBUFS):
+            if code == errno.EAGAIN:  # the send buffer is full: the rest is dropped
                 return count - sent, errors
             if code != errno.EINTR:
-                errors.append(code)  # this one reply is lost; the rest still go
+                errors.append(code)  # this one reply is lost (as with sendto); the rest go
                 sent += 1
         return 0, errors

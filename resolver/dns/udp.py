@@ -20,7 +20,7 @@ import socket
 from typing import Any, Protocol
 
 from resolver import fdwatch
-from resolver.dns.mmsg import BATCH, MAX_QUERY, REPLY_SLOT, Batches
+from resolver.dns.mmsg import BATCH, MAX_QUERY, REPLY_SLOT, UNUSABLE, Batches
 from resolver.dns.query import Conn
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,11 @@ class UdpListener:
             batch = batches.receive(fd)
         except OSError as err:  # e.g. an ICMP error queued on the socket: read again next time
             self.errors += 1
-            log.debug("UDP receive error: %s", err)
+            if err.errno in UNUSABLE:  # and never will be: read one datagram per call from now
+                log.warning("UDP: recvmmsg cannot be used here (%s); one datagram per call", err)
+                self.batches = None
+            else:
+                log.debug("UDP receive error: %s", err)
             return
         replies: list[tuple[int, bytes]] = []
         for i in range(len(batch)):

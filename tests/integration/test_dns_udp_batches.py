@@ -136,7 +136,8 @@ def test_host_strings_are_kept_up_to_a_bound() -> None:
     for i in range(mmsg.HOSTS + 10):
         packed = i.to_bytes(4, "big")
         assert b._host(i, socket.AF_INET, packed) == socket.inet_ntop(socket.AF_INET, packed)
-    assert 0 < len(b._hosts) <= mmsg.HOSTS
+    assert len(b._hosts) == 10  # emptied when it reached HOSTS, then 10 more
+    assert b._hosts[mmsg.HOSTS + 9] == socket.inet_ntop(socket.AF_INET, bytes([0, 0, 16, 9]))
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batches", "one-by-one"])
@@ -199,3 +200,31 @@ def test_a_query_the_handler_fails_on_costs_only_itself(
     assert [client.recv(100) for _ in range(2)] == [b"re:one", b"re:two"]
     assert listener.errors == 1
     assert "the handler failed" in caplog.text
+
+
+def test_a_listener_whose_recvmmsg_cannot_be_called_reads_one_datagram_per_call(
+    pair: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A seccomp filter or an emulator refusing the call leaves the socket readable: reading
+    it again would spin. The listener drops its batches and answers one by one."""
+    listen, client = pair
+    listener = UdpListener(Echo(), listen, Batches(FakeLibc([], errno.EPERM)))  # type: ignore[arg-type]
+    client.send(b"one")
+    wait_readable(listen)
+    listener._readable()
+    assert listener.batches is None and listener.errors == 1
+    assert "recvmmsg cannot be used here" in caplog.text
+    listener._readable()  # the same datagram, read the plain way
+    assert client.recv(100) == b"re:one"
+
+
+def test_send_refuses_what_does_not_fit_a_slot_and_its_buffers_cannot_move() -> None:
+    libc = FakeLibc([1])
+    b = Batches(libc, size=1)  # type: ignore[arg-type]
+    too_big = b"x" * (mmsg.REPLY_SLOT + 1)
+    assert b.send(3, [(0, too_big), (0, b"ok"), (0, b"third")]) == (0, [errno.EMSGSIZE] * 2)
+    assert libc.asked == [1]  # only the one that fits, in the one slot
+    for vector in (b._in, b._out):  # the iovecs point into them: they must never move
+        for buf in (vector.hdrs, vector.iovs, vector.data, vector.names):
+            with pytest.raises(BufferError):
+                buf.append(0)
