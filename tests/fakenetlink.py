@@ -37,5 +37,6 @@ class QueuedSocket:
             if not self._cond.wait_for(lambda: bool(self._queue), timeout=self.timeout):
                 raise TimeoutError
             data = self._queue.popleft()
-        buf[: len(data)] = data
-        return len(data)
+        size = min(len(data), len(buf))  # cut, as the kernel cuts a datagram too big
+        buf[:size] = data[:size]
+        return size
