@@ -57,7 +57,7 @@ class UdpListener:
         if batches is None:
             self._read_each()
             return
-        fd, handle = self.sock.fileno(), self.handler.handle
+        fd = self.sock.fileno()
         try:
             batch = batches.receive(fd)
         except OSError as err:  # e.g. an ICMP error queued on the socket: read again next time
@@ -71,12 +71,7 @@ class UdpListener:
         replies: list[tuple[int, bytes]] = []
         for i in range(len(batch)):
             data, addr = batch[i]
-            try:
-                reply = handle(data, addr, self)
-            except Exception:  # read already: the batch's other queries must not go with it
-                self.errors += 1
-                log.exception("UDP query from %s: the handler failed", addr[0])
-                continue
+            reply = self._handle(data, addr)
             if reply:  # neither dropped (None) nor deferred (b"")
                 if len(reply) <= REPLY_SLOT:
                     replies.append((i, reply))
@@ -90,7 +85,7 @@ class UdpListener:
                 log.debug("UDP send failed: %s", os.strerror(code))
 
     def _read_each(self) -> None:
-        recvfrom, sendto, handle = self.sock.recvfrom, self.sock.sendto, self.handler.handle
+        recvfrom = self.sock.recvfrom
         for _ in range(BATCH):
             try:
                 data, addr = recvfrom(MAX_QUERY)
@@ -100,15 +95,18 @@ class UdpListener:
                 self.errors += 1
                 log.debug("UDP receive error: %s", err)
                 continue
-            reply = handle(data, addr, self)
+            reply = self._handle(data, addr)
             if reply:  # neither dropped (None) nor deferred (b"")
-                try:
-                    sendto(reply, addr)
-                except (BlockingIOError, InterruptedError):
-                    self.send_dropped += 1
-                except OSError as err:
-                    self.errors += 1
-                    log.debug("UDP send to %s failed: %s", addr, err)
+                self.send(reply, addr)
+
+    def _handle(self, data: bytes, addr: Any) -> bytes | None:
+        """The handler's reply; a failure of its own costs this query only (logged)."""
+        try:
+            return self.handler.handle(data, addr, self)
+        except Exception:
+            self.errors += 1
+            log.exception("UDP query from %s: the handler failed", addr[0])
+            return None
 
     def send(self, data: bytes, addr: Any) -> None:
         """A deferred reply (after an upstream query or an awaited hook)."""

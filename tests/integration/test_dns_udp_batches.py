@@ -187,11 +187,12 @@ class Echo:
         return b"re:" + data
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batches", "one-by-one"])
 def test_a_query_the_handler_fails_on_costs_only_itself(
-    pair: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture
+    pair: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture, batched: bool
 ) -> None:
     listen, client = pair
-    listener = UdpListener(Echo(), listen, batches())
+    listener = UdpListener(Echo(), listen, batches() if batched else None)
     for data in (b"one", b"boom", b"two"):
         client.send(data)
     time.sleep(0.05)
