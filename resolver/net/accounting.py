@@ -25,8 +25,7 @@ from typing import Any
 from resolver.config import BreakoutConfig
 from resolver.net import conntrack, netlink, nftables, traffic, trafficprune
 from resolver.net.accountingapi import CountItem
-from resolver.net.traffic import Layout, TrafficClass
-from resolver.net.trafficprune import BARE
+from resolver.net.traffic import BARE, Layout, TrafficClass
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +303,7 @@ class Accounting:
         """Delete the table, counters and all (`resolverd --cleanup`, count_traffic off)."""
         if self.nfnl is None:
             return
-        layout = self.layout or Layout((), ())
+        layout = self.layout or BARE
         codes = await self._submit(traffic.remove(layout))
         bad = nftables.failed(codes)
         if bad and bad != errno.ENOENT:

@@ -130,6 +130,9 @@ class Layout:
         return self._by_counter.get(counter)
 
 
+BARE = Layout((), ())  # the table alone, for what needs only its name
+
+
 def comment(since: int) -> str:
     return f"resolverd breakout traffic since {since}"
 
@@ -332,7 +335,7 @@ async def remove_table() -> bool:
     channel.attach(loop)
     try:
         fut: asyncio.Future[list[int]] = loop.create_future()
-        channel.submit(remove(Layout((), ())), fut.set_result, atomic=True)
+        channel.submit(remove(BARE), fut.set_result, atomic=True)
         bad = nftables.failed(await fut)
     finally:
         channel.close()

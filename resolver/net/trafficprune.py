@@ -20,11 +20,10 @@ from collections.abc import Callable
 
 from resolver.net import netlink, nftables, traffic
 from resolver.net.netlink import Message
-from resolver.net.traffic import Layout, TrafficClass
+from resolver.net.traffic import BARE, Layout, TrafficClass
 
 log = logging.getLogger(__name__)
 
-BARE = Layout((), ())  # the table alone, for what needs only its name
 CHAIN_PREFIX = "c-"  # Layout.chain's: the only chains pruning deletes
 Submit = Callable[[list[Message]], "asyncio.Future[list[int]]"]
 _CLASS_CHAIN = re.compile(r"c-r([0-9]{1,10})-(.+)")
