@@ -216,6 +216,24 @@ async def test_connect_refused_is_a_failed_send_not_an_error() -> None:
     assert not pool.open and _fds() == before
 
 
+async def test_a_refusing_port_is_an_error_counted_and_its_query_times_out() -> None:
+    """Nothing listens on the upstream's port: the ICMP error comes back as the connected
+    socket's error on the next read, counted once per refusal, and the query ends at its
+    timeout with no reply, as a silent upstream's would."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # a port nothing listens on
+    pool = sockets.Sockets()
+    up = Upstream("127.0.0.1", port, 0)
+    try:
+        got = await _ask_all(pool, up, [_question(i) for i in range(3)], timeout=0.2)
+    finally:
+        pool.close()
+    assert got == [None, None, None]
+    assert up.stats["errors"] >= 1 and up.stats["dropped"] == 0
+
+
 async def test_each_query_keeps_its_own_deadline() -> None:
     """A short timeout after a long one still fires on time, none fires early, and an
     answered query's timer fires nothing."""
