@@ -24,7 +24,7 @@ from typing import Any
 from policy.loader import PolicyError
 from policy.matcher import Matcher
 from policy.model import Policy
-from resolver import __version__, allocator, buildinfo, collector, sdnotify, statusreport
+from resolver import __version__, allocator, buildinfo, collector, logsetup, sdnotify, statusreport
 from resolver.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from resolver.control.protocol import RawJSON, ReloadFailed, UpdateFailed
 from resolver.control.server import ControlServer
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     # Before the config is read: what loading it warns of (a kept copy of the endpoint sets
     # left out...) is logged in the daemon's format.
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logsetup.start(sys.stderr)
     try:
         loaded = load_everything(args.config)
     except (ConfigError, PolicyError) as err:
