@@ -1,8 +1,9 @@
 """The miss path (step 4 of `handler`'s docstring): questions asked of the upstreams.
 
 `Misses` owns what a miss needs and nothing else does: the questions in flight and the clients
-waiting for each (coalescing: at most MAX_WAITERS per question and `max_pending` in all, each
-charged to its client's share of the table like a question of its own), the clients' budgets, the
+waiting for each (coalescing: at most MAX_WAITERS per question, WAITS_PER_CLIENT of them for
+one client while the budgets are on, and `max_pending` in all, each charged to its client's
+share of the table like a question of its own), the clients' budgets, the
 forwarder, and the replies waiting for the kernel. A miss is charged to its client's budgets,
 resolved by a `resolution.Resolution` (a state machine moved on by socket, timer and hook
 callbacks: no task and no future per miss), then cached and tagged here (`_resolved`), and
@@ -33,6 +34,7 @@ from resolver.hooks import BreakoutHook, Pending, Tagged, iter_packed
 log = logging.getLogger("resolver.dns.handler")
 
 MAX_WAITERS = 256  # clients waiting for one coalesced question
+WAITS_PER_CLIENT = MAX_WAITERS // 8  # one client's share of those places (budgets on)
 DEFERRED = b""  # handle(): the reply will come through conn.send
 DRAIN_POLL = 0.01  # seconds between looks while draining (shutdown only)
 
@@ -62,6 +64,7 @@ class Misses:
         self.pending: dict[bytes, Resolution] = {}  # questions in flight or waiting the kernel
         self.resolving = 0  # those still asking upstreams
         self.coalesced = 0  # clients waiting for a question another client asked
+        self.waits: dict[tuple[bytes, bytes], int] = {}  # (question, client): its waits there
         self.waiting = 0  # replies waiting for the kernel (hits and misses)
         self.budgets = Budgets(0, 1, 1.0, 0, 1)
         self.closing = False
@@ -81,8 +84,12 @@ class Misses:
         if res is not None:
             if len(res.waiters) >= MAX_WAITERS or self.coalesced >= self.max_pending:
                 return self._full(q)
-            if not self.budgets.take_wait(charge_of(q)):
+            budgets, charged = self.budgets, charge_of(q)
+            mine = (key, charged)
+            held = self.waits.get(mine, 0)
+            if (held >= WAITS_PER_CLIENT and budgets.on) or not budgets.take_wait(charged):
                 return self._ratelimited(q)
+            self.waits[mine] = held + 1
             res.waiters.append(q)
             self.coalesced += 1
             return DEFERRED
@@ -183,7 +190,7 @@ class Misses:
         """Every client waiting for the question `key`: its reply, SERVFAIL without `entry`."""
         res = self.pending.pop(key, None)
         waiters = res.waiters if res is not None else []
-        self._release(waiters)
+        self._release(key, waiters)
         counts, tracer = self.counts, self.tracer
         counters = counts.values
         now = self.clock()
@@ -200,13 +207,16 @@ class Misses:
             q.send(reply)
             tracer.answered(q, reply[3] & 0xF, source, tagged, installed, waited)
 
-    def _release(self, waiters: list[Query]) -> None:
-        """The coalesced waiters (all but the first) are answered or cancelled: their places
-        in their clients' shares are free again."""
+    def _release(self, key: bytes, waiters: list[Query]) -> None:
+        """The coalesced waiters (all but the first) of the question `key` are answered or
+        cancelled: their places in their clients' shares are free again."""
         if len(waiters) > 1:
             self.coalesced -= len(waiters) - 1
+            waits = self.waits
             for q in waiters[1:]:
-                self.budgets.done_query(charge_of(q))
+                charged = charge_of(q)
+                self.budgets.done_query(charged)
+                waits.pop((key, charged), None)  # the question is over for every waiter
 
     # -- shutdown --------------------------------------------------------------------------
     async def drain(self, timeout: float) -> int:
@@ -225,7 +235,7 @@ class Misses:
             del self.pending[res.key]
             self.resolving -= 1
             self.budgets.done_query(res.charged)
-            self._release(res.waiters)
+            self._release(res.key, res.waiters)
         if tcp:  # TCP retries, cancelled: let them close their connections
             await asyncio.wait(tcp, timeout=1.0)
         while self.waiting and loop.time() < deadline:

@@ -14,7 +14,7 @@ import pytest
 
 from resolver.dns import wire
 from resolver.dns.exchange import Reply
-from resolver.dns.misses import Misses
+from resolver.dns.misses import WAITS_PER_CLIENT, Misses
 from resolver.dns.query import Query
 from tests.integration.conftest import DnsEnv, query_bytes
 
@@ -109,3 +109,30 @@ async def test_two_addresses_of_one_ipv6_64_share_one_budget() -> None:
             bytes.fromhex("20010db800010003"): 1,
         }
         await misses.drain(0.0)
+
+
+@pytest.mark.parametrize("budgets_on", [True, False], ids=["budgets", "qps-0"])
+async def test_one_client_holds_at_most_its_share_of_a_questions_waiting_places(
+    budgets_on: bool,
+) -> None:
+    """A question in flight takes MAX_WAITERS waiting clients; one client (the shipped
+    budgets) may hold WAITS_PER_CLIENT of them, so that it cannot fill them and leave every
+    other client asking that name a SERVFAIL. With the budgets off (qps 0), no share."""
+    shipped = {"qps": 20_000.0, "burst": 40_000, "share": 0.5}  # README's defaults
+    async with DnsEnv(ratelimit=shipped if budgets_on else {"qps": 0}) as env:
+        misses = env.srv.handler.misses
+        misses.forwarder.default.transport = Silent()
+        flood, other = "192.0.2.7", "192.0.2.8"
+        assert query(misses, "n1.example.test", flood) == b""  # asks upstream
+        waits = [query(misses, "n1.example.test", flood) for _ in range(WAITS_PER_CLIENT + 9)]
+        if budgets_on:
+            assert waits[:WAITS_PER_CLIENT] == [b""] * WAITS_PER_CLIENT
+            assert [outcome(r) for r in waits[WAITS_PER_CLIENT:]] == ["tc"] * 9
+            assert env.counters["ratelimited"] == 9
+        else:
+            assert waits == [b""] * (WAITS_PER_CLIENT + 9)
+        assert query(misses, "n2.example.test", flood) == b""  # another question: its own
+        assert query(misses, "n1.example.test", other) == b""  # another client: its own
+        await misses.drain(0.0)
+        assert misses.waits == {} and misses.coalesced == 0
+        assert misses.budgets.in_flight == {}
