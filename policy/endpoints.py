@@ -23,7 +23,14 @@ An endpoint set's id becomes the row of every route made for it, which the hold 
 
 Skipped rather than refusing the whole download: the other entries and sets are still
 Microsoft's and still verified one by one, refusing them would freeze the policy at an old
-version, and what is skipped is logged, never used.
+version, and what is skipped is logged, never used. The first SHOWN_SKIPPED warnings are
+given, the others counted in one more: a download of skips costs a few lines, not one each.
+
+What the sets in use carry together is bounded too, each bound far above what Microsoft
+publishes: MAX_SETS sets (a traffic class each, with its nft chain and counters), MAX_PREFIXES
+prefixes (a route each on every link, which `breakout.max_entries` does not bound) and
+MAX_NAMES names. A download past one is refused whole, as a structural error is: which sets
+to drop would be a guess, and the policy in use stays.
 """
 
 from __future__ import annotations
@@ -36,6 +43,11 @@ from policy.model import MAX_ROW, TENANT_PREFIX, Policy, Rule
 
 _REQUIRED_KEYS = ("id", "serviceArea", "category", "required", "expressRoute")
 MIN_PREFIX = {4: 10, 6: 32}  # the shortest prefix length taken from the service, by version
+# Several times what Microsoft's worldwide instance carries (about 100 KB in all).
+MAX_SETS = 1000
+MAX_PREFIXES = 4096
+MAX_NAMES = 20_000
+SHOWN_SKIPPED = 20  # warnings given per download; the rest are counted in one more
 # Second-level labels that make a public suffix under a two-letter country code (co.uk).
 PUBLIC_SECOND_LEVEL = frozenset(
     {"ac", "co", "com", "edu", "go", "gob", "gov", "govt", "gv", "ltd", "mil", "ne", "net"}
@@ -80,8 +92,41 @@ def feed_cidr(text: str) -> str:
     return cidr
 
 
+class _Skips:
+    """The warnings of one download: the first SHOWN_SKIPPED kept, the others counted."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.more = 0
+
+    def append(self, warning: str) -> None:
+        if len(self.shown) < SHOWN_SKIPPED:
+            self.shown.append(warning)
+        else:
+            self.more += 1
+
+    def given(self, source: str) -> list[str]:
+        more = [f"{source}: {self.more} more entries skipped"] if self.more else []
+        return self.shown + more
+
+
+def _over_bounds(rules: list[Rule], source: str) -> list[str]:
+    """What the sets in use carry past MAX_SETS, MAX_PREFIXES or MAX_NAMES, as errors."""
+    counts = (
+        ("endpoint sets", len(rules), MAX_SETS),
+        ("prefixes", sum(len(rule.cidrs) for rule in rules), MAX_PREFIXES),
+        ("names", sum(len(rule.patterns) for rule in rules), MAX_NAMES),
+    )
+    return [
+        f"{source}: {count} {what} in the configured categories, more than the {most} taken "
+        "from the service (Microsoft publishes far fewer): refused"
+        for what, count, most in counts
+        if count > most
+    ]
+
+
 def _rule(
-    entry: dict[str, object], row: int, where: str, tenant: str | None, warnings: list[str]
+    entry: dict[str, object], row: int, where: str, tenant: str | None, warnings: _Skips
 ) -> Rule:
     """One endpoint set as a rule; names, prefixes and ports that do not parse become warnings."""
     patterns: dict[str, None] = {}
@@ -155,13 +200,14 @@ def policy_from_endpoints_json(
     Structural problems (not a list, missing keys, wrong types, ids repeated or above
     ``MAX_ROW``) raise PolicyError listing all of them, each as ``<source>: /<index>/<key>:
     ...``. A name, prefix or port that does not parse, or is broader than the bounds above, is
-    skipped with a message appended to ``warnings``. ``<tenant>`` in a name becomes ``tenant``
+    skipped with a message appended to ``warnings`` (the first SHOWN_SKIPPED, then one line
+    counting the others). More than MAX_SETS sets in use, MAX_PREFIXES prefixes or MAX_NAMES
+    names is a structural problem too. ``<tenant>`` in a name becomes ``tenant``
     when one is given (``<tenant>-my.sharepoint.com`` -> ``contoso-my.sharepoint.com``); without
     one ``<tenant>.sharepoint.com`` stays a one-label wildcard and ``<tenant>-my.sharepoint.com``,
     which no label wildcard can express, is skipped with a warning.
     """
-    if warnings is None:
-        warnings = []
+    skips = _Skips()
     if not isinstance(data, list):
         raise PolicyError([f"{source}: /: expected a list of endpoint sets"])
     errors: list[str] = []
@@ -190,11 +236,14 @@ def policy_from_endpoints_json(
         if entry["category"] not in categories:
             continue
         try:
-            rules.append(_rule(entry, set_id, where, tenant, warnings))
+            rules.append(_rule(entry, set_id, where, tenant, skips))
         except ValueError as exc:
             errors.append(str(exc))
+    errors = errors or _over_bounds(rules, source)
     if errors:
         raise PolicyError(errors)
+    if warnings is not None:
+        warnings.extend(skips.given(source))
     return Policy(rules=tuple(rules), source=source, version=version)
 
 

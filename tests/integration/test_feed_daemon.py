@@ -8,6 +8,7 @@ tests allow it)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 import urllib.parse
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from policy.endpoints import MAX_PREFIXES
 from tests.fakeendpoints import SAMPLE, FakeService, serving
 from tests.integration.test_daemon import (
     BUILTIN_RULES,
@@ -253,5 +255,31 @@ def test_a_download_with_an_id_out_of_range_is_refused_naming_the_entry(
         "endpoint web service: endpoints: /5/id: 100000000000 is out of range 1-2147483647 "
         "(an id becomes the row the hold journal keeps for its routes)"
     )
+    assert policy["rules"] == BUILTIN_RULES + SAMPLE_RULES  # nothing changed
+    assert json.loads(path.read_text())["version"] == "2024010100"  # nor what is kept
+
+
+def test_a_download_past_the_bounds_is_refused_and_the_policy_stays(
+    rd: Resolverd, service: str
+) -> None:
+    """A download whose sets carry more prefixes than MAX_PREFIXES (a route each on every
+    link, which breakout.max_entries does not bound) is refused whole, like a structural
+    error: the policy in use and the kept copy stay."""
+    many = [f"10.{i >> 8}.{i & 255}.0/24" for i in range(MAX_PREFIXES + 1)]
+    FakeService.body_for = {"/endpoints/Worldwide": json.dumps([{**SAMPLE[0], "ips": many},
+                                                                *SAMPLE[1:]]).encode()}  # fmt: skip
+    path = start_on(rd, service, json.dumps({"instance": "Worldwide", "version": "2024010100",
+                                             "endpoints": SAMPLE}))  # fmt: skip
+    deadline = time.monotonic() + 10
+    while rd.status()["policy"]["last_error"] is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    policy = rd.status()["policy"]
+    refused = re.fullmatch(
+        r"endpoint web service: endpoints: (\d+) prefixes in the configured categories, more "
+        rf"than the {MAX_PREFIXES} taken from the service \(Microsoft publishes far fewer\): "
+        "refused",
+        str(policy["last_error"]),
+    )
+    assert refused is not None and int(refused[1]) > MAX_PREFIXES, policy["last_error"]
     assert policy["rules"] == BUILTIN_RULES + SAMPLE_RULES  # nothing changed
     assert json.loads(path.read_text())["version"] == "2024010100"  # nor what is kept

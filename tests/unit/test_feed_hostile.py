@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from policy import endpoints
 from policy.endpoints import policy_from_endpoints_json
 from policy.loader import PolicyError
 from resolver.config import load_config
@@ -69,6 +70,52 @@ def test_the_largest_id_taken_is_a_row_the_journal_reads_back() -> None:
     assert loaded.holds["52.96.0.1"].row == LARGEST_ID
     with pytest.raises(PolicyError, match=r"/0/id: 2147483648 is out of range"):
         policy_from_endpoints_json([endpoint_set(LARGEST_ID + 1)], "v", {"Optimize"})
+
+
+# -- what the sets in use carry together, and the warnings of what is skipped ------------------
+
+
+def test_sets_prefixes_and_names_past_their_bounds_refuse_the_download() -> None:
+    def prefixes(n: int) -> list[str]:
+        return [f"10.{i >> 8}.{i & 255}.0/24" for i in range(n)]
+
+    def names(n: int) -> list[str]:
+        return [f"n{i}.office.com" for i in range(n)]
+
+    at_the_bounds = [
+        [endpoint_set(i + 1) for i in range(endpoints.MAX_SETS)],
+        [endpoint_set(1, ips=prefixes(endpoints.MAX_PREFIXES))],
+        [endpoint_set(1, urls=names(endpoints.MAX_NAMES))],
+    ]
+    for feed in at_the_bounds:
+        policy_from_endpoints_json(feed, "v", {"Optimize"}, source="ws")  # taken
+    past = {
+        "endpoint sets": [endpoint_set(i + 1) for i in range(endpoints.MAX_SETS + 1)],
+        "prefixes": [endpoint_set(1, ips=prefixes(endpoints.MAX_PREFIXES // 2 + 1)),
+                     endpoint_set(2, ips=prefixes(endpoints.MAX_PREFIXES // 2))],
+        "names": [endpoint_set(1, urls=names(endpoints.MAX_NAMES + 1))],
+    }  # fmt: skip
+    for what, feed in past.items():
+        count = endpoints.MAX_SETS + 1 if what == "endpoint sets" else None
+        with pytest.raises(PolicyError) as caught:
+            policy_from_endpoints_json(feed, "v", {"Optimize"}, source="ws", warnings=[])
+        [error] = caught.value.errors
+        assert error.startswith(f"ws: {count or ''}".rstrip()), error
+        assert f" {what} in the configured categories, more than the " in error
+        assert error.endswith("taken from the service (Microsoft publishes far fewer): refused")
+    # Sets in a category not configured are not counted: they are not used.
+    others = [endpoint_set(i + 1, category="Default") for i in range(endpoints.MAX_SETS + 1)]
+    assert policy_from_endpoints_json(others, "v", {"Optimize"}).rules == ()
+
+
+def test_a_download_of_skipped_entries_gives_a_few_warnings_and_a_count() -> None:
+    feed = [endpoint_set(1, urls=["outlook.office.com", *(f"*.x{i}" for i in range(5000))])]
+    warnings: list[str] = []
+    policy = policy_from_endpoints_json(feed, "v", {"Optimize"}, source="ws", warnings=warnings)
+    assert policy.rules[0].patterns == ("outlook.office.com",)
+    assert len(warnings) == endpoints.SHOWN_SKIPPED + 1
+    assert warnings[0].startswith("ws: /0/urls/1: '*.x0': ")
+    assert warnings[-1] == f"ws: {5000 - endpoints.SHOWN_SKIPPED} more entries skipped"
 
 
 # -- the kept copy: state_dir/endpoints.json ---------------------------------------------------
