@@ -3,7 +3,8 @@
 The daemon passes a `collect()` callable that returns the current `Metric` list; this module
 renders it on every scrape. ``GET /metrics`` (or ``HEAD``) answers 200; anything else 404, and a
 request that is not HTTP 400. The request head is read with a size and a time limit, and the
-connection is closed after each response.
+connection is closed after each response. At most `max_connections` are open at once, and one
+client (an IPv4 address, an IPv6 /64) holds at most a quarter of them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
+
+from resolver.clients import client_key
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +122,13 @@ class MetricsServer:
         self.address = address
         self.collect = collect
         self.max_connections = max_connections
+        # One client (an IPv4 address, an IPv6 /64) holds at most a quarter of the
+        # connections: idle ones it keeps open cannot shut the scraper out.
+        self.max_per_client = max(1, max_connections // 4)
         self.head_timeout = head_timeout
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._held: dict[bytes, int] = {}  # client -> its connections open
 
     @property
     def port(self) -> int:
@@ -152,11 +159,16 @@ class MetricsServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else ""
+        key = client_key(host) or host.encode()
+        held = self._held.get(key, 0)
         try:
-            if len(self._tasks) >= self.max_connections:
-                log.debug("metrics: too many connections; closing one")
+            if len(self._tasks) >= self.max_connections or held >= self.max_per_client:
+                log.debug("metrics: too many connections (%s has %d); closing one", host, held)
                 return
             self._tasks.add(task)
+            self._held[key] = held + 1
             try:
                 head = await asyncio.wait_for(self._read_head(reader), self.head_timeout)
             except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
@@ -167,7 +179,11 @@ class MetricsServer:
         except ConnectionError as exc:
             log.debug("metrics: connection ended: %s", exc)
         finally:
-            self._tasks.discard(task)
+            if task in self._tasks:
+                self._tasks.discard(task)
+                left = self._held.pop(key, 1) - 1
+                if left > 0:
+                    self._held[key] = left
             writer.close()
             try:
                 await writer.wait_closed()

@@ -139,6 +139,35 @@ def test_oversized_request_head_is_dropped_unanswered() -> None:
     serve(check)
 
 
+def test_idle_connections_of_one_client_cannot_shut_the_scraper_out() -> None:
+    """One client (127.0.0.9) opens every connection the server takes and sends nothing: it
+    gets a quarter of them, the rest are closed at once, and a scrape from another address
+    is answered meanwhile."""
+
+    async def check(server: MetricsServer) -> None:
+        idle = [
+            await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.9", 0))
+            for _ in range(server.max_connections)
+        ]
+        try:
+            share = server.max_connections // 4
+            for i, (reader, _) in enumerate(idle):
+                try:
+                    data = await asyncio.wait_for(reader.read(), 0.3)
+                except TimeoutError:
+                    data = None  # still open, waiting for its request
+                except ConnectionResetError:
+                    data = b""
+                assert (data is None) == (i < share), i
+            response = await exchange(server.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert response.startswith(b"HTTP/1.1 200 OK\r\n"), response
+        finally:
+            for _, writer in idle:
+                writer.close()
+
+    serve(check)
+
+
 def test_slow_client_is_cut_off() -> None:
     async def check(server: MetricsServer) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
