@@ -65,7 +65,7 @@ class Accounting:
         self.element_errors = 0
         self._read_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._queued: list[CountItem] = []
+        self._queued: dict[bytes, CountItem] = {}  # address -> its newest item (bounded by them)
         self._timer: asyncio.TimerHandle | None = None
         self._setup_lock = asyncio.Lock()
         self._unready = False  # the rows may name classes the next setup makes: elements wait
@@ -181,7 +181,9 @@ class Accounting:
         COUNT_DELAY (longer with many held: SPACING_PER_HELD)."""
         if not self.counting or self.nfnl is None or self.layout is None:
             return
-        self._queued.extend(items)
+        queued = self._queued
+        for item in items:
+            queued[item[1]] = item
         if self.count_delay <= 0 or self.loop is None:
             self.send_counted()
         elif self._timer is None:
@@ -192,12 +194,12 @@ class Accounting:
         self._timer = None
         if self._unready:
             return  # `_setup` sends them
-        items, self._queued = self._queued, []
+        items, self._queued = self._queued, {}
         if not self.counting or self.nfnl is None or self.layout is None:
             return
         fresh: dict[int, list[tuple[bytes, TrafficClass, int]]] = {4: [], 6: []}
         counted, rows, layout = self.counted, self.rows, self.layout
-        for family, packed, timeout, row in items:
+        for family, packed, timeout, row in items.values():
             cls = rows.get(row)
             if cls is None:
                 continue
@@ -216,8 +218,8 @@ class Accounting:
             return
         items = list(items)
         if self._queued and self._unready:  # not sent yet: it must not be, after this
-            going = {packed for _, packed in items}
-            self._queued = [item for item in self._queued if item[1] not in going]
+            for _, packed in items:
+                self._queued.pop(packed, None)
         elif self._queued:
             self.send_counted()  # an element queued now must not outlive its release
         gone: dict[int, list[bytes]] = {4: [], 6: []}

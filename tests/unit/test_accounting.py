@@ -135,6 +135,25 @@ def test_elements_wait_longer_as_the_held_grow() -> None:
     assert timers.later[0][0] == pytest.approx(30_002 * 1.5e-6)
 
 
+def test_what_waits_for_a_setup_is_one_item_per_address() -> None:
+    """While a setup runs (its chains not made yet) nothing goes out; an address counted again
+    and again meanwhile waits as one item, its newest, so what waits is bounded by the
+    addresses held however long the setup takes, and goes out once in the end."""
+    acc, channel = counting()
+    acc._unready = True
+    addresses = [bytes([203, 0, 113, i]) for i in range(100)]
+    for _ in range(1000):
+        acc.count([(4, a, 300, 1) for a in addresses])
+    acc.count([(4, addresses[0], 600, 2)])  # the newest: another row, a longer timeout
+    acc.release([(4, addresses[1])])  # released before it ever went out
+    assert channel.sent == [] and len(acc._queued) == 99
+    acc._unready = False
+    acc.send_counted()
+    assert channel.kinds() == [[nftables.NFT_MSG_NEWSETELEM]]  # one transaction for all
+    assert acc.counted == {a: ROWS[2] if a == addresses[0] else ROWS[1]
+                           for a in addresses if a != addresses[1]}  # fmt: skip
+
+
 def test_refused_elements_are_counted_not_raised() -> None:
     acc, _ = counting()
     acc._settled([0, 17, 0])  # EEXIST inside a transaction
