@@ -31,6 +31,7 @@ from resolver.dns.tagging import NameMatcher
 from resolver.dns.upstream import Upstream, UpstreamSet
 from resolver.dns.zones import Zones
 from resolver.hooks import Tagged
+from resolver.logsetup import REPEATS
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class Forwarder:
         try:
             joined_layout = replies.scan_reply(joined)
         except wire.WireError as err:  # our own assembly: a bug, but never worth a SERVFAIL
-            log.warning("spliced answer for %s does not walk: %s", qname, err)
+            log.warning("spliced answer for %s does not walk: %s", qname, err, extra=REPEATS)
             return resolved
         self.spliced += 1
         first = resolved.origin

@@ -30,6 +30,7 @@ from resolver.dns.ratelimit import Budgets
 from resolver.dns.resolution import Resolution
 from resolver.dns.tagging import NameMatcher, tag
 from resolver.hooks import BreakoutHook, Pending, Tagged, iter_packed
+from resolver.logsetup import REPEATS
 
 log = logging.getLogger("resolver.dns.handler")
 
@@ -127,7 +128,7 @@ class Misses:
             return self.hook.on_answer(tagged, ttl, client, installed)
         except Exception:
             self.counts.values["hook_errors"] += 1
-            log.exception("breakout hook failed for %s", tagged.qname)
+            log.exception("breakout hook failed for %s", tagged.qname, extra=REPEATS)
             return None
 
     def _resolved(self, res: Resolution, resolved: Resolved | None) -> None:
@@ -150,7 +151,7 @@ class Misses:
                 else:
                     self.counts.values["routes_deferred"] += 1
         except Exception:
-            log.exception("internal error while resolving; answering SERVFAIL")
+            log.exception("internal error while resolving; answering SERVFAIL", extra=REPEATS)
             entry = None
         self.budgets.done_query(charged)
         do = res.do

@@ -39,6 +39,7 @@ from resolver.dns.forwarder import Fallback, Forwarder, Resolved
 from resolver.dns.query import Query
 from resolver.dns.tagging import NameMatcher
 from resolver.dns.upstream import Upstream, UpstreamSet
+from resolver.logsetup import REPEATS
 
 log = logging.getLogger("resolver.dns.handler")
 
@@ -118,7 +119,7 @@ class Resolution:
             )
             self._ask(chosen)
         except Exception:
-            log.exception(CRASHED)
+            log.exception(CRASHED, extra=REPEATS)
             self._crashed()
 
     def cancel(self) -> None:
@@ -133,7 +134,7 @@ class Resolution:
         try:
             self._udp_reply(reply)
         except Exception:
-            log.exception(CRASHED)
+            log.exception(CRASHED, extra=REPEATS)
             self._crashed()
 
     def _tcp_done(self, task: asyncio.Task[Reply | None]) -> None:
@@ -152,7 +153,7 @@ class Resolution:
             else:
                 self._graded(reply)
         except Exception:
-            log.exception(CRASHED)
+            log.exception(CRASHED, extra=REPEATS)
             self._crashed()
 
     def _resend(self) -> None:
@@ -163,7 +164,7 @@ class Resolution:
         try:
             self._next()
         except Exception:
-            log.exception(CRASHED)
+            log.exception(CRASHED, extra=REPEATS)
             self._crashed()
 
     def _give_up_set(self) -> None:
@@ -174,7 +175,7 @@ class Resolution:
         try:
             self._set_failed()
         except Exception:
-            log.exception(CRASHED)
+            log.exception(CRASHED, extra=REPEATS)
             self._crashed()
 
     # -- the steps -----------------------------------------------------------------------------
@@ -206,7 +207,7 @@ class Resolution:
             )
         except OSError as err:
             up.stats["errors"] += 1
-            log.warning("cannot query upstream %s: %s", up.text, err.strerror or err)
+            log.warning("cannot query upstream %s: %s", up.text, err.strerror or err, extra=REPEATS)
             if err.errno in SHORTAGE:
                 self.attempt = loop.call_soon(self._give_up_set)
                 return

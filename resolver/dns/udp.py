@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from resolver import fdwatch
 from resolver.dns.mmsg import BATCH, MAX_QUERY, REPLY_SLOT, UNUSABLE, Batches
 from resolver.dns.query import Conn
+from resolver.logsetup import REPEATS
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class UdpListener:
             return self.handler.handle(data, addr, self)
         except Exception:
             self.errors += 1
-            log.exception("UDP query from %s: the handler failed", addr[0])
+            log.exception("UDP query from %s: the handler failed", addr[0], extra=REPEATS)
             return None
 
     def send(self, data: bytes, addr: Any) -> None:

@@ -1,5 +1,6 @@
 """The daemon under a flood that fails every query the same way logs a few lines, not one per
-query (resolver/logsetup.py). The real daemon as a process, on loopback; no root.
+query (resolver/logsetup.py). The real daemon as a process, and the server in process (where
+the compiled build's modules log without source lines), on loopback; no root.
 
 Here the failure is the one a flood itself can cause: the daemon's open-file limit is too low
 to raise (a hard limit of 40) and its upstream never answers, so the upstream sockets pile up
@@ -9,6 +10,9 @@ warnings.
 
 from __future__ import annotations
 
+import errno
+import io
+import logging
 import os
 import resource
 import socket
@@ -22,6 +26,7 @@ import pytest
 from dnslib import DNSRecord
 
 from resolver import logsetup
+from tests.integration.conftest import DnsEnv, RecordingHook, StubMatcher, query_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +93,59 @@ def test_a_flood_that_fails_every_query_logs_a_few_lines(
     assert 1 <= len(failed) <= logsetup.BURST, text
     assert failed[-1].endswith("are left out and counted)"), text
     assert len(text.splitlines()) < 30, text
+
+
+class FailingHook(RecordingHook):
+    def on_answer(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the hook")
+
+
+class Refusing:
+    """An upstream transport whose socket cannot be made: every query fails with EMFILE."""
+
+    def udp(self, *args: object) -> Refusing:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async def tcp(self, *args: object) -> None:
+        raise AssertionError("no TCP here")
+
+    def cancel(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def daemon_log() -> Iterator[io.StringIO]:
+    """The daemon's log handler on a buffer; the root logger given back as it was."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out = io.StringIO()
+    logsetup.start(out)
+    root.setLevel(logging.INFO)
+    try:
+        yield out
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level)
+
+
+async def test_a_flood_of_one_failure_leaves_room_for_another(daemon_log: io.StringIO) -> None:
+    """Each call site has its own cap, on both builds: 20 queries failing with EMFILE give
+    BURST lines, and a hook failure after them is still logged."""
+    matcher = StubMatcher({"www.example.test": 1})
+    async with DnsEnv(hook=FailingHook(), matcher=matcher) as env:
+        forwarder = env.srv.handler.misses.forwarder
+        working, forwarder.default.transport = forwarder.default.transport, Refusing()
+        for i in range(20):
+            await env.udp(query_bytes(f"n{i}.example.test"), timeout=0.5)
+        forwarder.default.transport = working
+        await env.ask("www.example.test")  # tagged: the hook fails, a line of its own
+    text = daemon_log.getvalue()
+    failed = [line for line in text.splitlines() if "cannot query upstream" in line]
+    assert len(failed) == logsetup.BURST, text
+    assert "ERROR resolver.dns.handler: breakout hook failed for www.example.test" in text, text

@@ -1,16 +1,19 @@
-"""The daemon's log lines (resolver/logsetup.py): the lines a peer can repeat are capped per
-source line, with what was left out said, and nothing else is touched."""
+"""The daemon's log lines (resolver/logsetup.py): the lines a peer can repeat (marked REPEATS)
+are capped per call site (logger and message template), with what was left out said, and
+nothing else is touched."""
 
 from __future__ import annotations
 
 import io
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from resolver import logsetup
-from resolver.logsetup import FloodFilter
+from resolver.logsetup import REPEATS, FloodFilter
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +53,7 @@ def installed(root: logging.Logger, clock: Clock, burst: int = 3) -> io.StringIO
 
 
 def per_packet(log: logging.Logger, i: int) -> None:
-    log.warning("upstream %s: cannot be asked", i)  # one source line, many records
+    log.warning("upstream %s: cannot be asked", i, extra=REPEATS)  # one call site
 
 
 def test_a_repeated_line_is_capped_and_what_was_left_out_is_said(root: logging.Logger) -> None:
@@ -84,7 +87,7 @@ def test_a_repeated_line_is_capped_and_what_was_left_out_is_said(root: logging.L
     )
 
 
-def test_each_source_line_has_its_own_cap_and_tracebacks_are_kept(root: logging.Logger) -> None:
+def test_each_call_site_has_its_own_cap_and_tracebacks_are_kept(root: logging.Logger) -> None:
     clock = Clock()
     out = installed(root, clock, burst=2)
     log = logging.getLogger("resolver.dns.udp")
@@ -93,7 +96,7 @@ def test_each_source_line_has_its_own_cap_and_tracebacks_are_kept(root: logging.
         try:
             raise RuntimeError("a bug in the handler")
         except RuntimeError:
-            log.exception("UDP query from %s: the handler failed", "192.0.2.1")
+            log.exception("UDP query from %s: the handler failed", "192.0.2.1", extra=REPEATS)
     text = out.getvalue()
     assert text.count("cannot be asked") == 2
     assert text.count("the handler failed") == 2
@@ -101,13 +104,61 @@ def test_each_source_line_has_its_own_cap_and_tracebacks_are_kept(root: logging.
     assert text.count("RuntimeError: a bug in the handler") == 2
 
 
-def test_other_loggers_pass_untouched(root: logging.Logger) -> None:
+def test_a_call_site_is_its_template_not_its_source_line(root: logging.Logger) -> None:
+    """Compiled (mypyc) code has no frames: logging gives every record of a compiled module
+    the same caller. Two templates from one source line are two call sites; one template
+    from two loggers is two as well."""
     clock = Clock()
     out = installed(root, clock, burst=2)
-    for name in ("resolverd", "resolver.net.errors", "resolver.dnsx", "policy"):
+    for i in range(6):
+        for name in ("resolver.dns.misses", "resolver.dns.udp"):
+            template = ("hook failed for %s", "cannot query %s")[i % 2]
+            logging.getLogger(name).warning(template, i, extra=REPEATS)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 8  # 2 loggers x 2 templates x burst 2
+    assert sum("hook failed" in line for line in lines) == 4
+
+
+def test_lines_not_marked_pass_untouched(root: logging.Logger) -> None:
+    """State changes and `log_level: debug`'s line per query are not a peer's to repeat."""
+    clock = Clock()
+    out = installed(root, clock, burst=2)
+    root.setLevel(logging.DEBUG)
+    for name in ("resolver.dns.handler", "resolver.dns.upstream", "resolverd", "policy"):
         log = logging.getLogger(name)
         for i in range(10):
-            per_packet(log, i)
+            log.warning("upstream %s failed 3 times in a row", i)
+            log.debug("query %s", i)
     lines = out.getvalue().splitlines()
-    assert len(lines) == 40
-    assert all(line.endswith("cannot be asked") for line in lines)
+    assert len(lines) == 80
+    assert not any("left out" in line for line in lines)
+
+
+def test_threads_logging_at_once_get_the_burst_and_no_more(root: logging.Logger) -> None:
+    """The filter runs before the handler takes its lock: without one of its own, two threads
+    could both pass the last place of a burst (seen here without it: 10 lines for a burst of
+    5, in about one run of this test in three)."""
+    log = logging.getLogger("resolver.dns.resolution")
+    most = 0
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # a switch between any two bytecodes, as often as it can
+    try:
+        for _ in range(200):
+            out = io.StringIO()
+            logsetup.start(out, burst=5, interval=1000.0)  # the real clock
+            start = threading.Barrier(8)
+            threads = [threading.Thread(target=_flood, args=(start, log)) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            most = max(most, len(out.getvalue().splitlines()))
+    finally:
+        sys.setswitchinterval(interval)
+    assert most == 5
+
+
+def _flood(start: threading.Barrier, log: logging.Logger) -> None:
+    start.wait()
+    for i in range(50):
+        per_packet(log, i)
