@@ -1,9 +1,9 @@
 """The miss path (step 4 of `handler`'s docstring): questions asked of the upstreams.
 
 `Misses` owns what a miss needs and nothing else does: the questions in flight and the clients
-waiting for each (coalescing: at most MAX_WAITERS per question, WAITS_PER_CLIENT of them for
-one client while the budgets are on, and `max_pending` in all, each charged to its client's
-share of the table like a question of its own), the clients' budgets, the
+waiting for each (coalescing: at most MAX_WAITERS per question, and `max_pending` in all, each
+charged to its client's share of the table like a question of its own, and of the question's
+places: `ratelimit.WAITS_PER_QUESTION`), the clients' budgets, the
 forwarder, and the replies waiting for the kernel. A miss is charged to its client's budgets,
 resolved by a `resolution.Resolution` (a state machine moved on by socket, timer and hook
 callbacks: no task and no future per miss), then cached and tagged here (`_resolved`), and
@@ -35,7 +35,6 @@ from resolver.logsetup import REPEATS
 log = logging.getLogger("resolver.dns.handler")
 
 MAX_WAITERS = 256  # clients waiting for one coalesced question
-WAITS_PER_CLIENT = MAX_WAITERS // 8  # one client's share of those places (budgets on)
 DEFERRED = b""  # handle(): the reply will come through conn.send
 DRAIN_POLL = 0.01  # seconds between looks while draining (shutdown only)
 
@@ -85,10 +84,10 @@ class Misses:
         if res is not None:
             if len(res.waiters) >= MAX_WAITERS or self.coalesced >= self.max_pending:
                 return self._full(q)
-            budgets, charged = self.budgets, charge_of(q)
+            charged = charge_of(q)
             mine = (key, charged)
-            held = self.waits.get(mine, 0)
-            if (held >= WAITS_PER_CLIENT and budgets.on) or not budgets.take_wait(charged):
+            held = self.waits.get(mine, 0)  # its waits there, and its own ask if it asked
+            if not self.budgets.take_wait(charged, held + (charged == res.charged)):
                 return self._ratelimited(q)
             self.waits[mine] = held + 1
             res.waiters.append(q)

@@ -4,7 +4,8 @@ A client is `clients.client_key`: an IPv4 address, or an IPv6 /64. Cached answer
 and are never limited. A cache miss costs an upstream query: each client has a token bucket of
 `qps` a second (at most `burst` saved up) and may hold at most `share` of the pending table in
 flight, counting its questions asked upstream and its waits for a question another client
-asked (coalesced: no query of its own, but a place in the table all the same). A tagged answer
+asked (coalesced: no query of its own, but a place in the table all the same), and of one
+question's waiting places at most WAITS_PER_QUESTION, its own ask included. A tagged answer
 fetched from upstream costs its addresses in route tokens (`routes` a second, twice that saved
 up). What the handler does with a refusal is its business (TC over UDP, SERVFAIL over TCP; no
 route for this answer).
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 
 DEFAULT_MAX_CLIENTS = 65_536
+WAITS_PER_QUESTION = 32  # of a question's waiting places (misses.MAX_WAITERS: 256), per client
 
 
 class TokenBucket:
@@ -94,11 +96,12 @@ class Budgets:
         self.in_flight[client] = held + 1
         return True
 
-    def take_wait(self, client: bytes) -> bool:
-        """`client` waits for a question in flight for another: True when it may (then it
-        must call `done_query` when its answer is sent)."""
+    def take_wait(self, client: bytes, on_question: int = 0) -> bool:
+        """`client`, which holds `on_question` places of a question in flight already (its
+        ask included), waits for it too: True when it may (then it must call `done_query`
+        when its answer is sent)."""
         held = self.in_flight.get(client, 0)
-        if self.on and held >= self.max_in_flight:
+        if self.on and (held >= self.max_in_flight or on_question >= WAITS_PER_QUESTION):
             return False
         self.in_flight[client] = held + 1
         return True

@@ -14,8 +14,9 @@ import pytest
 
 from resolver.dns import wire
 from resolver.dns.exchange import Reply
-from resolver.dns.misses import WAITS_PER_CLIENT, Misses
+from resolver.dns.misses import Misses
 from resolver.dns.query import Query
+from resolver.dns.ratelimit import WAITS_PER_QUESTION
 from tests.integration.conftest import DnsEnv, query_bytes
 
 pytestmark = pytest.mark.integration
@@ -116,23 +117,28 @@ async def test_one_client_holds_at_most_its_share_of_a_questions_waiting_places(
     budgets_on: bool,
 ) -> None:
     """A question in flight takes MAX_WAITERS waiting clients; one client (the shipped
-    budgets) may hold WAITS_PER_CLIENT of them, so that it cannot fill them and leave every
-    other client asking that name a SERVFAIL. With the budgets off (qps 0), no share."""
+    budgets) may hold WAITS_PER_QUESTION of them, its own ask included, so that it cannot fill
+    them and leave every other client asking that name a SERVFAIL. With the budgets off (qps
+    0), no share."""
     shipped = {"qps": 20_000.0, "burst": 40_000, "share": 0.5}  # README's defaults
     async with DnsEnv(ratelimit=shipped if budgets_on else {"qps": 0}) as env:
         misses = env.srv.handler.misses
         misses.forwarder.default.transport = Silent()
-        flood, other = "192.0.2.7", "192.0.2.8"
-        assert query(misses, "n1.example.test", flood) == b""  # asks upstream
-        waits = [query(misses, "n1.example.test", flood) for _ in range(WAITS_PER_CLIENT + 9)]
+        flood, other, third = "192.0.2.7", "192.0.2.8", "192.0.2.9"
+        assert query(misses, "n1.example.test", other) == b""  # asks upstream
+        waits = [query(misses, "n1.example.test", flood) for _ in range(WAITS_PER_QUESTION + 9)]
+        mine = [query(misses, "n1.example.test", other) for _ in range(WAITS_PER_QUESTION)]
         if budgets_on:
-            assert waits[:WAITS_PER_CLIENT] == [b""] * WAITS_PER_CLIENT
-            assert [outcome(r) for r in waits[WAITS_PER_CLIENT:]] == ["tc"] * 9
-            assert env.counters["ratelimited"] == 9
+            assert waits[:WAITS_PER_QUESTION] == [b""] * WAITS_PER_QUESTION
+            assert [outcome(r) for r in waits[WAITS_PER_QUESTION:]] == ["tc"] * 9
+            # The asker's own ask is one of its places: 31 more waits, then over.
+            assert mine[: WAITS_PER_QUESTION - 1] == [b""] * (WAITS_PER_QUESTION - 1)
+            assert outcome(mine[-1]) == "tc"
+            assert env.counters["ratelimited"] == 10
         else:
-            assert waits == [b""] * (WAITS_PER_CLIENT + 9)
+            assert waits + mine == [b""] * (2 * WAITS_PER_QUESTION + 9)
         assert query(misses, "n2.example.test", flood) == b""  # another question: its own
-        assert query(misses, "n1.example.test", other) == b""  # another client: its own
+        assert query(misses, "n1.example.test", third) == b""  # another client: its own
         await misses.drain(0.0)
         assert misses.waits == {} and misses.coalesced == 0
         assert misses.budgets.in_flight == {}
