@@ -111,11 +111,12 @@ class _Skips:
 
 
 def _over_bounds(rules: list[Rule], source: str) -> list[str]:
-    """What the sets in use carry past MAX_SETS, MAX_PREFIXES or MAX_NAMES, as errors."""
+    """What the sets in use carry past MAX_SETS, MAX_PREFIXES or MAX_NAMES (each prefix and
+    name counted once, however many sets list it), as errors."""
     counts = (
         ("endpoint sets", len(rules), MAX_SETS),
-        ("prefixes", sum(len(rule.cidrs) for rule in rules), MAX_PREFIXES),
-        ("names", sum(len(rule.patterns) for rule in rules), MAX_NAMES),
+        ("prefixes", len({cidr for rule in rules for cidr in rule.cidrs}), MAX_PREFIXES),
+        ("names", len({name for rule in rules for name in rule.patterns}), MAX_NAMES),
     )
     return [
         f"{source}: {count} {what} in the configured categories, more than the {most} taken "
@@ -239,11 +240,11 @@ def policy_from_endpoints_json(
             rules.append(_rule(entry, set_id, where, tenant, skips))
         except ValueError as exc:
             errors.append(str(exc))
+    if warnings is not None:
+        warnings.extend(skips.given(source))
     errors = errors or _over_bounds(rules, source)
     if errors:
         raise PolicyError(errors)
-    if warnings is not None:
-        warnings.extend(skips.given(source))
     return Policy(rules=tuple(rules), source=source, version=version)
 
 

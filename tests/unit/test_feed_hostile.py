@@ -76,33 +76,38 @@ def test_the_largest_id_taken_is_a_row_the_journal_reads_back() -> None:
 
 
 def test_sets_prefixes_and_names_past_their_bounds_refuse_the_download() -> None:
-    def prefixes(n: int) -> list[str]:
-        return [f"10.{i >> 8}.{i & 255}.0/24" for i in range(n)]
+    def prefixes(first: int, n: int) -> list[str]:
+        return [f"10.{i >> 8}.{i & 255}.0/24" for i in range(first, first + n)]
 
     def names(n: int) -> list[str]:
         return [f"n{i}.office.com" for i in range(n)]
 
+    half = endpoints.MAX_PREFIXES // 2
     at_the_bounds = [
         [endpoint_set(i + 1) for i in range(endpoints.MAX_SETS)],
-        [endpoint_set(1, ips=prefixes(endpoints.MAX_PREFIXES))],
+        [endpoint_set(1, ips=prefixes(0, endpoints.MAX_PREFIXES))],
         [endpoint_set(1, urls=names(endpoints.MAX_NAMES))],
+        # Listed by two sets, a prefix is one route: counted once.
+        [endpoint_set(1, ips=prefixes(0, half + 1)), endpoint_set(2, ips=prefixes(0, half + 1))],
     ]
     for feed in at_the_bounds:
         policy_from_endpoints_json(feed, "v", {"Optimize"}, source="ws")  # taken
     past = {
         "endpoint sets": [endpoint_set(i + 1) for i in range(endpoints.MAX_SETS + 1)],
-        "prefixes": [endpoint_set(1, ips=prefixes(endpoints.MAX_PREFIXES // 2 + 1)),
-                     endpoint_set(2, ips=prefixes(endpoints.MAX_PREFIXES // 2))],
+        "prefixes": [endpoint_set(1, ips=prefixes(0, half + 1)),
+                     endpoint_set(2, ips=prefixes(half + 1, half))],
         "names": [endpoint_set(1, urls=names(endpoints.MAX_NAMES + 1))],
     }  # fmt: skip
+    bound = {"endpoint sets": endpoints.MAX_SETS, "prefixes": endpoints.MAX_PREFIXES,
+             "names": endpoints.MAX_NAMES}  # fmt: skip
     for what, feed in past.items():
-        count = endpoints.MAX_SETS + 1 if what == "endpoint sets" else None
+        warnings: list[str] = []
         with pytest.raises(PolicyError) as caught:
-            policy_from_endpoints_json(feed, "v", {"Optimize"}, source="ws", warnings=[])
-        [error] = caught.value.errors
-        assert error.startswith(f"ws: {count or ''}".rstrip()), error
-        assert f" {what} in the configured categories, more than the " in error
-        assert error.endswith("taken from the service (Microsoft publishes far fewer): refused")
+            policy_from_endpoints_json(feed, "v", {"Optimize"}, source="ws", warnings=warnings)
+        assert caught.value.errors == [
+            f"ws: {bound[what] + 1} {what} in the configured categories, more than the "
+            f"{bound[what]} taken from the service (Microsoft publishes far fewer): refused"
+        ]
     # Sets in a category not configured are not counted: they are not used.
     others = [endpoint_set(i + 1, category="Default") for i in range(endpoints.MAX_SETS + 1)]
     assert policy_from_endpoints_json(others, "v", {"Optimize"}).rules == ()
@@ -116,6 +121,11 @@ def test_a_download_of_skipped_entries_gives_a_few_warnings_and_a_count() -> Non
     assert len(warnings) == endpoints.SHOWN_SKIPPED + 1
     assert warnings[0].startswith("ws: /0/urls/1: '*.x0': ")
     assert warnings[-1] == f"ws: {5000 - endpoints.SHOWN_SKIPPED} more entries skipped"
+    # A download refused for another reason still gives its warnings, as before.
+    warnings = []
+    with pytest.raises(PolicyError):
+        policy_from_endpoints_json([*feed, endpoint_set(1)], "v", {"Optimize"}, warnings=warnings)
+    assert len(warnings) == endpoints.SHOWN_SKIPPED + 1
 
 
 # -- the kept copy: state_dir/endpoints.json ---------------------------------------------------
