@@ -40,6 +40,13 @@ def client_key(host: str) -> bytes | None:
     return packed[:8]
 
 
+def charge_key(host: str) -> bytes:
+    """Who is charged for `host`'s share of a limit: its `client_key`, or for a peer that is no
+    address (which the sockets never give) its own text."""
+    key = client_key(host)
+    return host.encode() if key is None else key
+
+
 def client_text(key: bytes) -> str:
     """A `client_key` as text: ``192.0.2.7`` or ``2001:db8:1:2::/64``."""
     if len(key) == 4:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
-from resolver.clients import client_key
+from resolver.clients import charge_key
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class MetricsServer:
         assert task is not None
         peer = writer.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else ""
-        key = client_key(host) or host.encode()
+        key = charge_key(host)
         held = self._held.get(key, 0)
         try:
             if len(self._tasks) >= self.max_connections or held >= self.max_per_client:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from resolver.clients import client_key
+from resolver.clients import charge_key
 from resolver.dns import wire
 from resolver.dns.cache import Cache, Entry, build_entry, shared_int
 from resolver.dns.counts import Counts
@@ -40,11 +40,8 @@ DRAIN_POLL = 0.01  # seconds between looks while draining (shutdown only)
 
 
 def charge_of(q: Query) -> bytes:
-    """Whose budgets `q` is charged to (`clients.client_key`; the host text for a peer that is
-    no address, which the sockets never give)."""
-    host = q.client
-    key = client_key(host)
-    return host.encode() if key is None else key
+    """Whose budgets `q` is charged to (`clients.charge_key`)."""
+    return charge_key(q.client)
 
 
 class Misses:
