@@ -150,6 +150,10 @@ def test_what_waits_for_a_setup_is_one_item_per_address() -> None:
     acc._unready = False
     acc.send_counted()
     assert channel.kinds() == [[nftables.NFT_MSG_NEWSETELEM]]  # one transaction for all
+    [(_, _, body)] = channel.sent[0][1:-1]
+    # NFTA_SET_ELEM_TIMEOUT, ms, big-endian: the newest item's for its address, 300 s for 98.
+    assert body.count((600_000).to_bytes(8, "big")) == 1
+    assert body.count((300_000).to_bytes(8, "big")) == 98
     assert acc.counted == {a: ROWS[2] if a == addresses[0] else ROWS[1]
                            for a in addresses if a != addresses[1]}  # fmt: skip
 
