@@ -73,6 +73,7 @@ class TcpStatus(TypedDict):
     stalled_closed: int
     oversized: int
     backlog_closed: int
+    errors: int  # queries the handler failed on (each logged; the connection goes on)
 
 
 class DnsStatus(TypedDict):

@@ -44,6 +44,7 @@ from typing import Any, cast
 
 from resolver import clients
 from resolver.dns.handler import Handler
+from resolver.logsetup import REPEATS
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ PER_CLIENT_SHARE = 8  # a client may hold max_connections / PER_CLIENT_SHARE con
 EVICT_SCAN = 64  # connections looked at for one to evict
 COUNTERS = (
     "rejected", "evicted", "client_evicted", "slow_closed", "idle_closed", "stalled_closed",
-    "oversized", "backlog_closed",
+    "oversized", "backlog_closed", "errors",
 )  # fmt: skip
 
 
@@ -215,7 +216,12 @@ class TcpConnection(asyncio.Protocol):
             message = bytes(buf[2 : size + 2])
             del buf[: size + 2]
             done = True
-            reply = handle(message, peer, self)
+            try:
+                reply = handle(message, peer, self)
+            except Exception:  # a bug: this query gets no reply, the connection goes on
+                self.server.counters["errors"] += 1
+                log.exception("TCP query from %s: the handler failed", self.client, extra=REPEATS)
+                reply = None
             if reply:
                 self._write(reply)
             elif reply is not None:

@@ -61,7 +61,7 @@ PINNED = [
     "udp", "udp.send_dropped", "udp.errors",
     "tcp", "tcp.connections", "tcp.rejected", "tcp.evicted", "tcp.client_evicted",
     "tcp.slow_closed", "tcp.idle_closed", "tcp.stalled_closed", "tcp.oversized",
-    "tcp.backlog_closed",
+    "tcp.backlog_closed", "tcp.errors",
     "policy", "policy.source", "policy.version", "policy.rules", "policy.last_check",
     "policy.last_error", "policy.next_check",
     "breakout", "breakout.interface", "breakout.link_up", "breakout.table", "breakout.routes_v4",

@@ -1,0 +1,96 @@
+"""A query the handler fails on (a bug) over TCP: that query gets no reply, is counted and
+logged (capped, resolver/logsetup.py), and its connection and the others go on. On loopback,
+with a handler that fails on b"boom"; no root."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import struct
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from resolver import logsetup
+from resolver.dns.tcp import TcpServer
+
+pytestmark = pytest.mark.integration
+
+
+class Echo:
+    """A handler that answers each message with its own bytes, and fails on b"boom"."""
+
+    def handle(self, data: bytes, addr: Any, conn: Any) -> bytes | None:
+        if data == b"boom":
+            raise RuntimeError("a bug in the handler")
+        return b"re:" + data
+
+
+def framed(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+@pytest.fixture
+def daemon_log() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out = io.StringIO()
+    logsetup.start(out)
+    try:
+        yield out
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[TcpServer, int]]:
+    tcp = TcpServer(Echo(), 10.0, 64)  # type: ignore[arg-type]
+    server = await asyncio.get_running_loop().create_server(tcp.protocol, "127.0.0.1", 0)
+    try:
+        yield tcp, server.sockets[0].getsockname()[1]
+    finally:
+        tcp.close_all()
+        server.close()
+        await server.wait_closed()
+
+
+async def ask(port: int, *messages: bytes) -> list[bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"".join(framed(m) for m in messages))
+        await writer.drain()
+        replies = []
+        async with asyncio.timeout(2):
+            for _ in range(sum(m != b"boom" for m in messages)):
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+                replies.append(await reader.readexactly(size))
+        return replies
+    finally:
+        writer.close()
+
+
+async def test_the_failing_query_costs_only_itself(
+    served: tuple[TcpServer, int], daemon_log: io.StringIO
+) -> None:
+    tcp, port = served
+    assert await ask(port, b"one", b"boom", b"two") == [b"re:one", b"re:two"]
+    assert tcp.stats()["errors"] == 1
+    assert "ERROR resolver.dns.tcp: TCP query from 127.0.0.1: the handler failed" in (
+        daemon_log.getvalue()
+    )
+
+
+async def test_a_client_repeating_it_costs_the_log_a_few_lines(
+    served: tuple[TcpServer, int], daemon_log: io.StringIO
+) -> None:
+    tcp, port = served
+    for _ in range(20):  # a new connection each time, as a client retrying would
+        assert await ask(port, b"boom", b"ok") == [b"re:ok"]
+    assert tcp.stats()["errors"] == 20
+    assert daemon_log.getvalue().count("the handler failed") == logsetup.BURST
