@@ -8,15 +8,16 @@ suite. The namespace tier, whose scenarios take up to a minute on their own (tes
 test_crash.py), gets TIER_LIMITS' longer default; the tiers that run long by design (fuzz, bench,
 soak, package) have no default limit. A test that sets `@pytest.mark.timeout(...)` keeps its own.
 
-The owners' fixtures (tests/owners.py: the breakout's owners over an in-memory kernel) are
-registered here, for any tier.
+The owners' fixtures (tests/owners.py: the breakout's owners over an in-memory kernel) and the
+log fixtures (tests/logfixtures.py: the root logger given back, the daemon's log on a buffer)
+are registered here, for any tier.
 """
 
 from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.owners"]
+pytest_plugins = ["tests.owners", "tests.logfixtures"]
 
 # Seconds a test of the tier may take when not the `timeout` of pyproject.toml (0: no limit).
 TIER_LIMITS = {"netns": 300, "fuzz": 0, "bench": 0, "soak": 0, "package": 0}

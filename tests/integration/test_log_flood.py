@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import io
-import logging
 import os
 import resource
 import socket
@@ -114,24 +113,6 @@ class Refusing:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture
-def daemon_log() -> Iterator[io.StringIO]:
-    """The daemon's log handler on a buffer; the root logger given back as it was."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    out = io.StringIO()
-    logsetup.start(out)
-    root.setLevel(logging.INFO)
-    try:
-        yield out
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in handlers:
-            root.addHandler(h)
-        root.setLevel(level)
 
 
 async def test_a_flood_of_one_failure_leaves_room_for_another(daemon_log: io.StringIO) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,22 +29,6 @@ class Echo:
 
 def framed(data: bytes) -> bytes:
     return struct.pack("!H", len(data)) + data
-
-
-@pytest.fixture
-def daemon_log() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    out = io.StringIO()
-    logsetup.start(out)
-    try:
-        yield out
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in handlers:
-            root.addHandler(h)
-        root.setLevel(level)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import io
 import logging
 import sys
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -26,29 +25,14 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def root() -> Iterator[logging.Logger]:
-    """The root logger, given back as it was."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield root
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in handlers:
-            root.addHandler(h)
-        root.setLevel(level)
-
-
-def installed(root: logging.Logger, clock: Clock, burst: int = 3) -> io.StringIO:
+def installed(root_logger: logging.Logger, clock: Clock, burst: int = 3) -> io.StringIO:
     out = io.StringIO()
     handler = logsetup.start(out, burst=burst, interval=10.0)
-    assert root.handlers == [handler]  # what was there before is replaced, not added to
+    assert root_logger.handlers == [handler]  # what was there before is replaced, not added to
     [flood] = handler.filters
     assert isinstance(flood, FloodFilter)
     flood.clock = clock
-    root.setLevel(logging.INFO)
+    root_logger.setLevel(logging.INFO)
     return out
 
 
@@ -56,9 +40,11 @@ def per_packet(log: logging.Logger, i: int) -> None:
     log.warning("upstream %s: cannot be asked", i, extra=REPEATS)  # one call site
 
 
-def test_a_repeated_line_is_capped_and_what_was_left_out_is_said(root: logging.Logger) -> None:
+def test_a_repeated_line_is_capped_and_what_was_left_out_is_said(
+    root_logger: logging.Logger,
+) -> None:
     clock = Clock()
-    out = installed(root, clock, burst=3)
+    out = installed(root_logger, clock, burst=3)
     log = logging.getLogger("resolver.dns.resolution")
     for i in range(20):
         per_packet(log, i)
@@ -87,9 +73,11 @@ def test_a_repeated_line_is_capped_and_what_was_left_out_is_said(root: logging.L
     )
 
 
-def test_each_call_site_has_its_own_cap_and_tracebacks_are_kept(root: logging.Logger) -> None:
+def test_each_call_site_has_its_own_cap_and_tracebacks_are_kept(
+    root_logger: logging.Logger,
+) -> None:
     clock = Clock()
-    out = installed(root, clock, burst=2)
+    out = installed(root_logger, clock, burst=2)
     log = logging.getLogger("resolver.dns.udp")
     for _ in range(10):
         per_packet(log, 1)
@@ -104,12 +92,12 @@ def test_each_call_site_has_its_own_cap_and_tracebacks_are_kept(root: logging.Lo
     assert text.count("RuntimeError: a bug in the handler") == 2
 
 
-def test_a_call_site_is_its_template_not_its_source_line(root: logging.Logger) -> None:
+def test_a_call_site_is_its_template_not_its_source_line(root_logger: logging.Logger) -> None:
     """Compiled (mypyc) code has no frames: logging gives every record of a compiled module
     the same caller. Two templates from one source line are two call sites; one template
     from two loggers is two as well."""
     clock = Clock()
-    out = installed(root, clock, burst=2)
+    out = installed(root_logger, clock, burst=2)
     for i in range(6):
         for name in ("resolver.dns.misses", "resolver.dns.udp"):
             template = ("hook failed for %s", "cannot query %s")[i % 2]
@@ -119,11 +107,11 @@ def test_a_call_site_is_its_template_not_its_source_line(root: logging.Logger) -
     assert sum("hook failed" in line for line in lines) == 4
 
 
-def test_lines_not_marked_pass_untouched(root: logging.Logger) -> None:
+def test_lines_not_marked_pass_untouched(root_logger: logging.Logger) -> None:
     """State changes and `log_level: debug`'s line per query are not a peer's to repeat."""
     clock = Clock()
-    out = installed(root, clock, burst=2)
-    root.setLevel(logging.DEBUG)
+    out = installed(root_logger, clock, burst=2)
+    root_logger.setLevel(logging.DEBUG)
     for name in ("resolver.dns.handler", "resolver.dns.upstream", "resolverd", "policy"):
         log = logging.getLogger(name)
         for i in range(10):
@@ -134,7 +122,7 @@ def test_lines_not_marked_pass_untouched(root: logging.Logger) -> None:
     assert not any("left out" in line for line in lines)
 
 
-def test_threads_logging_at_once_get_the_burst_and_no_more(root: logging.Logger) -> None:
+def test_threads_logging_at_once_get_the_burst_and_no_more(root_logger: logging.Logger) -> None:
     """The filter runs before the handler takes its lock: without one of its own, two threads
     could both pass the last place of a burst (seen here without it: 10 lines for a burst of
     5, in about one run of this test in three)."""
