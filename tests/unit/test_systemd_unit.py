@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from resolver.config import Config, load_config
+from tests.memorycaps import AT_THE_CAPS, AT_THE_CAPS_HOSTILE, MiB
 
 pytestmark = pytest.mark.unit
 
@@ -160,13 +161,6 @@ def test_security_exposure_is_at_most_1_7(stub_unit: Path) -> None:
     assert match.group(2) == "OK", output
 
 
-MiB = 1024 * 1024
-# The daemon's memory with the shipped caps filled (cache.max_entries 100,000 answers,
-# breakout.max_entries 50,000 holds), measured as the unit's comment says: typical Microsoft
-# 365 answers with 16 names on every hold; the largest UDP answers with 16 names of 100
-# characters on every hold.
-AT_THE_CAPS = 222 * MiB
-AT_THE_CAPS_HOSTILE = 366 * MiB
 # Tasks on the largest machine: the loop, 3 netlink threads, asyncio's default executor
 # (min(32, CPUs + 4)), the ipset helper with its threads and waiter (4), ExecReload's resolverctl.
 MOST_TASKS = 1 + 3 + 32 + 4 + 1
@@ -184,7 +178,8 @@ def test_memory_is_capped_above_what_the_caps_need() -> None:
     d = directives(UNIT.read_text())
     [high], [most] = d["MemoryHigh"], d["MemoryMax"]
     # Throttling starts only past the defaults filled to their caps; the kill only past the
-    # largest answers with 16 long names on every hold, and well past the throttle.
+    # largest answers with 16 long names on every hold, and well past the throttle. (The
+    # figures: tests/memorycaps.py, measured by tests/bench/test_memory_caps.py.)
     assert AT_THE_CAPS < size(high) < AT_THE_CAPS_HOSTILE < size(most)
     assert size(most) >= size(high) * 5 // 4
     assert size(most) <= 512 * MiB  # a branch router has other work to do
