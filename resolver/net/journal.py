@@ -3,9 +3,8 @@
 A route that is live in the kernel must survive the death of resolverd at any instant (SIGKILL,
 the OOM killer): a restart that does not know a route removes it as stale, and with it the
 Microsoft 365 connections using it. So every new hold is appended to the journal, with one
-write(2) per batch, before its route is installed and before its reply leaves. Data a write
-has handed to the kernel survives the process, whatever kills it (not a power cut of the
-machine: then the routes are gone as well).
+write(2) per batch, before its route is installed and before its reply leaves. What a write
+handed to the kernel survives the process (not a power cut: the routes go with it).
 
 Extensions (every answer, cache hits included) are not written one by one: a hold is recorded
 `AHEAD` seconds beyond its expiry, and recorded again only when its expiry comes within
@@ -16,8 +15,8 @@ second; a hold the file would otherwise no longer cover within `SYNC_MARGIN` (an
 long pause, a longer TTL) is recorded at once, before the reply. The file is rewritten from the
 live holds when it has grown well past them (`compact`): a temporary file is written off the
 loop, then, on the loop, the lines written meanwhile are added and it replaces the journal (no
-line can fall between the two). A compaction keeps what the file says of each hold: restarts
-do not push expiries further out.
+line can fall between the two). Neither a compaction nor the install of a restored hold
+writes more than the file says of it: restarts do not push expiries further out.
 
 Format, one record per line (`address` as text, `expires` wall-clock whole seconds):
 
@@ -129,8 +128,9 @@ class Journal:
     # -- writing ----------------------------------------------------------------------------
 
     def note(self, holds: Iterable[Hold]) -> None:
-        """Record new or extended holds now, before their routes go in (one write)."""
-        lines = [self._record(h) for h in holds]
+        """Record new or extended holds now, before their routes go in (one write); not a
+        restored one (noted == expires: what the file says, AHEAD included)."""
+        lines = [self._record(h) for h in holds if h.noted != h.expires]
         if lines:
             self._write(b"".join(lines), len(lines))
 
@@ -261,9 +261,8 @@ class Journal:
             return False
         self._next_compact = self._clock() + COMPACT_PAUSE
         self.write_buffered()
-        # Columns of references, not a tuple per hold: a compaction of 20,000 holds allocates
-        # a few lists, and the records are formatted and written a chunk at a time, so that
-        # its peak does not stay behind in the RSS (measured in the soak).
+        # Columns, not a tuple per hold, written a chunk at a time: a compaction of 20,000
+        # holds leaves no peak behind in the RSS (measured in the soak).
         snapshot = Snapshot(self._wall() - self._clock())
         packed, names, expires, noted, rows = snapshot.columns
         for h in holds:

@@ -325,6 +325,30 @@ def test_a_restored_hold_answered_again_is_not_pushed_out(tmp_path: Any) -> None
     run(body)
 
 
+def test_a_restored_hold_whose_route_was_missing_is_not_pushed_out(tmp_path: Any) -> None:
+    """Killed after the journal recorded a hold and before its route went in: the restart
+    restores the hold at what the journal says and installs its route. That install must
+    not record the hold again, with AHEAD on top of what the journal said: each such crash
+    would keep the route AHEAD longer (found by tests/netns/test_crash.py in CI)."""
+
+    async def body() -> None:
+        clock, k = Clock(), FakeKernel()
+        b = await _start(str(tmp_path), k, clock)
+        await answer(b, tagged("x.office.com", "203.0.113.1"), 60)  # held 330 s
+        await b.stop()
+        said = on_disk(str(tmp_path))["203.0.113.1"].expires
+        for _crash in range(3):
+            k.routes.clear()  # the route never went in: the kill came first
+            clock.now += 10
+            b = await _start(str(tmp_path), k, clock)
+            assert k.has_route("203.0.113.1")  # the restart put it in
+            b.sweep()
+            await b.stop()
+            assert on_disk(str(tmp_path))["203.0.113.1"].expires == said
+
+    run(body)
+
+
 def test_a_corrupt_journal_keeps_the_kernels_routes_across_two_starts(tmp_path: Any) -> None:
     async def body() -> None:
         clock, k = Clock(), FakeKernel()
