@@ -295,6 +295,16 @@ async def _start(state_dir: str, k: FakeKernel, clock: Clock) -> Breakout:
     return b
 
 
+async def _held_once(state_dir: str) -> tuple[Clock, FakeKernel, float]:
+    """A breakout that answered x.office.com with 203.0.113.1 (held 330 s), then stopped; and
+    the expiry its journal says for it."""
+    clock, k = Clock(), FakeKernel()
+    b = await _start(state_dir, k, clock)
+    await answer(b, tagged("x.office.com", "203.0.113.1"), 60)
+    await b.stop()
+    return clock, k, on_disk(state_dir)["203.0.113.1"].expires
+
+
 def test_a_restored_hold_answered_again_is_not_pushed_out(tmp_path: Any) -> None:
     """After a restart a hold is at what the journal says (up to AHEAD beyond the truth). An
     answer that does not extend it past that must not record it again: that would add AHEAD on
@@ -302,11 +312,7 @@ def test_a_restored_hold_answered_again_is_not_pushed_out(tmp_path: Any) -> None
     tests/netns/test_crash.py)."""
 
     async def body() -> None:
-        clock, k = Clock(), FakeKernel()
-        b = await _start(str(tmp_path), k, clock)
-        await answer(b, tagged("x.office.com", "203.0.113.1"), 60)  # held 330 s
-        await b.stop()
-        said = on_disk(str(tmp_path))["203.0.113.1"].expires
+        clock, k, said = await _held_once(str(tmp_path))
         assert said == clock.now + 330 + AHEAD + WALL
         for _crash in range(3):  # a crash loop: restart, an answer, killed again
             clock.now += 10
@@ -332,11 +338,7 @@ def test_a_restored_hold_whose_route_was_missing_is_not_pushed_out(tmp_path: Any
     would keep the route AHEAD longer (found by tests/netns/test_crash.py in CI)."""
 
     async def body() -> None:
-        clock, k = Clock(), FakeKernel()
-        b = await _start(str(tmp_path), k, clock)
-        await answer(b, tagged("x.office.com", "203.0.113.1"), 60)  # held 330 s
-        await b.stop()
-        said = on_disk(str(tmp_path))["203.0.113.1"].expires
+        clock, k, said = await _held_once(str(tmp_path))
         for _crash in range(3):
             k.routes.clear()  # the route never went in: the kill came first
             clock.now += 10
