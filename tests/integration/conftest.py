@@ -239,17 +239,7 @@ class DnsEnv:
         """Send several messages on one TCP connection (in one write); the replies in the
         order they arrive."""
         host, port = self.address(v6)
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(b"".join(struct.pack("!H", len(m)) + m for m in messages))
-            out = []
-            async with asyncio.timeout(timeout):
-                for _ in messages:
-                    size = struct.unpack("!H", await reader.readexactly(2))[0]
-                    out.append(await reader.readexactly(size))
-            return out
-        finally:
-            writer.close()
+        return await tcp_exchange(host, port, messages, len(messages), timeout)
 
     async def ask(
         self,
@@ -274,6 +264,29 @@ class DnsEnv:
         parsed = DNSRecord.parse(reply)
         assert parsed.header.id == DNSRecord.parse(data).header.id
         return parsed
+
+
+def framed(data: bytes) -> bytes:
+    """A DNS message as TCP carries it: its length first."""
+    return struct.pack("!H", len(data)) + data
+
+
+async def tcp_exchange(
+    host: str, port: int, messages: list[bytes], replies: int, timeout: float = 2.0
+) -> list[bytes]:
+    """Send `messages` on one TCP connection (in one write); the first `replies` replies in
+    the order they arrive."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"".join(framed(m) for m in messages))
+        out = []
+        async with asyncio.timeout(timeout):
+            for _ in range(replies):
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+                out.append(await reader.readexactly(size))
+        return out
+    finally:
+        writer.close()
 
 
 def query_bytes(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from resolver import logsetup
 from resolver.dns.tcp import TcpServer
+from tests.integration.conftest import tcp_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +25,6 @@ class Echo:
         if data == b"boom":
             raise RuntimeError("a bug in the handler")
         return b"re:" + data
-
-
-def framed(data: bytes) -> bytes:
-    return struct.pack("!H", len(data)) + data
 
 
 @pytest.fixture
@@ -44,18 +40,9 @@ async def served() -> AsyncIterator[tuple[TcpServer, int]]:
 
 
 async def ask(port: int, *messages: bytes) -> list[bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"".join(framed(m) for m in messages))
-        await writer.drain()
-        replies = []
-        async with asyncio.timeout(2):
-            for _ in range(sum(m != b"boom" for m in messages)):
-                size = struct.unpack("!H", await reader.readexactly(2))[0]
-                replies.append(await reader.readexactly(size))
-        return replies
-    finally:
-        writer.close()
+    """The replies to `messages`, sent on one connection: none for b"boom"."""
+    replies = sum(m != b"boom" for m in messages)
+    return await tcp_exchange("127.0.0.1", port, list(messages), replies)
 
 
 async def test_the_failing_query_costs_only_itself(

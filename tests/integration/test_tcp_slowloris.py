@@ -20,16 +20,12 @@ import pytest
 from dnslib import DNSRecord
 
 from resolver.dns.tcp import MAX_OWED
-from tests.integration.conftest import ZONE, DnsEnv, query_bytes
+from tests.integration.conftest import ZONE, DnsEnv, framed, query_bytes
 
 pytestmark = pytest.mark.integration
 
 PROMPT = 1.0  # seconds: the most a good client may wait for an answer while under attack
 QUERY = query_bytes("www.example.test")
-
-
-def framed(data: bytes) -> bytes:
-    return struct.pack("!H", len(data)) + data
 
 
 class Attack:
