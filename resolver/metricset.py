@@ -61,6 +61,11 @@ def collect(
             cache["evicted"],
             "Answers evicted from the full cache, least recently used first",
         ),
+        counter(
+            "resolverd_cache_client_evictions",
+            cache["client_evicted"],
+            "Answers evicted because their client held its client_share of the cache",
+        ),
         Metric(
             "resolverd_tagged_answers",
             "counter",

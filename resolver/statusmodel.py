@@ -33,6 +33,7 @@ class CacheStatus(TypedDict):
     misses: int
     evicted: int
     bytes: int  # the answers' bytes held (at most max_entries x 1,232)
+    client_evicted: int  # a client's own oldest answers, evicted at its client_share
 
 
 class QueryCounts(TypedDict):

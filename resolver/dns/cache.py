@@ -3,7 +3,10 @@
 The bound is `max_entries` answers and `max_entries` x ENTRY_BYTES bytes of them, whichever
 comes first: answers fetched over TCP after TC can be 64 KB, and a few thousand of those would
 otherwise take the memory 100,000 answers are sized for (the unit's MemoryMax counts 1,232
-bytes an answer, the largest a UDP client gets).
+bytes an answer, the largest a UDP client gets). Each answer is charged to the client whose
+miss fetched it (its `clients.charge_key`), and a client owns at most `per_client` of them:
+past that, its new answer evicts its own least recently used one, so that a client asking for
+ever new names cycles its own share and not the other clients' answers (`client_evicted`).
 
 An `Entry` is built once, on the miss path, from an upstream reply that `replies.scan_reply`
 walked. It keeps one byte string, `wire`: the reply without its OPT record, with our header
@@ -91,6 +94,7 @@ class Entry:
         "addr_base",
         "key",
         "origin",
+        "owner",
         "qend",
         "result",
         "stored",
@@ -113,6 +117,7 @@ class Entry:
         self.tag: Tagged | None = None
         self.addr_base = 0  # the smallest address TTL at age 0 (tagged entries)
         self.origin: object = None  # the upstream set that answered (see forwarder)
+        self.owner = b""  # the client charged for it (clients.charge_key); b"": nobody
 
     @property
     def expires(self) -> float:
@@ -228,14 +233,18 @@ def _answers(data: bytes, layout: replies.Layout, chain: list[str]) -> bool:
 class Cache:
     """Entries by key (folded name, type, class, DO, CD), least recently used evicted first
     when there are more than `max_entries` of them or their answers take more than
-    `max_bytes` (see the module docstring)."""
+    `max_bytes`; a client's own least recently used first when it owns `per_client` (see the
+    module docstring)."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, client_share: float = 1.0) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_entries * ENTRY_BYTES
+        self.per_client = max(1, int(max_entries * client_share))
         self.bytes = 0  # the answers' bytes (Entry.wire) held
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self._owned: dict[bytes, dict[bytes, Entry]] = {}  # by owner, least recently used first
         self.evicted = 0
+        self.client_evicted = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -243,27 +252,44 @@ class Cache:
     def __iter__(self) -> Iterator[Entry]:
         return iter(list(self._entries.values()))
 
+    def owned(self, owner: bytes) -> int:
+        """How many entries `owner` is charged for."""
+        mine = self._owned.get(owner)
+        return 0 if mine is None else len(mine)
+
     def get(self, key: bytes, now: float) -> Entry | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
         if now >= entry.stored + entry.ttl:
             del self._entries[key]
-            self.bytes -= len(entry.wire)
-            entry.kill()
+            self._forget(entry)
             return None
         self._entries.move_to_end(key)
+        owner = entry.owner
+        if owner:  # its client's least recently used go first too
+            mine = self._owned[owner]
+            del mine[key]
+            mine[key] = entry
         return entry
 
     def put(self, entry: Entry) -> None:
         entries = self._entries
         old = entries.pop(entry.key, None)
         if old is not None:
-            self.bytes -= len(old.wire)
-            old.kill()
+            self._forget(old)
         size = len(entry.wire)
         if size > self.max_bytes:
             return  # not kept (nor killed: the caller still answers from it)
+        owner = entry.owner
+        if owner:
+            mine = self._owned.get(owner)
+            if mine is None:
+                mine = self._owned[owner] = {}
+            while len(mine) >= self.per_client < self.max_entries:  # a share of it all: LRU
+                self._evict(next(iter(mine.values())))
+                self.client_evicted += 1
+            mine[entry.key] = entry
         entries[entry.key] = entry
         self.bytes += size
         self._shrink()
@@ -271,24 +297,44 @@ class Cache:
     def drop(self, entry: Entry) -> None:
         if self._entries.get(entry.key) is entry:
             del self._entries[entry.key]
-            self.bytes -= len(entry.wire)
+            self._forget(entry)
         entry.kill()
 
-    def resize(self, max_entries: int) -> None:
+    def resize(self, max_entries: int, client_share: float = 1.0) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_entries * ENTRY_BYTES
+        self.per_client = max(1, int(max_entries * client_share))
         self._shrink()
+        for mine in list(self._owned.values()):
+            while len(mine) > self.per_client < self.max_entries:
+                self._evict(next(iter(mine.values())))
+                self.client_evicted += 1
 
     def _shrink(self) -> None:
         entries = self._entries
         while len(entries) > self.max_entries or self.bytes > self.max_bytes:
             _key, old = entries.popitem(last=False)
-            self.bytes -= len(old.wire)
-            old.kill()
+            self._forget(old)
             self.evicted += 1
+
+    def _evict(self, entry: Entry) -> None:
+        del self._entries[entry.key]
+        self._forget(entry)
+
+    def _forget(self, entry: Entry) -> None:
+        """`entry` has left `_entries`: its bytes and its owner's charge go with it."""
+        self.bytes -= len(entry.wire)
+        owner = entry.owner
+        if owner:
+            mine = self._owned[owner]
+            del mine[entry.key]
+            if not mine:
+                del self._owned[owner]
+        entry.kill()
 
     def clear(self) -> None:
         for entry in self._entries.values():
             entry.kill()
         self._entries.clear()
+        self._owned.clear()
         self.bytes = 0

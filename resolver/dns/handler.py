@@ -86,7 +86,7 @@ class Handler:
         self._counters = self.counts.values
         self.tracer = Tracer()
         self._trace = False  # tracer.on, read on the hot path (refresh_log_level)
-        self.cache = Cache(config.cache.max_entries)
+        self.cache = Cache(config.cache.max_entries, config.cache.client_share)
         self.forwarder = Forwarder(config, probe_interval=probe_interval, transport=transport)
         self.hook = hook
         self._epoch = hook.epoch
@@ -127,7 +127,7 @@ class Handler:
         misses.max_pending = fwd.max_pending
         misses.max_ttl = config.cache.max_ttl
         misses.max_negative_ttl = config.cache.max_negative_ttl
-        self.cache.resize(config.cache.max_entries)
+        self.cache.resize(config.cache.max_entries, config.cache.client_share)
         self._clear_memo()
         retag = matcher is not self.matcher
         self.matcher = misses.matcher = matcher

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from resolver.clients import charge_key
 from resolver.dns import wire
@@ -139,7 +138,7 @@ class Misses:
         try:
             if resolved is not None:
                 source = resolved.upstream.text
-                entry = self._entry(key, resolved.data, resolved.layout, resolved.origin)
+                entry = self._entry(key, resolved, charged)
             tagged = entry.tag if entry is not None else None
             if entry is not None and tagged is not None and tagged.addresses:
                 if self.budgets.take_routes(charged, sum(1 for _ in iter_packed(tagged.addresses))):
@@ -163,15 +162,18 @@ class Misses:
 
         pending.then(routed)
 
-    def _entry(self, key: bytes, data: bytes, layout: Any, origin: object) -> Entry | None:
+    def _entry(self, key: bytes, resolved: Resolved, owner: bytes) -> Entry | None:
+        """The entry for an upstream answer, cached and charged to `owner` when it may be."""
         try:
             entry, chain = build_entry(
-                key, data, layout, self.clock(), self.max_ttl, self.max_negative_ttl
-            )
+                key, resolved.data, resolved.layout, self.clock(), self.max_ttl,
+                self.max_negative_ttl,
+            )  # fmt: skip
         except wire.WireError as err:
             log.debug("unusable upstream reply: %s", err)
             return None
-        entry.origin = origin
+        entry.origin = resolved.origin
+        entry.owner = owner
         entry.tag = tag(chain, self.matcher)
         if chain.capped and entry.tag is not None:
             self.counts.values["addresses_capped"] += chain.capped

@@ -204,6 +204,7 @@ class DnsServer:
             "cache": {
                 "entries": len(handler.cache), "hits": c["hits"], "misses": c["misses"],
                 "evicted": handler.cache.evicted, "bytes": handler.cache.bytes,
+                "client_evicted": handler.cache.client_evicted,
             },
             "queries": cast(QueryCounts, {key: c[key] for key in STATUS_QUERIES}),
             "forwarding": {

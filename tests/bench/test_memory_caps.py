@@ -10,7 +10,7 @@ with the daemon's own code:
 - the cache: cache.max_entries answers, each a copy of the case's upstream reply (built here
   with dnslib) under a query name of its own, walked by `replies.scan_reply` and stored the
   way misses.py's `Misses._entry` does (`cache.build_entry`, tagged with the built-in
-  policy's matcher, `Cache.put`);
+  policy's matcher, charged to one of many clients, `Cache.put`);
 - the holds: breakout.max_entries addresses, each added as breakout.py's `_new_hold` adds
   one (`Ledger.add`, charged to one of many clients), given holds.MAX_NAMES names in all as
   its hot path does (`Ledger.extend`), and acknowledged by the kernel (`Ledger.installed`);
@@ -168,7 +168,7 @@ def _fill(reply: bytes, name_chars: int) -> dict[str, Any]:
     from policy.loader import builtin_policy
     from policy.matcher import Matcher
     from resolver import buildinfo
-    from resolver.clients import client_key
+    from resolver.clients import charge_key, client_key
     from resolver.config import BreakoutConfig, CacheConfig
     from resolver.dns import replies, wire
     from resolver.dns.cache import Cache, build_entry, shared_int
@@ -183,7 +183,8 @@ def _fill(reply: bytes, name_chars: int) -> dict[str, Any]:
     before = _rss()
 
     # The cache, as Misses._entry fills it.
-    cache = Cache(cache_cfg.max_entries)
+    cache = Cache(cache_cfg.max_entries, cache_cfg.client_share)
+    askers = [charge_key(f"10.1.{i}.1") for i in range(2 * int(1 / cache_cfg.client_share))]
     label = 13  # the query name's first label, past the header and its length byte
     buf = bytearray(reply)
     for i in range(cache_cfg.max_entries):
@@ -195,10 +196,12 @@ def _fill(reply: bytes, name_chars: int) -> dict[str, Any]:
             key, data, layout, clock(), cache_cfg.max_ttl, cache_cfg.max_negative_ttl
         )
         entry.origin = origin
+        entry.owner = askers[i % len(askers)]  # none of them at its share
         entry.tag = tag(chain, matcher)
         entry.addr_base = shared_int(chain.addr_ttl)
         assert entry.ttl > 0 and entry.tag is not None
         cache.put(entry)
+    assert cache.client_evicted == 0
     cached = _rss()
 
     # The holds, as Breakout._on_answer and _new_hold make and extend them.

@@ -27,7 +27,7 @@ async def test_positive_answer_cached_with_ttl_counting_down() -> None:
         assert len(env.fake.received) == 1
         # 66 bytes: header 12, question 22, two A records of 16 (owner compressed).
         assert env.srv.status()["cache"] == {
-            "entries": 1, "hits": 2, "misses": 1, "evicted": 0, "bytes": 66,
+            "entries": 1, "hits": 2, "misses": 1, "evicted": 0, "bytes": 66, "client_evicted": 0,
         }  # fmt: skip
         clock.advance(30)  # the smallest TTL (40) has run out: asked again
         third = await env.ask("two.example.test")
@@ -91,7 +91,7 @@ async def test_servfail_and_ttl_zero_are_not_cached() -> None:
 
 
 async def test_lru_bound() -> None:
-    async with DnsEnv(cache={"max_entries": 3}) as env:
+    async with DnsEnv(cache={"max_entries": 3, "client_share": 1}) as env:  # one client
         for i in range(3):
             await env.ask(f"n{i}.example.test")
         await env.ask("n0.example.test")  # n0 is now the most recently used
@@ -181,3 +181,21 @@ async def test_root_name_query() -> None:
         assert rcode(await env.ask(".", "NS")) in (0, NXDOMAIN)
         assert env.fake.received[0].qname == ""
         assert len(env.fake.received) == 1  # the second came from the cache
+
+
+async def test_one_client_asking_new_names_cycles_its_own_share_of_the_cache() -> None:
+    """cache.client_share: a client that asks for ever new names evicts its own oldest answers,
+    and another client's answer stays cached (127.0.0.2 and .3 are two clients)."""
+    async with DnsEnv(cache={"max_entries": 8, "client_share": 0.25}) as env:
+        assert (await env.udp(query_bytes("theirs.example.test"), source="127.0.0.3")) is not None
+        for i in range(20):
+            reply = await env.udp(query_bytes(f"f{i}.example.test"), source="127.0.0.2")
+            assert reply is not None  # NXDOMAIN with an SOA: cached too
+        asked = len(env.fake.received)
+        assert (await env.udp(query_bytes("theirs.example.test"), source="127.0.0.3")) is not None
+        assert (await env.udp(query_bytes("f19.example.test"), source="127.0.0.2")) is not None
+        assert len(env.fake.received) == asked  # both from the cache
+        await env.udp(query_bytes("f0.example.test"), source="127.0.0.2")
+        assert len(env.fake.received) == asked + 1  # f0 went long ago: its share is f18, f19
+        cache = env.srv.status()["cache"]
+        assert cache["entries"] == 3 and cache["client_evicted"] == 19 and cache["evicted"] == 0

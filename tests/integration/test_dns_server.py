@@ -32,7 +32,9 @@ async def test_status_has_the_contract_keys() -> None:
         assert up["address"] == env.fake.text and up["healthy"] is True
         assert isinstance(up["rtt_ms"], float)
         # 50 bytes: header 12, question 22, one A record of 16 (owner compressed).
-        assert status["cache"] == {"entries": 1, "hits": 1, "misses": 1, "evicted": 0, "bytes": 50}
+        assert status["cache"] == {
+            "entries": 1, "hits": 1, "misses": 1, "evicted": 0, "bytes": 50, "client_evicted": 0,
+        }  # fmt: skip
         assert status["udp"] == {"send_dropped": 0, "errors": 0}
         q = status["queries"]
         assert {"total", "tagged", "refused", "servfail"} <= set(q)
@@ -55,7 +57,7 @@ async def test_reconfigure_swaps_upstreams_acl_ratelimit_and_cache_size(
             new = dataclasses.replace(
                 env.config,
                 upstreams=(other.address,),
-                cache=CacheConfig(max_entries=2),
+                cache=CacheConfig(max_entries=2, client_share=1),  # one client
                 listen=(("127.0.0.1", 5353),),
             )
             with caplog.at_level(logging.WARNING):

@@ -53,6 +53,7 @@ PINNED = [
     "upstreams", "upstreams[].address", "upstreams[].healthy", "upstreams[].rtt_ms",
     "upstreams[].role",
     "cache", "cache.entries", "cache.hits", "cache.misses", "cache.evicted", "cache.bytes",
+    "cache.client_evicted",
     "queries", "queries.total", "queries.tagged", "queries.refused", "queries.servfail",
     "queries.noerror", "queries.nxdomain", "queries.formerr", "queries.notimp", "queries.other",
     "queries.dropped", "queries.ratelimited", "queries.pending_full",

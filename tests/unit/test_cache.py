@@ -332,3 +332,69 @@ def test_an_answer_bigger_than_the_whole_cache_is_answered_but_not_kept() -> Non
     query = _query("big.test")
     answer = DNSRecord.parse(entry.reply(query, len(query), False, 65535, 105.0))
     assert sorted({r.ttl for r in answer.rr}) == [55, 115, 295]  # 60, 120 and 300, 5 s on
+
+
+def _owned(name: str, owner: bytes, now: float = 100.0) -> Entry:
+    entry = _entry(_positive(name), now=now)
+    entry.owner = owner
+    return entry
+
+
+A_CLIENT, B_CLIENT = bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2])
+
+
+def test_a_client_past_its_share_evicts_its_own_oldest_answer_not_anothers() -> None:
+    cache = Cache(8, client_share=0.25)  # two answers per client
+    theirs = _owned("theirs.test", B_CLIENT)
+    cache.put(theirs)
+    flood = [_owned(f"f{n}.test", A_CLIENT) for n in range(6)]
+    for entry in flood:
+        cache.put(entry)
+    assert cache.get(theirs.key, 101.0) is theirs
+    assert [e.key for e in cache] == [flood[4].key, flood[5].key, theirs.key]
+    assert all(e.expires == -1.0 for e in flood[:4])
+    assert cache.client_evicted == 4 and cache.evicted == 0
+    assert cache.owned(A_CLIENT) == 2 and cache.owned(B_CLIENT) == 1
+    # Its own least recently used goes first: a hit renews an answer in its client's share too.
+    assert cache.get(flood[4].key, 101.0) is flood[4]
+    cache.put(_owned("f6.test", A_CLIENT))
+    assert flood[5].expires == -1.0 and cache.get(flood[4].key, 101.0) is flood[4]
+
+
+def test_a_client_share_follows_every_way_an_answer_leaves() -> None:
+    cache = Cache(3, client_share=1.0)
+    a, b = _owned("a.test", A_CLIENT, now=100.0), _owned("b.test", A_CLIENT, now=100.0)
+    cache.put(a)
+    cache.put(b)
+    cache.put(_owned("a.test", B_CLIENT, now=110.0))  # replaced: charged to its new client
+    assert cache.owned(A_CLIENT) == 1 and cache.owned(B_CLIENT) == 1
+    assert cache.get(b.key, 1000.0) is None  # expired
+    assert cache.owned(A_CLIENT) == 0
+    c, d, e = (_owned(f"{n}.test", A_CLIENT, now=900.0) for n in "cde")
+    for entry in (c, d, e):
+        cache.put(entry)  # the LRU bound evicts a.test (B's), then c
+    assert cache.owned(B_CLIENT) == 0 and cache.owned(A_CLIENT) == 3 and cache.evicted == 1
+    cache.drop(d)
+    assert cache.owned(A_CLIENT) == 2
+    cache.resize(3, client_share=0.34)  # one per client now: its least recently used go
+    assert cache.owned(A_CLIENT) == 1 and cache.get(e.key, 901.0) is e
+    assert cache.client_evicted == 1
+    unowned = _entry(_positive("nobody.test"))  # no client (b""): never charged
+    cache.put(unowned)
+    assert cache.get(unowned.key, 101.0) is unowned
+    cache.clear()
+    assert cache.owned(A_CLIENT) == 0 and len(cache) == 0
+
+
+def test_a_share_of_the_whole_cache_leaves_the_lru_order() -> None:
+    cache = Cache(3, client_share=1.0)  # one client: another DNS server in the branch
+    a, b, c, d = (_owned(f"{n}.test", A_CLIENT) for n in "abcd")
+    for entry in (a, b, c):
+        cache.put(entry)
+    assert cache.get(a.key, 101.0) is a  # a is the most recently used
+    cache.put(d)
+    assert b.expires == -1.0 and cache.get(a.key, 101.0) is a  # b went, not a (stored first)
+    assert cache.owned(A_CLIENT) == 3
+    assert cache.evicted == 1 and cache.client_evicted == 0
+    cache.resize(2, client_share=1.0)
+    assert c.expires == -1.0 and cache.client_evicted == 0

@@ -102,6 +102,7 @@ def test_the_metric_set_names_every_upstream_by_role_and_counts_split_dns() -> N
         "resolverd_spliced_answers_total",
         "resolverd_canary_answers_total",
         "resolverd_cache_evictions_total",
+        "resolverd_cache_client_evictions_total",
         "resolverd_udp_send_dropped_total",
     ):
         assert f"# TYPE {name} counter" in lines
