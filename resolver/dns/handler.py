@@ -15,7 +15,8 @@ The steps, in order:
 2. the prologue: the ACL (REFUSED, with RA clear), then the query checks (FORMERR, NOTIMP,
    BADVERS as the query deserves; AXFR/IXFR REFUSED), the canaries (NXDOMAIN from here);
 3. a cache hit: the stored reply, re-stamped; a tagged one extends its holds through the hook
-   (and is sent once new routes are in, when some must go in first);
+   (and is sent once new routes are in, when some must go in first: that wait is a place in
+   the pending table, charged to the client's share like a miss's, and refused like one);
 4. a miss: handed to `Misses` (misses.py), which owns the questions in flight: coalesced with
    identical ones (a wait, charged to the client's share of the pending table), else charged
    to the client's budgets (ratelimit.Budgets: over them a UDP
@@ -37,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from resolver.clients import client_ip
+from resolver.clients import charge_key, client_ip
 from resolver.config import Config
 from resolver.dns import events, wire
 from resolver.dns.cache import Cache, Entry, shared_int
@@ -252,7 +253,6 @@ class Handler:
     def _hit(self, entry: Entry, q: Query, now: float) -> bytes | None:
         counters = self._counters
         counters["hits"] += 1
-        counters[entry.result] += 1
         el = int(now - entry.stored)
         reply = entry.reply(q.data, q.qend, q.edns, q.limit, now)
         epoch = self._epoch.value
@@ -264,6 +264,7 @@ class Handler:
             if tagged.addresses:
                 pending = self.misses.hook_answer(tagged, entry.addr_ttl(el), q.client, installed)
         if pending is None:
+            counters[entry.result] += 1
             if not q.conn.tcp and not self.tracer.on:
                 self._remember(q.data, entry, el, reply, epoch)
             self.tracer.answered(q, reply[3] & 0xF, "cache", tagged, installed)
@@ -272,11 +273,16 @@ class Handler:
         if misses.busy:
             counters["pending_full"] += 1
             return wire.error_reply(q.data, wire.SERVFAIL, q.qend, q.edns, bool(entry.key[-1] & 2))
+        charged = charge_key(q.client)
+        if not misses.budgets.take_wait(charged):
+            return misses.ratelimited(q)
         misses.waiting += 1
         started = time.perf_counter()
 
         def routed() -> None:
             misses.waiting -= 1
+            misses.budgets.done_query(charged)  # the budgets of now: a reload keeps the counts
+            counters[entry.result] += 1
             q.send(reply)
             waited = time.perf_counter() - started
             self.tracer.answered(q, reply[3] & 0xF, "cache", tagged, installed, waited)

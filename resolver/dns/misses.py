@@ -84,7 +84,7 @@ class Misses:
             mine = (key, charged)
             held = self.waits.get(mine, 0)  # its waits there, and its own ask if it asked
             if not self.budgets.take_wait(charged, held + (charged == res.charged)):
-                return self._ratelimited(q)
+                return self.ratelimited(q)
             self.waits[mine] = held + 1
             res.waiters.append(q)
             self.coalesced += 1
@@ -93,7 +93,7 @@ class Misses:
             return self._full(q)
         charged = charge_of(q)
         if not self.budgets.take_query(charged):
-            return self._ratelimited(q)
+            return self.ratelimited(q)
         res = Resolution(
             key, q, charged, self.forwarder, self.matcher, self.hook.ready, self._resolved
         )
@@ -107,7 +107,9 @@ class Misses:
         self.tracer.answered(q, wire.SERVFAIL, "local")
         return q.error(wire.SERVFAIL)
 
-    def _ratelimited(self, q: Query) -> bytes:
+    def ratelimited(self, q: Query) -> bytes:
+        """`q` is over its client's budgets: TC over UDP (a real client retries over TCP),
+        SERVFAIL over TCP."""
         self.counts.values["ratelimited"] += 1
         self.tracer.answered(q, wire.SERVFAIL, "local")
         if q.conn.tcp:

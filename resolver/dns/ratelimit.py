@@ -1,10 +1,12 @@
 """Budgets on what costs, per client: upstream queries, queries in flight, new routes.
 
 A client is `clients.client_key`: an IPv4 address, or an IPv6 /64. Cached answers cost nothing
-and are never limited. A cache miss costs an upstream query: each client has a token bucket of
-`qps` a second (at most `burst` saved up) and may hold at most `share` of the pending table in
-flight, counting its questions asked upstream and its waits for a question another client
-asked (coalesced: no query of its own, but a place in the table all the same), and of one
+and are never limited, unless one must wait for the kernel to route its addresses. A cache
+miss costs an upstream query: each client has a token bucket of `qps` a second (at most
+`burst` saved up) and may hold at most `share` of the pending table in flight, counting its
+questions asked upstream, its waits for a question another client asked (coalesced: no query
+of its own, but a place in the table all the same) and its cached answers waiting for the
+kernel (the same: a place in the table until the routes are in), and of one
 question's waiting places at most WAITS_PER_QUESTION, its own ask included. A tagged answer
 fetched from upstream costs its addresses in route tokens (`routes` a second, twice that saved
 up). What the handler does with a refusal is its business (TC over UDP, SERVFAIL over TCP; no

@@ -17,7 +17,7 @@ from resolver.dns.exchange import Reply
 from resolver.dns.misses import Misses
 from resolver.dns.query import Query
 from resolver.dns.ratelimit import WAITS_PER_QUESTION
-from tests.integration.conftest import DnsEnv, query_bytes
+from tests.integration.conftest import DnsEnv, RecordingHook, StubMatcher, query_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +142,30 @@ async def test_one_client_holds_at_most_its_share_of_a_questions_waiting_places(
         await misses.drain(0.0)
         assert misses.waits == {} and misses.coalesced == 0
         assert misses.budgets.in_flight == {}
+
+
+async def test_cached_answers_waiting_for_the_kernel_count_against_the_clients_share() -> None:
+    """A cached Microsoft 365 answer whose routes are not in yet waits for them: a place in the
+    pending table. One client flooding such hits holds at most its share (max_pending 8 x 0.5),
+    and another client's hit of the same answer still waits for its routes and is answered."""
+    budgets = {"qps": 1000.0, "burst": 1000, "share": 0.5}
+    hook = RecordingHook(delay=0.3)  # every answer's routes take 0.3 s to go in
+    matcher = StubMatcher({"www.example.test": 4})
+    async with DnsEnv(
+        hook=hook, matcher=matcher, forward={"max_pending": 8, "timeout": 2.0}, ratelimit=budgets
+    ) as env:
+        first = await env.udp(query_bytes("www.example.test"), timeout=2.0)
+        assert outcome(first) == "answer" and len(env.fake.received) == 1  # cached now
+        flood = [
+            env.udp(query_bytes("www.example.test"), source="127.0.0.2", timeout=2.0)
+            for _ in range(10)
+        ]
+        await asyncio.sleep(0.05)  # the flood's hits are waiting
+        other = env.udp(query_bytes("www.example.test"), source="127.0.0.3", timeout=2.0)
+        results = await asyncio.gather(*flood, other)
+        assert sorted(outcome(r) for r in results[:10]) == ["answer"] * 4 + ["tc"] * 6
+        assert outcome(results[10]) == "answer"  # another client: its own share
+        assert len(env.fake.received) == 1  # all from the cache
+        assert env.counters["ratelimited"] == 6 and env.counters["pending_full"] == 0
+        assert env.srv.handler.misses.budgets.in_flight == {}  # every place given back
+        assert env.srv.handler.misses.waiting == 0
