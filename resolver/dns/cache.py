@@ -4,9 +4,11 @@ The bound is `max_entries` answers and `max_entries` x ENTRY_BYTES bytes of them
 comes first: answers fetched over TCP after TC can be 64 KB, and a few thousand of those would
 otherwise take the memory 100,000 answers are sized for (the unit's MemoryMax counts 1,232
 bytes an answer, the largest a UDP client gets). Each answer is charged to the client whose
-miss fetched it (its `clients.charge_key`), and a client owns at most `per_client` of them:
-past that, its new answer evicts its own least recently used one, so that a client asking for
-ever new names cycles its own share and not the other clients' answers (`client_evicted`).
+miss fetched it (its `clients.charge_key`), and a client owns at most `per_client` of them and
+`per_client_bytes` of their bytes (the same `client_share` of each bound): past either, its new
+answer evicts its own least recently used ones, so that a client asking for ever new names, or
+for ever bigger answers over TCP, cycles its own share and not the other clients' answers
+(`client_evicted`). An answer bigger than a share is answered and not kept.
 
 An `Entry` is built once, on the miss path, from an upstream reply that `replies.scan_reply`
 walked. It keeps one byte string, `wire`: the reply without its OPT record, with our header
@@ -230,21 +232,37 @@ def _answers(data: bytes, layout: replies.Layout, chain: list[str]) -> bool:
     return False
 
 
+class _Share:
+    """What one client is charged for: its entries, least recently used first, and their bytes."""
+
+    __slots__ = ("entries", "size")
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, Entry] = {}
+        self.size = 0
+
+
 class Cache:
     """Entries by key (folded name, type, class, DO, CD), least recently used evicted first
     when there are more than `max_entries` of them or their answers take more than
-    `max_bytes`; a client's own least recently used first when it owns `per_client` (see the
-    module docstring)."""
+    `max_bytes`; a client's own least recently used first when it holds `per_client` of them
+    or `per_client_bytes` of their bytes (see the module docstring)."""
 
     def __init__(self, max_entries: int, client_share: float = 1.0) -> None:
+        self.bytes = 0  # the answers' bytes (Entry.wire) held
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self._owned: dict[bytes, _Share] = {}  # by owner
+        self.evicted = 0
+        self.client_evicted = 0
+        self._bound(max_entries, client_share)
+
+    def _bound(self, max_entries: int, client_share: float) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_entries * ENTRY_BYTES
         self.per_client = max(1, int(max_entries * client_share))
-        self.bytes = 0  # the answers' bytes (Entry.wire) held
-        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
-        self._owned: dict[bytes, dict[bytes, Entry]] = {}  # by owner, least recently used first
-        self.evicted = 0
-        self.client_evicted = 0
+        self.shared = self.per_client < max_entries  # False: one client may fill it all
+        share_bytes = int(self.max_bytes * client_share)
+        self.per_client_bytes = share_bytes if self.shared else self.max_bytes
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -254,8 +272,13 @@ class Cache:
 
     def owned(self, owner: bytes) -> int:
         """How many entries `owner` is charged for."""
-        mine = self._owned.get(owner)
-        return 0 if mine is None else len(mine)
+        share = self._owned.get(owner)
+        return 0 if share is None else len(share.entries)
+
+    def owned_bytes(self, owner: bytes) -> int:
+        """The bytes of the answers `owner` is charged for."""
+        share = self._owned.get(owner)
+        return 0 if share is None else share.size
 
     def get(self, key: bytes, now: float) -> Entry | None:
         entry = self._entries.get(key)
@@ -268,7 +291,7 @@ class Cache:
         self._entries.move_to_end(key)
         owner = entry.owner
         if owner:  # its client's least recently used go first too
-            mine = self._owned[owner]
+            mine = self._owned[owner].entries
             del mine[key]
             mine[key] = entry
         return entry
@@ -279,17 +302,17 @@ class Cache:
         if old is not None:
             self._forget(old)
         size = len(entry.wire)
-        if size > self.max_bytes:
-            return  # not kept (nor killed: the caller still answers from it)
         owner = entry.owner
+        if size > (self.per_client_bytes if owner else self.max_bytes):
+            return  # not kept (nor killed: the caller still answers from it)
         if owner:
-            mine = self._owned.get(owner)
-            if mine is None:
-                mine = self._owned[owner] = {}
-            while len(mine) >= self.per_client < self.max_entries:  # a share of it all: LRU
-                self._evict(next(iter(mine.values())))
-                self.client_evicted += 1
-            mine[entry.key] = entry
+            if self.shared:  # a share of it all: the client's own least recently used go
+                self._trim(owner, self.per_client - 1, self.per_client_bytes - size)
+            share = self._owned.get(owner)
+            if share is None:
+                share = self._owned[owner] = _Share()
+            share.entries[entry.key] = entry
+            share.size += size
         entries[entry.key] = entry
         self.bytes += size
         self._shrink()
@@ -301,14 +324,20 @@ class Cache:
         entry.kill()
 
     def resize(self, max_entries: int, client_share: float = 1.0) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_entries * ENTRY_BYTES
-        self.per_client = max(1, int(max_entries * client_share))
+        self._bound(max_entries, client_share)
         self._shrink()
-        for mine in list(self._owned.values()):
-            while len(mine) > self.per_client < self.max_entries:
-                self._evict(next(iter(mine.values())))
-                self.client_evicted += 1
+        if self.shared:
+            for owner in list(self._owned):
+                self._trim(owner, self.per_client, self.per_client_bytes)
+
+    def _trim(self, owner: bytes, count: int, size: int) -> None:
+        """Evict `owner`'s least recently used until it holds at most `count` entries of at
+        most `size` bytes."""
+        share = self._owned.get(owner)
+        while share is not None and (len(share.entries) > count or share.size > size):
+            self._evict(next(iter(share.entries.values())))
+            self.client_evicted += 1
+            share = self._owned.get(owner)  # gone with its last entry
 
     def _shrink(self) -> None:
         entries = self._entries
@@ -323,12 +352,14 @@ class Cache:
 
     def _forget(self, entry: Entry) -> None:
         """`entry` has left `_entries`: its bytes and its owner's charge go with it."""
-        self.bytes -= len(entry.wire)
+        size = len(entry.wire)
+        self.bytes -= size
         owner = entry.owner
         if owner:
-            mine = self._owned[owner]
-            del mine[entry.key]
-            if not mine:
+            share = self._owned[owner]
+            del share.entries[entry.key]
+            share.size -= size
+            if not share.entries:
                 del self._owned[owner]
         entry.kill()
 

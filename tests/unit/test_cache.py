@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Iterable
 
@@ -398,3 +399,89 @@ def test_a_share_of_the_whole_cache_leaves_the_lru_order() -> None:
     assert cache.evicted == 1 and cache.client_evicted == 0
     cache.resize(2, client_share=1.0)
     assert c.expires == -1.0 and cache.client_evicted == 0
+
+
+def test_a_share_of_one_answer_keeps_the_new_one() -> None:
+    """With a share of one answer (15 entries, an eighth), a client's new answer replaces its
+    only one, and the cache still finds it."""
+    cache = Cache(15, client_share=0.125)
+    first, second = _owned("first.test", A_CLIENT), _owned("second.test", A_CLIENT)
+    cache.put(first)
+    cache.put(second)
+    assert first.expires == -1.0 and cache.get(second.key, 101.0) is second
+    assert cache.owned(A_CLIENT) == 1 and cache.client_evicted == 1
+    cache.drop(second)
+    assert cache.owned(A_CLIENT) == 0 and len(cache) == 0 and cache.bytes == 0
+
+
+def _big(name: str, owner: bytes) -> Entry:
+    reply = _positive(name)
+    for _ in range(40):
+        reply.add_answer(RR(name, QTYPE.TXT, rdata=TXT("x" * 250), ttl=60))
+    entry = _entry(reply)
+    entry.owner = owner
+    return entry
+
+
+def test_a_client_past_its_share_of_the_bytes_evicts_its_own_answers_not_anothers() -> None:
+    """Big answers over TCP: within its share of entries, a client still holds at most its
+    share of the bytes, and its big answers do not push the other clients' out."""
+    cache = Cache(100, client_share=0.25)  # 25 answers and 30,800 bytes per client
+    theirs = [_owned(f"t{n}.test", B_CLIENT) for n in range(20)]
+    for entry in theirs:
+        cache.put(entry)
+    flood = [_big(f"big{n}.test", A_CLIENT) for n in range(10)]
+    assert all(10_000 < len(e.wire) < 11_000 for e in flood)
+    for entry in flood:
+        cache.put(entry)
+    assert all(cache.get(e.key, 101.0) is e for e in theirs) and cache.evicted == 0
+    assert cache.owned(A_CLIENT) == 2 and [e.expires for e in flood[:8]] == [-1.0] * 8
+    assert cache.owned_bytes(A_CLIENT) == len(flood[8].wire) + len(flood[9].wire)
+    assert cache.client_evicted == 8
+    cache.resize(100, client_share=0.1)  # 12,320 bytes: one of them
+    assert cache.owned(A_CLIENT) == 1 and cache.get(flood[9].key, 101.0) is flood[9]
+    whole = _big("whole.test", A_CLIENT)
+    whole.wire *= 2  # bigger than a share: answered, not kept, nothing evicted for it
+    cache.put(whole)
+    assert cache.get(whole.key, 101.0) is None and cache.owned(A_CLIENT) == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_shares_always_add_up_to_the_cache(seed: int) -> None:
+    """Whatever the order of puts, hits, drops, expiries and resizes: every entry is charged to
+    its owner once, the bytes add up, no client holds more than its share, and no empty share
+    is left behind."""
+    rng = random.Random(seed)
+    owners = [bytes([192, 0, 2, n]) for n in range(4)] + [b""]
+    cache = Cache(12, client_share=0.25)
+    made = [
+        (_big if rng.random() < 0.2 else _owned)(f"n{n}.test", rng.choice(owners))
+        for n in range(40)
+    ]
+    for _ in range(600):
+        entry, roll = rng.choice(made), rng.random()
+        if roll < 0.5:
+            cache.put(_copy(entry))
+        elif roll < 0.8:
+            cache.get(entry.key, rng.choice((101.0, 101.0, 101.0, 1000.0)))
+        elif roll < 0.95:
+            found = cache.get(entry.key, 101.0)
+            if found is not None:
+                cache.drop(found)
+        else:
+            cache.resize(rng.choice((4, 12, 40)), rng.choice((0.1, 0.25, 1.0)))
+        live = list(cache)
+        assert cache.bytes == sum(len(e.wire) for e in live) <= cache.max_bytes
+        assert len(live) <= cache.max_entries and all(e.expires > 0 for e in live)
+        for owner in owners[:-1]:
+            mine = [e for e in live if e.owner == owner]
+            assert cache.owned(owner) == len(mine) <= cache.per_client
+            assert cache.owned_bytes(owner) == sum(len(e.wire) for e in mine)
+            assert cache.owned_bytes(owner) <= cache.per_client_bytes
+        assert sorted(cache._owned) == sorted({e.owner for e in live if e.owner})
+
+
+def _copy(entry: Entry) -> Entry:
+    fresh = Entry(entry.key, entry.wire, entry.ttl_at, entry.qend, entry.ttl, entry.stored)
+    fresh.owner = entry.owner
+    return fresh
