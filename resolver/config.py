@@ -108,8 +108,9 @@ class TcpConfig:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitConfig:
-    """Budgets on what costs (upstream queries, new routes), per client; cached answers are
-    never limited. qps 0 turns every budget off."""
+    """Budgets on what costs (upstream queries, new routes), per client; a cached answer is
+    never limited by qps, but one waiting for the kernel's routes holds a place in its
+    client's `share` of the pending table. qps 0 turns every budget off."""
 
     qps: float = check(number(0, 10_000_000), 20_000.0)  # upstream queries/s per client
     burst: int = check(integer(1, 10_000_000), 40_000)

@@ -259,12 +259,14 @@ class Handler:
         pending = None
         installed: list[bytes] | None = [] if self.tracer.observer is not None else None
         tagged = entry.tag
-        if tagged is not None:
-            self.counts.tagged(tagged, 1)
-            if tagged.addresses:
-                pending = self.misses.hook_answer(tagged, entry.addr_ttl(el), q.client, installed)
+        if tagged is not None and tagged.addresses:
+            # Also when the wait below is refused: the client's retry (over TCP after TC) will
+            # be sent these addresses, and their routes are on their way by then.
+            pending = self.misses.hook_answer(tagged, entry.addr_ttl(el), q.client, installed)
         if pending is None:
             counters[entry.result] += 1
+            if tagged is not None:
+                self.counts.tagged(tagged, 1)
             if not q.conn.tcp and not self.tracer.on:
                 self._remember(q.data, entry, el, reply, epoch)
             self.tracer.answered(q, reply[3] & 0xF, "cache", tagged, installed)
@@ -283,6 +285,8 @@ class Handler:
             misses.waiting -= 1
             misses.budgets.done_query(charged)  # the budgets of now: a reload keeps the counts
             counters[entry.result] += 1
+            if tagged is not None:
+                self.counts.tagged(tagged, 1)
             q.send(reply)
             waited = time.perf_counter() - started
             self.tracer.answered(q, reply[3] & 0xF, "cache", tagged, installed, waited)

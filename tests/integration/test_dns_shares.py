@@ -167,5 +167,6 @@ async def test_cached_answers_waiting_for_the_kernel_count_against_the_clients_s
         assert outcome(results[10]) == "answer"  # another client: its own share
         assert len(env.fake.received) == 1  # all from the cache
         assert env.counters["ratelimited"] == 6 and env.counters["pending_full"] == 0
+        assert env.counters["tagged"] == 6  # the answers sent tagged, not the ones refused
         assert env.srv.handler.misses.budgets.in_flight == {}  # every place given back
         assert env.srv.handler.misses.waiting == 0
