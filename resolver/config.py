@@ -91,7 +91,7 @@ class CacheConfig:
     max_entries: int = check(integer(1, 10_000_000), 100_000)
     max_ttl: int = check(integer(1, 604_800), 86_400)  # cap on what a positive answer is kept for
     max_negative_ttl: int = check(integer(0, 86_400), 3_600)  # RFC 2308 5: 1-3 hours
-    client_share: float = check(number(0.001, 1), 0.125)  # of max_entries, per client
+    client_share: float = check(number(0.001, 1), 0.125)  # of max_entries and bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ miss fetched it (its `clients.charge_key`), and a client owns at most `per_clien
 `per_client_bytes` of their bytes (the same `client_share` of each bound): past either, its new
 answer evicts its own least recently used ones, so that a client asking for ever new names, or
 for ever bigger answers over TCP, cycles its own share and not the other clients' answers
-(`client_evicted`). An answer bigger than a share is answered and not kept.
+(`client_evicted`); a share is at least one answer of ENTRY_BYTES, and an answer bigger than
+a share is answered and not kept. A reload that shrinks the shares trims the clients past
+theirs before the LRU bound takes anyone's.
 
 An `Entry` is built once, on the miss path, from an upstream reply that `replies.scan_reply`
 walked. It keeps one byte string, `wire`: the reply without its OPT record, with our header
@@ -233,7 +235,8 @@ def _answers(data: bytes, layout: replies.Layout, chain: list[str]) -> bool:
 
 
 class _Share:
-    """What one client is charged for: its entries, least recently used first, and their bytes."""
+    """What one client is charged for: its entries, least recently used first while the cache
+    is shared (with a share of it all, a hit does not pay for their order), and their bytes."""
 
     __slots__ = ("entries", "size")
 
@@ -261,7 +264,8 @@ class Cache:
         self.max_bytes = max_entries * ENTRY_BYTES
         self.per_client = max(1, int(max_entries * client_share))
         self.shared = self.per_client < max_entries  # False: one client may fill it all
-        share_bytes = int(self.max_bytes * client_share)
+        # At least per_client answers of the largest size a UDP client gets.
+        share_bytes = max(int(self.max_bytes * client_share), self.per_client * ENTRY_BYTES)
         self.per_client_bytes = share_bytes if self.shared else self.max_bytes
 
     def __len__(self) -> int:
@@ -290,7 +294,7 @@ class Cache:
             return None
         self._entries.move_to_end(key)
         owner = entry.owner
-        if owner:  # its client's least recently used go first too
+        if owner and self.shared:  # its client's least recently used go first too
             mine = self._owned[owner].entries
             del mine[key]
             mine[key] = entry
@@ -298,8 +302,11 @@ class Cache:
 
     def put(self, entry: Entry) -> None:
         entries = self._entries
-        old = entries.pop(entry.key, None)
+        old = entries.get(entry.key)
+        if old is entry:
+            return
         if old is not None:
+            del entries[entry.key]
             self._forget(old)
         size = len(entry.wire)
         owner = entry.owner
@@ -325,10 +332,10 @@ class Cache:
 
     def resize(self, max_entries: int, client_share: float = 1.0) -> None:
         self._bound(max_entries, client_share)
-        self._shrink()
-        if self.shared:
+        if self.shared:  # first: the clients past their share make room, not the others
             for owner in list(self._owned):
                 self._trim(owner, self.per_client, self.per_client_bytes)
+        self._shrink()
 
     def _trim(self, owner: bytes, count: int, size: int) -> None:
         """Evict `owner`'s least recently used until it holds at most `count` entries of at

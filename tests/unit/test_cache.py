@@ -485,3 +485,25 @@ def _copy(entry: Entry) -> Entry:
     fresh = Entry(entry.key, entry.wire, entry.ttl_at, entry.qend, entry.ttl, entry.stored)
     fresh.owner = entry.owner
     return fresh
+
+
+def test_a_share_of_one_answer_has_room_for_the_largest_udp_answer() -> None:
+    cache = Cache(100, client_share=0.001)  # a tenth of an answer: rounded up to one
+    assert cache.per_client == 1 and cache.per_client_bytes == ENTRY_BYTES
+    entry = _owned("one.test", A_CLIENT)
+    cache.put(entry)
+    assert cache.get(entry.key, 101.0) is entry
+    cache.put(entry)  # the same answer again: still there, alive
+    assert cache.get(entry.key, 101.0) is entry and cache.owned(A_CLIENT) == 1
+
+
+def test_a_reload_that_shares_the_cache_evicts_the_flooders_answers_first() -> None:
+    cache = Cache(100, client_share=1.0)
+    theirs = [_owned(f"t{n}.test", B_CLIENT) for n in range(5)]
+    flood = [_owned(f"f{n}.test", A_CLIENT) for n in range(95)]
+    for entry in (*theirs, *flood):
+        cache.put(entry)
+    cache.resize(50, client_share=0.125)  # six answers a client
+    assert all(cache.get(e.key, 101.0) is e for e in theirs) and cache.evicted == 0
+    assert cache.owned(A_CLIENT) == 6 and cache.client_evicted == 89
+    assert [e for e in flood if e.expires > 0] == flood[-6:]
