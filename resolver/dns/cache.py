@@ -235,21 +235,22 @@ def _answers(data: bytes, layout: replies.Layout, chain: list[str]) -> bool:
 
 
 class _Share:
-    """What one client is charged for: its entries, least recently used first while the cache
-    is shared (with a share of it all, a hit does not pay for their order), and their bytes."""
+    """What a client is charged for: its entries, least recently used first while the cache is
+    shared (else a hit does not pay for their order), and their bytes."""
 
     __slots__ = ("entries", "size")
 
     def __init__(self) -> None:
-        self.entries: dict[bytes, Entry] = {}
+        # Not a dict: its oldest key is found past all keys deleted before it (3 us a time).
+        self.entries: OrderedDict[bytes, Entry] = OrderedDict()
         self.size = 0
 
 
 class Cache:
     """Entries by key (folded name, type, class, DO, CD), least recently used evicted first
     when there are more than `max_entries` of them or their answers take more than
-    `max_bytes`; a client's own least recently used first when it holds `per_client` of them
-    or `per_client_bytes` of their bytes (see the module docstring)."""
+    `max_bytes`; a client's own first when it holds `per_client` of them or `per_client_bytes`
+    (see the module docstring)."""
 
     def __init__(self, max_entries: int, client_share: float = 1.0) -> None:
         self.bytes = 0  # the answers' bytes (Entry.wire) held
@@ -295,9 +296,7 @@ class Cache:
         self._entries.move_to_end(key)
         owner = entry.owner
         if owner and self.shared:  # its client's least recently used go first too
-            mine = self._owned[owner].entries
-            del mine[key]
-            mine[key] = entry
+            self._owned[owner].entries.move_to_end(key)
         return entry
 
     def put(self, entry: Entry) -> None:
