@@ -47,6 +47,14 @@ def charge_key(host: str) -> bytes:
     return host.encode() if key is None else key
 
 
+def charge_text(key: bytes) -> str:
+    """A `charge_key` as text for a log line: `client_text`, or the peer's own text with what
+    is not printable ASCII escaped."""
+    if len(key) in (4, 8):
+        return client_text(key)
+    return key.decode("latin-1").encode("unicode_escape").decode("ascii")
+
+
 def client_text(key: bytes) -> str:
     """A `client_key` as text: ``192.0.2.7`` or ``2001:db8:1:2::/64``."""
     if len(key) == 4:

@@ -129,6 +129,7 @@ class Handler:
         misses.max_ttl = config.cache.max_ttl
         misses.max_negative_ttl = config.cache.max_negative_ttl
         self.cache.resize(config.cache.max_entries, config.cache.client_share)
+        misses.share_said = False
         self._clear_memo()
         retag = matcher is not self.matcher
         self.matcher = misses.matcher = matcher

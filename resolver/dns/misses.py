@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from resolver.clients import charge_key
+from resolver.clients import charge_key, charge_text
 from resolver.dns import wire
 from resolver.dns.cache import Cache, Entry, build_entry, shared_int
 from resolver.dns.counts import Counts
@@ -66,6 +66,7 @@ class Misses:
         self.closing = False
         self.max_pending = 1
         self.max_ttl = self.max_negative_ttl = 0
+        self.share_said = False  # a client at its share of the cache: said once per config
 
     @property
     def busy(self) -> bool:
@@ -181,7 +182,18 @@ class Misses:
             self.counts.values["addresses_capped"] += chain.capped
         entry.addr_base = shared_int(chain.addr_ttl)
         if entry.ttl > 0:
-            self.cache.put(entry)
+            cache = self.cache
+            evicted = cache.client_evicted
+            cache.put(entry)
+            if cache.client_evicted != evicted and not self.share_said:
+                self.share_said = True
+                log.warning(
+                    "client %s holds its share of the cache (cache.client_share: %d answers of "
+                    "%d): its new answers evict its own oldest (cache.client_evicted; said once "
+                    "until a reload). If it is a DNS server asking for the branch, set "
+                    "cache.client_share: 1", charge_text(owner), cache.per_client,
+                    cache.max_entries,
+                )  # fmt: skip
         return entry
 
     def _answer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from dnslib import QTYPE, DNSRecord
@@ -183,9 +184,13 @@ async def test_root_name_query() -> None:
         assert len(env.fake.received) == 1  # the second came from the cache
 
 
-async def test_one_client_asking_new_names_cycles_its_own_share_of_the_cache() -> None:
+async def test_one_client_asking_new_names_cycles_its_own_share_of_the_cache(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """cache.client_share: a client that asks for ever new names evicts its own oldest answers,
-    and another client's answer stays cached (127.0.0.2 and .3 are two clients)."""
+    and another client's answer stays cached (127.0.0.2 and .3 are two clients). The operator
+    is told once, with the setting a branch's own DNS server (one client for all) needs."""
+    caplog.set_level(logging.WARNING, logger="resolver.dns.handler")
     async with DnsEnv(cache={"max_entries": 8, "client_share": 0.25}) as env:
         assert (await env.udp(query_bytes("theirs.example.test"), source="127.0.0.3")) is not None
         for i in range(20):
@@ -199,3 +204,12 @@ async def test_one_client_asking_new_names_cycles_its_own_share_of_the_cache() -
         assert len(env.fake.received) == asked + 1  # f0 went long ago: its share is f18, f19
         cache = env.srv.status()["cache"]
         assert cache["entries"] == 3 and cache["client_evicted"] == 19 and cache["evicted"] == 0
+        said = [r.getMessage() for r in caplog.records if "share of the cache" in r.getMessage()]
+        assert said == [
+            "client 127.0.0.2 holds its share of the cache (cache.client_share: 2 answers of 8): "
+            "its new answers evict its own oldest (cache.client_evicted; said once until a "
+            "reload). If it is a DNS server asking for the branch, set cache.client_share: 1"
+        ]
+        env.srv.reconfigure(env.config, env.matcher)  # a reload: said again when it happens
+        await env.udp(query_bytes("f20.example.test"), source="127.0.0.2")
+        assert sum("share of the cache" in r.getMessage() for r in caplog.records) == 2
