@@ -33,18 +33,21 @@ def client_key(host: str) -> bytes | None:
         if ":" not in text:
             return socket.inet_pton(socket.AF_INET, text)
         packed = socket.inet_pton(socket.AF_INET6, text)
-    except OSError:
+    except (OSError, ValueError):  # not an address; ValueError: it holds a NUL
         return None
     if packed[:12] == b"\0" * 10 + b"\xff\xff":
         return packed[12:]
     return packed[:8]
 
 
+_TEXT = b"peer text"  # 9 bytes: a text key is never as long as an address key (4 or 8)
+
+
 def charge_key(host: str) -> bytes:
     """Who is charged for `host`'s share of a limit: its `client_key`, or for a peer that is no
-    address (which the sockets never give) its own text."""
+    address (which the sockets never give) its own text, after _TEXT."""
     key = client_key(host)
-    return host.encode() if key is None else key
+    return _TEXT + host.encode("utf-8", "surrogateescape") if key is None else key
 
 
 def charge_text(key: bytes) -> str:
@@ -52,7 +55,7 @@ def charge_text(key: bytes) -> str:
     is not printable ASCII escaped."""
     if len(key) in (4, 8):
         return client_text(key)
-    return key.decode("latin-1").encode("unicode_escape").decode("ascii")
+    return key[len(_TEXT) :].decode("latin-1").encode("unicode_escape").decode("ascii")
 
 
 def client_text(key: bytes) -> str:
