@@ -44,6 +44,7 @@ COMPILED = [
     "resolver/dns/replies.py",
     "resolver/dns/resolution.py",
     "resolver/dns/sockets.py",
+    "resolver/dns/store.py",
     "resolver/dns/tagging.py",
     "resolver/dns/udp.py",
     "resolver/dns/upstream.py",

@@ -41,7 +41,7 @@ from typing import Any
 from resolver.clients import charge_key, client_ip
 from resolver.config import Config
 from resolver.dns import events, wire
-from resolver.dns.cache import Cache, Entry, shared_int
+from resolver.dns.cache import Entry, shared_int
 from resolver.dns.counts import Counts
 from resolver.dns.events import Tracer
 from resolver.dns.exchange import Transport
@@ -49,6 +49,7 @@ from resolver.dns.forwarder import Forwarder
 from resolver.dns.misses import DEFERRED, Misses
 from resolver.dns.query import Conn, Query
 from resolver.dns.ratelimit import Budgets
+from resolver.dns.store import Cache
 from resolver.dns.tagging import NameMatcher, tag
 from resolver.hooks import BreakoutHook
 

@@ -20,13 +20,14 @@ from collections.abc import Callable
 
 from resolver.clients import charge_key, charge_text
 from resolver.dns import wire
-from resolver.dns.cache import Cache, Entry, build_entry, shared_int
+from resolver.dns.cache import Entry, build_entry, shared_int
 from resolver.dns.counts import Counts
 from resolver.dns.events import Tracer
 from resolver.dns.forwarder import Forwarder, Resolved
 from resolver.dns.query import Query
 from resolver.dns.ratelimit import Budgets
 from resolver.dns.resolution import Resolution
+from resolver.dns.store import Cache
 from resolver.dns.tagging import NameMatcher, tag
 from resolver.hooks import BreakoutHook, Pending, Tagged, iter_packed
 from resolver.logsetup import REPEATS

@@ -7,7 +7,8 @@
 
 Both take the oldest of an insertion-ordered table. In a plain dict that is O(keys deleted
 before it): 3 us an eviction in the cache's share and 14 us a new client in the buckets, the
-compiled build, before they became OrderedDicts. What is asserted is that the cost does not
+compiled build, before the shares became lists linked through their entries and the buckets
+an OrderedDict. What is asserted is that the cost does not
 grow with the table: at the shipped sizes it is within GROWTH_LIMIT of the cost at a table
 64 times smaller, medians of ROUNDS, on the build that runs the bench.
 """
@@ -22,13 +23,14 @@ import pytest
 
 from resolver import buildinfo
 from resolver.config import CacheConfig
-from resolver.dns.cache import Cache, Entry
+from resolver.dns.cache import Entry
 from resolver.dns.ratelimit import DEFAULT_MAX_CLIENTS, TokenBucket
+from resolver.dns.store import Cache
 
 pytestmark = pytest.mark.bench
 
 ROUNDS = 5
-GROWTH_LIMIT = 3.0  # measured 1.2-1.5 (memory caches) with OrderedDicts; 5.7-37 with dicts
+GROWTH_LIMIT = 3.0  # measured 1.2-1.5 (memory caches) since; 5.7-37 with dicts
 CLIENT = bytes([192, 0, 2, 1])
 WIRE = bytes(100)  # an answer's bytes: their content is not read
 

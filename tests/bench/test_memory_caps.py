@@ -171,7 +171,8 @@ def _fill(reply: bytes, name_chars: int) -> dict[str, Any]:
     from resolver.clients import charge_key, client_key
     from resolver.config import BreakoutConfig, CacheConfig
     from resolver.dns import replies, wire
-    from resolver.dns.cache import Cache, build_entry, shared_int
+    from resolver.dns.cache import build_entry, shared_int
+    from resolver.dns.store import Cache
     from resolver.dns.tagging import tag
     from resolver.net.holds import MAX_NAMES
     from resolver.net.ledger import Ledger

@@ -1,4 +1,4 @@
-"""resolver.dns.cache: entries from replies (TTL rules, variants, TC), the LRU cache, retag."""
+"""resolver.dns.cache and store: entries from replies (TTL rules, variants, TC), the LRU, retag."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from policy.loader import builtin_policy
 from policy.matcher import Matcher
 from policy.model import Match, Rule
 from resolver.dns import replies, wire
-from resolver.dns.cache import ENTRY_BYTES, SHARED_OFFSETS_MAX, Cache, Entry, build_entry
+from resolver.dns.cache import ENTRY_BYTES, SHARED_OFFSETS_MAX, Entry, build_entry
+from resolver.dns.store import Cache
 from resolver.dns.tagging import tag
 from resolver.hooks import address_texts
 
@@ -479,6 +480,13 @@ def test_the_shares_always_add_up_to_the_cache(seed: int) -> None:
             assert cache.owned_bytes(owner) == sum(len(e.wire) for e in mine)
             assert cache.owned_bytes(owner) <= cache.per_client_bytes
         assert sorted(cache._owned) == sorted({e.owner for e in live if e.owner})
+        for owner, share in cache._owned.items():  # each share's list: its entries, once
+            walked, at = [], share.oldest
+            while at is not None:
+                walked.append(at)
+                at = at.newer
+            assert {id(e) for e in walked} == {id(e) for e in live if e.owner == owner}
+            assert len(walked) == share.count and share.newest is walked[-1]
 
 
 def _copy(entry: Entry) -> Entry:
