@@ -189,11 +189,12 @@ class Misses:
             if cache.client_evicted != evicted and not self.share_said:
                 self.share_said = True
                 log.warning(
-                    "client %s holds its share of the cache (cache.client_share: %d answers of "
-                    "%d): its new answers evict its own oldest (cache.client_evicted; said once "
-                    "until a reload). If it is a DNS server asking for the branch, set "
-                    "cache.client_share: 1", charge_text(owner), cache.per_client,
-                    cache.max_entries,
+                    "client %s holds its share of the cache (cache.client_share: %d answers or "
+                    "%d bytes, of %d and %d): its new answers evict its own oldest "
+                    "(cache.client_evicted; said once until a reload or a policy update). If it "
+                    "is a DNS server asking for the branch, set cache.client_share: 1",
+                    charge_text(owner), cache.per_client, cache.per_client_bytes,
+                    cache.max_entries, cache.max_bytes,
                 )  # fmt: skip
         return entry
 

@@ -206,9 +206,10 @@ async def test_one_client_asking_new_names_cycles_its_own_share_of_the_cache(
         assert cache["entries"] == 3 and cache["client_evicted"] == 19 and cache["evicted"] == 0
         said = [r.getMessage() for r in caplog.records if "share of the cache" in r.getMessage()]
         assert said == [
-            "client 127.0.0.2 holds its share of the cache (cache.client_share: 2 answers of 8): "
-            "its new answers evict its own oldest (cache.client_evicted; said once until a "
-            "reload). If it is a DNS server asking for the branch, set cache.client_share: 1"
+            "client 127.0.0.2 holds its share of the cache (cache.client_share: 2 answers or "
+            "2464 bytes, of 8 and 9856): its new answers evict its own oldest "
+            "(cache.client_evicted; said once until a reload or a policy update). If it is a DNS "
+            "server asking for the branch, set cache.client_share: 1"
         ]
         env.srv.reconfigure(env.config, env.matcher)  # a reload: said again when it happens
         await env.udp(query_bytes("f20.example.test"), source="127.0.0.2")
