@@ -69,14 +69,23 @@ class Epoch:
         self.value += 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Tagged:
-    """A Microsoft 365 answer: the name on its CNAME chain that matched, and its addresses."""
+    """A Microsoft 365 answer: the name on its CNAME chain that matched, and its addresses.
+    Read-only once made: cached answers share it."""
 
     qname: str  # the query name, lower case, no trailing dot
     via: str  # the first name on the chain (qname, then CNAME targets) that matched
     match: Match
     addresses: bytes  # the chain's A and AAAA addresses, packed (see pack_addresses)
+
+    # Written out (init=False, and so not frozen: a frozen dataclass cannot assign its fields
+    # in an __init__ of its own): a dataclass's own __init__ stays Python code when compiled.
+    def __init__(self, qname: str, via: str, match: Match, addresses: bytes) -> None:
+        self.qname = qname
+        self.via = via
+        self.match = match
+        self.addresses = addresses
 
 
 class Pending(Protocol):

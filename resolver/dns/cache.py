@@ -66,7 +66,7 @@ def _share(table: dict[T, T], value: T) -> T:
     return value
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Chain:
     """What tagging reads of an answer: the CNAME chain from the query name, and its A/AAAA
     addresses (packed, see hooks.pack_addresses: the first MAX_ADDRESSES distinct ones; how
@@ -75,7 +75,14 @@ class Chain:
     names: list[str]
     addresses: bytes
     addr_ttl: int
-    capped: int = 0
+    capped: int
+
+    # Written out (init=False): a dataclass's own __init__ stays Python code when compiled.
+    def __init__(self, names: list[str], addresses: bytes, addr_ttl: int, capped: int = 0) -> None:
+        self.names = names
+        self.addresses = addresses
+        self.addr_ttl = addr_ttl
+        self.capped = capped
 
 
 class Entry:

@@ -55,12 +55,22 @@ class Fallback:
     breakout: UpstreamSet
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Resolved:
     data: bytes
     layout: replies.Layout
     upstream: Upstream  # the one that answered (the last one, for a spliced answer)
     origin: UpstreamSet | Spliced | Fallback
+
+    # Written out (init=False): a dataclass's own __init__ stays Python code when compiled.
+    def __init__(
+        self, data: bytes, layout: replies.Layout, upstream: Upstream,
+        origin: UpstreamSet | Spliced | Fallback,
+    ) -> None:  # fmt: skip
+        self.data = data
+        self.layout = layout
+        self.upstream = upstream
+        self.origin = origin
 
 
 class Forwarder:
