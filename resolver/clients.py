@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Final, TypeAlias
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+IP: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def client_ip(host: str) -> IP | None:
@@ -40,7 +41,7 @@ def client_key(host: str) -> bytes | None:
     return packed[:8]
 
 
-_TEXT = b"peer text"  # 9 bytes: a text key is never as long as an address key (4 or 8)
+_TEXT: Final = b"peer text"  # 9 bytes: a text key is never as long as an address key (4 or 8)
 
 
 def charge_key(host: str) -> bytes:

@@ -22,23 +22,23 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from resolver.dns import replies, wire
 from resolver.hooks import Tagged
 
-_TTL = struct.Struct("!I")
-_OFFSETS = "!{}H"
-_OPT = (wire.opt_record(False), wire.opt_record(True))  # by the DO bit of the key
+_TTL: Final = struct.Struct("!I")
+_OFFSETS: Final = "!{}H"
+_OPT: Final = (wire.opt_record(False), wire.opt_record(True))  # by the DO bit of the key
 T = TypeVar("T")
-_SHARED: dict[int, int] = {}
-_SHARED_OFFSETS: dict[bytes, bytes] = {}
-SHARED_MAX = 4096
-SHARED_OFFSETS_MAX = 32  # bytes: the TTLs of 16 records
-ENTRY_BYTES = 1232  # bytes of answers the cache may hold per entry of max_entries
+_SHARED: Final[dict[int, int]] = {}
+_SHARED_OFFSETS: Final[dict[bytes, bytes]] = {}
+SHARED_MAX: Final = 4096
+SHARED_OFFSETS_MAX: Final = 32  # bytes: the TTLs of 16 records
+ENTRY_BYTES: Final = 1232  # bytes of answers the cache may hold per entry of max_entries
 # Addresses of one answer that tagging sees (and the breakout routes): Microsoft 365's answers
 # carry fewer than 20; a 64 KB answer could carry 4,000 and take a twelfth of the holds.
-MAX_ADDRESSES = 64
+MAX_ADDRESSES: Final = 64
 
 
 def shared_int(n: int) -> int:

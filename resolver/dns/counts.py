@@ -3,9 +3,11 @@ policy row. One `Counts` is shared by the handler and its miss path."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from resolver.hooks import Tagged
 
-COUNTER_KEYS = (
+COUNTER_KEYS: Final = (
     "total", "noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "other",
     "dropped", "ratelimited", "pending_full", "tagged", "hits", "misses", "hook_errors",
     "canaries", "routes_deferred", "addresses_capped",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from resolver.dns import wire
 from resolver.dns.query import Query
@@ -28,11 +28,18 @@ Observer = Callable[[Event], None]
 Build = Callable[..., Event]  # `event`'s signature: what a Tracer builds its events with
 ScopeCheck = Callable[[str], bool]  # a client's address -> whether its traffic breaks out
 
-QTYPES = {
+QTYPES: Final = {
     1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
     33: "SRV", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY",
 }  # fmt: skip
-RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+RCODES: Final = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+}
 
 
 def event(

@@ -21,14 +21,15 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from resolver.dns import replies, wire
 
 log = logging.getLogger(__name__)
 
 Reply = tuple[bytes, replies.Layout]
-SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # ours, not the upstream's
+# Shortages that are ours, not the upstream's.
+SHORTAGE: Final = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Peer(Protocol):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Final
 
 from resolver.config import Config
 from resolver.dns import replies, wire
@@ -35,7 +36,7 @@ from resolver.logsetup import REPEATS
 
 log = logging.getLogger(__name__)
 
-SPLICED_TYPES = (wire.T_A, wire.T_AAAA)
+SPLICED_TYPES: Final = (wire.T_A, wire.T_AAAA)
 
 
 @dataclass(frozen=True, slots=True)

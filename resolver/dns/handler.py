@@ -36,7 +36,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from resolver.clients import charge_key, client_ip
 from resolver.config import Config
@@ -55,9 +55,9 @@ from resolver.hooks import BreakoutHook
 
 log = logging.getLogger(__name__)
 
-TCP_LIMIT = 65535
-MEMO_MAX = 4096  # remembered query byte strings (a hot set); the map is emptied when full
-ACL_CACHE_MAX = 16_384  # remembered ACL decisions per client address
+TCP_LIMIT: Final = 65535
+MEMO_MAX: Final = 4096  # remembered query byte strings (a hot set); the map is emptied when full
+ACL_CACHE_MAX: Final = 16_384  # remembered ACL decisions per client address
 
 
 class Memo:

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Final
 
 from resolver.clients import charge_key, charge_text
 from resolver.dns import wire
@@ -34,9 +35,9 @@ from resolver.logsetup import REPEATS
 
 log = logging.getLogger("resolver.dns.handler")
 
-MAX_WAITERS = 256  # clients waiting for one coalesced question
-DEFERRED = b""  # handle(): the reply will come through conn.send
-DRAIN_POLL = 0.01  # seconds between looks while draining (shutdown only)
+MAX_WAITERS: Final = 256  # clients waiting for one coalesced question
+DEFERRED: Final = b""  # handle(): the reply will come through conn.send
+DRAIN_POLL: Final = 0.01  # seconds between looks while draining (shutdown only)
 
 
 def charge_of(q: Query) -> bytes:

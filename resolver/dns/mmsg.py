@@ -31,19 +31,20 @@ import logging
 import os
 import socket
 import struct
+from typing import Final
 
 from resolver.dns.wire import EDNS_SIZE
 
 log = logging.getLogger(__name__)
 
-BATCH = 64  # datagrams read per call, and per wake-up of a listener
-MAX_QUERY = 4096  # bytes read per datagram; no DNS query is bigger
-REPLY_SLOT = EDNS_SIZE  # the most a UDP reply carries; a bigger one goes out with sendto
-HOSTS = 4096  # host strings kept by packed address
-MSG_DONTWAIT = 0x40
+BATCH: Final = 64  # datagrams read per call, and per wake-up of a listener
+MAX_QUERY: Final = 4096  # bytes read per datagram; no DNS query is bigger
+REPLY_SLOT: Final = EDNS_SIZE  # the most a UDP reply carries; a bigger one goes out with sendto
+HOSTS: Final = 4096  # host strings kept by packed address
+MSG_DONTWAIT: Final = 0x40
 # What recvmmsg fails with where it cannot be called at all: the socket stays readable, and
 # reading it again would fail again at once.
-UNUSABLE = frozenset({errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EINVAL, errno.EFAULT,
+UNUSABLE: Final = frozenset({errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EINVAL, errno.EFAULT,
                       errno.EOPNOTSUPP})  # fmt: skip
 
 
@@ -51,16 +52,24 @@ UNUSABLE = frozenset({errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EINVAL, err
 # iovlen; void *control; size_t controllen; int flags; }; unsigned len; } and struct iovec {
 # void *base; size_t len; }, laid out by struct's native alignment (ctypes structures cannot be
 # compiled by mypyc).
-HDR = struct.calcsize("PIPNPNi0PI0P")
-IOV = struct.calcsize("PN")
-NAME = 32  # a sockaddr_in6 (28 bytes), aligned
-_PTR = struct.Struct("P")
-_NAMELEN_AT, _IOV_AT = struct.calcsize("P"), struct.calcsize("PI0P")
-_LEN_AT, _IOV_LEN_AT = struct.calcsize("PIPNPNi0P"), struct.calcsize("P")
+HDR: Final = struct.calcsize("PIPNPNi0PI0P")
+IOV: Final = struct.calcsize("PN")
+NAME: Final = 32  # a sockaddr_in6 (28 bytes), aligned
+_PTR: Final = struct.Struct("P")
+_NAMELEN_AT: Final = struct.calcsize("P")
+_IOV_AT: Final = struct.calcsize("PI0P")
+_LEN_AT: Final = struct.calcsize("PIPNPNi0P")
+_IOV_LEN_AT: Final = struct.calcsize("P")
 # Indexes of the fields in the native 32-bit and pointer-sized views of the buffers.
-_NAMELEN_I, _LEN_I, _IOV_LEN_Q = _NAMELEN_AT // 4, _LEN_AT // 4, _IOV_LEN_AT // _PTR.size
-_HDR_I, _HDR_Q, _IOV_Q, _NAME_I, _NAME_H = HDR // 4, HDR // _PTR.size, IOV // _PTR.size, 8, 16
-_BE32 = struct.Struct(">I")
+_NAMELEN_I: Final = _NAMELEN_AT // 4
+_LEN_I: Final = _LEN_AT // 4
+_IOV_LEN_Q: Final = _IOV_LEN_AT // _PTR.size
+_HDR_I: Final = HDR // 4
+_HDR_Q: Final = HDR // _PTR.size
+_IOV_Q: Final = IOV // _PTR.size
+_NAME_I: Final = 8
+_NAME_H: Final = 16
+_BE32: Final = struct.Struct(">I")
 
 Address = tuple[str, int] | tuple[str, int, int, int]
 

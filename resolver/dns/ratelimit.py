@@ -22,9 +22,11 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Final
 
-DEFAULT_MAX_CLIENTS = 65_536
-WAITS_PER_QUESTION = 32  # of a question's waiting places (misses.MAX_WAITERS: 256), per client
+DEFAULT_MAX_CLIENTS: Final = 65_536
+# Of a question's waiting places (misses.MAX_WAITERS: 256), per client
+WAITS_PER_QUESTION: Final = 32
 
 
 class TokenBucket:

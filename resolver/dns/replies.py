@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from bisect import bisect_right
 from dataclasses import dataclass
+from typing import Final
 
 from resolver.dns.wire import (
     FORMERR,
@@ -31,14 +32,14 @@ from resolver.dns.wire import (
     skip_name,
 )
 
-_HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
+_HEADER: Final = struct.Struct("!HHHHHH")
+_RR_FIXED: Final = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_U16: Final = struct.Struct("!H")
+_U32: Final = struct.Struct("!I")
 
 # RDATA layouts that hold (compressible) domain names: type -> (offset of the first name, count).
 # RFC 3597 section 4 fixes this list; names in other types are never compressed.
-_RDATA_NAMES: dict[int, tuple[int, int]] = {
+_RDATA_NAMES: Final[dict[int, tuple[int, int]]] = {
     2: (0, 1),  # NS
     3: (0, 1),  # MD
     4: (0, 1),  # MF

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Final
 
 from resolver.dns import exchange, wire
 from resolver.dns.exchange import SHORTAGE, Attempt, Reply
@@ -43,8 +44,11 @@ from resolver.logsetup import REPEATS
 
 log = logging.getLogger("resolver.dns.handler")
 
-CRASHED = "internal error while resolving; answering SERVFAIL"
-ASKING, SPLICING, DONE = 0, 1, 2  # the stages: the first set(s), the splice, over
+CRASHED: Final = "internal error while resolving; answering SERVFAIL"
+# The stages: the first set(s), the splice, over.
+ASKING: Final = 0
+SPLICING: Final = 1
+DONE: Final = 2
 
 
 class Resolution:

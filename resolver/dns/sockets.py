@@ -23,7 +23,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from resolver.dns import exchange, replies, wire
 from resolver.dns.exchange import Peer, Reply
@@ -31,8 +31,8 @@ from resolver.fdwatch import stop_reading
 
 log = logging.getLogger(__name__)
 
-MAX_QUERIES = 16  # queries one socket carries
-MAX_AGE = 0.15  # seconds after its opening during which a socket takes new queries
+MAX_QUERIES: Final = 16  # queries one socket carries
+MAX_AGE: Final = 0.15  # seconds after its opening during which a socket takes new queries
 
 Done = Callable[[Reply | None], None]
 

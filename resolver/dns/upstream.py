@@ -33,6 +33,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterable
+from typing import Final
 
 from resolver.dns.exchange import Reply, Transport
 
@@ -40,14 +41,14 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 
-DEAD_AFTER = 3  # consecutive failures that take an upstream out of the rotation
-PROBE_INTERVAL = 5.0  # seconds between probes of a dead upstream
-RTT_ALPHA = 0.3  # weight of a new sample in the smoothed RTT
-ROOT_NS = b"\0\0\x02\0\x01"  # the probe's question: ". IN NS"
-SOFT_ALPHA = 0.3  # weight of one answer in the soft-failure score
-SOFT_HALF_LIFE = 60.0  # seconds for the soft-failure score to halve on its own
-SOFT_PENALTY = 1.0  # seconds added to the smoothed RTT at a soft-failure score of 1
-STAT_KEYS = (
+DEAD_AFTER: Final = 3  # consecutive failures that take an upstream out of the rotation
+PROBE_INTERVAL: Final = 5.0  # seconds between probes of a dead upstream
+RTT_ALPHA: Final = 0.3  # weight of a new sample in the smoothed RTT
+ROOT_NS: Final = b"\0\0\x02\0\x01"  # the probe's question: ". IN NS"
+SOFT_ALPHA: Final = 0.3  # weight of one answer in the soft-failure score
+SOFT_HALF_LIFE: Final = 60.0  # seconds for the soft-failure score to halve on its own
+SOFT_PENALTY: Final = 1.0  # seconds added to the smoothed RTT at a soft-failure score of 1
+STAT_KEYS: Final = (
     "queries",
     "answers",
     "timeouts",

@@ -13,29 +13,42 @@ records included.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 # Header flags and codes (RFC 1035 4.1.1, RFC 4035 3.2, RFC 6891 6.1.3).
-QR = 0x8000
-AA = 0x0400
-TC = 0x0200
-RD = 0x0100
-RA = 0x0080
-CD = 0x0010
-DO = 0x8000  # in the OPT record's TTL field
+QR: Final = 0x8000
+AA: Final = 0x0400
+TC: Final = 0x0200
+RD: Final = 0x0100
+RA: Final = 0x0080
+CD: Final = 0x0010
+DO: Final = 0x8000  # in the OPT record's TTL field
 
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-BADVERS = 16
+NOERROR: Final = 0
+FORMERR: Final = 1
+SERVFAIL: Final = 2
+NXDOMAIN: Final = 3
+NOTIMP: Final = 4
+REFUSED: Final = 5
+BADVERS: Final = 16
 
-T_A, T_NS, T_CNAME, T_SOA, T_AAAA, T_OPT = 1, 2, 5, 6, 28, 41
-T_IXFR, T_AXFR, T_ANY = 251, 252, 255
+T_A: Final = 1
+T_NS: Final = 2
+T_CNAME: Final = 5
+T_SOA: Final = 6
+T_AAAA: Final = 28
+T_OPT: Final = 41
+T_IXFR: Final = 251
+T_AXFR: Final = 252
+T_ANY: Final = 255
 
-EDNS_SIZE = 1232  # what we advertise and the most we hand out over UDP (DNS flag day 2020)
-PLAIN_SIZE = 512  # the limit for a client without EDNS (RFC 1035 4.2.1)
-MAX_NAME = 255  # octets of a wire name, the root label's zero byte included (RFC 1035 3.1)
-MAX_HOPS = 64  # compression pointers followed for one name
-MAX_CHAIN = 16  # CNAMEs followed from the query name
+EDNS_SIZE: Final = 1232  # what we advertise and the most we hand out over UDP (DNS flag day 2020)
+PLAIN_SIZE: Final = 512  # the limit for a client without EDNS (RFC 1035 4.2.1)
+MAX_NAME: Final = 255  # octets of a wire name, the root label's zero byte included (RFC 1035 3.1)
+MAX_HOPS: Final = 64  # compression pointers followed for one name
+MAX_CHAIN: Final = 16  # CNAMEs followed from the query name
 
-RCODE_NAMES = {
+RCODE_NAMES: Final = {
     NOERROR: "noerror",
     FORMERR: "formerr",
     SERVFAIL: "servfail",
@@ -44,8 +57,8 @@ RCODE_NAMES = {
     REFUSED: "refused",
 }
 
-_HEADER = struct.Struct("!HHHHHH")
-_U16 = struct.Struct("!H")
+_HEADER: Final = struct.Struct("!HHHHHH")
+_U16: Final = struct.Struct("!H")
 
 
 class WireError(ValueError):
@@ -63,9 +76,9 @@ class WireError(ValueError):
 
 # The result of parse_query, a plain tuple because it is built on every uncached query:
 # (qend, qtype, flags) where qend is the offset just past the question and flags is a bit set:
-EDNS = 1  # the client sent an OPT record
-DO_BIT = 2  # ... with the DO bit
-CD_BIT = 4  # the client set CD
+EDNS: Final = 1  # the client sent an OPT record
+DO_BIT: Final = 2  # ... with the DO bit
+CD_BIT: Final = 4  # the client set CD
 ParsedQuery = tuple[int, int, int, int]  # qend, qtype, flags, client's UDP payload limit
 
 
@@ -326,9 +339,9 @@ def read_name(data: bytes, pos: int) -> str:
 
 
 # Bytes a label keeps as they are in text; every other byte is written \DDD (RFC 1035 5.1).
-_PLAIN = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
-_PLAIN_DOT = _PLAIN + b"."
-_ESCAPED = tuple(chr(b) if bytes((b,)) in _PLAIN else f"\\{b:03d}" for b in range(256))
+_PLAIN: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_PLAIN_DOT: Final = _PLAIN + b"."
+_ESCAPED: Final = tuple(chr(b) if bytes((b,)) in _PLAIN else f"\\{b:03d}" for b in range(256))
 
 
 def name_text(wire: bytes) -> str:

@@ -20,7 +20,7 @@ import errno
 import logging
 import time
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from resolver.config import BreakoutConfig
 from resolver.net import conntrack, netlink, nftables, traffic, trafficprune
@@ -29,19 +29,20 @@ from resolver.net.traffic import BARE, Layout, TrafficClass
 
 log = logging.getLogger(__name__)
 
-FLUSH_TIME = 2.0  # longest a conntrack flush may take (50,000 entries: 0.1 s; 206,000: 0.4-0.7)
-READ_TIME = 1.0  # longest a status waits for the counters
-REFRESH_EVERY = 10.0  # seconds between two reads of the class counters by the sweep
+# Longest a conntrack flush may take (50,000 entries: 0.1 s; 206,000: 0.4-0.7)
+FLUSH_TIME: Final = 2.0
+READ_TIME: Final = 1.0  # longest a status waits for the counters
+REFRESH_EVERY: Final = 10.0  # seconds between two reads of the class counters by the sweep
 # New elements wait this long to go out together: one transaction (and one crossing to the
 # netlink thread) for every answer of 20 ms, not one per install batch. A new address's
 # first packets within it (a handshake) are not counted.
-COUNT_DELAY = 0.02
+COUNT_DELAY: Final = 0.02
 # Each transaction that adds elements makes the kernel validate the whole table again, every
 # element's goto included (nft_table_validate walks the maps): about 53 ns an element on Linux
 # 6.18, 1.6 ms a transaction with 30,000 held (measured in a namespace). Spacing the
 # transactions by this much per held address keeps that walk under 4% of a CPU: 20 ms up to
 # 13,000 held, 45 ms at 30,000.
-SPACING_PER_HELD = 1.5e-6
+SPACING_PER_HELD: Final = 1.5e-6
 
 
 class Accounting:

@@ -11,13 +11,14 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from resolver.net.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
-CAP_NET_ADMIN = 12
-GONE = frozenset({0, errno.ESRCH, errno.ENOENT})  # a deletion of what is not there: fine
+CAP_NET_ADMIN: Final = 12
+GONE: Final = frozenset({0, errno.ESRCH, errno.ENOENT})  # a deletion of what is not there: fine
 
 
 class BreakoutError(Exception):

@@ -31,23 +31,24 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from typing import Final
 
 from resolver.net.quickcalls import QuickCalls
 
 log = logging.getLogger(__name__)
 
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_ACK = 0x4
+NLMSG_ERROR: Final = 2
+NLMSG_DONE: Final = 3
+NLM_F_ACK: Final = 0x4
 
-HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_ERROR = struct.Struct("=i")
+HEADER: Final = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_ERROR: Final = struct.Struct("=i")
 
 # Messages per sendmsg. Bounds what failures can queue on the socket before it is drained:
 # an error ack costs about 1 KiB of receive buffer (skb overhead included).
-CHUNK = 256
-SEQ_MAX = 0x7FFFFFFF
-RECV_TIMEOUT = 5.0  # seconds the writer waits for an ack the kernel owes before giving up
+CHUNK: Final = 256
+SEQ_MAX: Final = 0x7FFFFFFF
+RECV_TIMEOUT: Final = 5.0  # seconds the writer waits for an ack the kernel owes before giving up
 
 Buffer = bytes | bytearray | memoryview
 Message = tuple[int, int, bytes]  # (nlmsg_type, nlmsg_flags, body after the header)

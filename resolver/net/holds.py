@@ -21,9 +21,9 @@ need. Holds restored at start belong to nobody.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Final
 
-MAX_NAMES = 16  # names kept per hold, the newest
+MAX_NAMES: Final = 16  # names kept per hold, the newest
 
 
 class Owner:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from resolver.net.accountingapi import AccountingLike, NullAccounting
 from resolver.net.batches import InstallBatch
@@ -33,9 +34,9 @@ from resolver.net.routes import Route
 
 log = logging.getLogger(__name__)
 
-REFRESH_DELAY = 0.5  # set-entry timeout refreshes wait this long, to go out together
-STALL = 0.01  # an ack timer this late means the process itself was stopped
-STALL_GRACE = 0.01  # then: two of the interpreter's switch intervals for the netlink thread
+REFRESH_DELAY: Final = 0.5  # set-entry timeout refreshes wait this long, to go out together
+STALL: Final = 0.01  # an ack timer this late means the process itself was stopped
+STALL_GRACE: Final = 0.01  # then: two of the interpreter's switch intervals for the netlink thread
 
 
 class Installs:

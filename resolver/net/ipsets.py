@@ -20,6 +20,7 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from resolver.net import netlink
 from resolver.net.errors import BreakoutError, needs_net_admin, strerror
@@ -33,33 +34,36 @@ from resolver.net.netlink import (
 
 log = logging.getLogger(__name__)
 
-NFNL_SUBSYS_IPSET = 6
-IPSET_CMD_CREATE = 2
-IPSET_CMD_LIST = 7
-IPSET_CMD_ADD = 9
-IPSET_CMD_DEL = 10
-IPSET_CMD_TYPE = 13
-IPSET_ATTR_PROTOCOL = 1
-IPSET_ATTR_SETNAME = 2
-IPSET_ATTR_TYPENAME = 3
-IPSET_ATTR_REVISION = 4
-IPSET_ATTR_FAMILY = 5
-IPSET_ATTR_FLAGS = 6
-IPSET_ATTR_DATA = 7
-IPSET_ATTR_IP = 1
-IPSET_ATTR_TIMEOUT = 6
-IPSET_ATTR_MAXELEM = 19  # in IPSET_ATTR_DATA of a create
-IPSET_ATTR_IPADDR = {4: 1, 6: 2}
-IPSET_FLAG_LIST_HEADER = 1 << 2
-IPSET_ERR_FIND_TYPE = 4098  # no such set type (its module is missing)
-IPSET_ERR_EXIST = 4103  # delete: "it's not added"; the entry timed out already
-IPSET_PROTOCOL = 7
-IPSET_MAX_TIMEOUT = 2_147_483  # UINT_MAX / 1000 / 2 seconds
-SET_TYPE = "hash:ip"
+NFNL_SUBSYS_IPSET: Final = 6
+IPSET_CMD_CREATE: Final = 2
+IPSET_CMD_LIST: Final = 7
+IPSET_CMD_ADD: Final = 9
+IPSET_CMD_DEL: Final = 10
+IPSET_CMD_TYPE: Final = 13
+IPSET_ATTR_PROTOCOL: Final = 1
+IPSET_ATTR_SETNAME: Final = 2
+IPSET_ATTR_TYPENAME: Final = 3
+IPSET_ATTR_REVISION: Final = 4
+IPSET_ATTR_FAMILY: Final = 5
+IPSET_ATTR_FLAGS: Final = 6
+IPSET_ATTR_DATA: Final = 7
+IPSET_ATTR_IP: Final = 1
+IPSET_ATTR_TIMEOUT: Final = 6
+IPSET_ATTR_MAXELEM: Final = 19  # in IPSET_ATTR_DATA of a create
+IPSET_ATTR_IPADDR: Final = {4: 1, 6: 2}
+IPSET_FLAG_LIST_HEADER: Final = 1 << 2
+IPSET_ERR_FIND_TYPE: Final = 4098  # no such set type (its module is missing)
+IPSET_ERR_EXIST: Final = 4103  # delete: "it's not added"; the entry timed out already
+IPSET_PROTOCOL: Final = 7
+IPSET_MAX_TIMEOUT: Final = 2_147_483  # UINT_MAX / 1000 / 2 seconds
+SET_TYPE: Final = "hash:ip"
 
-NFGENMSG = struct.Struct("=BBH")
-_BE32 = struct.Struct(">I")
-AF = {4: socket.AF_INET, 6: socket.AF_INET6}  # also the NFPROTO_IPV4/IPV6 of IPSET_ATTR_FAMILY
+NFGENMSG: Final = struct.Struct("=BBH")
+_BE32: Final = struct.Struct(">I")
+AF: Final = {
+    4: socket.AF_INET,
+    6: socket.AF_INET6,
+}  # also the NFPROTO_IPV4/IPV6 of IPSET_ATTR_FAMILY
 
 
 def _timeout(seconds: int) -> int:

@@ -43,7 +43,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Final, Protocol
 
 from resolver.net.holds import Hold
 from resolver.net.records import (
@@ -58,15 +58,15 @@ from resolver.net.records import (
 
 log = logging.getLogger(__name__)
 
-AHEAD = 30.0  # seconds a recorded expiry runs ahead of the hold's own
-CLOCK_SLACK = 60.0  # how far the wall clock may have gone back between a write and its reading
-SYNC_MARGIN = 5.0  # a due re-recording closer than this to the journal's expiry is not buffered
-COMPACT_FACTOR = 4  # rewrite when the file has this many lines per live hold (and more than:)
-COMPACT_MIN = 20_000
-COMPACT_PAUSE = 10.0  # seconds at least from one compaction to the next
-COMPACT_RETRY = 60.0  # after one that failed: again at once when the disk has room, else this
-RECORD_BYTES = 96  # room a record needs, for that check
-CHUNK = 1024  # holds formatted and written at a time by a compaction
+AHEAD: Final = 30.0  # seconds a recorded expiry runs ahead of the hold's own
+CLOCK_SLACK: Final = 60.0  # how far the wall clock may have gone back since a write
+SYNC_MARGIN: Final = 5.0  # a re-recording due closer than this to the file's expiry: at once
+COMPACT_FACTOR: Final = 4  # rewrite past this many lines per live hold (and more than:)
+COMPACT_MIN: Final = 20_000
+COMPACT_PAUSE: Final = 10.0  # seconds at least from one compaction to the next
+COMPACT_RETRY: Final = 60.0  # after a failed one: at once when the disk has room, else this
+RECORD_BYTES: Final = 96  # room a record needs, for that check
+CHUNK: Final = 1024  # holds formatted and written at a time by a compaction
 
 
 class JournalLike(Protocol):
@@ -90,15 +90,9 @@ class Journal:
     """The journal of one running breakout (see the module docstring)."""
 
     def __init__(
-        self,
-        state_dir: str,
-        table: int,
-        protocol: int,
-        clock: Callable[[], float],
-        wall: Callable[[], float],
-        *,
-        prepared: Callable[[], None] | None = None,
-    ) -> None:
+        self, state_dir: str, table: int, protocol: int, clock: Callable[[], float],
+        wall: Callable[[], float], *, prepared: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         """`prepared` runs in the worker once a compaction's file is written and synced,
         before the loop swaps it in: a test stops there to see what a kill would find."""
         self.state_dir = state_dir

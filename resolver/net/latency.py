@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
 
-SAMPLES = 1024
+SAMPLES: Final = 1024
 
 
 class AckLatency:

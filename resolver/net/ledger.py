@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from resolver.clients import client_text
 from resolver.hooks import Epoch
@@ -35,7 +35,7 @@ from resolver.net.prefixes import ConfigRoutes
 
 log = logging.getLogger(__name__)
 
-COUNTERS = (
+COUNTERS: Final = (
     "installed", "removed", "refreshed", "skipped", "netlink_errors", "ack_timeouts", "capped",
     "withdrawn", "restored", "adopted", "route_lost", "repaired", "failovers", "journal_errors",
     "client_capped",

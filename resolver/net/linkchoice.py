@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from resolver.config import BreakoutConfig, LinkConfig
 from resolver.net.health import Verdict
 from resolver.net.links import Link, NetView
 from resolver.net.routes import NextHop
 
-FAMILIES = (4, 6)
+FAMILIES: Final = (4, 6)
 
 
 def health_thresholds(cfg: BreakoutConfig, can_probe: bool) -> tuple[int, int] | None:

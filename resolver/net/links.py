@@ -22,6 +22,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from resolver import fdwatch
 from resolver.net import echofilter, netlink, routes
@@ -30,25 +31,25 @@ from resolver.net.routes import RT_SCOPE_LINK, RT_TABLE_MAIN, RTN_UNICAST, RTPRO
 
 log = logging.getLogger(__name__)
 
-RTM_NEWLINK = 16
-RTM_DELLINK = 17
-RTM_GETLINK = 18
-RTM_NEWADDR = 20
-RTM_DELADDR = 21
-RTM_GETADDR = 22
-IFLA_IFNAME = 3
-IFA_ADDRESS = 1
-IFA_LOCAL = 2
-IFF_UP = 0x1
-IFF_RUNNING = 0x40
-RTMGRP_LINK = 0x1
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV4_ROUTE = 0x40
-RTMGRP_IPV6_IFADDR = 0x100
-RTMGRP_IPV6_ROUTE = 0x400
-RTMGRP_IPV4_RULE = 0x80
-RTMGRP_IPV6_RULE = 1 << (19 - 1)  # RTNLGRP_IPV6_RULE
-GROUPS = (
+RTM_NEWLINK: Final = 16
+RTM_DELLINK: Final = 17
+RTM_GETLINK: Final = 18
+RTM_NEWADDR: Final = 20
+RTM_DELADDR: Final = 21
+RTM_GETADDR: Final = 22
+IFLA_IFNAME: Final = 3
+IFA_ADDRESS: Final = 1
+IFA_LOCAL: Final = 2
+IFF_UP: Final = 0x1
+IFF_RUNNING: Final = 0x40
+RTMGRP_LINK: Final = 0x1
+RTMGRP_IPV4_IFADDR: Final = 0x10
+RTMGRP_IPV4_ROUTE: Final = 0x40
+RTMGRP_IPV6_IFADDR: Final = 0x100
+RTMGRP_IPV6_ROUTE: Final = 0x400
+RTMGRP_IPV4_RULE: Final = 0x80
+RTMGRP_IPV6_RULE: Final = 1 << (19 - 1)  # RTNLGRP_IPV6_RULE
+GROUPS: Final = (
     RTMGRP_LINK
     | RTMGRP_IPV4_IFADDR
     | RTMGRP_IPV4_ROUTE
@@ -59,10 +60,10 @@ GROUPS = (
 )
 
 # Device routes shorter than this are ways out, not attached networks (see attached_network).
-MIN_ATTACHED_LEN = {4: 8, 6: 16}
+MIN_ATTACHED_LEN: Final = {4: 8, 6: 16}
 
-IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+IFINFOMSG: Final = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFADDRMSG: Final = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +235,10 @@ class NetView:
 
 
 EventHandler = Callable[[int, bool, object], None]  # (kind, new?, Link|list[Addr]|Route|Rule)
-KIND_LINK = RTM_NEWLINK
-KIND_ADDR = RTM_NEWADDR
-KIND_ROUTE = routes.RTM_NEWROUTE
-KIND_RULE = routes.RTM_NEWRULE
+KIND_LINK: Final = RTM_NEWLINK
+KIND_ADDR: Final = RTM_NEWADDR
+KIND_ROUTE: Final = routes.RTM_NEWROUTE
+KIND_RULE: Final = routes.RTM_NEWRULE
 
 
 class Monitor:

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from resolver.config import BreakoutConfig
 from resolver.net import netlink
@@ -48,7 +48,7 @@ from resolver.net.routes import AF, HOST_LEN, RT_TABLE_MAIN, Route, foreign_host
 
 log = logging.getLogger(__name__)
 
-SKIP_CACHE_MAX = 10_000
+SKIP_CACHE_MAX: Final = 10_000
 
 
 class LinkWatch:

@@ -38,7 +38,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -61,22 +61,22 @@ from resolver.net.quickcalls import QuickCalls
 
 log = logging.getLogger(__name__)
 
-NETLINK_ROUTE = 0
-NETLINK_NETFILTER = 12
+NETLINK_ROUTE: Final = 0
+NETLINK_NETFILTER: Final = 12
 
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
-NLM_F_REPLACE = 0x100
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
+NLM_F_REQUEST: Final = 0x1
+NLM_F_DUMP: Final = 0x300
+NLM_F_REPLACE: Final = 0x100
+NLM_F_EXCL: Final = 0x200
+NLM_F_CREATE: Final = 0x400
 
-NLA_F_NESTED = 0x8000
-NLA_F_NET_BYTEORDER = 0x4000
-NLA_TYPE_MASK = 0x3FFF
+NLA_F_NESTED: Final = 0x8000
+NLA_F_NET_BYTEORDER: Final = 0x4000
+NLA_TYPE_MASK: Final = 0x3FFF
 
-_ATTR = struct.Struct("=HH")
+_ATTR: Final = struct.Struct("=HH")
 
-_RECV_SIZE = 1 << 18
+_RECV_SIZE: Final = 1 << 18
 
 
 # A Python class even when this module is compiled: mypyc cannot subclass OSError natively.

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Final
 
-BITS = {4: 32, 6: 128}
-NAT64 = bytes.fromhex("0064ff9b0000000000000000")  # 64:ff9b::/96, RFC 6052's well-known prefix
+BITS: Final = {4: 32, 6: 128}
+NAT64: Final = bytes.fromhex(
+    "0064ff9b0000000000000000"
+)  # 64:ff9b::/96, RFC 6052's well-known prefix
 
 
 class PrefixIndex:

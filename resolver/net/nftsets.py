@@ -22,6 +22,7 @@ import logging
 import socket
 import struct
 from collections.abc import Sequence
+from typing import Final
 
 from resolver.config import NftSet
 from resolver.net import netlink
@@ -30,32 +31,32 @@ from resolver.net.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, Message
 
 log = logging.getLogger(__name__)
 
-NFNL_SUBSYS_NFTABLES = 10
-NFNL_MSG_BATCH_BEGIN = 16
-NFNL_MSG_BATCH_END = 17
-NFT_MSG_GETSET = 10
-NFT_MSG_NEWSETELEM = 12
-NFT_MSG_DESTROYSETELEM = 30
-NFTA_SET_TABLE = 1
-NFTA_SET_NAME = 2
-NFTA_SET_FLAGS = 3
-NFTA_SET_KEY_LEN = 5
-NFTA_SET_ELEM_LIST_TABLE = 1
-NFTA_SET_ELEM_LIST_SET = 2
-NFTA_SET_ELEM_LIST_ELEMENTS = 3
-NFTA_LIST_ELEM = 1
-NFTA_SET_ELEM_KEY = 1
-NFTA_SET_ELEM_TIMEOUT = 4
-NFTA_DATA_VALUE = 1
-NFT_SET_TIMEOUT = 0x10
+NFNL_SUBSYS_NFTABLES: Final = 10
+NFNL_MSG_BATCH_BEGIN: Final = 16
+NFNL_MSG_BATCH_END: Final = 17
+NFT_MSG_GETSET: Final = 10
+NFT_MSG_NEWSETELEM: Final = 12
+NFT_MSG_DESTROYSETELEM: Final = 30
+NFTA_SET_TABLE: Final = 1
+NFTA_SET_NAME: Final = 2
+NFTA_SET_FLAGS: Final = 3
+NFTA_SET_KEY_LEN: Final = 5
+NFTA_SET_ELEM_LIST_TABLE: Final = 1
+NFTA_SET_ELEM_LIST_SET: Final = 2
+NFTA_SET_ELEM_LIST_ELEMENTS: Final = 3
+NFTA_LIST_ELEM: Final = 1
+NFTA_SET_ELEM_KEY: Final = 1
+NFTA_SET_ELEM_TIMEOUT: Final = 4
+NFTA_DATA_VALUE: Final = 1
+NFT_SET_TIMEOUT: Final = 0x10
 
-NFPROTO = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
-KEY_LEN = {4: 4, 6: 16}
-ELEMENTS_PER_MESSAGE = 512
+NFPROTO: Final = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
+KEY_LEN: Final = {4: 4, 6: 16}
+ELEMENTS_PER_MESSAGE: Final = 512
 
-NFGENMSG = struct.Struct("=BBH")
-_BE32 = struct.Struct(">I")
-_BE64 = struct.Struct(">Q")
+NFGENMSG: Final = struct.Struct("=BBH")
+_BE32: Final = struct.Struct(">I")
+_BE64: Final = struct.Struct(">Q")
 
 
 def describe(s: NftSet) -> str:

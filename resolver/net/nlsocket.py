@@ -13,15 +13,16 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable
+from typing import Final
 
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_GET_STRICT_CHK = 12
-SO_SNDBUFFORCE = 32  # not exported by the socket module
-SO_RCVBUFFORCE = 33
+SOL_NETLINK: Final = 270
+NETLINK_CAP_ACK: Final = 10
+NETLINK_GET_STRICT_CHK: Final = 12
+SO_SNDBUFFORCE: Final = 32  # not exported by the socket module
+SO_RCVBUFFORCE: Final = 33
 
-RCVBUF = 4 << 20
-SNDBUF = 4 << 20  # bounds a message (EMSGSIZE): a traffic setup of a feed's many sets
+RCVBUF: Final = 4 << 20
+SNDBUF: Final = 4 << 20  # bounds a message (EMSGSIZE): a traffic setup of a feed's many sets
 
 
 def recv(sock: socket.socket, buf: bytearray, overrun: Callable[[], None]) -> int | None:

@@ -18,13 +18,15 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from resolver.net.neverroute import NeverRoute
 from resolver.net.routes import split_cidr
 
 log = logging.getLogger(__name__)
 
-POLICY, RESOLVER = "policy prefix", "breakout resolver"
+POLICY: Final = "policy prefix"
+RESOLVER: Final = "breakout resolver"
 
 
 @dataclass(eq=False)

@@ -23,11 +23,12 @@ import errno
 import logging
 import os
 import socket
+from typing import Final
 
 log = logging.getLogger(__name__)
 
-MSG_DONTWAIT = 0x40
-_ONE = ctypes.c_uint64(1)
+MSG_DONTWAIT: Final = 0x40
+_ONE: Final = ctypes.c_uint64(1)
 
 
 class QuickCalls:

@@ -14,12 +14,13 @@ import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 log = logging.getLogger("resolver.net.journal")
 
-FILE_NAME = "holds.journal"
-LEGACY_FILE = "breakout-state.json"  # resolverd 0.1's state file, read once if no journal
-VERSION = 1
+FILE_NAME: Final = "holds.journal"
+LEGACY_FILE: Final = "breakout-state.json"  # resolverd 0.1's state file, read once if no journal
+VERSION: Final = 1
 
 
 @dataclass
@@ -85,9 +86,9 @@ def parse(data: bytes, path: str = FILE_NAME, latest: float = math.inf) -> Loade
 
 # The names the writer writes: `wire.read_name`'s presentation form (letters, digits, hyphen,
 # underscore, \DDD escapes; lower case) or the marker of a route kept unaccounted.
-_NAME = re.compile(r"(?:[a-z0-9_-]|\\[0-9]{3})+(?:\.(?:[a-z0-9_-]|\\[0-9]{3})+)*")
-MAX_NAME_TEXT = 4 * 255  # a 255-octet name with every byte escaped
-UNACCOUNTED = "(kept: the hold journal was unreadable)"
+_NAME: Final = re.compile(r"(?:[a-z0-9_-]|\\[0-9]{3})+(?:\.(?:[a-z0-9_-]|\\[0-9]{3})+)*")
+MAX_NAME_TEXT: Final = 4 * 255  # a 255-octet name with every byte escaped
+UNACCOUNTED: Final = "(kept: the hold journal was unreadable)"
 
 
 def name_ok(name: str) -> bool:

@@ -19,6 +19,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from resolver.net import netlink
 from resolver.net.netlink import (
@@ -33,30 +34,32 @@ from resolver.net.netlink import (
 
 log = logging.getLogger(__name__)
 
-RTM_NEWROUTE = 24
-RTM_DELROUTE = 25
-RTM_GETROUTE = 26
+RTM_NEWROUTE: Final = 24
+RTM_DELROUTE: Final = 25
+RTM_GETROUTE: Final = 26
 
-RTA_DST = 1
-RTA_OIF = 4
-RTA_GATEWAY = 5
-RTA_PRIORITY = 6
-RTA_TABLE = 15
+RTA_DST: Final = 1
+RTA_OIF: Final = 4
+RTA_GATEWAY: Final = 5
+RTA_PRIORITY: Final = 6
+RTA_TABLE: Final = 15
 
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
-RT_SCOPE_NOWHERE = 255
-RTN_UNICAST = 1
-RTN_UNREACHABLE = 7
-RTPROT_KERNEL = 2  # routes the kernel adds for an address's prefix
-RT_TABLE_MAIN = 254
+RT_SCOPE_UNIVERSE: Final = 0
+RT_SCOPE_LINK: Final = 253
+RT_SCOPE_NOWHERE: Final = 255
+RTN_UNICAST: Final = 1
+RTN_UNREACHABLE: Final = 7
+RTPROT_KERNEL: Final = 2  # routes the kernel adds for an address's prefix
+RT_TABLE_MAIN: Final = 254
 
-AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-FAMILY = {socket.AF_INET: 4, socket.AF_INET6: 6}
-HOST_LEN = {4: 32, 6: 128}
+AF: Final = {4: socket.AF_INET, 6: socket.AF_INET6}
+FAMILY: Final = {socket.AF_INET: 4, socket.AF_INET6: 6}
+HOST_LEN: Final = {4: 32, 6: 128}
 
-RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type flags
-_U32 = struct.Struct("=I")
+RTMSG: Final = struct.Struct(
+    "=BBBBBBBBI"
+)  # family dst_len src_len tos table protocol scope type flags
+_U32: Final = struct.Struct("=I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ class Route:
     gateway: str | None
 
 
-_TABLE_ATTR = struct.Struct("=HHI")  # a u32 attribute: length, type, value
+_TABLE_ATTR: Final = struct.Struct("=HHI")  # a u32 attribute: length, type, value
 
 
 def added_to(body: Buffer, start: int, end: int, table: int, protocol: int) -> bool:
@@ -197,28 +200,28 @@ async def dump_routes(channel: netlink.Channel, table: int) -> list[Route]:
 
 # -- ip rules ---------------------------------------------------------------------------------
 
-RTM_NEWRULE = 32
-RTM_DELRULE = 33
-RTM_GETRULE = 34
-FIB_RULE_HDR = struct.Struct(
+RTM_NEWRULE: Final = 32
+RTM_DELRULE: Final = 33
+RTM_GETRULE: Final = 34
+FIB_RULE_HDR: Final = struct.Struct(
     "=BBBBBBBBI"
 )  # family dst_len src_len tos table res1 res2 action flags
-FR_ACT_TO_TBL = 1
-FRA_SRC = 2
-FRA_IIFNAME = 3
-FRA_PRIORITY = 6
-FRA_FWMARK = 10
-FRA_TABLE = 15
-FRA_FWMASK = 16
-FRA_OIFNAME = 17
-FRA_L3MDEV = 19
-FRA_UID_RANGE = 20
-FRA_PROTOCOL = 21
-FRA_IP_PROTO = 22
-FRA_SPORT_RANGE = 23
-FRA_DPORT_RANGE = 24
+FR_ACT_TO_TBL: Final = 1
+FRA_SRC: Final = 2
+FRA_IIFNAME: Final = 3
+FRA_PRIORITY: Final = 6
+FRA_FWMARK: Final = 10
+FRA_TABLE: Final = 15
+FRA_FWMASK: Final = 16
+FRA_OIFNAME: Final = 17
+FRA_L3MDEV: Final = 19
+FRA_UID_RANGE: Final = 20
+FRA_PROTOCOL: Final = 21
+FRA_IP_PROTO: Final = 22
+FRA_SPORT_RANGE: Final = 23
+FRA_DPORT_RANGE: Final = 24
 # Selectors resolverd never sets: a rule with one is someone else's.
-_SELECTORS = (FRA_OIFNAME, FRA_L3MDEV, FRA_UID_RANGE, FRA_IP_PROTO, FRA_SPORT_RANGE,
+_SELECTORS: Final = (FRA_OIFNAME, FRA_L3MDEV, FRA_UID_RANGE, FRA_IP_PROTO, FRA_SPORT_RANGE,
               FRA_DPORT_RANGE)  # fmt: skip
 
 

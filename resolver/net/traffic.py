@@ -47,7 +47,7 @@ import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from resolver.net import netlink, nftables
 from resolver.net.errors import BreakoutError
@@ -62,12 +62,12 @@ from resolver.net.nftables import (
     NFT_RETURN,
 )
 
-TABLE = "resolverd"
-SETS = {4: "held4", 6: "held6"}
-HOOK = (nftables.NF_INET_FORWARD, 300)
-ELEMENTS_PER_MESSAGE = 512
-_DADDR = {4: (16, 4), 6: (24, 16)}  # offset and length of the destination in the IP header
-_SINCE = re.compile(r"since (\d+)")
+TABLE: Final = "resolverd"
+SETS: Final = {4: "held4", 6: "held6"}
+HOOK: Final = (nftables.NF_INET_FORWARD, 300)
+ELEMENTS_PER_MESSAGE: Final = 512
+_DADDR: Final = {4: (16, 4), 6: (24, 16)}  # offset and length of the destination in the IP header
+_SINCE: Final = re.compile(r"since (\d+)")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -130,7 +130,7 @@ class Layout:
         return self._by_counter.get(counter)
 
 
-BARE = Layout((), ())  # the table alone, for what needs only its name
+BARE: Final = Layout((), ())  # the table alone, for what needs only its name
 
 
 def comment(since: int) -> str:

@@ -17,6 +17,7 @@ import errno
 import logging
 import re
 from collections.abc import Callable
+from typing import Final
 
 from resolver.net import netlink, nftables, traffic
 from resolver.net.netlink import Message
@@ -24,9 +25,9 @@ from resolver.net.traffic import BARE, Layout, TrafficClass
 
 log = logging.getLogger(__name__)
 
-CHAIN_PREFIX = "c-"  # Layout.chain's: the only chains pruning deletes
+CHAIN_PREFIX: Final = "c-"  # Layout.chain's: the only chains pruning deletes
 Submit = Callable[[list[Message]], "asyncio.Future[list[int]]"]
-_CLASS_CHAIN = re.compile(r"c-r([0-9]{1,10})-(.+)")
+_CLASS_CHAIN: Final = re.compile(r"c-r([0-9]{1,10})-(.+)")
 
 
 def class_of(chain: str) -> TrafficClass | None:
