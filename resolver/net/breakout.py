@@ -110,7 +110,7 @@ class Breakout:
     @property
     def ready(self) -> bool:
         """hooks.BreakoutHook.ready: a breakout link can carry routes now."""
-        return self._active and any(self.parts.links.ready().values())
+        return self._active and self.parts.links.any_ready()
 
     def in_scope(self, client: str) -> bool:
         """Whether `client`'s traffic breaks out (`breakout.clients`, `client_interfaces`; see
@@ -229,7 +229,7 @@ class Breakout:
         # led there through a CNAME (that name is anybody's to choose).
         name = tagged.via
         row = tagged.match.rule.row
-        holds, ready, journal = ledger.holds, parts.links.ready(), parts.journal
+        holds, links, journal = ledger.holds, parts.links, parts.journal
         wait: InstallBatch | None = None
         more: list[InstallBatch] | None = None
         blob, at = tagged.addresses, 0
@@ -260,7 +260,7 @@ class Breakout:
                 continue
             batch = h.batch
             if batch is None:
-                if not ready[h.family]:
+                if not links.ready_for(h.family):
                     continue  # no usable link: the hold stays, the route follows the link
                 batch = installs.enqueue(h)
                 if installed is not None:

@@ -142,6 +142,15 @@ class LinkChoice:
     def ready(self) -> dict[int, bool]:
         return {family: self.active[family] is not None for family in FAMILIES}
 
+    def ready_for(self, family: int) -> bool:
+        """`ready()[family]`, without the dict: asked for every tagged address."""
+        return self.active[family] is not None
+
+    def any_ready(self) -> bool:
+        """A link of either family is ready: asked for every miss."""
+        active = self.active
+        return active[4] is not None or active[6] is not None
+
     def describe(self, family: int) -> str:
         state = self.active[family]
         return state.cfg.interface if state is not None else "none"

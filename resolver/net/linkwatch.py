@@ -118,6 +118,12 @@ class LinkWatch:
     def ready(self) -> dict[int, bool]:
         return self.choice.ready()
 
+    def ready_for(self, family: int) -> bool:
+        return self.choice.ready_for(family)
+
+    def any_ready(self) -> bool:
+        return self.choice.any_ready()
+
     def skip_reason(self, packed: bytes) -> str | None:
         """Why the address must not be routed (never_route, a connected network, someone
         else's route in our table), or None."""

@@ -159,6 +159,27 @@ def test_an_unhealthy_link_moves_both_families_and_all_down_is_none() -> None:
     assert paths.choose() == {4: (None, wan0), 6: (None, wan0)}
 
 
+def test_the_quick_questions_agree_with_ready() -> None:
+    """`ready_for` (every tagged address) and `any_ready` (every miss) say what `ready()`
+    says, with one family usable and the other not, both, and neither."""
+    view = make_view()  # wan0 only
+    paths = LinkChoice(LINKS, None)
+    paths.follow(view)
+    seen = []
+    for step in ("as made", "IPv6 address gone", "link gone"):
+        if step == "IPv6 address gone":
+            view.apply_addr(False, [Addr(WAN, 6, "2001:db8:b::2", "2001:db8:b::/64", False)])
+        elif step == "link gone":
+            view.apply_link(False, Link(WAN, "wan0", True))
+        paths.follow(view)
+        paths.choose()
+        ready = paths.ready()
+        assert {family: paths.ready_for(family) for family in (4, 6)} == ready
+        assert paths.any_ready() == any(ready.values())
+        seen.append(ready)
+    assert seen == [{4: True, 6: True}, {4: True, 6: False}, {4: False, 6: False}]
+
+
 def test_a_new_interface_index_or_gateway_counts_as_a_move() -> None:
     view = two_links_view()
     paths = LinkChoice(LINKS, None)
