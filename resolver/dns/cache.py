@@ -189,9 +189,11 @@ def build_entry(
     now: float,
     max_ttl: int,
     max_negative_ttl: int,
+    qname: str | None = None,
 ) -> tuple[Entry, Chain]:
     """An entry from an upstream reply `data` that `replies.scan_reply` walked into `layout`,
-    and the chain for tagging it.
+    and the chain for tagging it. `qname` is the reply's question name when the caller has
+    read it already (`wire.read_name`: the name of the question it asked).
 
     Raises WireError when the OPT record cannot be cut out. The entry's `ttl` is 0 when the
     reply must not be cached (the caller still answers from it).
@@ -200,7 +202,8 @@ def build_entry(
     rcode = layout.rcode
     ttls = layout.ttls
     n_answers = layout.answer_ttls
-    names, addresses = replies.chain_of(data, layout, wire.read_name(data, 12))
+    start = wire.read_name(data, 12) if qname is None else qname
+    names, addresses = replies.chain_of(data, layout, start)
     ttl, cap = 0, max_ttl
     if rcode == wire.NOERROR and _answers(data, layout, names):
         ttl = min(min(ttls[:n_answers]), max_ttl)

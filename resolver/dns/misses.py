@@ -143,7 +143,7 @@ class Misses:
         try:
             if resolved is not None:
                 source = resolved.upstream.text
-                entry = self._entry(key, resolved, charged)
+                entry = self._entry(key, resolved, charged, res.qname)
             tagged = entry.tag if entry is not None else None
             if entry is not None and tagged is not None and tagged.addresses:
                 if self.budgets.take_routes(charged, sum(1 for _ in iter_packed(tagged.addresses))):
@@ -167,12 +167,13 @@ class Misses:
 
         pending.then(routed)
 
-    def _entry(self, key: bytes, resolved: Resolved, owner: bytes) -> Entry | None:
-        """The entry for an upstream answer, cached and charged to `owner` when it may be."""
+    def _entry(self, key: bytes, resolved: Resolved, owner: bytes, qname: str) -> Entry | None:
+        """The entry for an upstream answer to `qname`, cached and charged to `owner` when it
+        may be."""
         try:
             entry, chain = build_entry(
                 key, resolved.data, resolved.layout, self.clock(), self.max_ttl,
-                self.max_negative_ttl,
+                self.max_negative_ttl, qname,
             )  # fmt: skip
         except wire.WireError as err:
             log.debug("unusable upstream reply: %s", err)

@@ -184,6 +184,7 @@ def scan_reply(data: bytes, records: bool = True, trailing: bool = False) -> Lay
             raise WireError("question truncated")
     layout = Layout(rcode=flags & 0xF, qend=pos, pointers=pointers, truncated=bool(flags & TC))
     offsets, ttls, answers = layout.ttl_offsets, layout.ttls, layout.answers
+    qname: str | None = None
     for index in range(an + ns + ar):
         owner = pos
         pos = skip_name(data, pos, pointers)
@@ -214,7 +215,13 @@ def scan_reply(data: bytes, records: bool = True, trailing: bool = False) -> Lay
                         raise WireError("name runs past its record")
             if index < an:
                 if records:
-                    answers.append(Record(read_name(data, owner), rtype, ttl, rdata, rdlen))
+                    if data[owner] == 0xC0 and data[owner + 1] == 12:  # the question's name
+                        if qname is None:  # most answers' owner: read once
+                            qname = read_name(data, 12)
+                        name = qname
+                    else:
+                        name = read_name(data, owner)
+                    answers.append(Record(name, rtype, ttl, rdata, rdlen))
             elif index < an + ns and rtype == T_SOA and layout.soa is None and rdlen >= 22:
                 minimum = _U32.unpack_from(data, end - 4)[0]
                 layout.soa = (ttl, 0 if minimum & 0x80000000 else minimum)

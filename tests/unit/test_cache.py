@@ -55,6 +55,10 @@ def _entry(
     layout = replies.scan_reply(data)
     key = wire.question_key(data, layout.qend, wire.DO_BIT if do else 0)
     entry, chain = build_entry(key, data, layout, now, max_ttl, max_neg)
+    # The miss path hands in the name it asked about: the same entry and chain.
+    given, same = build_entry(key, data, layout, now, max_ttl, max_neg, wire.read_name(data, 12))
+    assert (given.wire, given.ttl_at, given.ttl) == (entry.wire, entry.ttl_at, entry.ttl)
+    assert same == chain
     entry.tag = tag(chain, Rows(rows or {}))
     entry.addr_base = chain.addr_ttl
     return entry
@@ -515,3 +519,27 @@ def test_a_reload_that_shares_the_cache_evicts_the_flooders_answers_first() -> N
     assert all(cache.get(e.key, 101.0) is e for e in theirs) and cache.evicted == 0
     assert cache.owned(A_CLIENT) == 6 and cache.client_evicted == 89
     assert [e for e in flood if e.expires > 0] == flood[-6:]
+
+
+def test_answer_owners_read_through_a_pointer_to_the_question_are_its_name() -> None:
+    """scan_reply reads the question's name once for every owner that points at it (most
+    answers' owner); others are read where they are. Both as read_name gives them."""
+    q = DNSRecord.question("WWW.Example.TEST")
+    reply = q.reply()
+    reply.add_answer(RR("WWW.Example.TEST", QTYPE.CNAME, rdata=CNAME("Edge.CDN.test"), ttl=60))
+    reply.add_answer(RR("www.example.test", QTYPE.CNAME, rdata=CNAME("other.test"), ttl=60))
+    reply.add_answer(RR("edge.cdn.test", QTYPE.A, rdata=A("192.0.2.7"), ttl=60))
+    data = bytearray(reply.pack())
+    owners = []
+    at = len(bytes(q.pack()))  # the first answer's owner
+    for _ in range(3):
+        owners.append(bytes(data[at : at + 2]))
+        at = wire.skip_name(bytes(data), at, []) + 8
+        at += 2 + struct.unpack_from("!H", data, at)[0]
+    # dnslib points the first owner at the question and writes the other two out, up to a
+    # pointer to "test" (its compression minds letter case).
+    assert owners[0] == b"\xc0\x0c" and b"\xc0\x0c" not in owners[1:]
+    layout = replies.scan_reply(bytes(data))
+    assert [r.owner for r in layout.answers] == [
+        "www.example.test", "www.example.test", "edge.cdn.test"
+    ]  # fmt: skip
