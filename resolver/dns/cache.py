@@ -152,7 +152,9 @@ class Entry:
         opt = _OPT[self.key[-1] & wire.DO_BIT != 0] if edns else b""
         ar = ((template[10] << 8) | template[11]) + (1 if edns else 0)
         head = bytes((b2, template[3])) + template[4:10] + bytes((ar >> 8, ar & 0xFF))
-        tail = self.tail(int(now - self.stored)) if self.ttl_at else template[self.qend :]
+        el = int(now - self.stored)
+        # At age 0 the stored TTLs are what is handed out (a miss's own reply): no rewrite.
+        tail = self.tail(el) if self.ttl_at and el > 0 else template[self.qend :]
         if 12 + (qend - 12) + len(tail) + len(opt) > limit:
             return data[:2] + wire.truncated_header(head, edns) + data[12:qend] + opt
         return data[:2] + head + data[12:qend] + tail + opt

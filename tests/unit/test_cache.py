@@ -103,6 +103,8 @@ def test_ttls_count_down_by_whole_seconds() -> None:
     assert [r.ttl for r in first.rr] == [120, 60]
     same = DNSRecord.parse(entry.reply(query, len(query), False, 512, 100.9))
     assert [r.ttl for r in same.rr] == [120, 60]
+    earlier = DNSRecord.parse(entry.reply(query, len(query), False, 512, 98.5))
+    assert [r.ttl for r in earlier.rr] == [120, 60]  # a clock gone back raises no TTL
     later = DNSRecord.parse(entry.reply(query, len(query), False, 512, 130.2))
     assert [r.ttl for r in later.rr] == [90, 30]
     assert str(later.q.qname) == "WWW.example.test."
