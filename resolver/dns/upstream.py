@@ -190,9 +190,12 @@ class UpstreamSet:
 
     def ordered(self, now: float | None = None) -> list[Upstream]:
         """Live upstreams by health; if all are dead, all of them (better than giving up)."""
+        ups = self.upstreams
+        if len(ups) == 1:  # dead or alive, the one there is (asked for every miss)
+            return [ups[0]]
         when = self.clock() if now is None else now
-        alive = [u for u in self.upstreams if not u.dead]
-        return sorted(alive or self.upstreams, key=lambda u: u.sort_key(when))
+        alive = [u for u in ups if not u.dead]
+        return sorted(alive or ups, key=lambda u: u.sort_key(when))
 
     def healthy(self) -> bool:
         return any(not u.dead for u in self.upstreams)
