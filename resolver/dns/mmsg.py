@@ -45,7 +45,7 @@ MSG_DONTWAIT: Final = 0x40
 # What recvmmsg fails with where it cannot be called at all: the socket stays readable, and
 # reading it again would fail again at once.
 UNUSABLE: Final = frozenset({errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EINVAL, errno.EFAULT,
-                      errno.EOPNOTSUPP})  # fmt: skip
+                             errno.EOPNOTSUPP})  # fmt: skip
 
 
 # struct mmsghdr { struct msghdr { void *name; socklen_t namelen; struct iovec *iov; size_t

@@ -60,10 +60,8 @@ SET_TYPE: Final = "hash:ip"
 
 NFGENMSG: Final = struct.Struct("=BBH")
 _BE32: Final = struct.Struct(">I")
-AF: Final = {
-    4: socket.AF_INET,
-    6: socket.AF_INET6,
-}  # also the NFPROTO_IPV4/IPV6 of IPSET_ATTR_FAMILY
+# Also the NFPROTO_IPV4/IPV6 of IPSET_ATTR_FAMILY.
+AF: Final = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 def _timeout(seconds: int) -> int:

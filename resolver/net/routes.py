@@ -222,7 +222,7 @@ FRA_SPORT_RANGE: Final = 23
 FRA_DPORT_RANGE: Final = 24
 # Selectors resolverd never sets: a rule with one is someone else's.
 _SELECTORS: Final = (FRA_OIFNAME, FRA_L3MDEV, FRA_UID_RANGE, FRA_IP_PROTO, FRA_SPORT_RANGE,
-              FRA_DPORT_RANGE)  # fmt: skip
+                     FRA_DPORT_RANGE)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
