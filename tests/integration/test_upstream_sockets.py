@@ -45,11 +45,13 @@ class Fake:
     """A UDP upstream on 127.0.0.1: records each query; answers it (NOERROR, no records)
     unless `silent`."""
 
-    def __init__(self, silent: bool = False) -> None:
+    def __init__(self, silent: bool = False, hold: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.silent = silent
+        self.hold = hold  # keep the replies until `release`
+        self.held: list[tuple[bytes, tuple[str, int]]] = []
         self.seen: list[Seen] = []
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.sock.fileno(), self._readable)
@@ -65,7 +67,16 @@ class Fake:
             self.seen.append(Seen(source[1], qid, data[12:qend].lower(), self.loop.time()))
             if not self.silent:
                 reply = data[:2] + b"\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00" + data[12:qend]
-                self.sock.sendto(reply, source)
+                if self.hold:
+                    self.held.append((reply, source))
+                else:
+                    self.sock.sendto(reply, source)
+
+    def release(self) -> None:
+        """Send every reply held, back to back: they queue on the socket together."""
+        for reply, source in self.held:
+            self.sock.sendto(reply, source)
+        self.held.clear()
 
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
@@ -168,6 +179,41 @@ async def test_one_outstanding_query_per_question_per_socket() -> None:
         fake.close()
     assert all(r is not None for r in replies)
     assert len({s.port for s in fake.seen}) == 20  # the same question: a socket each
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_replies_queued_together_on_a_socket_are_all_taken(kind: str) -> None:
+    """Replies that queue on one socket together are all taken, on asyncio's loop and on
+    uvloop (the daemon's when it is installed)."""
+    factory = asyncio.new_event_loop
+    if kind == "uvloop":
+        import uvloop  # both test venvs install it (the fast extra)
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_queued_together())
+
+
+async def _queued_together() -> None:
+    fake = Fake(hold=True)
+    pool = sockets.Sockets()
+    up = Upstream("127.0.0.1", fake.port, 0)
+    loop = asyncio.get_running_loop()
+    try:
+        futs = [loop.create_future() for _ in range(sockets.MAX_QUERIES)]
+        queries = [
+            pool.udp(up, _question(i), False, False, True, 2.0, fut.set_result)
+            for i, fut in enumerate(futs)
+        ]
+        assert len({q.sock for q in queries if isinstance(q, sockets.Query)}) == 1
+        while len(fake.seen) < len(futs):
+            await asyncio.sleep(0.01)
+        fake.release()
+        replies = await asyncio.wait_for(asyncio.gather(*futs), 1.0)
+    finally:
+        pool.close()
+        fake.close()
+    assert all(r is not None and r[1].rcode == wire.NOERROR for r in replies)
 
 
 async def test_no_fd_left_after_answers_timeouts_and_close() -> None:
