@@ -1,4 +1,5 @@
-"""UDP queries and their replies in batches: recvmmsg and sendmmsg, through ctypes.
+"""UDP queries and their replies in batches: recvmmsg and sendmmsg, through ctypes (and the
+upstreams' replies, through recvmmsg: `Datagrams`, at the end).
 
 Read one at a time, a cached answer costs the listener two system calls (recvfrom, sendto),
 two releases of the interpreter lock, a 4 KiB buffer allocated and shrunk, and the client's
@@ -28,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import socket
 import struct
@@ -41,6 +43,8 @@ BATCH: Final = 64  # datagrams read per call, and per wake-up of a listener
 MAX_QUERY: Final = 4096  # bytes read per datagram; no DNS query is bigger
 REPLY_SLOT: Final = EDNS_SIZE  # the most a UDP reply carries; a bigger one goes out with sendto
 HOSTS: Final = 4096  # host strings kept by packed address
+REPLIES: Final = 16  # datagrams read per call from an upstream socket (its most queries)
+MAX_DATAGRAM: Final = 65535  # bytes a slot for an upstream's reply holds: any UDP datagram
 MSG_DONTWAIT: Final = 0x40
 # What recvmmsg fails with where it cannot be called at all: the socket stays readable, and
 # reading it again would fail again at once.
@@ -74,7 +78,7 @@ _BE32: Final = struct.Struct(">I")
 Address = tuple[str, int] | tuple[str, int, int, int]
 
 
-def _pinned(buf: bytearray) -> ctypes.Array[ctypes.c_char]:
+def _pinned(buf: bytearray | mmap.mmap) -> ctypes.Array[ctypes.c_char]:
     """`buf`'s bytes for ctypes: while the array lives, `buf` cannot be resized (moved)."""
     return (ctypes.c_char * len(buf)).from_buffer(buf)
 
@@ -208,3 +212,52 @@ class Batches:
                 errors.append(code)  # this one reply is lost (as with sendto); the rest go
                 sent += 1
         return 0, errors
+
+
+class Datagrams:
+    """The datagrams queued on a connected socket (an upstream's replies), up to `size` per
+    recvmmsg, each whole. One serves every upstream socket: a batch is copied out before it
+    is handled. Replies queue together (a socket carries up to 16 queries): read one recv
+    each, a reply cost a system call, a release of the interpreter lock and a 64 KiB buffer,
+    and a wake-up one more call that found nothing (an exception)."""
+
+    def __init__(self, libc: ctypes.PyDLL, size: int = REPLIES, slot: int = MAX_DATAGRAM) -> None:
+        recvmmsg = libc.recvmmsg
+        recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                             ctypes.c_void_p]  # fmt: skip
+        recvmmsg.restype = ctypes.c_int
+        self._recvmmsg = recvmmsg
+        self.size = size
+        self.slot = slot
+        # No names (the socket is connected: msg_name NULL) and one iovec of `slot` bytes a
+        # message. The slots are anonymous memory: a page is taken when a datagram reaches it.
+        self._hdrs = bytearray(size * HDR)
+        self._iovs = bytearray(size * IOV)
+        self._data = mmap.mmap(-1, size * slot)  # sliced, it gives bytes: one copy
+        self._pins = [_pinned(b) for b in (self._hdrs, self._iovs, self._data)]
+        hdrs, iovs, data = map(ctypes.addressof, self._pins)
+        self._at = hdrs
+        for i in range(size):
+            struct.pack_into("PN", self._hdrs, i * HDR + _IOV_AT, iovs + i * IOV, 1)
+            struct.pack_into("PN", self._iovs, i * IOV, data + i * slot, slot)
+        self._hdr_i = memoryview(self._hdrs).cast("I")
+
+    @classmethod
+    def open(cls) -> Datagrams | None:
+        try:
+            return cls(ctypes.PyDLL(None, use_errno=True))
+        except (OSError, AttributeError) as err:
+            log.info("upstream sockets: no recvmmsg (%s); one datagram per call", err)
+            return None
+
+    def receive(self, fd: int) -> list[bytes]:
+        """Up to `size` datagrams queued on `fd`, whole (a slot holds any UDP datagram); none
+        queued: an empty list. OSError as recv would raise it."""
+        n = int(self._recvmmsg(fd, self._at, self.size, MSG_DONTWAIT, None))
+        if n < 0:
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EINTR):
+                return []
+            raise OSError(code, os.strerror(code))
+        data, hdr_i, slot = self._data, self._hdr_i, self.slot
+        return [data[i * slot : i * slot + hdr_i[i * _HDR_I + _LEN_I]] for i in range(n)]

@@ -7,7 +7,9 @@ and port), carries at most `MAX_QUERIES` queries, is used for new queries for at
 `MAX_AGE` seconds after it was opened, and is closed when it is past both that and its last
 outstanding query. A socket is watched with `loop.add_reader` and let go through
 `fdwatch.stop_reading` (under uvloop `remove_reader` returns None where typeshed says bool,
-which compiled code would reject).
+which compiled code would reject). What is queued on it is read with one recvmmsg per wake-up
+(`mmsg.Datagrams`: replies do queue together), or one recv per datagram where that call
+cannot be made.
 
 A reply is matched on (socket, id, question): ids are drawn from the CSPRNG and never repeat on
 one socket, and a socket never has two queries for the same question outstanding (a second one
@@ -27,6 +29,7 @@ from typing import Any, Final
 
 from resolver.dns import exchange, replies, wire
 from resolver.dns.exchange import Peer, Reply
+from resolver.dns.mmsg import UNUSABLE, Datagrams
 from resolver.fdwatch import stop_reading
 
 log = logging.getLogger(__name__)
@@ -142,32 +145,47 @@ class Sock:
             self.close()
 
     def readable(self) -> None:
-        up = self.up
-        stats = up.stats
+        pool = self.pool
+        datagrams = pool.datagrams
         while not self.closed:
             try:
-                data = self.sock.recv(65535)
+                batch = datagrams.receive(self.fd) if datagrams else [self.sock.recv(65535)]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:  # e.g. an ICMP error reported on the connected socket
-                stats["errors"] += 1
-                log.debug("upstream %s: %s", up.text, err)
+                if datagrams is not None and err.errno in UNUSABLE:  # and never will be
+                    log.warning("upstream sockets: recvmmsg cannot be used here (%s)", err)
+                    pool.datagrams = datagrams = None  # one recv per datagram from now
+                    continue
+                self.up.stats["errors"] += 1
+                log.debug("upstream %s: %s", self.up.text, err)
                 return
-            query = self.outstanding.get((data[0] << 8) | data[1]) if len(data) >= 2 else None
-            if query is None:  # no query of ours has that id (or it is over)
-                stats["dropped"] += 1
-                continue
-            try:
-                layout = replies.accept_reply(data, query.qid, query.question)
-            except wire.WireError as err:
-                stats["malformed"] += 1
-                log.debug("upstream %s: malformed reply dropped: %s", up.text, err)
-                continue
-            if layout is None:
-                stats["dropped"] += 1
-                continue
-            self.forget(query)
-            query.done(exchange.cut(up, data, layout))
+            for data in batch:
+                if self.closed:  # its last query is over: the rest goes with the socket
+                    return
+                self._take(data)
+            if datagrams is not None and len(batch) < datagrams.size:
+                return  # all there was
+
+    def _take(self, data: bytes) -> None:
+        """One datagram: the reply to one of our queries, or dropped (counted)."""
+        up = self.up
+        stats = up.stats
+        query = self.outstanding.get((data[0] << 8) | data[1]) if len(data) >= 2 else None
+        if query is None:  # no query of ours has that id (or it is over)
+            stats["dropped"] += 1
+            return
+        try:
+            layout = replies.accept_reply(data, query.qid, query.question)
+        except wire.WireError as err:
+            stats["malformed"] += 1
+            log.debug("upstream %s: malformed reply dropped: %s", up.text, err)
+            return
+        if layout is None:
+            stats["dropped"] += 1
+            return
+        self.forget(query)
+        query.done(exchange.cut(up, data, layout))
 
     def retire(self) -> None:
         """No new queries; closed once the outstanding ones are over."""
@@ -200,9 +218,14 @@ class Sockets:
     Bound to the running loop on first use (the Forwarder is built before the loop runs in
     some tests)."""
 
-    def __init__(self, max_queries: int = MAX_QUERIES, max_age: float = MAX_AGE) -> None:
+    def __init__(
+        self, max_queries: int = MAX_QUERIES, max_age: float = MAX_AGE, batched: bool = True
+    ) -> None:
         self.max_queries = max_queries
         self.max_age = max_age
+        # Replies read in batches (recvmmsg, mmsg.Datagrams), or one recv each where the C
+        # library cannot be reached that way (or a test asks for it).
+        self.datagrams = Datagrams.open() if batched else None
         self.current: dict[Peer, Sock] = {}  # the socket new queries to an upstream go out on
         self.open: set[Sock] = set()  # every socket not closed yet, retired ones included
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -229,3 +229,51 @@ def test_send_refuses_what_does_not_fit_a_slot_and_its_buffers_cannot_move() -> 
         for buf in (vector.hdrs, vector.iovs, vector.data, vector.names):
             with pytest.raises(BufferError):
                 buf.append(0)
+
+
+# -- an upstream socket's replies (mmsg.Datagrams) ------------------------------------------
+
+
+def test_datagrams_come_whole_in_batches_of_at_most_size() -> None:
+    """What recv would give, one call for up to `size`: a 60,000-byte datagram whole, 20
+    queued in two calls, none queued an empty list."""
+    datagrams = mmsg.Datagrams.open()
+    assert datagrams is not None and datagrams.size == mmsg.REPLIES == 16
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    upstream.bind(("127.0.0.1", 0))
+    ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+    ours.connect(upstream.getsockname())
+    try:
+        assert datagrams.receive(ours.fileno()) == []
+        sent = [bytes([i]) * (60_000 if i == 3 else 12 + i) for i in range(20)]
+        for data in sent:
+            upstream.sendto(data, ours.getsockname())
+        wait_readable(ours)
+        first = datagrams.receive(ours.fileno())
+        assert first == sent[:16] and all(type(d) is bytes for d in first)
+        assert datagrams.receive(ours.fileno()) == sent[16:]
+        assert datagrams.receive(ours.fileno()) == []
+    finally:
+        upstream.close()
+        ours.close()
+
+
+def test_datagrams_raise_what_recv_raises() -> None:
+    """An ICMP port unreachable, reported on the connected socket: ECONNREFUSED, as recv."""
+    datagrams = mmsg.Datagrams.open()
+    assert datagrams is not None
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    ours.connect(("127.0.0.1", port))
+    try:
+        ours.send(b"anyone?")
+        wait_readable(ours)
+        with pytest.raises(ConnectionRefusedError):
+            datagrams.receive(ours.fileno())
+        assert datagrams.receive(ours.fileno()) == []  # reported once
+    finally:
+        ours.close()

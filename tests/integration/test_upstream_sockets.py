@@ -4,6 +4,8 @@ and ids, the bounds on each socket, and no file descriptor left behind."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import itertools
 import os
 import socket
@@ -17,6 +19,7 @@ import pytest
 
 from resolver.dns import sockets, wire
 from resolver.dns.exchange import Reply
+from resolver.dns.mmsg import Datagrams
 from resolver.dns.upstream import Upstream
 
 pytestmark = pytest.mark.integration
@@ -181,8 +184,12 @@ async def test_one_outstanding_query_per_question_per_socket() -> None:
     assert len({s.port for s in fake.seen}) == 20  # the same question: a socket each
 
 
+BATCHED = pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recv"])
+
+
+@BATCHED
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
-def test_replies_queued_together_on_a_socket_are_all_taken(kind: str) -> None:
+def test_replies_queued_together_on_a_socket_are_all_taken(kind: str, batched: bool) -> None:
     """Replies that queue on one socket together are all taken, on asyncio's loop and on
     uvloop (the daemon's when it is installed)."""
     factory = asyncio.new_event_loop
@@ -191,12 +198,12 @@ def test_replies_queued_together_on_a_socket_are_all_taken(kind: str) -> None:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_queued_together())
+        runner.run(_queued_together(batched))
 
 
-async def _queued_together() -> None:
+async def _queued_together(batched: bool) -> None:
     fake = Fake(hold=True)
-    pool = sockets.Sockets()
+    pool = sockets.Sockets(batched=batched)
     up = Upstream("127.0.0.1", fake.port, 0)
     loop = asyncio.get_running_loop()
     try:
@@ -216,10 +223,11 @@ async def _queued_together() -> None:
     assert all(r is not None and r[1].rcode == wire.NOERROR for r in replies)
 
 
-async def test_no_fd_left_after_answers_timeouts_and_close() -> None:
+@BATCHED
+async def test_no_fd_left_after_answers_timeouts_and_close(batched: bool) -> None:
     before = _fds()
     answering, silent = Fake(), Fake(silent=True)
-    pool = sockets.Sockets()
+    pool = sockets.Sockets(batched=batched)
     up, dead = Upstream("127.0.0.1", answering.port, 0), Upstream("127.0.0.1", silent.port, 1)
     try:
         for round_ in range(3):
@@ -262,7 +270,8 @@ async def test_connect_refused_is_a_failed_send_not_an_error() -> None:
     assert not pool.open and _fds() == before
 
 
-async def test_a_refusing_port_is_an_error_counted_and_its_query_times_out() -> None:
+@BATCHED
+async def test_a_refusing_port_is_an_error_counted_and_its_query_times_out(batched: bool) -> None:
     """Nothing listens on the upstream's port: the ICMP error comes back as the connected
     socket's error on the next read, counted once per refusal, and the query ends at its
     timeout with no reply, as a silent upstream's would."""
@@ -270,7 +279,7 @@ async def test_a_refusing_port_is_an_error_counted_and_its_query_times_out() -> 
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()  # a port nothing listens on
-    pool = sockets.Sockets()
+    pool = sockets.Sockets(batched=batched)
     up = Upstream("127.0.0.1", port, 0)
     try:
         got = await _ask_all(pool, up, [_question(i) for i in range(3)], timeout=0.2)
@@ -278,6 +287,36 @@ async def test_a_refusing_port_is_an_error_counted_and_its_query_times_out() -> 
         pool.close()
     assert got == [None, None, None]
     assert up.stats["errors"] >= 1 and up.stats["dropped"] == 0
+
+
+class RefusingLibc:
+    """recvmmsg where it cannot be called (a seccomp filter, an emulator): -1, EPERM."""
+
+    def __init__(self) -> None:
+        def recvmmsg(fd: int, at: int, size: int, flags: int, timeout: object) -> int:
+            ctypes.set_errno(errno.EPERM)
+            return -1
+
+        self.recvmmsg = recvmmsg  # a function takes `argtypes`
+
+
+async def test_a_pool_whose_recvmmsg_cannot_be_called_reads_one_reply_per_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The socket stays readable: reading it the same way again would spin. The pool drops
+    its batches, logs why, and reads the same reply the plain way."""
+    fake = Fake()
+    pool = sockets.Sockets()
+    pool.datagrams = Datagrams(RefusingLibc())  # type: ignore[arg-type]
+    up = Upstream("127.0.0.1", fake.port, 0)
+    try:
+        got = await _ask_all(pool, up, [_question(i) for i in range(3)])
+    finally:
+        pool.close()
+        fake.close()
+    assert all(r is not None and r[1].rcode == wire.NOERROR for r in got)
+    assert pool.datagrams is None and up.stats["errors"] == 0
+    assert caplog.text.count("recvmmsg cannot be used here") == 1
 
 
 async def test_each_query_keeps_its_own_deadline() -> None:
