@@ -28,11 +28,13 @@ from resolver.dns.cache import ENTRY_BYTES, Entry
 
 class _Share:
     """What a client is charged for: its entries, least recently used first while the cache is
-    shared (else a hit does not pay for their order), how many, and their bytes."""
+    shared (else a hit does not pay for their order), how many, and their bytes. Its entries
+    all hold its `owner` key object: one per client, not one each (48 bytes an answer)."""
 
-    __slots__ = ("count", "newest", "oldest", "size")
+    __slots__ = ("count", "newest", "oldest", "owner", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: bytes) -> None:
+        self.owner = owner
         self.count = 0
         self.size = 0
         self.oldest: Entry | None = None
@@ -137,7 +139,8 @@ class Cache:
                 self._trim(owner, self.per_client - 1, self.per_client_bytes - size)
             share = self._owned.get(owner)
             if share is None:
-                share = self._owned[owner] = _Share()
+                share = self._owned[owner] = _Share(owner)
+            entry.owner = share.owner
             share.add(entry)
         entries[entry.key] = entry
         self.bytes += size

@@ -545,3 +545,15 @@ def test_answer_owners_read_through_a_pointer_to_the_question_are_its_name() -> 
     assert [r.owner for r in layout.answers] == [
         "www.example.test", "www.example.test", "edge.cdn.test"
     ]  # fmt: skip
+
+
+def test_a_clients_answers_hold_one_key_object() -> None:
+    """Each miss makes its client's key anew (clients.charge_key); kept, the answers of one
+    client share the first one: 48 bytes an answer otherwise, 2.9 MB at 61,000 answers."""
+    cache = Cache(100, 0.5)
+    first = _owned("a.example.test", bytes([192, 0, 2, 1]))
+    second = _owned("b.example.test", bytes([192, 0, 2, 1]))
+    assert first.owner is not second.owner
+    cache.put(first)
+    cache.put(second)
+    assert second.owner is first.owner and cache.owned(first.owner) == 2
