@@ -33,6 +33,7 @@ import mmap
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from resolver.dns.wire import EDNS_SIZE
@@ -83,6 +84,39 @@ def _pinned(buf: bytearray | mmap.mmap) -> ctypes.Array[ctypes.c_char]:
     return (ctypes.c_char * len(buf)).from_buffer(buf)
 
 
+def _libc(user: str) -> ctypes.PyDLL | None:
+    """The C library, with recvmmsg and sendmmsg, called keeping the interpreter lock; None
+    (said at info level) where it cannot be reached this way."""
+    try:
+        libc = ctypes.PyDLL(None, use_errno=True)
+    except OSError as err:
+        log.info("%s: no C library to call (%s); one datagram per call", user, err)
+        return None
+    if not (hasattr(libc, "recvmmsg") and hasattr(libc, "sendmmsg")):
+        log.info("%s: the C library has no recvmmsg/sendmmsg; one datagram per call", user)
+        return None
+    return libc
+
+
+def _recvmmsg(libc: ctypes.PyDLL) -> Callable[..., int]:
+    recvmmsg = libc.recvmmsg
+    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                         ctypes.c_void_p]  # fmt: skip
+    recvmmsg.restype = ctypes.c_int
+    return recvmmsg
+
+
+def _read(n: int) -> int:
+    """How many datagrams recvmmsg's result `n` says were read: 0 when none was queued (or
+    the call was interrupted); OSError for -1 with any other errno, as recv raises it."""
+    if n >= 0:
+        return n
+    code = ctypes.get_errno()
+    if code in (errno.EAGAIN, errno.EINTR):
+        return 0
+    raise OSError(code, os.strerror(code))
+
+
 class _Vector:
     """`size` message headers, each with one buffer of `slot` bytes and a name of NAME."""
 
@@ -112,10 +146,7 @@ class Batches:
     """The buffers of one batch of queries and one of replies, and the two calls."""
 
     def __init__(self, libc: ctypes.PyDLL, size: int = BATCH) -> None:
-        recvmmsg = libc.recvmmsg
-        recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
-                             ctypes.c_void_p]  # fmt: skip
-        recvmmsg.restype = ctypes.c_int
+        recvmmsg = _recvmmsg(libc)
         sendmmsg = libc.sendmmsg
         sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
         sendmmsg.restype = ctypes.c_int
@@ -129,11 +160,8 @@ class Batches:
 
     @classmethod
     def open(cls) -> Batches | None:
-        try:
-            return cls(ctypes.PyDLL(None, use_errno=True))
-        except (OSError, AttributeError) as err:
-            log.info("UDP: no recvmmsg/sendmmsg (%s); one datagram per call", err)
-            return None
+        libc = _libc("UDP")
+        return None if libc is None else cls(libc)
 
     def receive(self, fd: int) -> list[tuple[bytes, Address]]:
         """Read up to `size` datagrams from `fd` (cut at MAX_QUERY, as recvfrom would): each
@@ -142,12 +170,7 @@ class Batches:
         if used:
             vec.hdrs[: used * HDR] = vec.pristine[: used * HDR]
         self._received = 0
-        n = int(self._recvmmsg(fd, vec.at, self.size, MSG_DONTWAIT, None))
-        if n < 0:
-            code = ctypes.get_errno()
-            if code in (errno.EAGAIN, errno.EINTR):
-                return []
-            raise OSError(code, os.strerror(code))
+        n = _read(int(self._recvmmsg(fd, vec.at, self.size, MSG_DONTWAIT, None)))
         self._received = n
         data, names, hdr_i, name_i, name_h = vec.data, vec.names, vec.hdr_i, vec.name_i, vec.name_h
         hosts = self._hosts
@@ -222,11 +245,7 @@ class Datagrams:
     and a wake-up one more call that found nothing (an exception)."""
 
     def __init__(self, libc: ctypes.PyDLL, size: int = REPLIES, slot: int = MAX_DATAGRAM) -> None:
-        recvmmsg = libc.recvmmsg
-        recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
-                             ctypes.c_void_p]  # fmt: skip
-        recvmmsg.restype = ctypes.c_int
-        self._recvmmsg = recvmmsg
+        self._recvmmsg = _recvmmsg(libc)
         self.size = size
         self.slot = slot
         # No names (the socket is connected: msg_name NULL) and one iovec of `slot` bytes a
@@ -244,20 +263,12 @@ class Datagrams:
 
     @classmethod
     def open(cls) -> Datagrams | None:
-        try:
-            return cls(ctypes.PyDLL(None, use_errno=True))
-        except (OSError, AttributeError) as err:
-            log.info("upstream sockets: no recvmmsg (%s); one datagram per call", err)
-            return None
+        libc = _libc("upstream sockets")
+        return None if libc is None else cls(libc)
 
     def receive(self, fd: int) -> list[bytes]:
         """Up to `size` datagrams queued on `fd`, whole (a slot holds any UDP datagram); none
         queued: an empty list. OSError as recv would raise it."""
-        n = int(self._recvmmsg(fd, self._at, self.size, MSG_DONTWAIT, None))
-        if n < 0:
-            code = ctypes.get_errno()
-            if code in (errno.EAGAIN, errno.EINTR):
-                return []
-            raise OSError(code, os.strerror(code))
+        n = _read(int(self._recvmmsg(fd, self._at, self.size, MSG_DONTWAIT, None)))
         data, hdr_i, slot = self._data, self._hdr_i, self.slot
         return [data[i * slot : i * slot + hdr_i[i * _HDR_I + _LEN_I]] for i in range(n)]
