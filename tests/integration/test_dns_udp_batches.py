@@ -11,7 +11,6 @@ that serves where they cannot be called. Over loopback, real sockets; no root.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import select
 import socket
@@ -26,6 +25,7 @@ from resolver.dns import mmsg
 from resolver.dns.mmsg import MAX_QUERY, Batches
 from resolver.dns.udp import UdpListener
 from tests.integration.conftest import DnsEnv, query_bytes
+from tests.integration.libc_fakes import FakeLibc
 
 pytestmark = pytest.mark.integration
 
@@ -83,28 +83,6 @@ def test_a_batch_reads_what_recvfrom_reads_and_replies_to_each_sender(
     assert b.send(listen.fileno(), replies) == (0, [])
     assert [client.recv(100) for _ in replies] == [r for _, r in replies]
     assert b.receive(listen.fileno()) == []  # nothing queued: no error, nothing read
-
-
-class FakeLibc:
-    """recvmmsg and sendmmsg as the C library returns them: `sends` are what successive
-    sendmmsg calls return, an errno for -1."""
-
-    def __init__(self, sends: list[int | str], recv_errno: int = 0) -> None:
-        self.asked: list[int] = []
-
-        def recvmmsg(fd: int, at: int, size: int, flags: int, timeout: Any) -> int:
-            ctypes.set_errno(recv_errno)
-            return -1
-
-        def sendmmsg(fd: int, at: int, count: int, flags: int) -> int:
-            self.asked.append(count)
-            result = sends.pop(0)
-            if isinstance(result, str):
-                ctypes.set_errno(getattr(errno, result))
-                return -1
-            return result
-
-        self.recvmmsg, self.sendmmsg = recvmmsg, sendmmsg  # functions take `argtypes`
 
 
 def send(libc: FakeLibc, count: int) -> tuple[int, list[int]]:

@@ -4,7 +4,6 @@ and ids, the bounds on each socket, and no file descriptor left behind."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import itertools
 import os
@@ -21,6 +20,7 @@ from resolver.dns import sockets, wire
 from resolver.dns.exchange import Reply
 from resolver.dns.mmsg import Datagrams
 from resolver.dns.upstream import Upstream
+from tests.integration.libc_fakes import FakeLibc
 
 pytestmark = pytest.mark.integration
 
@@ -289,17 +289,6 @@ async def test_a_refusing_port_is_an_error_counted_and_its_query_times_out(batch
     assert up.stats["errors"] >= 1 and up.stats["dropped"] == 0
 
 
-class RefusingLibc:
-    """recvmmsg where it cannot be called (a seccomp filter, an emulator): -1, EPERM."""
-
-    def __init__(self) -> None:
-        def recvmmsg(fd: int, at: int, size: int, flags: int, timeout: object) -> int:
-            ctypes.set_errno(errno.EPERM)
-            return -1
-
-        self.recvmmsg = recvmmsg  # a function takes `argtypes`
-
-
 async def test_a_pool_whose_recvmmsg_cannot_be_called_reads_one_reply_per_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -307,7 +296,7 @@ async def test_a_pool_whose_recvmmsg_cannot_be_called_reads_one_reply_per_call(
     its batches, logs why, and reads the same reply the plain way."""
     fake = Fake()
     pool = sockets.Sockets()
-    pool.datagrams = Datagrams(RefusingLibc())  # type: ignore[arg-type]
+    pool.datagrams = Datagrams(FakeLibc([], errno.EPERM))  # type: ignore[arg-type]
     up = Upstream("127.0.0.1", fake.port, 0)
     try:
         got = await _ask_all(pool, up, [_question(i) for i in range(3)])
