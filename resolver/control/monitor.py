@@ -7,9 +7,10 @@ The observer call, `Watchers.publish`, runs on the DNS path, so it does bounded 
 check and a list append per watcher, never a write. The control server's stream task takes the
 queued events and writes them (resolver.control.server).
 
-A watcher holds at most `MAX_QUEUE` events. When its reader is slower than the queries, the
-newest events are dropped and counted; the stream then carries ``{"dropped": N}`` after the
-events that were kept, and `status` shows the totals.
+At most `MAX_WATCHERS` are open at once, shared by uid (resolver.control.shares): one user
+of the socket's group cannot take them all. A watcher holds at most `MAX_QUEUE` events. When
+its reader is slower than the queries, the newest events are dropped and counted; the stream
+then carries ``{"dropped": N}`` after the events that were kept, and `status` shows the totals.
 
 Pure: no asyncio, no sockets. resolverctl uses `Filter` to check its options before connecting.
 """
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from resolver.clients import client_ip
+from resolver.control.shares import UidShares
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +198,21 @@ class Watcher:
         return events, dropped
 
 
+class Refused(Exception):
+    """A monitor beyond its uid's share, or beyond all of them: the message says which."""
+
+
 class Watchers:
     """The open watchers; the observer of the `Observed` it is connected to while any is open."""
 
-    def __init__(self, limit: int = MAX_WATCHERS, queue: int = MAX_QUEUE) -> None:
-        self.limit = limit
+    def __init__(
+        self, limit: int = MAX_WATCHERS, queue: int = MAX_QUEUE, daemon_uid: int | None = None
+    ) -> None:
         self.queue = queue
-        self._watchers: list[Watcher] = []
+        # Shared by uid as the control connections are: a quarter each, a reserve for root.
+        uid = os.geteuid() if daemon_uid is None else daemon_uid
+        self.shares = UidShares(limit, uid, "monitors")
+        self._watchers: dict[Watcher, int] = {}  # open, in order, -> the uid charged for it
         self._target: Observed | None = None
         self.published = 0  # events handed to the watchers
         self.dropped = 0  # by watchers that have left; the open ones hold their own counts
@@ -222,14 +233,13 @@ class Watchers:
     def connected(self) -> bool:
         return self._target is not None
 
-    @property
-    def full(self) -> bool:
-        return len(self._watchers) >= self.limit
-
-    def open(self, spec: Filter, label: str = "") -> Watcher:
-        """A new watcher (the caller checks `full` first)."""
+    def open(self, spec: Filter, uid: int, label: str = "") -> Watcher:
+        """A new watcher for `uid`; `Refused` says which share it is beyond."""
+        refusal = self.shares.take(uid)
+        if refusal is not None:
+            raise Refused(refusal)
         watcher = Watcher(spec, label, self.queue)
-        self._watchers.append(watcher)
+        self._watchers[watcher] = uid
         if len(self._watchers) == 1:
             self._observe(True)
         log.info("monitor: %s watching (%s)", label or "a client", spec.describe())
@@ -238,7 +248,7 @@ class Watchers:
     def close(self, watcher: Watcher) -> None:
         if watcher not in self._watchers:
             return
-        self._watchers.remove(watcher)
+        self.shares.give_back(self._watchers.pop(watcher))
         self.dropped += watcher.dropped_total
         if not self._watchers:
             self._observe(False)

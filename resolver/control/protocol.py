@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from resolver import __version__
-from resolver.control.monitor import Filter, Watcher, Watchers
+from resolver.control.monitor import Filter, Refused, Watcher, Watchers
 
 log = logging.getLogger(__name__)
 
@@ -257,56 +257,6 @@ def may_run(command: str, peer: Peer, admin_gid: int, daemon_uid: int) -> bool:
     return peer.gid == admin_gid or admin_gid in peer.groups
 
 
-class ConnectionShares:
-    """How the control socket's `total` connections are shared among its peers' uids.
-
-    Root and the daemon's own user (``ExecReload=resolverctl reload`` runs as it) may take any
-    free connection. Any other uid holds at most a quarter of `total`, and all of them together
-    at most `total` less a reserve (an eighth, at least one) kept for root and the daemon's
-    user: however many connections other users hold open, ``systemctl reload`` gets through.
-    Root and the daemon's user have no share of their own: either can stop the daemon anyway.
-    """
-
-    def __init__(self, total: int, daemon_uid: int) -> None:
-        if total < 1:
-            raise ValueError(f"control max_connections must be at least 1, not {total}")
-        self.total = total
-        self.reserve = min(total - 1, max(1, total // 8))
-        self.per_uid = max(1, total // 4)
-        self.trusted = frozenset({0, daemon_uid})
-        self.held: dict[int, int] = {}  # uid -> connections it holds now
-        self.open = 0
-        self.others = 0  # connections held by uids other than the trusted ones
-
-    def take(self, uid: int) -> str | None:
-        """Count a connection of `uid` and return None; or count nothing and return which limit
-        refuses it."""
-        if self.open >= self.total:
-            return f"all {self.total} control connections are in use"
-        held = self.held.get(uid, 0)
-        if uid not in self.trusted:
-            if held >= self.per_uid:
-                return f"uid {uid} holds {held} control connections, the most one user may"
-            if self.others >= self.total - self.reserve:
-                return (
-                    f"the {self.total - self.reserve} control connections open to any user are "
-                    f"in use; the other {self.reserve} are kept for root and the daemon's user"
-                )
-            self.others += 1
-        self.held[uid] = held + 1
-        self.open += 1
-        return None
-
-    def give_back(self, uid: int) -> None:
-        """A connection `take` counted has ended."""
-        held = self.held.pop(uid, 0) - 1
-        if held > 0:
-            self.held[uid] = held
-        if uid not in self.trusted:
-            self.others -= 1
-        self.open -= 1
-
-
 class Dispatcher:
     """Turns request lines into response objects: parse, authorize, call the handler (or, for
     ``monitor``, open a watcher in `watchers`)."""
@@ -341,12 +291,11 @@ class Dispatcher:
         watchers = self.watchers
         if watchers is None:
             raise UnknownCommand("monitor is not available on this socket")
-        if watchers.full:
-            raise ControlError(
-                f"too many monitors open ({watchers.limit}); close one and try again", BUSY
-            )
-        label = f"uid {peer.uid} pid {peer.pid}"
-        watcher = watchers.open(Filter.from_args(request.args), label)
+        spec = Filter.from_args(request.args)
+        try:
+            watcher = watchers.open(spec, peer.uid, f"uid {peer.uid} pid {peer.pid}")
+        except Refused as exc:
+            raise ControlError(f"{exc}; close one and try again", BUSY) from None
         return Answer(encode(ok_response({"streaming": True})), watcher)
 
     async def handle(self, line: bytes, peer: Peer) -> Answer:

@@ -11,7 +11,7 @@ at most `protocol.MAX_REQUEST_BYTES`; a connection idle for `idle_timeout` secon
 and one that has not taken an answer within `idle_timeout` is aborted (its answer dropped:
 closing would keep it until read).
 Commands that change state run one at a time. Peers share `max_connections` by uid
-(`protocol.ConnectionShares`); one beyond its share is answered `Busy`.
+(`shares.UidShares`); one beyond its share is answered `Busy`.
 
 A ``monitor`` request turns its connection into a stream: the watcher's events (see
 resolver.control.monitor), one JSON line each, until the client closes. `monitor` holds the
@@ -37,7 +37,6 @@ from resolver.control.protocol import (
     BUSY,
     MAX_REQUEST_BYTES,
     BadRequest,
-    ConnectionShares,
     ControlHandlers,
     Dispatcher,
     Peer,
@@ -45,6 +44,7 @@ from resolver.control.protocol import (
     encode,
     error_response,
 )
+from resolver.control.shares import UidShares
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,9 @@ class ControlServer:
         self.handlers = handlers
         self.group = group
         self.idle_timeout = idle_timeout
-        self.shares = ConnectionShares(max_connections, os.geteuid())
+        self.shares = UidShares(
+            max_connections, os.geteuid(), "control connections", "control max_connections"
+        )
         self.refused = 0  # connections answered Busy for want of a share
         self._warned: set[int] = set()
         self._refusing = 0  # refusals waiting for the request
@@ -141,7 +143,7 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._identity: tuple[int, int] | None = None  # st_dev, st_ino of our socket file
         self._conns: dict[asyncio.Task[Any], _Connection] = {}
-        self.monitor = Watchers()
+        self.monitor = Watchers(daemon_uid=os.geteuid())
 
     async def start(self) -> None:
         gid, group_name = resolve_group(self.group)

@@ -11,7 +11,6 @@ import pytest
 
 from resolver.control import protocol
 from resolver.control.protocol import (
-    ConnectionShares,
     Dispatcher,
     Peer,
     ReloadFailed,
@@ -295,58 +294,3 @@ def test_hostile_json_is_a_bad_request_without_a_traceback(
     assert "set_int_max_str_digits" not in response["error"]["message"]
     assert handlers.calls == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
-
-
-# --- connection shares --------------------------------------------------------------------------
-
-
-def take_all(shares: ConnectionShares, uid: int, tries: int) -> list[str | None]:
-    return [shares.take(uid) for _ in range(tries)]
-
-
-def test_one_user_gets_a_quarter_of_the_connections() -> None:
-    shares = ConnectionShares(32, DAEMON_UID)
-    results = take_all(shares, 1000, 10)
-    assert results[:8] == [None] * 8
-    assert results[8:] == ["uid 1000 holds 8 control connections, the most one user may"] * 2
-    assert shares.take(1001) is None  # another user still has its share
-    shares.give_back(1000)
-    assert shares.take(1000) is None  # a slot given back can be taken again
-    assert shares.open == 9
-
-
-def test_users_together_never_take_the_reserve() -> None:
-    shares = ConnectionShares(32, DAEMON_UID)
-    for uid in range(1000, 1004):
-        take_all(shares, uid, 8)
-    assert shares.open == 28
-    assert shares.take(1004) == (
-        "the 28 control connections open to any user are in use; "
-        "the other 4 are kept for root and the daemon's user"
-    )
-    # Root and the daemon's user (ExecReload runs as it) take the rest, beyond a quarter.
-    assert take_all(shares, 0, 3) == [None] * 3
-    assert shares.take(DAEMON_UID) is None
-    assert shares.take(0) == "all 32 control connections are in use"
-    assert shares.take(DAEMON_UID) == "all 32 control connections are in use"
-    shares.give_back(1000)
-    assert shares.take(0) is None  # root takes any free slot, not only the reserve
-
-
-def test_root_alone_may_use_every_connection() -> None:
-    shares = ConnectionShares(32, DAEMON_UID)
-    assert take_all(shares, 0, 33)[-2:] == [None, "all 32 control connections are in use"]
-
-
-@pytest.mark.parametrize(
-    ("total", "per_uid", "reserve"), [(1, 1, 0), (2, 1, 1), (4, 1, 1), (32, 8, 4), (100, 25, 12)]
-)
-def test_small_limits_keep_a_share_for_everyone(total: int, per_uid: int, reserve: int) -> None:
-    shares = ConnectionShares(total, DAEMON_UID)
-    assert (shares.per_uid, shares.reserve) == (per_uid, reserve)
-    assert shares.take(1000) is None  # a user other than root can always get one
-
-
-def test_connection_shares_need_a_connection() -> None:
-    with pytest.raises(ValueError, match="max_connections must be at least 1, not 0"):
-        ConnectionShares(0, DAEMON_UID)

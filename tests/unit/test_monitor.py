@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from resolver.control import protocol
-from resolver.control.monitor import Event, Filter, Watcher, Watchers, parse_name
+from resolver.control.monitor import Event, Filter, Refused, Watcher, Watchers, parse_name
 from resolver.control.protocol import Dispatcher, Peer, may_run, parse_request
 
 pytestmark = pytest.mark.unit
@@ -175,9 +175,9 @@ def test_observer_is_set_by_the_first_watcher_and_cleared_by_the_last() -> None:
     handler, watchers = FakeHandler(), Watchers()
     watchers.connect(handler)
     assert handler.observer is None and handler.refreshed == [False]
-    first = watchers.open(Filter(), "uid 0 pid 1")
+    first = watchers.open(Filter(), 0, "uid 0 pid 1")
     assert handler.observer == watchers.publish and handler.refreshed == [False, True]
-    second = watchers.open(Filter(tagged=True))
+    second = watchers.open(Filter(tagged=True), 0)
     assert handler.refreshed == [False, True]  # already watched: nothing to change
     watchers.close(first)
     assert handler.observer is not None
@@ -189,21 +189,22 @@ def test_observer_is_set_by_the_first_watcher_and_cleared_by_the_last() -> None:
 
 def test_publish_fans_out_and_status_keeps_the_drops_of_watchers_gone() -> None:
     watchers = Watchers(limit=2, queue=2)
-    a, b = watchers.open(Filter()), watchers.open(Filter(tagged=True))
-    assert watchers.full
+    a, b = watchers.open(Filter(), 0), watchers.open(Filter(tagged=True), 0)
+    with pytest.raises(Refused, match="all 2 monitors are in use"):
+        watchers.open(Filter(), 0)
     for _ in range(3):
         watchers.publish(ev())
     watchers.publish(ev(row=3, via="outlook.office365.com"))
     assert (len(a.queue), a.dropped, len(b.queue)) == (2, 2, 1)
     assert watchers.status() == {"watchers": 2, "events": 4, "dropped": 2}
     watchers.close(a)
-    assert not watchers.full
+    watchers.close(watchers.open(Filter(), 0))  # the slot is free again
     assert watchers.status() == {"watchers": 1, "events": 4, "dropped": 2}
 
 
 def test_connect_after_a_watcher_opened_sets_the_observer() -> None:
     handler, watchers = FakeHandler(), Watchers()
-    watchers.open(Filter())
+    watchers.open(Filter(), 0)
     assert not watchers.connected
     watchers.connect(handler)
     assert watchers.connected and handler.observer is not None
@@ -305,7 +306,7 @@ def test_dispatch_monitor_denied_busy_or_unavailable(caplog: pytest.LogCaptureFi
     assert watchers.status()["watchers"] == 0
     assert dispatch(dispatcher, req(None)).watcher is not None
     name, message = error(dispatch(dispatcher, req(None)))
-    assert name == "Busy" and "too many monitors open (1)" in message
+    assert (name, message) == ("Busy", "all 1 monitors are in use; close one and try again")
     assert error(dispatch(dispatcher, req({"client": "x"})))[0] == "BadRequest"
     bare = Dispatcher(NoHandlers(), ADMIN_GID, 999)
     assert error(dispatch(bare, req(None)))[0] == "UnknownCommand"
