@@ -13,7 +13,7 @@ must:
   depth-checked before it is parsed (``resolver.endpointbody``);
 - HTTP 429 raises RateLimited with the time its Retry-After gives.
 
-Every failure is an EndpointsError that names the request.
+Every failure is an EndpointsError (resolver.endpointerrors) that names the request.
 """
 
 from __future__ import annotations
@@ -26,12 +26,18 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from resolver import endpointbody
+from resolver.endpointerrors import (
+    RETRY_AFTER_MAX,
+    Clock,
+    EndpointsError,
+    RateLimited,
+    new_client_request_id,
+    utc_iso,
+)
 
 log = logging.getLogger("resolverd.policy")
 
@@ -40,31 +46,6 @@ BODY_LIMITS = {"version": 64 * 1024, "endpoints": 4 * 1024 * 1024}  # bytes, by 
 ANSWER_DEADLINE = 4  # an answer must be whole within this many timeouts
 READ_CHUNK = 64 * 1024
 RETRY_AFTER_DEFAULT = 3600.0  # a 429 without a usable Retry-After: wait an hour
-RETRY_AFTER_MAX = 86_400.0  # a Retry-After further away than this is cut to a day
-
-Clock = Callable[[], float]
-
-
-class EndpointsError(Exception):
-    """The endpoint service could not be reached or sent something unusable."""
-
-
-class RateLimited(EndpointsError):
-    """HTTP 429: the service wants no request before ``until`` (wall-clock seconds)."""
-
-    def __init__(self, message: str, until: float) -> None:
-        super().__init__(message)
-        self.until = until
-
-
-def new_client_request_id() -> str:
-    """A fresh client request id (the service wants a GUID, kept across runs)."""
-    return str(uuid.uuid4())
-
-
-def utc_iso(when: float) -> str:
-    """``2024-11-01T13:00:00Z``: wall-clock seconds as ISO 8601 UTC, to the second."""
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def retry_after(header: str | None, now: float) -> float:

@@ -20,12 +20,12 @@ limit. So resolverd
 The client request id (a GUID the service wants stable per client) is kept in
 ``state_dir/endpoints-client-id``.
 
-The HTTP client (``resolver.endpointclient``) takes ``https://`` only unless
-``policy.endpoints.allow_http`` is true, and bounds each answer's time, size, parse cost and
-depth (``resolver.endpointbody``); ``policy.endpoints`` skips names and prefixes broader than a
-registrable domain, a /10 (IPv4) or a /32 (IPv6). Whatever goes wrong, a check ends in
-``last_error`` and the next one comes on time: an error nobody foresaw (a bug) is logged with
-its traceback (in one line while the same error repeats) and shown there too.
+The HTTP client (``resolver.endpointclient``, loaded at the first check) takes ``https://``
+only unless ``policy.endpoints.allow_http`` is true, and bounds each answer's time, size, parse
+cost and depth (``resolver.endpointbody``); ``policy.endpoints`` skips names and prefixes
+broader than a registrable domain, a /10 (IPv4) or a /32 (IPv6). Whatever goes wrong, a check
+ends in ``last_error`` and the next one comes on time: an error nobody foresaw (a bug) is
+logged with its traceback (in one line while the same error repeats) and shown there too.
 """
 
 from __future__ import annotations
@@ -52,10 +52,9 @@ from resolver.endpointcache import (
     verified_cache,
     write_atomically,
 )
-from resolver.endpointclient import (
+from resolver.endpointerrors import (
     RETRY_AFTER_MAX,
     Clock,
-    EndpointsClient,
     EndpointsError,
     RateLimited,
     new_client_request_id,
@@ -177,6 +176,10 @@ class EndpointFeed:
         for the files in state_dir."""
         endpoints = cfg.endpoints
         assert endpoints is not None
+        # Here, not at the top: its urllib, http.client and email cost 3 MiB of RSS, which a
+        # daemon without policy.endpoints (the default) never needs.
+        from resolver.endpointclient import EndpointsClient
+
         client = EndpointsClient(
             endpoints.url,
             endpoints.instance,

@@ -23,8 +23,8 @@ from policy.matcher import Matcher
 from resolver.config import EndpointsConfig, PolicyConfig
 from resolver.control.protocol import UpdateFailed
 from resolver.endpointcache import EndpointSets, merge_endpoints, read_cache
-from resolver.endpointclient import (
-    EndpointsClient,
+from resolver.endpointclient import EndpointsClient
+from resolver.endpointerrors import (
     EndpointsError,
     RateLimited,
     new_client_request_id,

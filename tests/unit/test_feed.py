@@ -12,7 +12,8 @@ import pytest
 from resolver.config import EndpointsConfig, PolicyConfig
 from resolver.control.protocol import UpdateFailed
 from resolver.endpointcache import EndpointSets
-from resolver.endpointclient import retry_after, utc_iso
+from resolver.endpointclient import retry_after
+from resolver.endpointerrors import utc_iso
 from resolver.feed import EndpointFeed
 
 pytestmark = pytest.mark.unit

@@ -22,7 +22,7 @@ from policy.loader import PolicyError
 from resolver.config import load_config
 from resolver.daemon import load_everything
 from resolver.endpointcache import effective_policy
-from resolver.endpointclient import utc_iso
+from resolver.endpointerrors import utc_iso
 from resolver.feed import RETRY_FILE, EndpointFeed
 from resolver.net import records
 from tests.fakeendpoints import SAMPLE
