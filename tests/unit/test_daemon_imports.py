@@ -18,3 +18,5 @@ def test_the_daemon_loads_no_http_client_without_policy_endpoints() -> None:
     assert "resolver.feed" in loaded  # the feed itself is there, with its state and timers
     heavy = {"resolver.endpointclient", "urllib.request", "http.client", "email.utils"}
     assert heavy & loaded == set()
+    # The built-in policy is read through pkgutil (policy.loader), not importlib.resources.
+    assert "importlib.resources" not in loaded
