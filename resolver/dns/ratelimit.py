@@ -29,6 +29,18 @@ DEFAULT_MAX_CLIENTS: Final = 65_536
 WAITS_PER_QUESTION: Final = 32
 
 
+class _Bucket:
+    """One client's tokens and when they were last refilled. A class, not a list of two:
+    compiled, its floats are held unboxed (56 bytes against a list's 72 and two float
+    objects' 48, with no float made at each take); interpreted, 24 bytes less."""
+
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens = tokens
+        self.at = at
+
+
 class TokenBucket:
     """`take(client, n)` is True while the client has `n` tokens; rate 0 lets all through."""
 
@@ -45,9 +57,9 @@ class TokenBucket:
         self.burst = max(float(burst), 1.0)
         self.max_clients = max_clients
         self._clock = clock
-        # client -> [tokens, time of last refill]; ordered, not a dict: a dict's first key is
-        # found by skipping over every key deleted before it (14 us a new client when full)
-        self._buckets: OrderedDict[bytes, list[float]] = OrderedDict()
+        # client -> its bucket; ordered, not a dict: a dict's first key is found by skipping
+        # over every key deleted before it (14 us a new client when full)
+        self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -61,15 +73,15 @@ class TokenBucket:
             buckets = self._buckets
             if len(buckets) >= self.max_clients:
                 buckets.popitem(last=False)
-            bucket = buckets[client] = [self.burst, now]
-        tokens = bucket[0] + (now - bucket[1]) * self.rate
+            bucket = buckets[client] = _Bucket(self.burst, now)
+        tokens = bucket.tokens + (now - bucket.at) * self.rate
         if tokens > self.burst:
             tokens = self.burst
-        bucket[1] = now
+        bucket.at = now
         if tokens < n:
-            bucket[0] = tokens
+            bucket.tokens = tokens
             return False
-        bucket[0] = tokens - n
+        bucket.tokens = tokens - n
         return True
 
 
