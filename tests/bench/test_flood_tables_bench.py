@@ -3,7 +3,7 @@
 - `cache.Cache`: one client asking for ever new names evicts its own least recently used
   answer at each miss once it holds its client_share (12,500 of the shipped 100,000);
 - `ratelimit.TokenBucket`: a flood from ever new source addresses forgets the client seen
-  longest ago at each query once the table holds DEFAULT_MAX_CLIENTS (65,536).
+  longest ago at each query once the table holds DEFAULT_MAX_CLIENTS (16,384).
 
 Both take the oldest of an insertion-ordered table. In a plain dict that is O(keys deleted
 before it): 3 us an eviction in the cache's share and 14 us a new client in the buckets, the

@@ -136,6 +136,7 @@ def test_memory_at_the_caps() -> None:
             f"{out['entries']} answers, {out['holds']} holds of {out['names_per_hold']} names "
             f"of {case.name_chars} characters: import {out['import'] / MiB:.0f} MiB, "
             f"cache +{out['cache'] / MiB:.0f} MiB, holds +{out['holds_rss'] / MiB:.0f} MiB, "
+            f"budgets of {out['clients']} clients +{out['budgets'] / MiB:.0f} MiB, "
             f"total {out['total'] / MiB:.0f} MiB (limit {case.limit / MiB:.0f} MiB, "
             f"{case.unit_key} {sizes[case.unit_key] / MiB:.0f} MiB) in {out['seconds']} s"
         )
@@ -169,9 +170,10 @@ def _fill(reply: bytes, name_chars: int) -> dict[str, Any]:
     from policy.matcher import Matcher
     from resolver import buildinfo
     from resolver.clients import charge_key, client_key
-    from resolver.config import BreakoutConfig, CacheConfig
+    from resolver.config import BreakoutConfig, CacheConfig, ForwardConfig, RateLimitConfig
     from resolver.dns import replies, wire
     from resolver.dns.cache import build_entry, shared_int
+    from resolver.dns.ratelimit import DEFAULT_MAX_CLIENTS, Budgets
     from resolver.dns.store import Cache
     from resolver.dns.tagging import tag
     from resolver.net.holds import MAX_NAMES
@@ -223,6 +225,17 @@ def _fill(reply: bytes, name_chars: int) -> dict[str, Any]:
         hold.noted = hold.expires  # what the journal wrote
     held = _rss()
     assert ledger.names == breakout_cfg.max_entries * MAX_NAMES
+
+    # The budgets' tables, as a flood of misses from ever new source addresses fills them: a
+    # bucket for upstream queries and one for new routes per client, DEFAULT_MAX_CLIENTS each.
+    rl = RateLimitConfig()
+    budgets = Budgets(rl.qps, rl.burst, rl.share, rl.routes, ForwardConfig().max_pending)
+    for i in range(DEFAULT_MAX_CLIENTS):
+        client = client_key(f"10.{128 + (i >> 16)}.{(i >> 8) & 0xFF}.{i & 0xFF}")
+        assert client is not None and budgets.take_query(client) and budgets.take_routes(client, 1)
+        budgets.done_query(client)
+    assert len(budgets.queries) == len(budgets.routes) == DEFAULT_MAX_CLIENTS
+    budgeted = _rss()
     return {
         "build": buildinfo.build(),
         "reply_bytes": len(reply),
@@ -230,7 +243,9 @@ def _fill(reply: bytes, name_chars: int) -> dict[str, Any]:
         "entries": len(cache), "max_entries": cache_cfg.max_entries,
         "holds": len(ledger), "max_holds": breakout_cfg.max_entries,
         "names_per_hold": MAX_NAMES,
-        "import": before, "cache": cached - before, "holds_rss": held - cached, "total": held,
+        "clients": DEFAULT_MAX_CLIENTS,
+        "import": before, "cache": cached - before, "holds_rss": held - cached,
+        "budgets": budgeted - held, "total": budgeted,
     }  # fmt: skip
 
 
