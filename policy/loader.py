@@ -265,9 +265,12 @@ def builtin_policy(name: str = "microsoft365") -> Policy:
         raise PolicyError([f"unknown builtin policy {name!r} (known: {', '.join(BUILTINS)})"])
     # pkgutil, not importlib.resources: the same file through the package's loader, without
     # the 0.9 MiB of modules (tempfile, zipfile, ...) importlib.resources brings into the daemon.
-    data = pkgutil.get_data("policy", f"{name}.yaml")
-    if data is None:
-        raise PolicyError([f"builtin policy {name!r}: its package has no loader to read it"])
+    try:
+        data = pkgutil.get_data("policy", f"{name}.yaml")
+    except OSError as exc:  # an install that lost the file: said as a policy error, not a crash
+        raise PolicyError([f"builtin policy {name!r}: {exc}"]) from None
+    if data is None:  # a package without a loader that reads files (a namespace package)
+        raise PolicyError([f"builtin policy {name!r}: the policy package cannot read files"])
     policy = load_policy_text(data.decode("utf-8"), f"policy/{name}.yaml")
     return Policy(rules=policy.rules, source=f"builtin:{name}", version=policy.version)
 

@@ -295,7 +295,7 @@ class Dispatcher:
         try:
             watcher = watchers.open(spec, peer.uid, f"uid {peer.uid} pid {peer.pid}")
         except Refused as exc:
-            raise ControlError(f"{exc}; close one and try again", BUSY) from None
+            raise ControlError(str(exc), BUSY) from None
         return Answer(encode(ok_response({"streaming": True})), watcher)
 
     async def handle(self, line: bytes, peer: Peer) -> Answer:

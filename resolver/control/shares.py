@@ -38,9 +38,10 @@ class UidShares:
             if held >= self.per_uid:
                 return f"uid {uid} holds {held} {what}, the most one user may"
             if self.others >= self.total - self.reserve:
+                kept = "the other one is" if self.reserve == 1 else f"the other {self.reserve} are"
                 return (
                     f"the {self.total - self.reserve} {what} open to any user are in use; "
-                    f"the other {self.reserve} are kept for root and the daemon's user"
+                    f"{kept} kept for root and the daemon's user"
                 )
             self.others += 1
         self.held[uid] = held + 1

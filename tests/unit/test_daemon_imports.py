@@ -10,7 +10,10 @@ import sys
 def test_the_daemon_loads_no_http_client_without_policy_endpoints() -> None:
     """urllib.request, http.client and email cost 3 MiB of RSS; only the endpoint service's
     client needs them, and policy.endpoints is off by default (resolver.endpointerrors)."""
-    code = "import json, sys, resolver.daemon; print(json.dumps(sorted(sys.modules)))"
+    code = (
+        "import json, sys, resolver.daemon; from policy.loader import builtin_policy; "
+        "builtin_policy(); print(json.dumps(sorted(sys.modules)))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )

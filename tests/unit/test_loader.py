@@ -423,3 +423,25 @@ def test_load_policy_file(tmp_path: Path) -> None:
     assert policy.source == path
     assert policy.files == (path,)
     assert policy.rules[0].row == 3
+
+
+def test_a_builtin_policy_file_missing_from_the_install_is_a_policy_error(tmp_path: Path) -> None:
+    """An install that lost policy/microsoft365.yaml: the daemon says so as a policy error (its
+    main reports those and exits 1), not with a FileNotFoundError traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    import policy
+
+    copy = tmp_path / "policy"
+    shutil.copytree(Path(policy.__file__).parent, copy, ignore=shutil.ignore_patterns("*.yaml"))
+    code = (
+        "from policy.loader import PolicyError, builtin_policy\n"
+        "try:\n    builtin_policy()\nexcept PolicyError as exc:\n    print(exc.errors)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(tmp_path)}, check=True,
+    )  # fmt: skip
+    assert "builtin policy 'microsoft365': [Errno 2] No such file or directory" in out.stdout
