@@ -62,6 +62,7 @@ COMPILED = [
     "resolver/net/installs.py",
     "resolver/net/ipsets.py",
     "resolver/net/journal.py",
+    "resolver/net/journalapi.py",
     "resolver/net/kernel.py",
     "resolver/net/kernelapi.py",
     "resolver/net/latency.py",

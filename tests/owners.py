@@ -23,7 +23,7 @@ from resolver.config import BreakoutConfig, HealthConfig, LinkConfig
 from resolver.net.health import PathChecks, Probe
 from resolver.net.holds import Hold
 from resolver.net.installs import Installs
-from resolver.net.journal import JournalLike, NullJournal
+from resolver.net.journalapi import JournalLike, NullJournal
 from resolver.net.kernelapi import KernelLike
 from resolver.net.ledger import Ledger
 from resolver.net.linkchoice import LinkChoice, health_thresholds

@@ -1,7 +1,7 @@
 """The breakout: routes the addresses of Microsoft 365 answers out of the local link(s).
 
 For each tagged answer the DNS handler calls `Breakout.on_answer` before the reply leaves.
-Addresses already routed only have their hold extended (dict lookups: the cache-hit path).
+Addresses already routed only have their hold extended (the cache-hit path).
 New ones are queued (installs.py): the answers of one loop iteration share one batch, the
 journal records it, and each answer waits for its own addresses' acks, at most `ack_timeout`.
 
@@ -37,7 +37,8 @@ from resolver.net.errors import BreakoutError
 from resolver.net.health import PathChecks
 from resolver.net.holds import Hold
 from resolver.net.installs import Installs
-from resolver.net.journal import Journal, JournalLike, NullJournal
+from resolver.net.journal import Journal
+from resolver.net.journalapi import JournalLike, NullJournal
 from resolver.net.kernel import Kernel
 from resolver.net.kernelapi import KernelLike
 from resolver.net.ledger import Ledger

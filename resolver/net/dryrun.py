@@ -6,7 +6,7 @@ them), every batch succeeds at once, and the decisions the breakout reports (`no
 refresh, skip, remove, each with its reason) are kept, the last MAX_DECISIONS of them, for
 `resolverctl status`. No sets (nothing to refresh), no capabilities needed, nothing kept
 across runs. The breakout never asks which kernel it holds: every difference of dry-run is
-here (and in journal.NullJournal).
+here (and in journalapi.NullJournal).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from resolver.net.accountingapi import AccountingLike, NullAccounting
 from resolver.net.batches import InstallBatch
 from resolver.net.errors import GONE, Errnos
 from resolver.net.holds import Hold
-from resolver.net.journal import JournalLike
+from resolver.net.journalapi import JournalLike
 from resolver.net.kernelapi import KernelLike, RouteItem, Settled, set_timeout, settled_future
 from resolver.net.latency import AckLatency
 from resolver.net.ledger import Ledger

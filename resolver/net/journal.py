@@ -43,7 +43,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from typing import Final, Protocol
+from typing import Final
 
 from resolver.net.holds import Hold
 from resolver.net.records import (
@@ -67,23 +67,6 @@ COMPACT_PAUSE: Final = 10.0  # seconds at least from one compaction to the next
 COMPACT_RETRY: Final = 60.0  # after a failed one: at once when the disk has room, else this
 RECORD_BYTES: Final = 96  # room a record needs, for that check
 CHUNK: Final = 1024  # holds formatted and written at a time by a compaction
-
-
-class JournalLike(Protocol):
-    """What the breakout needs of a journal: `Journal`, or `NullJournal` for dry-run."""
-
-    problems: list[str]
-
-    def load(self, latest: float) -> Loaded: ...
-    def note(self, holds: Iterable[Hold]) -> None: ...
-    def extended(self, h: Hold) -> None: ...
-    def removed(self, holds: Iterable[Hold]) -> None: ...
-    def flushed(self) -> None: ...
-    def write_buffered(self) -> None: ...
-    def due(self, records: int) -> bool: ...
-    async def compact(self, holds: Iterable[Hold]) -> bool: ...
-    def close(self) -> None: ...
-    def status(self) -> dict[str, object]: ...
 
 
 class Journal:
@@ -333,42 +316,6 @@ class Journal:
         return {"file": self.path, "writable": self.last_error is None,
                 "errors": self.errors, "last_error": self.last_error,
                 "problems": self.problems}  # fmt: skip
-
-
-class NullJournal:
-    """The journal of dry-run: keeps nothing (nothing in the kernel needs accounting for)."""
-
-    problems: list[str] = []
-
-    def load(self, latest: float) -> Loaded:
-        return Loaded({}, True, [], False)
-
-    def note(self, holds: Iterable[Hold]) -> None:
-        return None
-
-    def extended(self, h: Hold) -> None:
-        return None
-
-    def removed(self, holds: Iterable[Hold]) -> None:
-        return None
-
-    def flushed(self) -> None:
-        return None
-
-    def write_buffered(self) -> None:
-        return None
-
-    def due(self, records: int) -> bool:
-        return False
-
-    async def compact(self, holds: Iterable[Hold]) -> bool:
-        return False
-
-    def close(self) -> None:
-        return None
-
-    def status(self) -> dict[str, object]:
-        return {"file": None, "writable": True, "errors": 0, "last_error": None, "problems": []}
 
 
 def _append(fd: int, data: bytes) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from resolver.net.installs import Installs
-from resolver.net.journal import JournalLike
+from resolver.net.journalapi import JournalLike
 from resolver.net.ledger import Ledger
 from resolver.net.linkwatch import LinkWatch
 from resolver.net.probes import Probes

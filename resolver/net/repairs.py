@@ -25,7 +25,7 @@ from typing import Any
 from resolver.config import BreakoutConfig
 from resolver.net.errors import GONE, BreakoutError
 from resolver.net.installs import Installs
-from resolver.net.journal import JournalLike
+from resolver.net.journalapi import JournalLike
 from resolver.net.linkwatch import LinkWatch
 from resolver.net.probes import describe_rule, rule_specs, stale_scope_rules
 from resolver.net.routes import AF, HOST_LEN, owned
