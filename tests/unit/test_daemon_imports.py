@@ -6,6 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 
 def test_the_daemon_loads_no_http_client_without_policy_endpoints() -> None:
     """urllib.request, http.client and email cost 3 MiB of RSS; only the endpoint service's

@@ -7,6 +7,8 @@ import pytest
 from resolver.control.monitor import MAX_WATCHERS, Filter, Refused, Watchers
 from resolver.control.shares import UidShares
 
+pytestmark = pytest.mark.unit
+
 DAEMON_UID = 999
 
 
