@@ -267,11 +267,12 @@ def builtin_policy(name: str = "microsoft365") -> Policy:
     # the 0.9 MiB of modules (tempfile, zipfile, ...) importlib.resources brings into the daemon.
     try:
         data = pkgutil.get_data("policy", f"{name}.yaml")
-    except OSError as exc:  # an install that lost the file: said as a policy error, not a crash
+        if data is None:  # a package without a loader that reads files (a namespace package)
+            raise OSError("the policy package cannot read files")
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # a damaged install: a policy error, no crash
         raise PolicyError([f"builtin policy {name!r}: {exc}"]) from None
-    if data is None:  # a package without a loader that reads files (a namespace package)
-        raise PolicyError([f"builtin policy {name!r}: the policy package cannot read files"])
-    policy = load_policy_text(data.decode("utf-8"), f"policy/{name}.yaml")
+    policy = load_policy_text(text, f"policy/{name}.yaml")
     return Policy(rules=policy.rules, source=f"builtin:{name}", version=policy.version)
 
 

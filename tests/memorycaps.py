@@ -2,7 +2,7 @@
 breakout.max_entries (50,000) holds of holds.MAX_NAMES (16) names each, and the budgets' two
 tables of ratelimit.DEFAULT_MAX_CLIENTS (16,384) clients, in bytes of RSS.
 
-Measured, not assumed: tests/bench/test_memory_caps.py fills both caps in a fresh process with
+Measured, not assumed: tests/bench/test_memory_caps.py fills the caps in a fresh process with
 objects the daemon's own code builds (resolver.dns.cache entries from upstream wire answers,
 resolver.net.ledger holds) and fails when a total exceeds its figure here. The unit's
 MemoryHigh and MemoryMax (systemd/resolverd.service; tests/unit/test_systemd_unit.py) sit above

@@ -24,10 +24,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-# Clients a bucket table remembers. A branch has hundreds; past this many the one seen longest
-# ago is forgotten (full buckets again), which costs a flood from spoofed addresses nothing it
-# would not get from the addresses themselves. 65,536 took 20-27 MiB in both tables, past the
-# unit's MemoryHigh with the other caps filled (tests/bench/test_memory_caps.py); this 5-7.
+# Clients a bucket table remembers. A branch has hundreds; past this many the one seen first is
+# forgotten (full buckets again), which gives a flood from spoofed addresses nothing it would
+# not get from the addresses themselves. 65,536 took 23-29 MiB of RSS in both tables, past the
+# unit's MemoryHigh with the other caps filled (tests/bench/test_memory_caps.py); this 4-5.
 DEFAULT_MAX_CLIENTS: Final = 16_384
 # Of a question's waiting places (misses.MAX_WAITERS: 256), per client
 WAITS_PER_QUESTION: Final = 32

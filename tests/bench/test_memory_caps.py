@@ -15,6 +15,9 @@ with the daemon's own code:
   one (`Ledger.add`, charged to one of many clients), given holds.MAX_NAMES names in all as
   its hot path does (`Ledger.extend`), and acknowledged by the kernel (`Ledger.installed`);
 
+- the budgets' two tables (ratelimit.Budgets: upstream queries and new routes), as a flood of
+  misses from DEFAULT_MAX_CLIENTS source addresses fills them;
+
 and notes VmRSS after each. Cases: typical (Microsoft 365 answers of about 300 bytes, a CNAME
 chain to A records; 16 names of 30 characters per hold) and hostile (the largest UDP answers,
 1,232 bytes, a CNAME into the policy and AAAA records, the most addresses a tag keeps bytes
@@ -232,7 +235,9 @@ def _fill(reply: bytes, name_chars: int) -> dict[str, Any]:
     budgets = Budgets(rl.qps, rl.burst, rl.share, rl.routes, ForwardConfig().max_pending)
     for i in range(DEFAULT_MAX_CLIENTS):
         client = client_key(f"10.{128 + (i >> 16)}.{(i >> 8) & 0xFF}.{i & 0xFF}")
-        assert client is not None and budgets.take_query(client) and budgets.take_routes(client, 1)
+        assert client is not None
+        asked, routed = budgets.take_query(client), budgets.take_routes(client, 1)
+        assert asked and routed  # (not inside the assert: python -O would skip the takes)
         budgets.done_query(client)
     assert len(budgets.queries) == len(budgets.routes) == DEFAULT_MAX_CLIENTS
     budgeted = _rss()
