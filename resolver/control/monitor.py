@@ -211,7 +211,7 @@ class Watchers:
         self.queue = queue
         # Shared by uid as the control connections are: a quarter each, a reserve for root.
         uid = os.geteuid() if daemon_uid is None else daemon_uid
-        self.shares = UidShares(limit, uid, "monitors")
+        self.shares = UidShares(limit, uid, "monitor")
         self._watchers: dict[Watcher, int] = {}  # open, in order, -> the uid charged for it
         self._target: Observed | None = None
         self.published = 0  # events handed to the watchers
@@ -241,7 +241,13 @@ class Watchers:
         watcher = Watcher(spec, label, self.queue)
         self._watchers[watcher] = uid
         if len(self._watchers) == 1:
-            self._observe(True)
+            try:
+                self._observe(True)
+            except BaseException:
+                # No watcher is left behind holding its uid's share: the caller sees the error.
+                del self._watchers[watcher]
+                self.shares.give_back(uid)
+                raise
         log.info("monitor: %s watching (%s)", label or "a client", spec.describe())
         return watcher
 

@@ -132,7 +132,7 @@ class ControlServer:
         self.group = group
         self.idle_timeout = idle_timeout
         self.shares = UidShares(
-            max_connections, os.geteuid(), "control connections", "control max_connections"
+            max_connections, os.geteuid(), "control connection", "control max_connections"
         )
         self.refused = 0  # connections answered Busy for want of a share
         self._warned: set[int] = set()

@@ -12,12 +12,17 @@ Pure: no asyncio, no sockets.
 from __future__ import annotations
 
 
+def count(n: int, noun: str) -> str:
+    """'1 monitor', '8 monitors': `noun` is singular, and its plural takes an s."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class UidShares:
-    """`total` slots of `what` (plural, for the messages) shared among uids."""
+    """`total` slots of `what` (a singular noun, for the messages) shared among uids."""
 
     def __init__(self, total: int, daemon_uid: int, what: str, setting: str = "") -> None:
         if total < 1:
-            raise ValueError(f"{setting or what} must be at least 1, not {total}")
+            raise ValueError(f"{setting or what + 's'} must be at least 1, not {total}")
         self.total = total
         self.what = what
         self.reserve = min(total - 1, max(1, total // 8))
@@ -32,15 +37,19 @@ class UidShares:
         refuses it."""
         what = self.what
         if self.open >= self.total:
-            return f"all {self.total} {what} are in use"
+            if self.total == 1:
+                return f"the one {what} is in use"
+            return f"all {count(self.total, what)} are in use"
         held = self.held.get(uid, 0)
         if uid not in self.trusted:
             if held >= self.per_uid:
-                return f"uid {uid} holds {held} {what}, the most one user may"
-            if self.others >= self.total - self.reserve:
+                return f"uid {uid} holds {count(held, what)}, the most one user may"
+            open_to_all = self.total - self.reserve
+            if self.others >= open_to_all:
                 kept = "the other one is" if self.reserve == 1 else f"the other {self.reserve} are"
+                are = "is" if open_to_all == 1 else "are"
                 return (
-                    f"the {self.total - self.reserve} {what} open to any user are in use; "
+                    f"the {count(open_to_all, what)} open to any user {are} in use; "
                     f"{kept} kept for root and the daemon's user"
                 )
             self.others += 1

@@ -306,7 +306,7 @@ def test_dispatch_monitor_denied_busy_or_unavailable(caplog: pytest.LogCaptureFi
     assert watchers.status()["watchers"] == 0
     assert dispatch(dispatcher, req(None)).watcher is not None
     name, message = error(dispatch(dispatcher, req(None)))
-    assert (name, message) == ("Busy", "all 1 monitors are in use")
+    assert (name, message) == ("Busy", "the one monitor is in use")
     assert error(dispatch(dispatcher, req({"client": "x"})))[0] == "BadRequest"
     bare = Dispatcher(NoHandlers(), ADMIN_GID, 999)
     assert error(dispatch(bare, req(None)))[0] == "UnknownCommand"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from resolver.control.monitor import MAX_WATCHERS, Filter, Refused, Watchers
+from resolver.control.monitor import MAX_WATCHERS, Event, Filter, Refused, Watchers
 from resolver.control.shares import UidShares
 
 pytestmark = pytest.mark.unit
@@ -13,7 +15,7 @@ DAEMON_UID = 999
 
 
 def connections(total: int = 32) -> UidShares:
-    return UidShares(total, DAEMON_UID, "control connections", "control max_connections")
+    return UidShares(total, DAEMON_UID, "control connection", "control max_connections")
 
 
 def take_all(shares: UidShares, uid: int, tries: int) -> list[str | None]:
@@ -96,3 +98,36 @@ def test_one_user_gets_two_of_the_eight_monitors_and_root_keeps_one() -> None:
     with pytest.raises(Refused, match="uid 1000 holds 2"):
         watchers.open(Filter(), 1000)
     watchers.open(Filter(), DAEMON_UID)  # the daemon's user may take the reserve too
+
+
+def test_limits_of_one_are_told_in_the_singular() -> None:
+    one = connections(1)
+    assert one.take(1000) is None
+    assert one.take(0) == "the one control connection is in use"
+    two = connections(2)  # a share of one for a user, one kept for root
+    assert two.take(1000) is None
+    assert two.take(1000) == "uid 1000 holds 1 control connection, the most one user may"
+    assert two.take(1001) == (
+        "the 1 control connection open to any user is in use; "
+        "the other one is kept for root and the daemon's user"
+    )
+
+
+class _Failing:
+    """A watched handler whose log level cannot be refreshed once it is watched."""
+
+    def __init__(self) -> None:
+        self.observer: Callable[[Event], None] | None = None
+
+    def refresh_log_level(self) -> None:
+        if self.observer is not None:
+            raise RuntimeError("refresh failed")
+
+
+def test_a_monitor_that_fails_to_open_gives_its_share_back() -> None:
+    watchers = Watchers(limit=2, daemon_uid=DAEMON_UID)
+    watchers.connect(_Failing())
+    with pytest.raises(RuntimeError, match="refresh failed"):
+        watchers.open(Filter(), 1000)
+    assert watchers.status()["watchers"] == 0
+    assert (watchers.shares.open, watchers.shares.held) == (0, {})
