@@ -19,7 +19,7 @@ import asyncio
 import errno
 import logging
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Container, Iterable, Sequence
 from typing import Any, Final
 
 from resolver.config import BreakoutConfig
@@ -230,6 +230,16 @@ class Accounting:
         for family, packed_list in gone.items():
             for transaction in traffic.release(self.layout, family, packed_list):
                 self._send(transaction)
+
+    def release_unheld(self, held: Container[bytes]) -> int:
+        """At start, once the holds are restored: the elements adopted from before the restart
+        whose address no hold keeps go (nothing else would release them; their classes can
+        then be pruned). Returns how many went."""
+        if not self.counting:
+            return 0
+        gone = [(4 if len(p) == 4 else 6, p) for p in self.counted if p not in held]
+        self.release(gone)
+        return len(gone)
 
     def _send(self, messages: list[netlink.Message]) -> None:
         assert self.nfnl is not None

@@ -8,7 +8,7 @@ satisfy `AccountingLike`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Container, Iterable, Sequence
 from typing import Any, Protocol
 
 from mypy_extensions import mypyc_attr
@@ -27,6 +27,7 @@ class AccountingLike(Protocol):
     def close(self) -> None: ...
     def count(self, items: Sequence[CountItem]) -> None: ...
     def release(self, items: Iterable[tuple[int, bytes]]) -> None: ...
+    def release_unheld(self, held: Container[bytes]) -> int: ...
     def flush(self, addresses: Collection[bytes]) -> None: ...
     async def refresh(self) -> None: ...
     def refresh_due(self) -> bool: ...
@@ -56,6 +57,9 @@ class NullAccounting:
 
     def release(self, items: Iterable[tuple[int, bytes]]) -> None:
         pass
+
+    def release_unheld(self, held: Container[bytes]) -> int:
+        return 0
 
     def flush(self, addresses: Collection[bytes]) -> None:
         pass

@@ -9,7 +9,8 @@
   may be live), the unknown host routes are held for one hold period, and status says why.
   Routes of other protocols are never touched, and their addresses never taken over.
 - Then the stale routes go and what is missing goes in, in one batch, the set entries'
-  timeouts are realigned, and the journal is rewritten from what is held now.
+  timeouts are realigned, the traffic counters' elements of addresses no hold keeps go, and
+  the journal is rewritten from what is held now.
 """
 
 from __future__ import annotations
@@ -145,6 +146,9 @@ async def run(cfg: BreakoutConfig, parts: Parts, policy: Policy, matcher: Matche
         if h.installed:
             installs.queue_refresh(h)
     installs.flush_refresh()
+    orphans = installs.accounting.release_unheld({h.packed for h in ledger})
+    if orphans:
+        log.info("breakout: deleted %d counters' elements no hold keeps", orphans)
     await journal.compact(list(ledger))
     log.info(
         "reconciled table %d: %d holds from the journal, %d routes adopted, %d installed, "

@@ -5,8 +5,9 @@ A policy of two rows (901, 902) is replaced by one of two others (903, 904) that
 the held name: after the reload the left-over class without an element (902) has neither chain
 nor counter, and the one whose element is still held (901) keeps both, through a kill -9 and a
 restart too. Once the element is gone (`resolverctl flush`), the next reload deletes 901's
-chain and counter. An element that goes to a chain resolverd does not make is deleted at
-start, and its chain with it.
+chain and counter, even when an element of 901 whose address no hold keeps survived a restart.
+An element that goes to a chain resolverd does not make is deleted at start, and its chain
+with it.
 """
 
 from __future__ import annotations
@@ -103,9 +104,17 @@ def test_classes_no_row_and_no_element_needs_are_deleted(daemon: Daemon) -> None
     assert "goto c-r901-seed" in held(d)
     assert rows(d) == {901, 903, 904}
 
-    # Its element gone, the next reload deletes 901's chain and counter.
+    # Its element gone, the next reload deletes 901's chain and counter. An element of 901's
+    # class that survived a restart with no hold for its address goes at start, and does not
+    # keep the class.
     d.ctl("flush")
     assert wait_for(lambda: address not in held(d), 3), held(d)
+    lab.run(lab.router, "nft", "add", "element", "inet", "resolverd", "held4",
+            "{ 198.51.100.8 : goto c-r901-seed }")  # fmt: skip
+    d.kill()
+    d.start()
+    assert "198.51.100.8" not in held(d)
+    assert "deleted 1 counters' elements no hold keeps" in d.log()
     d.ctl("reload")
     assert table(d) == ({"c-r903-seed", "c-r904-seed"}, {"r903-seed.wan0", "r904-seed.wan0"})
     assert rows(d) == {903, 904}
