@@ -32,6 +32,7 @@ COMPILED = [
     "policy/matcher.py",
     "resolver/clients.py",
     "resolver/dns/cache.py",
+    "resolver/dns/chains.py",
     "resolver/dns/counts.py",
     "resolver/dns/events.py",
     "resolver/dns/exchange.py",

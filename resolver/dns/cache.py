@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from resolver.dns import replies, wire
+from resolver.dns import chains, replies, wire
 from resolver.hooks import Tagged
 
 _TTL: Final = struct.Struct("!I")
@@ -166,7 +166,7 @@ class Entry:
 
 def chain_of(data: bytes, layout: replies.Layout, cap: int = 2**31) -> Chain:
     """The chain of a reply `layout` describes; address TTLs capped at `cap`."""
-    names, addresses = replies.chain_of(data, layout, wire.read_name(data, 12))
+    names, addresses = chains.chain_of(data, layout, wire.read_name(data, 12))
     return _chain(names, addresses, cap)
 
 
@@ -205,7 +205,7 @@ def build_entry(
     ttls = layout.ttls
     n_answers = layout.answer_ttls
     start = wire.read_name(data, 12) if qname is None else qname
-    names, addresses = replies.chain_of(data, layout, start)
+    names, addresses = chains.chain_of(data, layout, start)
     ttl, cap = 0, max_ttl
     if rcode == wire.NOERROR and _answers(data, layout, names):
         ttl = min(min(ttls[:n_answers]), max_ttl)

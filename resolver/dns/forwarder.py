@@ -12,7 +12,7 @@ An answer from a zone or the default upstreams whose CNAME chain enters a policy
 (``autodiscover.corp.example CNAME outlook.office365.com``) is finished through the breakout
 resolvers: they are asked the same question about the first policy name on the chain that no
 forward zone holds (a zone beats the policy on a chain too), and the client gets the chain down
-to that name followed by their answer (`replies.splice`), so the addresses it connects to, and
+to that name followed by their answer (`chains.splice`), so the addresses it connects to, and
 that get routed, are the ones close to the branch. With DO set the upstream's answer is passed
 unchanged: a spliced answer would not validate. Only A and AAAA questions are spliced (they
 carry the addresses that are routed).
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from resolver.config import Config
-from resolver.dns import replies, wire
+from resolver.dns import chains, replies, wire
 from resolver.dns.exchange import Reply, Transport
 from resolver.dns.sockets import Sockets
 from resolver.dns.tagging import NameMatcher
@@ -183,7 +183,7 @@ class Forwarder:
         data, layout = resolved.data, resolved.layout
         if layout.rcode != wire.NOERROR or not layout.answers:
             return None
-        chain, _ = replies.chain_of(data, layout, qname)
+        chain, _ = chains.chain_of(data, layout, qname)
         # A policy name inside a forward zone is the zone's to answer (a zone beats the
         # policy), on a chain as much as asked directly: it is no target.
         zones = self.zones
@@ -200,7 +200,7 @@ class Forwarder:
             return resolved
         (local, local_layout), up = got
         data, layout = resolved.data, resolved.layout
-        joined = replies.splice(data, layout, target, local, local_layout)
+        joined = chains.splice(data, layout, target, local, local_layout)
         if joined is None:
             return resolved
         try:

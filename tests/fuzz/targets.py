@@ -7,10 +7,10 @@ property that does not hold, is a crash the fuzzer keeps.
 
     query    wire.parse_query, question_key, error_reply
     reply    replies.accept_reply, scan_reply, without_opt, chain_of
-    splice   replies.splice over two upstream replies
+    splice   chains.splice over two upstream replies
     cache    cache.build_entry and Entry.reply at an age and a size limit
     handler  Handler.handle end to end (scenario.py), upstream replies from the input
-    chain    replies.walk_chain against dnslib's reading of the same reply: which addresses
+    chain    chains.walk_chain against dnslib's reading of the same reply: which addresses
              may be routed, and the names that go into the hold journal
     journal  the hold journal's reader (records.parse) on any bytes: what it restores
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from dnslib import QTYPE, DNSRecord
 
-from resolver.dns import cache, replies, wire
+from resolver.dns import cache, chains, replies, wire
 from resolver.net import records
 from tests.fuzz.checks import (
     Violation,
@@ -93,7 +93,7 @@ def target_reply(data: bytes) -> None:
         raw = struct.unpack_from("!I", body, at)[0]
         require(ttl == (0 if raw & 0x80000000 else raw), "TTL offset reads another value")
     qname = wire.read_name(body, 12)
-    chain, addresses = replies.chain_of(body, layout, qname)
+    chain, addresses = chains.chain_of(body, layout, qname)
     require(chain[0] == qname and len(chain) <= wire.MAX_CHAIN + 1, "chain length")
     require(len(set(chain)) == len(chain), "a name twice on the chain")
     require(all(len(a) in (4, 16) for a, _ttl in addresses), "address length")
@@ -107,7 +107,7 @@ def target_reply(data: bytes) -> None:
         raise Violation(f"without_opt made a reply that does not walk: {err}") from None
     require(cut_layout.opt is None and cut_layout.ttl_offsets == offsets, "cut layout")
     require(cut_layout.ttls == layout.ttls, "cutting the OPT changed a TTL")
-    require(replies.chain_of(cut, cut_layout, qname) == (chain, addresses), "cut chain")
+    require(chains.chain_of(cut, cut_layout, qname) == (chain, addresses), "cut chain")
     if dnslib_agrees(body):
         require(dnslib_agrees(cut), "dnslib reads the reply but not without its OPT")
 
@@ -127,11 +127,11 @@ def target_splice(data: bytes) -> None:
     if first[4:6] != b"\0\x01" or local[4:6] != b"\0\x01":
         return
     qname = wire.read_name(first, 12)
-    chain, _ = replies.chain_of(first, layout, qname)
+    chain, _ = chains.chain_of(first, layout, qname)
     if len(chain) < 2:
         return
     target = chain[1 + pick % (len(chain) - 1)]
-    joined = replies.splice(first, layout, target, local, local_layout)
+    joined = chains.splice(first, layout, target, local, local_layout)
     if joined is None:
         return
     try:
@@ -140,7 +140,7 @@ def target_splice(data: bytes) -> None:
         raise Violation(f"the spliced answer does not walk: {err}") from None
     require(joined[:2] == first[:2] and joined[12 : layout.qend] == first[12 : layout.qend], "q")
     require(joined_layout.rcode == wire.NOERROR and joined_layout.opt is None, "rcode/OPT")
-    joined_chain, _ = replies.chain_of(joined, joined_layout, qname)
+    joined_chain, _ = chains.chain_of(joined, joined_layout, qname)
     require(joined_chain[: chain.index(target) + 1] == chain[: chain.index(target) + 1], "chain")
     if dnslib_agrees(first) and dnslib_agrees(local):
         require(dnslib_agrees(joined), "dnslib reads both replies but not the spliced one")
@@ -212,7 +212,7 @@ def target_chain(data: bytes) -> None:
     if body[4:6] != b"\0\x01" or layout.qend == 12:
         return
     qname = wire.read_name(body, 12)
-    chain, cnames, addresses = replies.walk_chain(body, layout, qname)
+    chain, cnames, addresses = chains.walk_chain(body, layout, qname)
     require(chain[0] == qname and len(chain) == len(cnames) + 1, "chain and its CNAMEs")
     require(len(set(chain)) == len(chain) and len(chain) <= wire.MAX_CHAIN + 1, "chain shape")
     for name in chain:

@@ -7,7 +7,7 @@ from dnslib import EDNS0, QTYPE, RR, A, DNSRecord
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from resolver.dns import replies, wire
+from resolver.dns import chains, replies, wire
 
 pytestmark = pytest.mark.unit
 
@@ -89,7 +89,7 @@ def test_mutated_replies_scan_and_cut_cleanly(edits: list[tuple[int, int]]) -> N
         cut, offsets = replies.without_opt(bytes(data), layout)
         for rec in layout.answers:
             wire.read_name(bytes(data), rec.rdata) if rec.rtype == wire.T_CNAME else None
-        replies.chain_of(bytes(data), layout, "www.example.test")
+        chains.chain_of(bytes(data), layout, "www.example.test")
     except wire.WireError:
         return
     again = replies.scan_reply(cut)  # what we cache is well-formed too

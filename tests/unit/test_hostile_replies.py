@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from resolver.dns import cache, replies, wire
+from resolver.dns import cache, chains, replies, wire
 
 pytestmark = pytest.mark.unit
 
@@ -68,7 +68,7 @@ def test_pointers_into_the_question_and_into_rdata_are_fine() -> None:
     )
     layout = replies.accept_reply(data, 0x4242, QUESTION)
     assert layout is not None
-    chain, addresses = replies.chain_of(data, layout, "www.example.test")
+    chain, addresses = chains.chain_of(data, layout, "www.example.test")
     assert chain == ["www.example.test", "edge.example.test"]
     assert addresses == [(b"\xc0\0\2\1", 60)]
     entry, _chain = cache.build_entry(b"k", data, layout, 0.0, 86_400, 3_600)
@@ -101,11 +101,11 @@ def test_a_chain_into_a_name_that_is_not_ascii_is_spliced() -> None:
     local = (
         head(1) + local_q + b"\xc0\x0c" + struct.pack("!HHIH", wire.T_A, 1, 60, 4) + b"\x34\x60\0\1"
     )
-    joined = replies.splice(
+    joined = chains.splice(
         first, replies.scan_reply(first), "\\213x.office.com", local, replies.scan_reply(local)
     )
     assert joined is not None
     layout = replies.scan_reply(joined)
-    chain, addresses = replies.chain_of(joined, layout, "www.example.test")
+    chain, addresses = chains.chain_of(joined, layout, "www.example.test")
     assert chain == ["www.example.test", "\\213x.office.com"]
     assert addresses == [(b"\x34\x60\0\1", 60)]

@@ -7,7 +7,7 @@ import struct
 import pytest
 from dnslib import AAAA, CNAME, EDNS0, QTYPE, RR, SOA, A, DNSRecord
 
-from resolver.dns import replies, wire
+from resolver.dns import chains, replies, wire
 
 pytestmark = pytest.mark.unit
 
@@ -224,7 +224,7 @@ def test_scan_reply_finds_ttls_opt_and_answers() -> None:
 
 def test_chain_of_follows_cnames_and_ignores_unrelated_records() -> None:
     data = _full_reply()
-    chain, addresses = replies.chain_of(data, replies.scan_reply(data), "alias.example.test")
+    chain, addresses = chains.chain_of(data, replies.scan_reply(data), "alias.example.test")
     assert chain == ["alias.example.test", "edge.cdn.test"]
     # packed, with their TTLs; not the additional data
     assert addresses == [(bytes([198, 51, 100, 7]), 30), (bytes([198, 51, 100, 8]), 20)]
@@ -236,12 +236,12 @@ def test_chain_of_is_loop_safe_and_bounded() -> None:
     r.add_answer(RR("a.test", QTYPE.CNAME, rdata=CNAME("b.test"), ttl=60))
     r.add_answer(RR("b.test", QTYPE.CNAME, rdata=CNAME("a.test"), ttl=60))
     data = bytes(r.pack())
-    assert replies.chain_of(data, replies.scan_reply(data), "a.test")[0] == ["a.test", "b.test"]
+    assert chains.chain_of(data, replies.scan_reply(data), "a.test")[0] == ["a.test", "b.test"]
     r = DNSRecord.question("c0.test").reply()
     for i in range(40):
         r.add_answer(RR(f"c{i}.test", QTYPE.CNAME, rdata=CNAME(f"c{i + 1}.test"), ttl=60))
     data = bytes(r.pack())
-    chain, _ = replies.chain_of(data, replies.scan_reply(data), "c0.test")
+    chain, _ = chains.chain_of(data, replies.scan_reply(data), "c0.test")
     assert len(chain) == wire.MAX_CHAIN + 1
 
 
