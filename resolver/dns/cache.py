@@ -28,7 +28,7 @@ from resolver.dns import chains, replies, wire
 from resolver.hooks import Tagged
 
 _TTL: Final = struct.Struct("!I")
-_OFFSETS: Final = "!{}H"
+_U16: Final = struct.Struct("!H")
 _OPT: Final = (wire.opt_record(False), wire.opt_record(True))  # by the DO bit of the key
 T = TypeVar("T")
 _SHARED: Final[dict[int, int]] = {}
@@ -137,11 +137,19 @@ class Entry:
 
     def tail(self, el: int) -> bytes:
         """Everything after the question, TTLs as handed out at age `el` whole seconds."""
-        buf = bytearray(self.wire)
+        stored = self.wire
+        buf = bytearray(stored)
         at = self.ttl_at
-        for (offset,) in struct.iter_unpack("!H", at):
-            left = _TTL.unpack_from(buf, offset)[0] - el
-            _TTL.pack_into(buf, offset, left if left > 0 else 0)
+        for i in range(0, len(at), 2):
+            # Byte by byte rather than with struct: compiled, the values stay native ints.
+            offset = (at[i] << 8) | at[i + 1]
+            base = (
+                (stored[offset] << 24)
+                | (stored[offset + 1] << 16)
+                | (stored[offset + 2] << 8)
+                | stored[offset + 3]
+            )
+            _TTL.pack_into(buf, offset, base - el if base > el else 0)
         return bytes(buf[self.qend :])
 
     def reply(self, data: bytes, qend: int, edns: bool, limit: int, now: float) -> bytes:
@@ -179,8 +187,11 @@ def _chain(names: list[str], addresses: list[tuple[bytes, int]], cap: int) -> Ch
             if len(seen) <= MAX_ADDRESSES:
                 packed.append(len(address))
                 packed += address
-    capped = max(0, len(seen) - MAX_ADDRESSES)
-    smallest = min((ttl for _address, ttl in addresses), default=0)
+    capped = len(seen) - MAX_ADDRESSES if len(seen) > MAX_ADDRESSES else 0
+    smallest = addresses[0][1] if addresses else 0
+    for _address, ttl in addresses:
+        if ttl < smallest:
+            smallest = ttl
     return Chain(names, bytes(packed), smallest if smallest < cap else cap, capped)
 
 
@@ -200,7 +211,7 @@ def build_entry(
     Raises WireError when the OPT record cannot be cut out. The entry's `ttl` is 0 when the
     reply must not be cached (the caller still answers from it).
     """
-    template, offsets = replies.without_opt(data, layout)
+    buf, offsets = replies.without_opt(data, layout)
     rcode = layout.rcode
     ttls = layout.ttls
     n_answers = layout.answer_ttls
@@ -208,22 +219,35 @@ def build_entry(
     names, addresses = chains.chain_of(data, layout, start)
     ttl, cap = 0, max_ttl
     if rcode == wire.NOERROR and _answers(data, layout, names):
-        ttl = min(min(ttls[:n_answers]), max_ttl)
+        ttl = _smallest(ttls, n_answers, max_ttl)
     elif rcode == wire.NOERROR or rcode == wire.NXDOMAIN:
         # Negative, wholly or at the end of a CNAME chain: cached for the SOA's negative TTL
         # (RFC 2308 5), and not at all without an SOA.
         soa = layout.soa
         if soa is not None:
-            ttl = min(ttls[:n_answers]) if n_answers else max_ttl
-            ttl = cap = min(ttl, soa[0], soa[1], max_negative_ttl, max_ttl)
-    buf = bytearray(template)
+            ttl = cap = _smallest(ttls, n_answers, min(soa[0], soa[1], max_negative_ttl, max_ttl))
     flags = ((buf[2] << 8) | buf[3]) & ~(wire.AA | wire.TC) | wire.RA
-    buf[2:4] = bytes((flags >> 8, flags & 0xFF))
-    for at, base in zip(offsets, ttls, strict=True):
+    buf[2] = flags >> 8
+    buf[3] = flags & 0xFF
+    count = len(offsets)
+    if count != len(ttls):
+        raise ValueError(f"{count} TTL offsets for {len(ttls)} TTLs")
+    packed = bytearray(2 * count)
+    for i in range(count):
+        at, base = offsets[i], ttls[i]
         _TTL.pack_into(buf, at, base if base < cap else cap)
-    packed_offsets = shared_offsets(struct.pack(_OFFSETS.format(len(offsets)), *offsets))
-    entry = Entry(key, bytes(buf), packed_offsets, layout.qend, ttl, now)
+        _U16.pack_into(packed, 2 * i, at)
+    entry = Entry(key, bytes(buf), shared_offsets(bytes(packed)), layout.qend, ttl, now)
     return entry, _chain(names, addresses, cap)
+
+
+def _smallest(ttls: list[int], n: int, limit: int) -> int:
+    """The smallest of the first `n` TTLs and `limit`."""
+    least = limit
+    for i in range(n):
+        if ttls[i] < least:
+            least = ttls[i]
+    return least
 
 
 def _answers(data: bytes, layout: replies.Layout, chain: list[str]) -> bool:

@@ -26,8 +26,6 @@ from resolver.dns.wire import (
     skip_name,
 )
 
-_HEADER: Final = struct.Struct("!HHHHHH")
-_RR_FIXED: Final = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _U16: Final = struct.Struct("!H")
 _U32: Final = struct.Struct("!I")
 
@@ -169,7 +167,13 @@ def scan_reply(data: bytes, records: bool = True, trailing: bool = False) -> Lay
     n = len(data)
     if n < 12:
         raise WireError("shorter than a DNS header")
-    _id, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
+    # Read byte by byte rather than with struct: compiled, its values would be objects, and
+    # every comparison and sum below a generic one.
+    flags = (data[2] << 8) | data[3]
+    qd = (data[4] << 8) | data[5]
+    an = (data[6] << 8) | data[7]
+    ns = (data[8] << 8) | data[9]
+    records_count = an + ns + ((data[10] << 8) | data[11])
     pointers: list[int] = []
     pos = 12
     for _ in range(qd):
@@ -179,12 +183,14 @@ def scan_reply(data: bytes, records: bool = True, trailing: bool = False) -> Lay
     layout = Layout(rcode=flags & 0xF, qend=pos, pointers=pointers, truncated=bool(flags & TC))
     offsets, ttls, answers = layout.ttl_offsets, layout.ttls, layout.answers
     qname: str | None = None
-    for index in range(an + ns + ar):
+    for index in range(records_count):
         owner = pos
         pos = skip_name(data, pos, pointers)
         if pos + 10 > n:
             raise WireError("record truncated")
-        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
+        rtype = (data[pos] << 8) | data[pos + 1]
+        ttl = (data[pos + 4] << 24) | (data[pos + 5] << 16) | (data[pos + 6] << 8) | data[pos + 7]
+        rdlen = (data[pos + 8] << 8) | data[pos + 9]
         rdata = pos + 10
         end = rdata + rdlen
         if end > n:
@@ -217,7 +223,7 @@ def scan_reply(data: bytes, records: bool = True, trailing: bool = False) -> Lay
                         name = read_name(data, owner)
                     answers.append(Record(name, rtype, ttl, rdata, rdlen))
             elif index < an + ns and rtype == T_SOA and layout.soa is None and rdlen >= 22:
-                minimum = _U32.unpack_from(data, end - 4)[0]
+                minimum: int = _U32.unpack_from(data, end - 4)[0]
                 layout.soa = (ttl, 0 if minimum & 0x80000000 else minimum)
         pos = end
     if pos != n and not trailing:
@@ -264,19 +270,21 @@ def _check_pointed_names(
                 break
 
 
-def without_opt(data: bytes, layout: Layout) -> tuple[bytes, list[int]]:
-    """The reply with its OPT record cut out (ARCOUNT one less), and its TTL offsets moved.
+def without_opt(data: bytes, layout: Layout) -> tuple[bytearray, list[int]]:
+    """The reply with its OPT record cut out (ARCOUNT one less), and its TTL offsets moved: a
+    new buffer, for the caller to patch.
 
     Compression pointers after the cut that point past it are moved with it; one that points
     into the cut, or a name read through a pointer that runs into it, makes the reply unusable
     (WireError). That is checked on the pointers' names alone: the result is not walked again.
     """
     if layout.opt is None:
-        return data, list(layout.ttl_offsets)
+        return bytearray(data), list(layout.ttl_offsets)
     start, end = layout.opt
     _check_pointed_names(data, layout.pointers, [], layout.opt)
     cut = end - start
-    out = bytearray(data[:start] + data[end:])
+    out = bytearray(data)
+    del out[start:end]
     for at in layout.pointers:
         if at < end:
             continue
@@ -285,8 +293,7 @@ def without_opt(data: bytes, layout: Layout) -> tuple[bytes, list[int]]:
             target -= cut
         elif target >= start:
             raise WireError("compression pointer into the OPT record")
-        struct.pack_into("!H", out, at - cut, 0xC000 | target)
-    arcount = (out[10] << 8 | out[11]) - 1
-    out[10:12] = _U16.pack(arcount)
+        _U16.pack_into(out, at - cut, 0xC000 | target)
+    _U16.pack_into(out, 10, (out[10] << 8 | out[11]) - 1)  # ARCOUNT
     offsets = [at - cut if at > start else at for at in layout.ttl_offsets]
-    return bytes(out), offsets
+    return out, offsets

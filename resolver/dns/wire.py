@@ -145,7 +145,9 @@ def _parse_query(data: bytes) -> ParsedQuery:
 
 def _opt_query(data: bytes, qend: int, at: int, qtype: int, flags: int) -> ParsedQuery:
     """The OPT record whose type field starts at `at` (its root owner is at `at - 1`)."""
-    size, _ext, version, ednsflags = struct.unpack_from("!HBBH", data, at + 2)
+    size = (data[at + 2] << 8) | data[at + 3]  # byte by byte: compiled, these stay native ints
+    version = data[at + 5]
+    ednsflags = (data[at + 6] << 8) | data[at + 7]
     flags |= EDNS
     if ednsflags & DO:
         flags |= DO_BIT

@@ -98,7 +98,8 @@ def target_reply(data: bytes) -> None:
     require(len(set(chain)) == len(chain), "a name twice on the chain")
     require(all(len(a) in (4, 16) for a, _ttl in addresses), "address length")
     try:
-        cut, offsets = replies.without_opt(body, layout)
+        buf, offsets = replies.without_opt(body, layout)
+        cut = bytes(buf)
     except wire.WireError:
         return
     try:
