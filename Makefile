@@ -19,7 +19,7 @@ SYSBINS := ip ipset nft dig dnsperf dnsmasq systemd-analyze node unbound conntra
 
 .PHONY: all venv venv-compiled sysdeps test test-unit test-integration test-compiled test-netns \
 	test-package test-netns-compiled bench bench-compiled demo lint deb clean soak soak-compiled \
-	profile fuzz
+	profile fuzz instructions
 
 all: test
 
@@ -142,6 +142,14 @@ soak-compiled: venv-compiled sysdeps
 profile: venv sysdeps
 	-$(PY) -m pip install -q py-spy
 	$(PY) -m tests.bench.profiling
+
+# Instructions per miss, counted by callgrind on the compiled build (tests/bench/instructions.py):
+# the figure to compare before and after a change to the hot path, which the miss bench's
+# run-to-run swing hides. Root; valgrind comes from Debian when it is missing.
+instructions: venv-compiled sysdeps
+	command -v valgrind >/dev/null || debian/apt-install valgrind
+	$(compiled_copy)
+	cd $(CTESTS)/resolverd && $(abspath $(CPY)) -m tests.bench.instructions
 
 demo: venv sysdeps
 	$(PY) -m tests.demo
