@@ -13,13 +13,15 @@ with the miss bench's load at a rate callgrind keeps up with: WARM names first (
 then MISSES unique names, half tagged (each a new AAAA address: a route, a set entry and a
 counter each), half not. Counting is on only while those are asked. Printed: instructions per
 miss, the dnsperf figures (no query may be lost), and the functions with the most instructions,
-inclusive, from callgrind_annotate.
+inclusive, from callgrind_annotate. INSTR_OUT=FILE keeps the dump there (for callgrind_annotate
+--tree=calling, or kcachegrind).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +102,8 @@ def main() -> int:
         if run["lost"]:
             print("  queries were lost: the figure is not comparable")
             return 1
+        if os.environ.get("INSTR_OUT"):
+            shutil.copyfile(counted[0], os.environ["INSTR_OUT"])
         report = subprocess.run(
             ["callgrind_annotate", "--inclusive=yes", str(counted[0])],
             capture_output=True, text=True, check=True,
