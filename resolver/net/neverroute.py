@@ -15,39 +15,44 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Final
 
-BITS: Final = {4: 32, 6: 128}
+_BYTES: Final = tuple(bytes((b,)) for b in range(256))
 NAT64: Final = bytes.fromhex(
     "0064ff9b0000000000000000"
 )  # 64:ff9b::/96, RFC 6052's well-known prefix
 
 
 class PrefixIndex:
-    """Longest-prefix match over a few prefixes: one dict lookup per distinct prefix length."""
+    """Longest-prefix match over a few prefixes: one dict lookup per distinct prefix length,
+    keyed by the address's leading bytes (its last one masked): no 128-bit integer, which
+    compiled code would build and shift as an object."""
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        # family -> [(prefix length, {network >> host bits: (cidr, label)})], longest first
-        tables: dict[int, dict[int, dict[int, tuple[str, str]]]] = {4: {}, 6: {}}
+        # family -> prefix length -> {the network's leading bytes: (cidr, label)}
+        tables: dict[int, dict[int, dict[bytes, tuple[str, str]]]] = {4: {}, 6: {}}
         self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
         for cidr, label in items:
             net = ipaddress.ip_network(cidr, strict=False)
             self._nets.append((net, label))
-            shift = BITS[net.version] - net.prefixlen
             by_len = tables[net.version].setdefault(net.prefixlen, {})
-            by_len.setdefault(int(net.network_address) >> shift, (str(net), label))
+            key = net.network_address.packed[: (net.prefixlen + 7) // 8]
+            by_len.setdefault(key, (str(net), label))
+        # family -> [(bytes to read, mask of the last one, table)], longest prefix first
         self._tables = {
-            fam: sorted(((plen, t) for plen, t in by.items()), key=lambda x: -x[0])
+            fam: [((plen + 7) // 8, 0xFF & (0xFF << (-plen & 7)), by[plen])
+                  for plen in sorted(by, reverse=True)]
             for fam, by in tables.items()
-        }
+        }  # fmt: skip
 
     def __len__(self) -> int:
         return len(self._nets)
 
     def find(self, family: int, packed: bytes) -> tuple[str, str] | None:
         """The longest prefix holding the address, as (cidr, label), or None."""
-        value = int.from_bytes(packed, "big")
-        bits = BITS[family]
-        for plen, table in self._tables[family]:
-            hit = table.get(value >> (bits - plen))
+        for size, mask, table in self._tables[family]:
+            key = packed[:size]
+            if mask != 0xFF:
+                key = key[:-1] + _BYTES[key[-1] & mask]
+            hit = table.get(key)
             if hit is not None:
                 return hit
         return None

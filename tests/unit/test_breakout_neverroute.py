@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import random
 import socket
 import struct
 
@@ -88,6 +90,28 @@ def test_prefix_index_longest_match() -> None:
     assert idx.find(*packed("203.0.113.9")) == ("203.0.113.8/29", "narrow")
     assert idx.find(*packed("203.0.113.200")) == ("203.0.113.0/24", "wide")
     assert idx.find(*packed("198.51.100.1")) is None
+
+
+def test_prefix_index_agrees_with_ipaddress_at_every_prefix_length() -> None:
+    """Random prefixes of every length (0 to 32 and 128) and addresses in, beside and out of
+    them: the longest one holding the address, as ipaddress says."""
+    rng = random.Random(20261207)
+    for family, bits in ((4, 32), (6, 128)):
+        nets = []
+        for plen in range(bits + 1):
+            base = rng.getrandbits(bits)
+            nets.append(ipaddress.ip_network((base, plen), strict=False))
+        idx = PrefixIndex((str(n), f"len {n.prefixlen}") for n in nets)
+        probes = [rng.getrandbits(bits) for _ in range(200)]
+        for n in nets:  # the network's first and last addresses, and one past it
+            last = int(n.broadcast_address)
+            probes += [int(n.network_address), last, (last + 1) % 2**bits]
+        for value in probes:
+            address = ipaddress.IPv6Address(value) if family == 6 else ipaddress.IPv4Address(value)
+            holding = [n for n in nets if address in n]
+            want = max(holding, key=lambda n: n.prefixlen) if holding else None
+            got = idx.find(family, address.packed)
+            assert got == (None if want is None else (str(want), f"len {want.prefixlen}")), address
 
 
 def test_device_routes_count_as_connected() -> None:
