@@ -38,6 +38,7 @@ COMPILED = [
     "resolver/dns/exchange.py",
     "resolver/dns/forwarder.py",
     "resolver/dns/handler.py",
+    "resolver/dns/messages.py",
     "resolver/dns/misses.py",
     "resolver/dns/mmsg.py",
     "resolver/dns/query.py",

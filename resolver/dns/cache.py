@@ -24,12 +24,12 @@ import struct
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from resolver.dns import chains, replies, wire
+from resolver.dns import chains, messages, replies, wire
 from resolver.hooks import Tagged
 
 _TTL: Final = struct.Struct("!I")
 _U16: Final = struct.Struct("!H")
-_OPT: Final = (wire.opt_record(False), wire.opt_record(True))  # by the DO bit of the key
+_OPT: Final = (messages.opt_record(False), messages.opt_record(True))  # by the DO bit of the key
 T = TypeVar("T")
 _SHARED: Final[dict[int, int]] = {}
 _SHARED_OFFSETS: Final[dict[bytes, bytes]] = {}
@@ -164,7 +164,7 @@ class Entry:
         # At age 0 the stored TTLs are what is handed out (a miss's own reply): no rewrite.
         tail = self.tail(el) if self.ttl_at and el > 0 else template[self.qend :]
         if 12 + (qend - 12) + len(tail) + len(opt) > limit:
-            return data[:2] + wire.truncated_header(head, edns) + data[12:qend] + opt
+            return data[:2] + messages.truncated_header(head, edns) + data[12:qend] + opt
         return data[:2] + head + data[12:qend] + tail + opt
 
     def chain(self) -> Chain:

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Protocol
 
-from resolver.dns import replies, wire
+from resolver.dns import messages, replies, wire
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ async def query_tcp(
     """One attempt over TCP (after TC): the reply, None for an unacceptable one, TcpFailed
     for a timeout or a connection that failed."""
     qid = new_id()
-    query = wire.build_query(qid, question, do, cd, edns)
+    query = messages.build_query(qid, question, do, cd, edns)
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from resolver.clients import charge_key, client_ip
 from resolver.config import Config
-from resolver.dns import events, wire
+from resolver.dns import events, messages, wire
 from resolver.dns.cache import Entry, shared_int
 from resolver.dns.counts import Counts
 from resolver.dns.events import Tracer
@@ -231,7 +231,7 @@ class Handler:
             counters[wire.RCODE_NAMES.get(err.rcode, "other")] += 1
             q = Query(data, addr, conn, err.qend, 0, wire.PLAIN_SIZE)
             self.tracer.answered(q, err.rcode, "local")
-            return wire.error_reply(data, err.rcode, err.qend, err.edns, err.do)
+            return messages.error_reply(data, err.rcode, err.qend, err.edns, err.do)
         q = Query(data, addr, conn, qend, flags, TCP_LIMIT if conn.tcp else limit)
         if qtype == wire.T_AXFR or qtype == wire.T_IXFR:
             counters["refused"] += 1
@@ -276,7 +276,9 @@ class Handler:
         misses = self.misses
         if misses.busy:
             counters["pending_full"] += 1
-            return wire.error_reply(q.data, wire.SERVFAIL, q.qend, q.edns, bool(entry.key[-1] & 2))
+            return messages.error_reply(
+                q.data, wire.SERVFAIL, q.qend, q.edns, bool(entry.key[-1] & 2)
+            )
         charged = charge_key(q.client)
         if not misses.budgets.take_wait(charged):
             return misses.ratelimited(q)
@@ -331,7 +333,7 @@ class Handler:
         try:
             qend, _qtype, flags, _limit = wire.parse_query(data)
         except wire.WireError as err:
-            return wire.error_reply(data, wire.REFUSED, err.qend, err.edns, err.do, ra=False)
+            return messages.error_reply(data, wire.REFUSED, err.qend, err.edns, err.do, ra=False)
         q = Query(data, addr, conn, qend, flags, 0)
         self.tracer.answered(q, wire.REFUSED, "local")
-        return wire.error_reply(data, wire.REFUSED, qend, q.edns, q.do, ra=False)
+        return messages.error_reply(data, wire.REFUSED, qend, q.edns, q.do, ra=False)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final
 
 from resolver.clients import charge_key, charge_text
-from resolver.dns import wire
+from resolver.dns import messages, wire
 from resolver.dns.cache import Entry, build_entry, shared_int
 from resolver.dns.counts import Counts
 from resolver.dns.events import Tracer
@@ -217,7 +217,7 @@ class Misses:
         for q in waiters:
             if entry is None:
                 counters["servfail"] += 1
-                reply = wire.error_reply(q.data, wire.SERVFAIL, q.qend, q.edns, do)
+                reply = messages.error_reply(q.data, wire.SERVFAIL, q.qend, q.edns, do)
             else:
                 counters[entry.result] += 1
                 reply = entry.reply(q.data, q.qend, q.edns, q.limit, now)

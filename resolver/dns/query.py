@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from resolver.dns import wire
+from resolver.dns import messages, wire
 
 
 class Conn(Protocol):
@@ -46,8 +46,8 @@ class Query:
         return bool(self.flags & wire.CD_BIT)
 
     def error(self, rcode: int, tc: bool = False) -> bytes:
-        """An answer with no records and `rcode` (wire.error_reply)."""
-        return wire.error_reply(self.data, rcode, self.qend, self.edns, self.do, tc=tc)
+        """An answer with no records and `rcode` (messages.error_reply)."""
+        return messages.error_reply(self.data, rcode, self.qend, self.edns, self.do, tc=tc)
 
     def send(self, reply: bytes) -> None:
         self.conn.send(reply, self.addr)

@@ -27,7 +27,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from resolver.dns import exchange, replies, wire
+from resolver.dns import exchange, messages, replies, wire
 from resolver.dns.exchange import Peer, Reply
 from resolver.dns.mmsg import UNUSABLE, Datagrams
 from resolver.fdwatch import stop_reading
@@ -124,7 +124,7 @@ class Sock:
         self.questions.add(question)
         loop = self.pool.loop
         try:
-            self.sock.send(wire.build_query(qid, question, do, cd, edns))
+            self.sock.send(messages.build_query(qid, question, do, cd, edns))
         except OSError as err:
             log.debug("upstream %s: send failed: %s", self.up.text, err)
             query.timer = loop.call_soon(query.expire)

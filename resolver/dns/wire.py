@@ -1,4 +1,4 @@
-"""DNS messages as bytes: the client's query, our upstream query, names, error answers.
+"""DNS messages as bytes: the client's query and names (what we write ourselves: messages.py).
 
 Everything on the hot path works on wire bytes: a query is checked by `parse_query` (no
 objects built) and answered from bytes. Upstream replies are walked once in `replies`. Names
@@ -56,9 +56,6 @@ RCODE_NAMES: Final = {
     NOTIMP: "notimp",
     REFUSED: "refused",
 }
-
-_HEADER: Final = struct.Struct("!HHHHHH")
-_U16: Final = struct.Struct("!H")
 
 
 class WireError(ValueError):
@@ -226,46 +223,6 @@ def question_key(data: bytes, qend: int, flags: int) -> bytes:
     return data[12 : qend - 4].lower() + data[qend - 4 : qend] + b"%c" % (flags & (DO_BIT | CD_BIT))
 
 
-def error_reply(
-    data: bytes, rcode: int, qend: int, edns: bool, do: bool, ra: bool = True, tc: bool = False
-) -> bytes:
-    """An answer with no records: the query's id, opcode, RD and CD, RA (we offer recursion;
-    `ra` false for a client the ACL refuses), its question when `qend` says it is
-    well-formed, and our OPT (carrying the upper rcode bits) for an EDNS client. With `tc`
-    the TC bit is set: "ask again over TCP"."""
-    flags = QR | ((data[2] << 8 | data[3]) & (0x7800 | RD | CD)) | (rcode & 0xF)
-    if ra:
-        flags |= RA
-    if tc:
-        flags |= TC
-    header = data[:2] + _U16.pack(flags)
-    question = data[12:qend] if qend else b""
-    counts = b"\0\x01" if qend else b"\0\0"
-    if edns:
-        return header + counts + b"\0\0\0\0\0\x01" + question + opt_record(do, rcode >> 4)
-    return header + counts + b"\0\0\0\0\0\0" + question
-
-
-def opt_record(do: bool, ext_rcode: int = 0) -> bytes:
-    """Our OPT record: root owner, payload size 1232, version 0, DO as given, no options."""
-    return b"\0\0\x29\x04\xd0" + bytes((ext_rcode & 0xFF, 0, 0x80 if do else 0, 0, 0, 0))
-
-
-# -- queries to upstreams ---------------------------------------------------------------------
-
-
-def build_query(qid: int, question: bytes, do: bool, cd: bool, edns: bool = True) -> bytes:
-    """Our upstream query: RD, CD as the client set it, EDNS 1232 with DO as the client set it
-    (without `edns`: no OPT at all, for a server that rejects EDNS).
-
-    `question` is the question section (name + type + class) exactly as it goes on the wire.
-    """
-    flags = RD | CD if cd else RD
-    if not edns:
-        return _HEADER.pack(qid, flags, 1, 0, 0, 0) + question
-    return _HEADER.pack(qid, flags, 1, 0, 0, 1) + question + opt_record(do)
-
-
 def skip_name(data: bytes, pos: int, pointers: list[int] | None) -> int:
     """Validate the name at `pos`; return the offset just past it (past its first pointer).
 
@@ -402,10 +359,3 @@ def _unescaped_labels(text: str) -> list[bytes]:
     if label:
         labels.append(bytes(label))
     return labels
-
-
-def truncated_header(head: bytes, edns: bool) -> bytes:
-    """Header bytes 2-12 of a minimal TC answer made from the header bytes 2-12 `head` of the
-    full one: TC set, one question, no records but (for an EDNS client) our OPT. The caller
-    puts the client's id in front and the question and OPT after it."""
-    return bytes((head[0] | 0x02, head[1])) + b"\0\x01\0\0\0\0" + (b"\0\x01" if edns else b"\0\0")

@@ -47,7 +47,7 @@ from resolver.config import (
     Mode,
     RateLimitConfig,
 )
-from resolver.dns import exchange, replies, wire
+from resolver.dns import exchange, messages, replies, wire
 from resolver.dns.handler import MEMO_MAX, Handler
 from resolver.hooks import Epoch, Pending, Tagged, iter_packed
 from tests.fuzz.checks import Violation, check_reply, dnslib_agrees, dnslib_question, require
@@ -103,7 +103,7 @@ class Feed:
         """One attempt: our query is built as exchange builds it; the first datagram that is
         a reply to it is the answer; 'no reply' or the end of the items is a timeout."""
         self.qid = (self.qid + 0x2B3D) & 0xFFFF
-        wire.build_query(self.qid, question, do, cd, edns)
+        messages.build_query(self.qid, question, do, cd, edns)
         while True:
             item = self.next()
             if item is None or item[0] & 1:

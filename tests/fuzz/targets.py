@@ -5,7 +5,7 @@ properties (`checks.check_reply` and the asserts below). The only exception a pa
 for bad input is `wire.WireError`, and only where its docstring says so; anything else, or a
 property that does not hold, is a crash the fuzzer keeps.
 
-    query    wire.parse_query, question_key, error_reply
+    query    wire.parse_query, question_key, messages.error_reply
     reply    replies.accept_reply, scan_reply, without_opt, chain_of
     splice   chains.splice over two upstream replies
     cache    cache.build_entry and Entry.reply at an age and a size limit
@@ -27,7 +27,7 @@ from typing import Any
 
 from dnslib import QTYPE, DNSRecord
 
-from resolver.dns import cache, chains, replies, wire
+from resolver.dns import cache, chains, messages, replies, wire
 from resolver.net import records
 from tests.fuzz.checks import (
     Violation,
@@ -52,7 +52,7 @@ def target_query(data: bytes) -> None:
         if err.rcode is None:
             return
         require(err.qend == 0 or err.qend == question_end(data), "qend is no question end")
-        reply = wire.error_reply(data, err.rcode, err.qend, err.edns, err.do)
+        reply = messages.error_reply(data, err.rcode, err.qend, err.edns, err.do)
         check_reply(
             reply, data, err.qend, limit=wire.PLAIN_SIZE, strict=dnslib_question(data, err.qend)
         )
@@ -66,7 +66,7 @@ def target_query(data: bytes) -> None:
     require(wire.read_name(key, 0) == wire.name_text(data[12 : qend - 4]), "key name")
     edns, do = bool(flags & wire.EDNS), bool(flags & wire.DO_BIT)
     for rcode in (wire.SERVFAIL, wire.NXDOMAIN, wire.REFUSED):
-        reply = wire.error_reply(data, rcode, qend, edns, do)
+        reply = messages.error_reply(data, rcode, qend, edns, do)
         check_reply(reply, data, qend, limit=limit, strict=dnslib_question(data, qend))
         require(reply[3] & 0xF == rcode and bool(reply[11]) == edns, "error reply header")
 
@@ -172,7 +172,7 @@ def target_cache(data: bytes) -> None:
     query = bytes((reply[0] ^ 0x5A, reply[1], 0x01, 0x10 if options & 4 else 0))
     query += b"\0\x01\0\0\0\0\0" + (b"\x01" if edns else b"\0") + question
     if edns:
-        query += wire.opt_record(bool(options & 2))
+        query += messages.opt_record(bool(options & 2))
     try:
         qend_q, _qtype, flags, _limit = wire.parse_query(query)
     except wire.WireError:

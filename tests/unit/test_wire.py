@@ -7,7 +7,7 @@ import struct
 import pytest
 from dnslib import AAAA, CNAME, EDNS0, QTYPE, RR, SOA, A, DNSRecord
 
-from resolver.dns import chains, replies, wire
+from resolver.dns import chains, messages, replies, wire
 
 pytestmark = pytest.mark.unit
 
@@ -24,7 +24,7 @@ def _header(flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int 
 
 
 QUESTION = wire.encode_name("www.example.test") + b"\x00\x01\x00\x01"
-OPT = wire.opt_record(False)
+OPT = messages.opt_record(False)
 
 
 # -- parse_query ------------------------------------------------------------------------------
@@ -125,17 +125,17 @@ def test_error_reply_echoes_id_question_and_flags() -> None:
     q = DNSRecord.question("www.example.test")
     q.header.cd = 1
     data = bytes(q.pack())
-    reply = DNSRecord.parse(wire.error_reply(data, wire.SERVFAIL, len(data), False, False))
+    reply = DNSRecord.parse(messages.error_reply(data, wire.SERVFAIL, len(data), False, False))
     assert reply.header.id == q.header.id and reply.header.rcode == wire.SERVFAIL
     assert reply.header.qr and reply.header.rd and reply.header.cd
     assert str(reply.q.qname) == "www.example.test." and not reply.ar
-    bare = wire.error_reply(data, wire.FORMERR, 0, False, False)
+    bare = messages.error_reply(data, wire.FORMERR, 0, False, False)
     assert bare[4:6] == b"\x00\x00" and len(bare) == 12
 
 
 def test_error_reply_badvers_carries_extended_rcode() -> None:
     data = _query(version=1)
-    raw = wire.error_reply(data, wire.BADVERS, 12 + len(QUESTION), True, True)
+    raw = messages.error_reply(data, wire.BADVERS, 12 + len(QUESTION), True, True)
     reply = DNSRecord.parse(raw)
     opt = reply.ar[0]
     assert reply.header.rcode == 0 and opt.ttl >> 24 == 1 and opt.ttl & 0x8000
@@ -143,13 +143,13 @@ def test_error_reply_badvers_carries_extended_rcode() -> None:
 
 
 def test_build_query() -> None:
-    raw = wire.build_query(0x1234, QUESTION, do=True, cd=True)
+    raw = messages.build_query(0x1234, QUESTION, do=True, cd=True)
     q = DNSRecord.parse(raw)
     assert q.header.id == 0x1234 and q.header.rd and q.header.cd and not q.header.qr
     assert str(q.q.qname) == "www.example.test." and q.q.qtype == QTYPE.A
     [opt] = q.ar
     assert opt.rtype == QTYPE.OPT and opt.rclass == 1232 and opt.ttl == 0x8000
-    plain = DNSRecord.parse(wire.build_query(1, QUESTION, do=False, cd=False))
+    plain = DNSRecord.parse(messages.build_query(1, QUESTION, do=False, cd=False))
     assert not plain.header.cd and plain.ar[0].ttl == 0
 
 
@@ -166,7 +166,7 @@ def _reply_to(query: bytes, name: str = "www.example.test", **changes: int) -> b
 
 
 def test_accept_reply_matches_id_qr_opcode_and_question() -> None:
-    query = wire.build_query(0x4242, QUESTION, False, False)
+    query = messages.build_query(0x4242, QUESTION, False, False)
     good = _reply_to(query)
     assert replies.accept_reply(good, 0x4242, QUESTION) is not None
     assert replies.accept_reply(good, 0x4243, QUESTION) is None
@@ -343,9 +343,9 @@ def test_names() -> None:
 
 def test_truncated_header() -> None:
     head = bytes((0x81, 0xA0)) + b"\x00\x01\x00\x03\x00\x01\x00\x02"
-    tc = wire.truncated_header(head, True)
+    tc = messages.truncated_header(head, True)
     assert tc == bytes((0x83, 0xA0)) + b"\x00\x01\x00\x00\x00\x00\x00\x01"
-    assert wire.truncated_header(head, False)[-2:] == b"\x00\x00"
+    assert messages.truncated_header(head, False)[-2:] == b"\x00\x00"
 
 
 # -- review fixes: name length, header pointers, TTL top bit, errors with OPT, acceptance ------
@@ -416,18 +416,20 @@ def test_errors_carry_the_queries_opt_found_best_effort() -> None:
 
 def test_error_reply_offers_recursion_unless_told_not_to() -> None:
     data = _query()
-    assert DNSRecord.parse(wire.error_reply(data, wire.SERVFAIL, len(data), False, False)).header.ra
-    refused = wire.error_reply(data, wire.REFUSED, len(data), False, False, ra=False)
+    assert DNSRecord.parse(
+        messages.error_reply(data, wire.SERVFAIL, len(data), False, False)
+    ).header.ra
+    refused = messages.error_reply(data, wire.REFUSED, len(data), False, False, ra=False)
     assert not DNSRecord.parse(refused).header.ra
 
 
 def test_build_query_without_edns() -> None:
-    q = DNSRecord.parse(wire.build_query(7, QUESTION, do=True, cd=False, edns=False))
+    q = DNSRecord.parse(messages.build_query(7, QUESTION, do=True, cd=False, edns=False))
     assert q.ar == [] and q.header.rd and str(q.q.qname) == "www.example.test."
 
 
 def test_accept_reply() -> None:
-    query = wire.build_query(0x4242, QUESTION, False, False)
+    query = messages.build_query(0x4242, QUESTION, False, False)
     good = _reply_to(query)
     layout = replies.accept_reply(good, 0x4242, QUESTION)
     assert layout is not None and layout.end == len(good) and len(layout.answers) == 1
