@@ -244,9 +244,12 @@ class Watchers:
             try:
                 self._observe(True)
             except BaseException:
-                # No watcher is left behind holding its uid's share: the caller sees the error.
+                # No watcher is left behind holding its uid's share, and the handler publishes
+                # to nobody: the caller sees the error.
                 del self._watchers[watcher]
                 self.shares.give_back(uid)
+                if self._target is not None:
+                    self._target.observer = None
                 raise
         log.info("monitor: %s watching (%s)", label or "a client", spec.describe())
         return watcher

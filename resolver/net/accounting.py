@@ -238,7 +238,8 @@ class Accounting:
         if not self.counting:
             return 0
         gone = [(4 if len(p) == 4 else 6, p) for p in self.counted if p not in held]
-        self.release(gone)
+        if gone:  # (a release sends what is queued at once)
+            self.release(gone)
         return len(gone)
 
     def _send(self, messages: list[netlink.Message]) -> None:

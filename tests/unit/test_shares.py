@@ -126,8 +126,10 @@ class _Failing:
 
 def test_a_monitor_that_fails_to_open_gives_its_share_back() -> None:
     watchers = Watchers(limit=2, daemon_uid=DAEMON_UID)
-    watchers.connect(_Failing())
+    handler = _Failing()
+    watchers.connect(handler)
     with pytest.raises(RuntimeError, match="refresh failed"):
         watchers.open(Filter(), 1000)
     assert watchers.status()["watchers"] == 0
     assert (watchers.shares.open, watchers.shares.held) == (0, {})
+    assert handler.observer is None  # nobody is published to
