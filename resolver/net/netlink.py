@@ -92,8 +92,8 @@ class NetlinkSocketError(OSError):
 def attr(kind: int, payload: bytes) -> bytes:
     """One netlink attribute, padded to 4 bytes."""
     size = 4 + len(payload)
-    key = size << 16 | kind
-    head = _HEADS.get(key)
+    key = size << 16 | kind  # one per pair: struct.pack refuses a kind past 16 bits
+    head = _HEADS.get(key) if kind >> 16 == 0 else None
     if head is None:
         head = _ATTR.pack(size, kind)
         if len(_HEADS) < _HEADS_MAX:

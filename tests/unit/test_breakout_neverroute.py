@@ -114,6 +114,17 @@ def test_prefix_index_agrees_with_ipaddress_at_every_prefix_length() -> None:
             assert got == (None if want is None else (str(want), f"len {want.prefixlen}")), address
 
 
+def test_attribute_headers_are_one_per_size_and_kind() -> None:
+    """attr() keeps the headers it made; a kind past 16 bits is still refused, not taken for
+    the header of another kind of the same size."""
+    assert netlink.attr(1, b"xxxxx") == struct.pack("=HH", 9, 1) + b"xxxxx\0\0\0"
+    assert netlink.attr(1, b"xxxxx") == struct.pack("=HH", 9, 1) + b"xxxxx\0\0\0"
+    nested = netlink.NLA_F_NESTED | 1
+    assert netlink.attr(nested, b"xxxx") == struct.pack("=HH", 8, nested) + b"xxxx"
+    with pytest.raises(struct.error):
+        netlink.attr(0x10001, b"xxxxx")
+
+
 def test_device_routes_count_as_connected() -> None:
     view = make_view()
     route = Route(4, "198.51.100.0", 24, 254, 3, 253, 1, 3, None)
