@@ -1,6 +1,9 @@
 """Instructions per miss: the daemon's user-space work on the miss path, counted by callgrind.
 
-    make instructions                # = python -m tests.bench.instructions (root)
+    make instructions                # the compiled build (root)
+
+(`make` runs it from a copy of the tree without resolver/; run from the checkout, the checkout's
+interpreted sources come first on the path, and the printed build says so.)
 
 The miss bench's figures move by 10-20% from one run to the next on a shared two-core VM, so a
 change of a few per cent to the miss path cannot be seen in them. Callgrind counts the
@@ -13,8 +16,12 @@ with the miss bench's load at a rate callgrind keeps up with: WARM names first (
 then MISSES unique names, half tagged (each a new AAAA address: a route, a set entry and a
 counter each), half not. Counting is on only while those are asked. Printed: instructions per
 miss, the dnsperf figures (no query may be lost), and the functions with the most instructions,
-inclusive, from callgrind_annotate. INSTR_OUT=FILE keeps the dump there (for callgrind_annotate
---tree=calling, or kcachegrind).
+inclusive, from callgrind_annotate. INSTR_OUT=/absolute/file keeps the dump there (for
+callgrind_annotate --tree=calling, or kcachegrind).
+
+At this rate little is batched: a miss mostly has a wake-up, a netlink round, a counters'
+transaction and a good part of an upstream socket to itself, which the saturated miss bench
+shares among many. Costs per round weigh more here than there; costs per miss are the same.
 """
 
 from __future__ import annotations
@@ -94,6 +101,10 @@ def main() -> int:
             proc.wait(timeout=120)
         dumps = sorted(tmp.glob("callgrind.out*"), key=os.path.getmtime)
         counted = [d for d in dumps if _total(d) > 0]
+        if not counted:
+            raise h.BenchError(f"callgrind counted nothing: {[str(d) for d in dumps]}")
+        if os.environ.get("INSTR_OUT"):
+            shutil.copyfile(counted[0], os.environ["INSTR_OUT"])
         total = sum(_total(d) for d in counted)
         print(f"\ninstructions per miss ({h.now_utc()}), {build} build, {MISSES} unique names "
               f"(half tagged), dnsperf {' '.join(opts)}")  # fmt: skip
@@ -102,8 +113,6 @@ def main() -> int:
         if run["lost"]:
             print("  queries were lost: the figure is not comparable")
             return 1
-        if os.environ.get("INSTR_OUT"):
-            shutil.copyfile(counted[0], os.environ["INSTR_OUT"])
         report = subprocess.run(
             ["callgrind_annotate", "--inclusive=yes", str(counted[0])],
             capture_output=True, text=True, check=True,
