@@ -146,7 +146,7 @@ async def run(cfg: BreakoutConfig, parts: Parts, policy: Policy, matcher: Matche
         if h.installed:
             installs.queue_refresh(h)
     installs.flush_refresh()
-    orphans = installs.accounting.release_unheld({h.packed for h in ledger})
+    orphans = installs.accounting.release_unheld(ledger.holds)  # keyed by packed address
     if orphans:
         log.info("breakout: deleted %d counters' elements no hold keeps", orphans)
     await journal.compact(list(ledger))
