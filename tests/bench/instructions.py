@@ -100,12 +100,13 @@ def main() -> int:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
         dumps = sorted(tmp.glob("callgrind.out*"), key=os.path.getmtime)
-        counted = [d for d in dumps if _total(d) > 0]
+        totals = {d: _total(d) for d in dumps}
+        counted = [d for d in dumps if totals[d] > 0]
         if not counted:
             raise h.BenchError(f"callgrind counted nothing: {[str(d) for d in dumps]}")
         if os.environ.get("INSTR_OUT"):
             shutil.copyfile(counted[0], os.environ["INSTR_OUT"])
-        total = sum(_total(d) for d in counted)
+        total = sum(totals[d] for d in counted)
         print(f"\ninstructions per miss ({h.now_utc()}), {build} build, {MISSES} unique names "
               f"(half tagged), dnsperf {' '.join(opts)}")  # fmt: skip
         print(f"  dnsperf: {run['completed']:.0f} completed, {run['lost']:.0f} lost")
